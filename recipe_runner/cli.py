@@ -1,0 +1,127 @@
+"""The `recipe` command: run, validate, plan, schema.
+
+Exit codes: 0 success, 1 a stage or the tracking store failed, 2 the recipe or the command line is wrong.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .recipe import RecipeError, load_recipe, recipe_json_schema
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run model-compression recipes: train, prune, fine-tune, export; tracked in MLflow.")
+console = Console()
+errors = Console(stderr=True)
+
+RecipeArg = typer.Argument(..., help="path to a recipe YAML file", show_default=False)
+SetOpt = typer.Option(None, "--set", help="override a recipe value: dotted.key=value (repeatable)")
+UriOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (overrides tracking.uri and $MLFLOW_TRACKING_URI)")
+
+
+@contextmanager
+def _exit_codes() -> Iterator[None]:
+    """Turn known failures into one clear line each and the documented exit code."""
+    from .tracking import TrackingError
+
+    try:
+        yield
+    except RecipeError as exc:
+        for problem in exc.problems:
+            errors.print(str(problem), markup=False, highlight=False)
+        raise typer.Exit(2)
+    except TrackingError as exc:
+        errors.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def validate(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt) -> None:
+    """Check a recipe (format, types, ranges, stage graph); exit 2 with file:line:col per problem."""
+    from .graph import compile_graph
+
+    with _exit_codes():
+        loaded = load_recipe(recipe, set_ or [])
+        graph = compile_graph(loaded)
+    console.print(f"{recipe}: ok ({len(graph.nodes)} stages)", markup=False, highlight=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the recipe JSON Schema (for editors: # yaml-language-server: $schema=recipe.schema.json)."""
+    sys.stdout.write(json.dumps(recipe_json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def plan(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_uri: Optional[str] = UriOpt,
+         force: Optional[List[str]] = typer.Option(None, "--force"), only: Optional[List[str]] = typer.Option(None, "--only")) -> None:
+    """Show the stage graph and, per stage, whether MLflow lets it be reused, resumed, or must run."""
+    from .engine import RunOptions, prepare
+
+    with _exit_codes():
+        p = prepare(recipe, RunOptions(set_ or [], force or [], only or [], tracking_uri))
+    table = Table(title=f"{p.recipe.name}  (tracking: {p.tracker.uri}, experiment: {p.tracker.experiment_name})")
+    for column in ("stage", "type", "from", "action", "cache key", "source run"):
+        table.add_column(column)
+    colour = {"reuse": "green", "resume": "yellow", "run": "cyan", "skip": "dim"}
+    for s in p.stages:
+        table.add_row(s.node.id, s.node.type, s.node.parent or "-", f"[{colour[s.action]}]{s.action}[/]", s.node.cache_key[:12],
+                      s.source.run_id[:12] if s.source else "-")
+    console.print(table)
+
+
+@app.command()
+def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_uri: Optional[str] = UriOpt,
+        force: Optional[List[str]] = typer.Option(None, "--force", help="rerun this stage and its descendants even if cached"),
+        only: Optional[List[str]] = typer.Option(None, "--only", help="run only this stage (and the ancestors it needs)")) -> None:
+    """Run a recipe: reuse finished stages, resume unfinished ones, run the rest; log everything to MLflow."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .engine import Engine, RunOptions, StageFailed, prepare
+
+    with _exit_codes():
+        p = prepare(recipe, RunOptions(set_ or [], force or [], only or [], tracking_uri))
+        console.print(f"tracking: {p.tracker.uri}  experiment: {p.tracker.experiment_name}", markup=False, highlight=False)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=False) as progress:
+
+            def factory(description: str, total: int):
+                task = progress.add_task(description, total=total)
+                return lambda n: progress.advance(task, n)
+
+            engine = Engine(p, factory, announce=lambda line: progress.console.print(line, markup=False, highlight=False))
+            try:
+                reports = engine.run()
+            except StageFailed as exc:
+                errors.print(f"error: {exc}", markup=False, highlight=False)
+                raise typer.Exit(1)
+    table = Table(title=f"{p.recipe.name}: done")
+    keys = ["top1", "mAP50", "mAP50-95", "macs", "params", "size_mb", "epochs_trained"]
+    shown = [k for k in keys if any(k in r.metrics for r in reports)]
+    for column in ["stage", "action", *shown, "seconds"]:
+        table.add_column(column)
+    for r in reports:
+        table.add_row(r.node_id, r.action, *[_fmt(r.metrics.get(k)) for k in shown], f"{r.seconds:.1f}")
+    console.print(table)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    return f"{value:.4g}"
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Pydantic building blocks shared by the stage configs (no torch here: validation stays fast)."""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Device = Union[Literal["cpu"], int, str, list[int]]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors, and `from` may be written as in YAML."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class StageConfig(StrictModel):
+    """Keys every stage has. `from` names the parent stage (default: the previous stage in the file)."""
+
+    type: str
+    from_: Optional[str] = Field(None, alias="from", description="parent stage id; default: the previous stage in the file")
+    device: Device = Field("cpu", description="cpu, a GPU index, or a list of GPU indices (multi-GPU where the family supports it)")
+
+    # Keys that do not change a stage's result, so they stay out of its cache key.
+    NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset({"from_", "device", "workers"})
+
+
+class TrainingKnobs(StrictModel):
+    """How a model is (re)trained; used by train, finetune and the fine-tuning inside prune."""
+
+    batch: int = Field(16, ge=1, description="images per batch")
+    imgsz: int = Field(64, ge=16, le=4096, description="input image size in pixels")
+    lr: float = Field(0.01, gt=0, le=10, description="initial learning rate")
+    optimizer: Literal["auto", "sgd", "adam", "adamw"] = Field("auto", description="auto: the family's default")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, lt=1)
+    workers: int = Field(0, ge=0, le=64, description="data-loader worker processes")
+    args: dict[str, Any] = Field(default_factory=dict, description="extra trainer arguments passed through to the family (e.g. Ultralytics train args)")

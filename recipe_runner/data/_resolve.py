@@ -1,0 +1,120 @@
+"""Turn a recipe's `data:` string into a dataset on disk plus a fingerprint for cache keys."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+from urllib.parse import parse_qsl
+
+from ..registry import Registry, did_you_mean
+
+
+class DataError(ValueError):
+    """The dataset named by the recipe cannot be used."""
+
+
+@dataclass
+class DataSource:
+    spec: str
+    task: str  # "classify": an ImageFolder root with train/ and val/; "detect": an Ultralytics data.yaml
+    path: Path
+    fingerprint: str
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+
+@dataclass(frozen=True)
+class Builtin:
+    task: str
+    defaults: dict[str, int]
+    version: int  # bump when the generator's output changes, so cache keys change with it
+    generate: Callable[[Path, dict[str, int]], list[str]]  # (empty folder, options) -> class names
+
+
+BUILTINS: Registry[Builtin] = Registry("builtin dataset")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RECIPE_RUNNER_CACHE") or Path.home() / ".cache" / "recipe-runner")
+
+
+def _parse_builtin(spec: str) -> tuple[str, Builtin, dict[str, int]]:
+    name, _, query = spec[len("builtin:"):].partition("?")
+    if name not in BUILTINS:
+        raise DataError(f"unknown builtin dataset '{name}'{did_you_mean(name, BUILTINS.names())} (known: {', '.join(BUILTINS.names())})")
+    builtin = BUILTINS.get(name)
+    options = dict(builtin.defaults)
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in builtin.defaults:
+            raise DataError(f"builtin:{name} has no option '{key}'{did_you_mean(key, builtin.defaults)} (options: {', '.join(builtin.defaults)})")
+        try:
+            options[key] = int(value)
+        except ValueError:
+            raise DataError(f"builtin:{name} option '{key}' must be an integer, got '{value}'") from None
+        if options[key] < 0:
+            raise DataError(f"builtin:{name} option '{key}' must be >= 0")
+    return name, builtin, options
+
+
+def fingerprint_data(spec: str, base: Path = Path(".")) -> str:
+    """A hash that changes when the data changes: generator options for builtins, file names/sizes otherwise."""
+    h = hashlib.sha256()
+    if spec.startswith("builtin:"):
+        name, builtin, options = _parse_builtin(spec)
+        h.update(repr((name, builtin.version, sorted(options.items()))).encode())
+        return h.hexdigest()[:16]
+    path = _user_path(spec, base)
+    root = path.parent if path.is_file() else path
+    files = [path] if path.is_file() else []
+    files += sorted(p for p in root.rglob("*") if p.is_file() and p != path and ".cache" not in p.name)
+    for p in files:
+        h.update(str(p.relative_to(root) if p != path else p.name).encode())
+        h.update(str(p.stat().st_size).encode())
+        if p.suffix in (".yaml", ".yml", ".txt"):
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _user_path(spec: str, base: Path) -> Path:
+    path = Path(spec).expanduser()
+    path = path if path.is_absolute() else (base / path)
+    if not path.exists():
+        raise DataError(f"dataset path '{spec}' does not exist")
+    return path.resolve()
+
+
+def resolve_data(spec: str, task: str, base: Path = Path(".")) -> DataSource:
+    """Generate a builtin dataset on first use (atomically, in the cache folder) or check a user path."""
+    fingerprint = fingerprint_data(spec, base)
+    if spec.startswith("builtin:"):
+        name, builtin, options = _parse_builtin(spec)
+        if builtin.task != task:
+            raise DataError(f"builtin:{name} is a {builtin.task} dataset; this model family needs a {task} dataset")
+        folder = cache_root() / "datasets" / f"{name}-{fingerprint}"
+        if not (folder / "names.txt").exists():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+            try:
+                names = builtin.generate(tmp, options)
+                (tmp / "names.txt").write_text("\n".join(names) + "\n")
+                os.replace(tmp, folder) if not folder.exists() else shutil.rmtree(tmp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        names = (folder / "names.txt").read_text().split()
+        path = folder / "data.yaml" if task == "detect" else folder
+        return DataSource(spec, task, path, fingerprint, names)
+    path = _user_path(spec, base)
+    from ._user import inspect_user_dataset
+
+    return DataSource(spec, task, path, fingerprint, inspect_user_dataset(path, task))
+
+
+from . import builtin_shapes  # noqa: E402,F401  (registration)

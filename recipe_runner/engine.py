@@ -1,0 +1,318 @@
+"""Walk the stage graph: reuse, resume or run each stage, one parent MLflow run per recipe run.
+
+For each node, in topological order:
+  reuse   a FINISHED run with the same cache key holds a verified checkpoint: record it, train nothing
+  resume  an unfinished run with the same key saved an epoch checkpoint: continue from that epoch
+  run     otherwise: load the parent's output, run the stage, evaluate, checkpoint, log
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import DataError, fingerprint_data, resolve_data
+from .graph import StageGraph, StageNode, compile_graph
+from .models import FAMILIES
+from .offline import configure_offline
+from .recipe import Recipe, load_recipe
+from .stages import STAGES
+from . import tracking as T
+
+PACKAGES = ["recipe-runner", "torch", "torchvision", "torch-pruning", "ultralytics-opencv-headless", "ultralytics", "mlflow",
+            "onnx", "onnxruntime", "pydantic"]
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, node_id: str, error: BaseException):
+        self.node_id, self.error = node_id, error
+        super().__init__(f"stage '{node_id}' failed: {type(error).__name__}: {error}")
+
+
+@dataclass
+class RunOptions:
+    overrides: list[str] = field(default_factory=list)
+    force: list[str] = field(default_factory=list)  # rerun these stages and their descendants
+    only: list[str] = field(default_factory=list)  # run only these stages (and what they need)
+    tracking_uri: Optional[str] = None
+
+
+@dataclass
+class PlannedStage:
+    node: StageNode
+    action: str  # reuse | resume | run | skip
+    source: Optional[T.StageRun] = None
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    graph: StageGraph
+    tracker: T.Tracker
+    stages: list[PlannedStage]
+    data_base: Path
+
+
+@dataclass
+class StageReport:
+    node_id: str
+    action: str
+    run_id: str
+    metrics: dict[str, float]
+    seconds: float
+
+
+# -- planning --------------------------------------------------------------
+def prepare(recipe_path: Path, options: RunOptions) -> Plan:
+    """Validate, compile and look every stage up in MLflow; raises RecipeError/TrackingError before any work."""
+    recipe = load_recipe(recipe_path, options.overrides)
+    entry = FAMILIES.get(recipe.model.family)
+    base = Path.cwd() if _exists_relative(recipe.data, Path.cwd()) else recipe_path.parent
+    try:
+        fingerprint = fingerprint_data(recipe.data, base)
+    except (DataError, OSError) as exc:
+        raise recipe.located(("data",), str(exc)) from None
+    graph = compile_graph(recipe, fingerprint)
+    selected = _select(graph, recipe, options)
+    tracker = T.Tracker(T.resolve_uri(options.tracking_uri, recipe.tracking.uri), recipe.tracking.experiment or recipe.name)
+    tracker.check()
+    forced = {d for name in options.force for nid in _ids(graph, recipe, name) for d in [nid, *graph.descendants(nid)]}
+    stages = []
+    for node in graph.nodes.values():
+        if node.id not in selected:
+            stages.append(PlannedStage(node, "skip"))
+        elif node.id in forced:
+            stages.append(PlannedStage(node, "run"))
+        elif (found := tracker.find_finished(node.cache_key)) is not None:
+            stages.append(PlannedStage(node, "reuse", found))
+        elif (found := tracker.find_resumable(node.cache_key)) is not None:
+            stages.append(PlannedStage(node, "resume", found))
+        else:
+            stages.append(PlannedStage(node, "run"))
+    del entry
+    return Plan(recipe, graph, tracker, stages, base)
+
+
+def _exists_relative(spec: str, base: Path) -> bool:
+    return spec.startswith("builtin:") or Path(spec).expanduser().is_absolute() or (base / spec).exists()
+
+
+def _ids(graph: StageGraph, recipe: Recipe, name: str) -> list[str]:
+    try:
+        return graph.select(name)
+    except KeyError as exc:
+        from .recipe import Location, Problem, RecipeError
+
+        raise RecipeError([Problem(Location("command line"), str(exc.args[0]))]) from None
+
+
+def _select(graph: StageGraph, recipe: Recipe, options: RunOptions) -> set[str]:
+    if not options.only:
+        return set(graph.nodes)
+    chosen = {nid for name in options.only for nid in _ids(graph, recipe, name)}
+    return chosen | {a for nid in chosen for a in graph.ancestors(nid)}
+
+
+# -- running ---------------------------------------------------------------
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+
+class RunningStage:
+    """The StageContext a stage sees: logging, epoch checkpoints and progress, bound to one MLflow run."""
+
+    def __init__(self, engine: "Engine", node: StageNode, run_id: str, workdir: Path, parent_model: Any,
+                 resume_state: Optional[dict], prefix: str = ""):
+        self.engine, self.node, self.run_id, self.workdir = engine, node, run_id, workdir
+        self.stage_id, self.family, self.data, self.seed = node.id, engine.family, engine.data, engine.plan.recipe.seed
+        self.model_source = engine.plan.recipe.model.source
+        self.parent_model, self.resume_state, self.prefix = parent_model, resume_state, prefix
+
+    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
+        self.engine.tracker.log_metrics(self.run_id, {self.prefix + k: v for k, v in metrics.items()}, step)
+
+    def save_epoch_state(self, state: dict, epoch: int) -> None:
+        if self.prefix:  # fine-tuning inside a multi-step stage: the stage checkpoints per step instead
+            return
+        path = self.workdir / "epoch" / "state.pt"
+        sha = save_checkpoint({"cache_key": self.node.cache_key, **state}, path)
+        self.engine.tracker.log_artifact(self.run_id, path, "epoch")
+        self.engine.tracker.set_tags(self.run_id, {T.EPOCH: epoch, T.EPOCH_SHA: sha})  # after the upload, never before
+
+    def log_artifact(self, path: Path, folder: Optional[str] = None) -> None:
+        self.engine.tracker.log_artifact(self.run_id, path, folder)
+
+    def log_plot(self, figure: Any, name: str) -> None:
+        self.engine.tracker.log_figure(self.run_id, figure, name)
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+
+    def progress(self, description: str, total: int) -> Callable[[int], None]:
+        return self.engine.progress(f"{self.node.id}: {self.prefix}{description}", total)
+
+    def nested(self, prefix: str) -> "RunningStage":
+        return RunningStage(self.engine, self.node, self.run_id, self.workdir, None, None, f"{self.prefix}{prefix}/")
+
+
+class Engine:
+    def __init__(self, plan: Plan, progress: ProgressFactory, announce: Callable[[str], None] = print):
+        self.plan, self.tracker, self.progress, self.announce = plan, plan.tracker, progress, announce
+        self.outputs: dict[str, Any] = {}  # node id -> model, for stages that ran in this process
+        self.sources: dict[str, str] = {}  # node id -> run id holding its checkpoint
+        self.family = None
+        self.data = None
+
+    def run(self) -> list[StageReport]:
+        recipe = self.plan.recipe
+        configure_offline(_cache_dir())
+        entry = FAMILIES.get(recipe.model.family)
+        self.family = entry.load()
+        try:
+            self.family.check_source(recipe.model.source)
+        except ValueError as exc:
+            raise recipe.located(("model",), str(exc)) from None
+        try:
+            self.data = resolve_data(recipe.data, entry.task, self.plan.data_base)
+        except (DataError, OSError) as exc:
+            raise recipe.located(("data",), str(exc)) from None
+        parent_id = self.tracker.start_run(recipe.name, {
+            T.ROLE: "recipe", T.PREFIX + "recipe_name": recipe.name, T.PREFIX + "recipe_sha256": recipe.sha256,
+            "mlflow.note.content": recipe.description,
+        })
+        self.tracker.log_text(parent_id, recipe.text, f"recipe/{recipe.path.name}")
+        self.tracker.log_text(parent_id, json.dumps(self.lock(), indent=2, default=str), "recipe/recipe.lock.json")
+        self.tracker.log_params(parent_id, {"recipe": recipe.name, "seed": recipe.seed, "model": recipe.model.source,
+                                            "data": recipe.data, "overrides": " ".join(recipe.overrides)})
+        scratch = self.tracker.scratch()
+        reports: list[StageReport] = []
+        status = "FAILED"
+        try:
+            advance = self.progress("stages", sum(1 for s in self.plan.stages if s.action != "skip"))
+            for planned in self.plan.stages:
+                if planned.action == "skip":
+                    continue
+                reports.append(self._stage(planned, parent_id, scratch / planned.node.cache_key))
+                advance(1)
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            self.tracker.finish(parent_id, status)
+            shutil.rmtree(scratch, ignore_errors=True)
+        return reports
+
+    def _stage(self, planned: PlannedStage, parent_id: str, workdir: Path) -> StageReport:
+        node, started = planned.node, time.time()
+        workdir.mkdir(parents=True, exist_ok=True)
+        tags = {T.ROLE: "stage", T.CACHE_KEY: node.cache_key, T.STAGE_ID: node.stage_id, T.NODE_ID: node.id,
+                T.STAGE_TYPE: node.type, T.PREFIX + "recipe_name": self.plan.recipe.name,
+                T.PREFIX + "recipe_sha256": self.plan.recipe.sha256, T.PREFIX + "action": planned.action}
+        if planned.action == "reuse":
+            source = planned.source
+            run_id = self.tracker.start_run(node.id, {**tags, T.ROLE: "reused", T.PREFIX + "reused_from": source.run_id}, parent_id)
+            self.tracker.log_params(run_id, node.params())
+            metrics = {**source.metrics, "epochs_trained": 0.0}
+            self.tracker.log_metrics(run_id, metrics)
+            self.tracker.finish(run_id)
+            self.sources[node.id] = source.run_id
+            self.announce(f"[reuse]  {node.id}  (run {source.run_id[:8]})")
+            return StageReport(node.id, "reuse", run_id, metrics, time.time() - started)
+
+        run_id = self.tracker.start_run(node.id, tags, parent_id)
+        try:
+            self.tracker.log_params(run_id, {**node.params(), **{f"sweep.{k}": v for k, v in node.sweep.items()}})
+            resume_state = None
+            if planned.action == "resume":
+                resume_state = self._load_epoch_state(planned.source, workdir)
+                self.tracker.set_tags(run_id, {T.PREFIX + "resumed_from": planned.source.run_id,
+                                               T.PREFIX + "resumed_epoch": resume_state["epoch"]})
+                self.announce(f"[resume] {node.id}  from epoch {resume_state['epoch']} of run {planned.source.run_id[:8]}")
+            else:
+                self.announce(f"[run]    {node.id}")
+            parent_model = self.model_of(node.parent, workdir) if node.parent else None
+            ctx = RunningStage(self, node, run_id, workdir, parent_model, resume_state)
+            output = STAGES.get(node.type).run(ctx, node.config)
+            metrics = dict(output.metrics)
+            if output.evaluate_output:
+                metrics.update(self.evaluate(output.model, node.config))
+            path = workdir / "checkpoint" / "model.pt"
+            sha = save_checkpoint({"cache_key": node.cache_key, "model": self.family.describe(output.model)}, path)
+            metrics["size_mb"] = path.stat().st_size / 1e6
+            metrics["epochs_trained"] = float(output.epochs_trained)
+            self.tracker.log_metrics(run_id, metrics)
+            self.tracker.log_artifact(run_id, path, "checkpoint")
+            self.tracker.set_tags(run_id, {T.CHECKPOINT_SHA: sha})
+            self.tracker.finish(run_id)
+        except KeyboardInterrupt:
+            self.tracker.finish(run_id, "KILLED")
+            raise
+        except Exception as exc:
+            self.tracker.set_tags(run_id, {T.PREFIX + "error": f"{type(exc).__name__}: {exc}"[:5000]})
+            self.tracker.finish(run_id, "FAILED")
+            raise StageFailed(node.id, exc) from exc
+        if planned.action == "resume" and planned.source.status == "RUNNING":
+            self.tracker.finish(planned.source.run_id, "KILLED")  # the attempt we continued was cut off
+        self.outputs[node.id] = output.model
+        return StageReport(node.id, planned.action, run_id, metrics, time.time() - started)
+
+    def evaluate(self, model: Any, config: Any) -> dict[str, float]:
+        metrics = dict(self.family.evaluate(model, self.data, config))
+        metrics.update(self.family.cost(model, config.imgsz))
+        metrics["latency_ms"] = self.family.latency(model, config.imgsz)
+        return metrics
+
+    def model_of(self, node_id: str, workdir: Path) -> Any:
+        """The output model of a stage: in memory if it ran here, else its verified checkpoint from MLflow."""
+        if node_id not in self.outputs:
+            run_id = self.sources[node_id]
+            run = self.tracker.client.get_run(run_id)
+            path = self.tracker.download(run_id, T.CHECKPOINT_ARTIFACT, workdir / "parent")
+            payload = load_checkpoint(path, run.data.tags.get(T.CHECKPOINT_SHA))
+            self.outputs[node_id] = self.family.rebuild(payload["model"])
+        import copy
+
+        return copy.deepcopy(self.outputs[node_id])  # a child must not change its parent's output (branches share it)
+
+    def _load_epoch_state(self, source: T.StageRun, workdir: Path) -> dict:
+        path = self.tracker.download(source.run_id, T.EPOCH_ARTIFACT, workdir / "resume")
+        return load_checkpoint(path, source.tags.get(T.EPOCH_SHA))
+
+    def lock(self) -> dict[str, Any]:
+        """Everything needed to reproduce this run: resolved configs, keys, versions, data, seed, git commit."""
+        recipe, graph = self.plan.recipe, self.plan.graph
+        versions = {"python": platform.python_version()}
+        for name in PACKAGES:
+            try:
+                versions[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                pass
+        return {
+            "recipe": recipe.name, "recipe_file": str(recipe.path), "recipe_sha256": recipe.sha256,
+            "overrides": recipe.overrides, "seed": recipe.seed, "model": recipe.model.model_dump(),
+            "data": {"spec": recipe.data, "fingerprint": self.data.fingerprint, "classes": self.data.names},
+            "stages": {n.id: {"type": n.type, "parent": n.parent, "cache_key": n.cache_key, "sweep": n.sweep,
+                              "config": n.config.model_dump(mode="json", by_alias=True)} for n in graph.nodes.values()},
+            "versions": versions, "git_commit": _git_commit(recipe.path.parent),
+        }
+
+
+def _cache_dir() -> Path:
+    from .data._resolve import cache_root
+
+    return cache_root()
+
+
+def _git_commit(folder: Path) -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder or ".", capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,42 @@
+"""Model families behind one interface, registered by name.
+
+Entries are light (a name, which `model:` strings they claim, and where the
+implementation lives) so that recipe validation never imports torch.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class FamilyEntry:
+    claims: Callable[[str], bool]  # does the short form `model: <source>` belong to this family?
+    implementation: str  # "module:Class", imported only when a recipe runs
+    task: str  # "classify" | "detect": which datasets fit
+
+    def load(self):
+        module, _, cls = self.implementation.partition(":")
+        return getattr(importlib.import_module(module, __name__), cls)()
+
+
+FAMILIES: Registry[FamilyEntry] = Registry("model family")
+
+
+def _is_ultralytics_source(source: str) -> bool:
+    return source.lower().endswith((".yaml", ".yml", ".pt"))
+
+
+FAMILIES.register("yolo")(FamilyEntry(_is_ultralytics_source, ".yolo:YoloFamily", "detect"))
+FAMILIES.register("torchvision")(FamilyEntry(lambda s: not _is_ultralytics_source(s), ".torchvision:TorchvisionFamily", "classify"))
+
+
+def family_for(source: str) -> str:
+    """The family that claims a short-form `model:` string (first registered wins)."""
+    for name, entry in FAMILIES.items():
+        if entry.claims(source):
+            return name
+    raise KeyError(f"no model family recognises '{source}'")

@@ -1,0 +1,93 @@
+"""The interface every model family implements; stages and pruning methods use only this."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    metrics: dict[str, float] = field(default_factory=dict)
+    epochs_trained: int = 0
+
+
+class ModelFamily(ABC):
+    name: str
+    primary_metric: str  # the accuracy metric guarded by prune's max_map_drop
+
+    @abstractmethod
+    def check_source(self, source: str) -> None:
+        """Raise ValueError with a clear message if `source` cannot be built (before anything trains)."""
+
+    @abstractmethod
+    def build(self, source: str, data, seed: int) -> nn.Module:
+        """The root model: the architecture named by `source`, sized for the data's classes."""
+
+    @abstractmethod
+    def train(self, model: nn.Module, data, knobs, epochs: int, ctx) -> TrainResult:
+        """Train for `epochs` (resuming from ctx.resume_state if set), saving state through ctx each epoch."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, data, knobs) -> dict[str, float]:
+        """Accuracy metrics on the validation split; must include `primary_metric`."""
+
+    @abstractmethod
+    def example_inputs(self, model: nn.Module, imgsz: int) -> torch.Tensor: ...
+
+    @abstractmethod
+    def output_layers(self, model: nn.Module) -> list[nn.Module]:
+        """Layers that must keep their output size (the classifier or detection head)."""
+
+    @abstractmethod
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        """Plain data + tensors that rebuild the model (pruned shapes included) without unpickling code."""
+
+    @abstractmethod
+    def rebuild(self, description: dict[str, Any]) -> nn.Module: ...
+
+    @abstractmethod
+    def export_onnx(self, model: nn.Module, data, config, path: Path) -> dict[str, float]:
+        """Write ONNX to `path`, compare ONNX Runtime with PyTorch, and return check metrics."""
+
+    def prepare_for_pruning(self, model: nn.Module) -> nn.Module:
+        """Swap modules dependency-graph pruning cannot handle for equivalent ones (default: none)."""
+        return model
+
+    def accumulate_gradients(self, model: nn.Module, data, knobs, batches: int) -> None:
+        raise NotImplementedError(f"{self.name} does not support gradient-based importance")
+
+    def latency(self, model: nn.Module, imgsz: int) -> float:
+        return median_latency_ms(model, self.example_inputs(model, imgsz))
+
+    def cost(self, model: nn.Module, imgsz: int) -> dict[str, float]:
+        """MACs and parameter count at `imgsz`, through torch-pruning's counter."""
+        import torch_pruning as tp
+
+        was_training = model.training
+        model.eval()
+        example = self.example_inputs(model, imgsz)
+        with torch.no_grad():
+            macs, params = tp.utils.count_ops_and_params(model, example)
+        model.train(was_training)
+        return {"macs": float(macs), "params": float(params)}
+
+
+def median_latency_ms(model: nn.Module, example: torch.Tensor, runs: int = 10) -> float:
+    """CPU latency of one forward pass at batch 1 (median of `runs`, after one warm-up)."""
+    import time
+
+    model.eval()
+    times = []
+    with torch.no_grad():
+        model(example)
+        for _ in range(runs):
+            start = time.perf_counter()
+            model(example)
+            times.append((time.perf_counter() - start) * 1000)
+    return sorted(times)[len(times) // 2]

@@ -1,0 +1,188 @@
+"""The `torchvision` family: any torchvision classification architecture by name, or a built-in small CNN."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._shapes import apply_shapes, module_attributes
+from .base import ModelFamily, TrainResult
+from .small_cnn import SMALL_MODELS
+from ._sparsity import ZeroKeeper
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _known_architectures() -> list[str]:
+    import torchvision
+
+    return sorted(set(SMALL_MODELS) | set(torchvision.models.list_models(module=torchvision.models)))
+
+
+class TorchvisionFamily(ModelFamily):
+    name = "torchvision"
+    primary_metric = "top1"
+
+    def check_source(self, source: str) -> None:
+        if source not in _known_architectures():
+            from ..registry import did_you_mean
+
+            raise ValueError(f"unknown torchvision classification model '{source}'{did_you_mean(source, _known_architectures())}")
+
+    def _construct(self, source: str, num_classes: int) -> nn.Module:
+        if source in SMALL_MODELS:
+            model = SMALL_MODELS[source](num_classes=num_classes)
+        else:
+            import torchvision
+
+            model = torchvision.models.get_model(source, weights=None, num_classes=num_classes)
+        model._rr_source, model._rr_num_classes = source, num_classes
+        return model
+
+    def build(self, source: str, data, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return self._construct(source, data.num_classes)
+
+    # -- data -------------------------------------------------------------
+    def _loader(self, data, split: str, knobs, shuffle: bool, seed: int = 0):
+        from torchvision import datasets, transforms
+
+        steps = [transforms.Resize((knobs.imgsz, knobs.imgsz))]
+        if shuffle:
+            steps.append(transforms.RandomHorizontalFlip())
+        steps += [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+        dataset = datasets.ImageFolder(str(Path(data.path) / split), transform=transforms.Compose(steps))
+        generator = torch.Generator().manual_seed(seed)
+        return torch.utils.data.DataLoader(dataset, batch_size=knobs.batch, shuffle=shuffle, num_workers=knobs.workers,
+                                           generator=generator)
+
+    # -- training ---------------------------------------------------------
+    def _optimizer(self, model: nn.Module, knobs) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        if knobs.optimizer in ("adam", "adamw"):
+            cls = torch.optim.Adam if knobs.optimizer == "adam" else torch.optim.AdamW
+            return cls(params, lr=knobs.lr, weight_decay=knobs.weight_decay)
+        return torch.optim.SGD(params, lr=knobs.lr, momentum=knobs.momentum, weight_decay=knobs.weight_decay, nesterov=True)
+
+    def train(self, model: nn.Module, data, knobs, epochs: int, ctx) -> TrainResult:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        optimizer = self._optimizer(model, knobs)
+        start, best, since_best = 0, -1.0, 0
+        if ctx.resume_state is not None:
+            model = self.rebuild(ctx.resume_state["model"])
+            optimizer = self._optimizer(model, knobs)
+            optimizer.load_state_dict(ctx.resume_state["optimizer"])
+            start, best, since_best = int(ctx.resume_state["epoch"]), float(ctx.resume_state["best"]), int(ctx.resume_state["since_best"])
+        keeper = ZeroKeeper(model)
+        loss_fn = nn.CrossEntropyLoss()
+        advance = ctx.progress("epochs", epochs)
+        advance(start)
+        metrics: dict[str, float] = {}
+        trained = 0
+        seed = int(getattr(ctx, "seed", 0))
+        for epoch in range(start, epochs):
+            for group in optimizer.param_groups:  # cosine schedule, computed so a resumed run matches
+                group["lr"] = knobs.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * epoch / epochs)))
+            model.train()
+            total, count = 0.0, 0
+            for images, labels in self._loader(data, "train", knobs, shuffle=True, seed=seed * 1000 + epoch):
+                optimizer.zero_grad()
+                loss = loss_fn(model(images), labels)
+                loss.backward()
+                optimizer.step()
+                keeper.restore(model)
+                total, count = total + loss.item() * len(labels), count + len(labels)
+            metrics = {"train_loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"], **self.evaluate(model, data, knobs)}
+            ctx.log_metrics(metrics, step=epoch + 1)
+            trained += 1
+            if metrics["top1"] > best:
+                best, since_best = metrics["top1"], 0
+            else:
+                since_best += 1
+            ctx.save_epoch_state({"model": self.describe(model), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                                  "best": best, "since_best": since_best}, epoch + 1)
+            advance(1)
+            if getattr(knobs, "patience", 0) and since_best >= knobs.patience:
+                break
+        model.eval()
+        return TrainResult(model, metrics, trained)
+
+    def evaluate(self, model: nn.Module, data, knobs) -> dict[str, float]:
+        model.eval()
+        correct, total, loss = 0, 0, 0.0
+        with torch.no_grad():
+            for images, labels in self._loader(data, "val", knobs, shuffle=False):
+                logits = model(images)
+                loss += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+                correct += int((logits.argmax(1) == labels).sum())
+                total += len(labels)
+        return {"top1": correct / max(total, 1), "val_loss": loss / max(total, 1)}
+
+    def accumulate_gradients(self, model: nn.Module, data, knobs, batches: int) -> None:
+        model.train()
+        for i, (images, labels) in enumerate(self._loader(data, "train", knobs, shuffle=True)):
+            if i >= batches:
+                break
+            nn.functional.cross_entropy(model(images), labels).backward()
+        model.eval()
+
+    # -- structure --------------------------------------------------------
+    def example_inputs(self, model: nn.Module, imgsz: int) -> torch.Tensor:
+        return torch.randn(1, 3, imgsz, imgsz)
+
+    def output_layers(self, model: nn.Module) -> list[nn.Module]:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        return [linears[-1]] if linears else convs[-1:]
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        return {"family": self.name, "source": model._rr_source, "num_classes": model._rr_num_classes,
+                "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                "attributes": module_attributes(model)}
+
+    def rebuild(self, description: dict[str, Any]) -> nn.Module:
+        model = self._construct(description["source"], int(description["num_classes"]))
+        apply_shapes(model, description["state_dict"], description["attributes"])
+        return model.eval()
+
+    # -- export -----------------------------------------------------------
+    def export_onnx(self, model: nn.Module, data, config, path: Path) -> dict[str, float]:
+        import onnxruntime as ort
+
+        model.eval()
+        example = self.example_inputs(model, config.imgsz)
+        dynamic = {"images": {0: "batch"}, "logits": {0: "batch"}} if config.dynamic else None
+        torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
+                          opset_version=config.opset, dynamic_axes=dynamic, dynamo=False)
+        if config.simplify:
+            import onnxslim
+
+            onnxslim.slim(str(path), str(path))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        batch = 1 if not config.dynamic else config.batch
+        max_diff, correct, total = 0.0, 0, 0
+        with torch.no_grad():
+            for images, labels in self._loader(data, "val", config.model_copy(update={"batch": batch}), shuffle=False):
+                if images.shape[0] != batch:
+                    continue
+                ours = model(images).numpy()
+                theirs = session.run(None, {"images": images.numpy()})[0]
+                max_diff = max(max_diff, float(np.abs(ours - theirs).max()))
+                correct += int((theirs.argmax(1) == labels.numpy()).sum())
+                total += len(labels)
+        single = np.random.default_rng(0).standard_normal((1, 3, config.imgsz, config.imgsz)).astype(np.float32)
+        session.run(None, {"images": single})
+        start = time.perf_counter()
+        for _ in range(10):
+            session.run(None, {"images": single})
+        latency = (time.perf_counter() - start) / 10 * 1000
+        return {"onnx_max_abs_diff": max_diff, "onnx_top1": correct / max(total, 1),
+                "onnx_size_mb": path.stat().st_size / 1e6, "onnx_latency_ms": latency}

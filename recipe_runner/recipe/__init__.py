@@ -1,0 +1,6 @@
+"""Text -> validated recipe. Public: load_recipe, parse_recipe, Recipe, StageDecl, RecipeError."""
+from ._errors import Location, Problem, RecipeError
+from ._load import Recipe, StageDecl, load_recipe, parse_recipe
+from ._schema import recipe_json_schema
+
+__all__ = ["Location", "Problem", "Recipe", "RecipeError", "StageDecl", "load_recipe", "parse_recipe", "recipe_json_schema"]

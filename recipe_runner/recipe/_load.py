@@ -1,0 +1,269 @@
+"""load_recipe: text -> validated Recipe, or RecipeError with one located line per problem."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from ..models import FAMILIES, family_for
+from ..pruning import METHODS
+from ..registry import did_you_mean
+from ..stages import STAGES
+from ._errors import Location, Problem, RecipeError
+from ._models import ModelSpec, RecipeHeader, TrackingConfig
+from ._yaml import Path as KeyPath
+from ._yaml import parse_yaml
+
+
+@dataclass
+class StageDecl:
+    """One stage as written: its parent and one validated config per sweep combination."""
+
+    id: str
+    type: str
+    parent: Optional[str]
+    variants: list[tuple[dict[str, Any], Any]]  # (sweep assignment, validated config)
+    location: Location
+    from_location: Optional[Location] = None
+
+
+@dataclass
+class Recipe:
+    path: Path
+    text: str
+    sha256: str
+    name: str
+    description: str
+    seed: int
+    model: ModelSpec
+    data: str
+    tracking: TrackingConfig
+    stages: dict[str, StageDecl]
+    overrides: list[str] = field(default_factory=list)
+    locations: dict = field(default_factory=dict, repr=False)  # key path -> Location, for later errors
+
+    def located(self, path: tuple, message: str) -> RecipeError:
+        """A RecipeError pointing at `path` in the recipe (e.g. ('model',))."""
+        where = next((self.locations[path[:n]] for n in range(len(path), 0, -1) if path[:n] in self.locations),
+                     Location(str(self.path), 1, 1))
+        return RecipeError([Problem(where, f"{'.'.join(map(str, path))}: {message}")])
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError([Problem(Location(str(path)), f"cannot read recipe: {exc}")]) from None
+    return parse_recipe(text, str(path), overrides)
+
+
+def parse_recipe(text: str, source: str, overrides: list[str] = ()) -> Recipe:
+    data, locations = parse_yaml(text, source)
+    if not isinstance(data, dict):
+        raise RecipeError([Problem(Location(source, 1, 1), "a recipe must be a mapping with version, name, model, data and stages")])
+    for item in overrides:
+        _apply_override(data, locations, item)
+    v = _Validator(source, locations)
+    header = v.validate(TypeAdapter(RecipeHeader), data, ())
+    if header is None:
+        raise RecipeError(v.problems)
+    model = header.model if isinstance(header.model, ModelSpec) else _short_model(header.model, v)
+    stages = v.stages(header)
+    if v.problems:
+        raise RecipeError(v.problems)
+    return Recipe(
+        path=Path(source), text=text, sha256=hashlib.sha256(text.encode()).hexdigest(), name=header.name,
+        description=header.description, seed=header.seed, model=model, data=header.data,
+        tracking=header.tracking, stages=stages, overrides=list(overrides), locations=locations,
+    )
+
+
+def _short_model(source: str, v: "_Validator") -> ModelSpec:
+    try:
+        return ModelSpec(family=family_for(source), source=source)
+    except KeyError as exc:
+        v.problem(("model",), str(exc.args[0]))
+        return ModelSpec(family=FAMILIES.names()[0], source=source)
+
+
+def _apply_override(data: dict, locations: dict, item: str) -> None:
+    """--set dotted.key=value: the value is parsed as YAML (safely), so 0.6 is a float and [0,1] a list."""
+    where = Location(f"--set {item}")
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError([Problem(where, "expected --set dotted.key=value")])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise RecipeError([Problem(where, f"value is not valid YAML: {exc}")]) from None
+    parts = key.strip().split(".")
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError([Problem(where, f"'{'.'.join(parts[:depth + 1])}' is not a mapping")])
+        node = child
+    node[parts[-1]] = value
+    for n in range(1, len(parts) + 1):
+        locations[tuple(parts[:n])] = where
+    locations[tuple(parts)] = where
+
+
+def _is_sweep(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"sweep"}
+
+
+class _Validator:
+    """Runs pydantic and turns its errors into located, readable problems."""
+
+    def __init__(self, source: str, locations: dict[KeyPath, Location]):
+        self.source = source
+        self.locations = locations
+        self.problems: list[Problem] = []
+
+    def where(self, path: KeyPath) -> Location:
+        for n in range(len(path), -1, -1):
+            if path[:n] in self.locations:
+                return self.locations[path[:n]]
+        return Location(self.source, 1, 1)
+
+    def problem(self, path: KeyPath, message: str) -> None:
+        label = ".".join(str(p) for p in path)
+        self.problems.append(Problem(self.where(path), f"{label}: {message}" if label else message))
+
+    def validate(self, adapter: TypeAdapter, data: Any, prefix: KeyPath, known: Optional[list[str]] = None):
+        try:
+            return adapter.validate_python(data)
+        except ValidationError as exc:
+            seen: set = set()
+            for error in exc.errors():
+                path = prefix + _data_path(data, error["loc"])
+                if path not in seen:  # a union reports once per member; the first says enough
+                    seen.add(path)
+                    self.problem(path, _message(error, known))
+            return None
+
+    def stages(self, header: RecipeHeader) -> dict[str, StageDecl]:
+        accepted = _keys_accepted_by_any_stage()
+        for key in header.defaults:
+            if key not in accepted:
+                self.problem(("defaults", key), f"no stage type accepts this key{did_you_mean(key, accepted)}")
+        decls: dict[str, StageDecl] = {}
+        previous: Optional[str] = None
+        for sid, body in header.stages.items():
+            parent = body.get("from", previous) if isinstance(body, dict) else previous
+            if isinstance(parent, str) and parent not in header.stages:
+                self.problem(("stages", sid, "from"), f"no stage named '{parent}'{did_you_mean(parent, header.stages)}")
+            decl = self._stage(sid, body, header.defaults, previous)
+            if decl is not None:
+                decls[sid] = decl
+            previous = sid
+        return decls
+
+    def _stage(self, sid: str, body: dict, defaults: dict, previous: Optional[str]) -> Optional[StageDecl]:
+        path = ("stages", sid)
+        if not isinstance(body, dict):
+            self.problem(path, "a stage must be a mapping with at least 'type'")
+            return None
+        stype = body.get("type")
+        if stype not in STAGES:
+            msg = "missing required key 'type'" if stype is None else f"unknown stage type '{stype}'"
+            self.problem(path + (("type",) if stype is not None else ()), msg + did_you_mean(stype or "", STAGES.names())
+                         + f" (known: {', '.join(STAGES.names())})")
+            return None
+        fields = _fields_of(stype, body.get("method"))
+        merged = dict(body)
+        for key, value in defaults.items():
+            if key in fields and key not in merged:
+                merged[key] = value
+                self.locations.setdefault(path + (key,), self.where(("defaults", key)))
+        sweeps = {k: v["sweep"] for k, v in merged.items() if _is_sweep(v)}
+        for key, values in sweeps.items():
+            if not isinstance(values, list) or not values:
+                self.problem(path + (key,), "sweep must be a non-empty list of values")
+                return None
+        adapter = TypeAdapter(STAGES.get(stype).config)
+        variants = []
+        for combo in itertools.product(*sweeps.values()) if sweeps else [()]:
+            assignment = dict(zip(sweeps, combo))
+            config = self.validate(adapter, {**copy.deepcopy(merged), **assignment}, path, sorted(fields))
+            if config is None:
+                return None
+            variants.append((assignment, config))
+        parent = body.get("from", previous)
+        if "from" in sweeps:
+            self.problem(path + ("from",), "'from' cannot be swept")
+            return None
+        if stype not in ("train",) and STAGES.get(stype).needs_parent and parent is None:
+            self.problem(path, f"a '{stype}' stage needs a parent: add 'from:' or put a stage before it")
+            return None
+        return StageDecl(sid, stype, parent, variants, self.where(path),
+                         self.locations.get(path + ("from",)) if "from" in body else None)
+
+
+def _fields_of(stype: str, method: Any) -> set[str]:
+    config = STAGES.get(stype).config
+    if stype == "prune":
+        configs = [METHODS.get(method).config] if method in METHODS else [e.config for _, e in METHODS.items()]
+    else:
+        configs = [config]
+    names: set[str] = set()
+    for model in configs:
+        for name, info in model.model_fields.items():
+            names.add(info.alias or name)
+    return names
+
+
+def _keys_accepted_by_any_stage() -> list[str]:
+    keys: set[str] = set()
+    for name in STAGES.names():
+        keys |= _fields_of(name, None)
+    return sorted(keys - {"type", "from", "method"})
+
+
+def _data_path(data: Any, loc: tuple) -> KeyPath:
+    """Map a pydantic error location onto the data, dropping the union tags pydantic inserts
+    (a discriminator value such as 'depgraph', or a member name such as 'ModelSpec')."""
+    path: list = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and part not in node.values() and not part[:1].isupper():
+            path.append(part)  # an unknown or missing key
+            node = None
+    return tuple(path)
+
+
+def _message(error: dict, known: Optional[list[str]]) -> str:
+    kind, loc = error["type"], error["loc"]
+    key = str(loc[-1]) if loc else ""
+    if kind == "extra_forbidden":
+        return f"unknown key '{key}'{did_you_mean(key, known or [])}"
+    if kind == "missing":
+        return f"missing required key '{key}'"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        ctx = error.get("ctx", {})
+        tag = ctx.get("tag", "")
+        expected = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
+        return f"unknown {ctx.get('discriminator', 'value').strip(chr(39))} '{tag}'{did_you_mean(tag, expected)} (known: {', '.join(expected)})"
+    msg = error["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    got = error.get("input")
+    if kind not in ("missing",) and isinstance(got, (str, int, float, bool)) and not isinstance(got, dict):
+        msg += f" (got {got!r})"
+    return msg

@@ -1,0 +1,51 @@
+"""The recipe format, version 1, as pydantic models (the stage configs come from the stage registry)."""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import Field, field_validator
+
+from ..models import FAMILIES
+from ..registry import did_you_mean
+from ..config_base import StrictModel
+
+
+class ModelSpec(StrictModel):
+    """Long form of `model:`. The short form is a string whose family is inferred."""
+
+    family: str = Field(description="model family: " + ", ".join(FAMILIES.names()))
+    source: str = Field(min_length=1, description="architecture name, Ultralytics yaml, or a local checkpoint")
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        if value not in FAMILIES:
+            raise ValueError(f"unknown model family '{value}'{did_you_mean(value, FAMILIES.names())}")
+        return value
+
+
+class TrackingConfig(StrictModel):
+    uri: Optional[str] = Field(None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
+    experiment: Optional[str] = Field(None, min_length=1, description="MLflow experiment; default: the recipe name")
+
+
+class RecipeHeader(StrictModel):
+    """Everything but the stage bodies, which are validated one by one against their stage type."""
+
+    version: Literal[1] = Field(description="recipe format version")
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    description: str = ""
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    model: Union[str, ModelSpec] = Field(description="e.g. resnet18, yolov8n.yaml, or {family, source}")
+    data: str = Field(min_length=1, description="builtin:<name>[?options] or a dataset path")
+    defaults: dict[str, Any] = Field(default_factory=dict, description="keys inherited by every stage that accepts them")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    stages: dict[str, dict[str, Any]] = Field(min_length=1, description="stage id -> stage; order is file order")
+
+    @field_validator("stages")
+    @classmethod
+    def _ids(cls, stages: dict) -> dict:
+        for sid in stages:
+            if not isinstance(sid, str) or not sid.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"stage id '{sid}' must use letters, digits, '_' and '-' only")
+        return stages

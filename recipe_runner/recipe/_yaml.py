@@ -1,0 +1,81 @@
+"""Parse YAML text into plain data plus a map from each key path to its position.
+
+PyYAML's `safe_load` silently keeps the last of two duplicate keys and drops
+positions; this walks the composed node tree itself so both are caught, and any
+tag that would build a Python object is refused before anything is constructed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from ._errors import Location, Problem, RecipeError
+
+Path = tuple[Any, ...]
+STANDARD_TAGS = {
+    "tag:yaml.org,2002:" + name
+    for name in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")
+}
+
+
+class _Walker:
+    def __init__(self, source: str):
+        self.source = source
+        self.locations: dict[Path, Location] = {}
+        self.problems: list[Problem] = []
+        self._scalars = yaml.SafeLoader("")
+
+    def at(self, node: yaml.Node) -> Location:
+        return Location(self.source, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def walk(self, node: yaml.Node, path: Path) -> Any:
+        self.locations.setdefault(path, self.at(node))
+        if node.tag not in STANDARD_TAGS:
+            self.problems.append(Problem(self.at(node), f"YAML tag '{node.tag}' is not allowed in a recipe (only plain data)"))
+            return None
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.walk(item, path + (i,)) for i, item in enumerate(node.value)]
+        return self._scalars.construct_object(node, deep=True)
+
+    def _mapping(self, node: yaml.MappingNode, path: Path) -> dict:
+        result: dict = {}
+        first_seen: dict[Any, Location] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                self.problems.append(Problem(self.at(key_node), "keys must be plain scalars (no merge keys or complex keys)"))
+                continue
+            key = self.walk(key_node, path + ("<key>",))
+            if key in first_seen:
+                self.problems.append(Problem(self.at(key_node), f"duplicate key '{key}' (first defined at line {first_seen[key].line})"))
+                continue
+            first_seen[key] = self.at(key_node)
+            self.locations[path + (key,)] = self.at(key_node)
+            result[key] = self.walk(value_node, path + (key,))
+        return result
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path, Location]]:
+    """Return (data, locations); raise RecipeError on syntax errors, duplicate keys or object tags."""
+    walker = _Walker(source)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = Location(source, mark.line + 1, mark.column + 1) if mark else Location(source)
+        raise RecipeError([Problem(where, f"YAML syntax error: {exc.problem or exc.context}")]) from None
+    except yaml.YAMLError as exc:
+        raise RecipeError([Problem(Location(source), f"YAML error: {exc}")]) from None
+    if node is None:
+        raise RecipeError([Problem(Location(source, 1, 1), "the recipe is empty")])
+    try:
+        data = walker.walk(node, ())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = Location(source, mark.line + 1, mark.column + 1) if mark else Location(source)
+        raise RecipeError([Problem(where, f"YAML error: {getattr(exc, 'problem', exc)}")]) from None
+    if walker.problems:
+        raise RecipeError(walker.problems)
+    return data, walker.locations

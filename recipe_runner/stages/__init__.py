@@ -1,0 +1,10 @@
+"""Stage types, registered by name in STAGES. Importing this stays torch-free.
+
+To add a stage type: write a module with a pydantic config (subclass StageConfig)
+and a `run(ctx, config) -> StageOutput`, register it, and import it here.
+"""
+from ._base import STAGES, StageContext, StageOutput, StageType
+from ..config_base import StageConfig
+from . import evaluate, export, prune, train  # noqa: F401  (registration)
+
+__all__ = ["STAGES", "StageConfig", "StageContext", "StageOutput", "StageType"]

@@ -1,0 +1,35 @@
+"""export: write the parent model as ONNX and check ONNX Runtime agrees with PyTorch."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ._base import STAGES, StageContext, StageOutput, StageType
+from ..config_base import StageConfig
+
+
+class ExportConfig(StageConfig):
+    type: Literal["export"] = "export"
+    format: Literal["onnx"] = Field("onnx", description="export format")
+    opset: int = Field(17, ge=11, le=23, description="ONNX opset")
+    dynamic: bool = Field(False, description="dynamic batch dimension")
+    simplify: bool = Field(False, description="simplify the graph with onnxslim")
+    imgsz: int = Field(64, ge=16, le=4096)
+    batch: int = Field(16, ge=1, description="batch size of the ONNX accuracy evaluation")
+    workers: int = Field(0, ge=0, le=64)
+    atol: float = Field(1e-3, gt=0, description="largest allowed |ONNX Runtime - PyTorch| on the check input")
+
+
+def run_export(ctx: StageContext, config: ExportConfig) -> StageOutput:
+    path = ctx.workdir / "model.onnx"
+    metrics = ctx.family.export_onnx(ctx.parent_model, ctx.data, config, path)
+    if metrics["onnx_max_abs_diff"] > config.atol:
+        raise RuntimeError(
+            f"ONNX Runtime output differs from PyTorch by {metrics['onnx_max_abs_diff']:.3g} (> atol {config.atol})"
+        )
+    ctx.log_artifact(path, "export")
+    return StageOutput(model=ctx.parent_model, metrics=metrics)
+
+
+STAGES.register("export")(StageType(ExportConfig, run_export, description="export to ONNX and verify it"))

@@ -1,0 +1,104 @@
+"""prune: reach a target ratio in N steps, fine-tuning between steps, guarded by a maximum metric drop.
+
+The loop is method-independent (the reference workflow's loop); what one step does
+comes from the pruning-method registry. Progress is checkpointed after every step.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from ..pruning import METHODS, plan_steps
+from ._base import STAGES, StageContext, StageOutput, StageType
+
+PruneConfig = Annotated[
+    Union[tuple(entry.config for _, entry in METHODS.items())],  # type: ignore[misc]
+    Field(discriminator="method"),
+]
+
+
+def run_prune(ctx: StageContext, config) -> StageOutput:
+    method = METHODS.get(config.method)
+    family = ctx.family
+    model = ctx.parent_model
+    primary = family.primary_metric
+    start_step, history = 0, []
+    baseline = None
+    if ctx.resume_state is not None:
+        model = family.rebuild(ctx.resume_state["model"])
+        start_step = int(ctx.resume_state["epoch"])
+        history = list(ctx.resume_state["history"])
+        baseline = float(ctx.resume_state["baseline"])
+    if baseline is None:
+        base_eval = family.evaluate(model, ctx.data, config)
+        baseline = base_eval[primary]
+        history.append({"step": 0, **_shape_metrics(family, model, config), "metric_before_ft": baseline, "metric_after_ft": baseline})
+        ctx.log_metrics({f"step/{primary}": baseline, "step/macs": history[0]["macs"], "step/params": history[0]["params"]}, step=0)
+    epochs_trained = 0
+    stopped_early = False
+    plans = plan_steps(config.ratio, config.steps)
+    advance = ctx.progress(f"prune {config.method}", len(plans))
+    advance(start_step)
+    for plan in plans[start_step:]:
+        previous = copy.deepcopy(model)
+        model = method.prune_step(model, family, ctx.data, config, plan)
+        before = family.evaluate(model, ctx.data, config)[primary]
+        after = before
+        if config.finetune_epochs:
+            result = family.train(model, ctx.data, config, config.finetune_epochs, ctx.nested(f"step{plan.step}"))
+            model, epochs_trained = result.model, epochs_trained + result.epochs_trained
+            after = family.evaluate(model, ctx.data, config)[primary]
+        row = {"step": plan.step, **_shape_metrics(family, model, config), "metric_before_ft": before, "metric_after_ft": after}
+        ctx.log_metrics(
+            {f"step/{primary}_before_ft": before, f"step/{primary}": after, "step/macs": row["macs"], "step/params": row["params"],
+             "step/ratio": plan.cumulative},
+            step=plan.step,
+        )
+        if config.max_map_drop is not None and baseline - after > config.max_map_drop:
+            model, stopped_early = previous, True
+            row["rejected"] = True
+            history.append(row)
+            break
+        history.append(row)
+        ctx.save_epoch_state(
+            {"model": family.describe(model), "epoch": plan.step, "history": history, "baseline": baseline}, plan.step
+        )
+        advance(1)
+    ctx.log_plot(_plot(history, primary), "prune_steps.png")
+    kept = [r for r in history if not r.get("rejected")]
+    metrics = {"steps_done": float(kept[-1]["step"]), "stopped_early": float(stopped_early), f"baseline_{primary}": baseline}
+    return StageOutput(model=model, metrics=metrics, epochs_trained=epochs_trained)
+
+
+def _shape_metrics(family, model, config) -> dict[str, float]:
+    cost = family.cost(model, config.imgsz)
+    return {"macs": cost["macs"], "params": cost["params"]}
+
+
+def _plot(history: list[dict], primary: str):
+    """MACs and the primary metric per step, as the reference workflow plots them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [r["metric_before_ft"] for r in history], "o--", label=f"{primary} after pruning")
+    ax.plot(steps, [r["metric_after_ft"] for r in history], "o-", label=f"{primary} after fine-tuning")
+    ax.set_xlabel("prune step")
+    ax.set_ylabel(primary)
+    ax.legend(loc="lower left")
+    ax2 = ax.twinx()
+    base_macs = history[0]["macs"] or 1.0
+    ax2.plot(steps, [r["macs"] / base_macs for r in history], "s:", color="tab:red", label="MACs ratio")
+    ax2.set_ylabel("MACs / original MACs")
+    ax2.set_ylim(0, 1.05)
+    ax2.legend(loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+STAGES.register("prune")(StageType(PruneConfig, run_prune, description="prune the parent model"))  # type: ignore[arg-type]

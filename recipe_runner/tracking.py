@@ -1,0 +1,149 @@
+"""Everything that talks to MLflow: runs, params, metrics, checkpoints as artifacts, lookup by cache key.
+
+Uses MlflowClient with explicit run ids (no global "active run"), so nesting is
+just the `mlflow.parentRunId` tag and nothing leaks into other code's runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+PREFIX = "recipe_runner."
+ROLE, CACHE_KEY, STAGE_ID, NODE_ID, STAGE_TYPE = (PREFIX + k for k in ("role", "cache_key", "stage_id", "node_id", "stage_type"))
+CHECKPOINT_SHA, EPOCH, EPOCH_SHA = PREFIX + "checkpoint_sha256", PREFIX + "epoch", PREFIX + "epoch_sha256"
+CHECKPOINT_ARTIFACT, EPOCH_ARTIFACT = "checkpoint/model.pt", "epoch/state.pt"
+
+
+class TrackingError(RuntimeError):
+    """MLflow cannot be used (unreachable server, bad URI)."""
+
+
+def resolve_uri(cli_uri: Optional[str], recipe_uri: Optional[str]) -> str:
+    """--tracking-uri, then the recipe's tracking.uri, then $MLFLOW_TRACKING_URI, then sqlite in the working directory."""
+    uri = cli_uri or recipe_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+@dataclass
+class StageRun:
+    run_id: str
+    status: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    params: dict[str, str]
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str):
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        self.uri = uri
+        self.experiment_name = experiment
+        self._client = None
+        self._experiment_id: Optional[str] = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def check(self) -> None:
+        """Fail fast, before anything trains, when the store cannot be reached."""
+        if self.uri.startswith(("http://", "https://")):
+            import requests
+
+            try:
+                requests.get(self.uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+            except requests.RequestException as exc:
+                raise TrackingError(f"cannot reach the MLflow tracking server at {self.uri}: {type(exc).__name__}") from None
+        try:
+            self.experiment_id
+        except Exception as exc:
+            raise TrackingError(f"cannot use MLflow tracking URI {self.uri}: {exc}") from None
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment_name)
+            self._experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment_name)
+        return self._experiment_id
+
+    # -- runs -------------------------------------------------------------
+    def start_run(self, name: str, tags: dict[str, str], parent_id: Optional[str] = None) -> str:
+        tags = {"mlflow.runName": name, **tags}
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        return self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k)[:250], json.dumps(v) if not isinstance(v, str) else v) for k, v in params.items()]
+        items = [Param(p.key, p.value[:6000]) for p in items]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: Optional[int] = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k.replace("(", "_").replace(")", ""), float(v), now, step or 0) for k, v in metrics.items()
+                 if isinstance(v, (int, float))]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[i:i + 500])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
+    def log_artifact(self, run_id: str, path: Path, folder: Optional[str] = None) -> None:
+        self.client.log_artifact(run_id, str(path), folder)
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def log_figure(self, run_id: str, figure: Any, name: str) -> None:
+        self.client.log_figure(run_id, figure, name)
+
+    def download(self, run_id: str, artifact: str, dest: Path) -> Path:
+        dest.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, artifact, str(dest)))
+
+    # -- lookup by cache key ----------------------------------------------
+    def _stage_runs(self, cache_key: str) -> list:
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        return self.client.search_runs(
+            experiments, filter_string=f"tags.`{CACHE_KEY}` = '{cache_key}' and tags.`{ROLE}` = 'stage'",
+            order_by=["attributes.start_time DESC"], max_results=50,
+        )
+
+    def find_finished(self, cache_key: str) -> Optional[StageRun]:
+        for run in self._stage_runs(cache_key):
+            if run.info.status == "FINISHED" and CHECKPOINT_SHA in run.data.tags:
+                return _stage_run(run)
+        return None
+
+    def find_resumable(self, cache_key: str) -> Optional[StageRun]:
+        """The newest unfinished attempt that saved an epoch checkpoint."""
+        for run in self._stage_runs(cache_key):
+            if run.info.status != "FINISHED" and EPOCH_SHA in run.data.tags:
+                return _stage_run(run)
+        return None
+
+    def scratch(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="recipe-runner-"))
+
+
+def _stage_run(run) -> StageRun:
+    return StageRun(run.info.run_id, run.info.status, dict(run.data.tags), dict(run.data.metrics), dict(run.data.params))

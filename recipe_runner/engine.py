@@ -22,6 +22,7 @@ from .data import DataError, fingerprint_data, resolve_data
 from .graph import StageGraph, StageNode, compile_graph
 from .models import FAMILIES
 from .offline import configure_offline
+from .pruning.unstructured import sparsity as weight_sparsity
 from .recipe import Recipe, load_recipe
 from .stages import STAGES
 from . import tracking as T
@@ -247,7 +248,7 @@ class Engine:
             sha = save_checkpoint({"cache_key": node.cache_key, "model": self.family.describe(output.model)}, path)
             metrics["size_mb"] = path.stat().st_size / 1e6
             metrics["epochs_trained"] = float(output.epochs_trained)
-            self.tracker.log_metrics(run_id, metrics)
+            self.tracker.log_metrics(run_id, metrics, output.final_step)
             self.tracker.log_artifact(run_id, path, "checkpoint")
             self.tracker.set_tags(run_id, {T.CHECKPOINT_SHA: sha})
             self.tracker.finish(run_id)
@@ -267,6 +268,7 @@ class Engine:
         metrics = dict(self.family.evaluate(model, self.data, config))
         metrics.update(self.family.cost(model, config.imgsz))
         metrics["latency_ms"] = self.family.latency(model, config.imgsz)
+        metrics["sparsity"] = weight_sparsity(model)
         return metrics
 
     def model_of(self, node_id: str, workdir: Path) -> Any:

@@ -14,7 +14,8 @@ from torch import nn
 class TrainResult:
     model: nn.Module
     metrics: dict[str, float] = field(default_factory=dict)
-    epochs_trained: int = 0
+    epochs_trained: int = 0  # epochs run in this process (not counting resumed ones)
+    last_epoch: int = 0  # the epoch the model is at, counting resumed ones; final metrics are logged at this step
 
 
 class ModelFamily(ABC):

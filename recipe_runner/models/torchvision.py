@@ -111,7 +111,7 @@ class TorchvisionFamily(ModelFamily):
             if getattr(knobs, "patience", 0) and since_best >= knobs.patience:
                 break
         model.eval()
-        return TrainResult(model, metrics, trained)
+        return TrainResult(model, metrics, trained, start + trained)
 
     def evaluate(self, model: nn.Module, data, knobs) -> dict[str, float]:
         model.eval()

@@ -38,6 +38,7 @@ class StageOutput:
     model: Any
     metrics: dict[str, float] = field(default_factory=dict)
     epochs_trained: int = 0
+    final_step: int = 0  # MLflow step of the final evaluation (the last epoch, for training stages)
     evaluate_output: bool = True  # the engine adds the family's standard evaluation
 
 

@@ -1,0 +1,166 @@
+"""The engine end to end on a tiny classifier: real torch-pruning, real MLflow (sqlite store in a temp dir)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from mlflow.tracking import MlflowClient
+
+from recipe_runner.checkpoint import load_checkpoint
+from recipe_runner.models.torchvision import TorchvisionFamily
+from recipe_runner import tracking as T
+
+from conftest import cli, local_uri, stage_runs, write_recipe
+
+THREE_STAGES = """\
+  train:
+    type: train
+    epochs: 2
+    lr: 0.05
+  prune:
+    type: prune
+    method: depgraph
+    importance: group-l2
+    ratio: 0.5
+  finetune:
+    type: finetune
+    epochs: 1
+"""
+
+
+def by_node(runs) -> dict:
+    return {r.data.tags[T.NODE_ID]: r for r in runs}
+
+
+def test_three_stage_recipe_runs_logs_and_prunes(workspace: Path):
+    recipe = write_recipe(workspace, THREE_STAGES)
+    result = cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    uri = local_uri(workspace)
+    runs = by_node(stage_runs(uri))
+    assert list(runs) == ["train", "prune", "finetune"]
+    for node_id, run in runs.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags[T.ROLE] == "stage"
+        assert run.data.tags[T.STAGE_ID] == node_id
+        assert len(run.data.tags[T.CACHE_KEY]) == 32
+        for metric in ("top1", "macs", "params", "size_mb", "latency_ms", "epochs_trained"):
+            assert metric in run.data.metrics, (node_id, metric)
+    train, prune, finetune = runs["train"], runs["prune"], runs["finetune"]
+    assert train.data.params["epochs"] == "2" and prune.data.params["ratio"] == "0.5"
+    assert train.data.metrics["epochs_trained"] == 2 and finetune.data.metrics["epochs_trained"] == 1
+    # per-epoch metrics with step = epoch
+    client = MlflowClient(uri)
+    history = client.get_metric_history(train.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [1, 2]
+    # pruning at channel ratio 0.5 removes roughly 1-(1-0.5)^2 = 75% of prunable MACs/params
+    assert prune.data.metrics["macs"] < 0.5 * train.data.metrics["macs"]
+    assert prune.data.metrics["params"] < 0.6 * train.data.metrics["params"]
+    assert finetune.data.metrics["macs"] == prune.data.metrics["macs"]
+    # the parent run carries the recipe and the lock file
+    parent_id = train.data.tags["mlflow.parentRunId"]
+    names = {a.path for a in client.list_artifacts(parent_id, "recipe")}
+    assert names == {"recipe/recipe.yaml", "recipe/recipe.lock.json"}
+    # the pruned checkpoint is verified, loads without unpickling code and rebuilds the pruned shapes
+    path = Path(client.download_artifacts(prune.info.run_id, T.CHECKPOINT_ARTIFACT, str(workspace / "dl")))
+    payload = load_checkpoint(path, prune.data.tags[T.CHECKPOINT_SHA])
+    model = TorchvisionFamily().rebuild(payload["model"])
+    first_conv = model.features[0][0]
+    assert first_conv.out_channels == 8 and first_conv.weight.shape[0] == 8  # 16 -> 8 channels
+    assert model.classifier[-1].out_features == 4  # the classifier head is never pruned
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 4)
+    assert sum(p.numel() for p in model.parameters()) == prune.data.metrics["params"]
+
+
+def test_rerun_reuses_everything_and_set_reruns_only_downstream(workspace: Path):
+    recipe = write_recipe(workspace, THREE_STAGES)
+    assert cli("run", recipe).exit_code == 0
+    uri = local_uri(workspace)
+    first = by_node(stage_runs(uri))
+
+    assert cli("run", recipe).exit_code == 0
+    second = by_node(stage_runs(uri))
+    assert list(second) == ["train", "prune", "finetune"]  # the new parent run still shows every stage
+    for node_id, run in second.items():
+        assert run.data.tags[T.ROLE] == "reused"
+        assert run.data.tags[T.PREFIX + "reused_from"] == first[node_id].info.run_id
+        assert run.data.metrics["epochs_trained"] == 0
+        assert run.data.metrics["top1"] == first[node_id].data.metrics["top1"]
+
+    result = cli("run", recipe, "--set", "stages.prune.ratio=0.3")
+    assert result.exit_code == 0, result.output
+    third = by_node(stage_runs(uri))
+    assert third["train"].data.tags[T.ROLE] == "reused"
+    assert third["prune"].data.tags[T.ROLE] == "stage" and third["finetune"].data.tags[T.ROLE] == "stage"
+    assert third["prune"].data.params["ratio"] == "0.3"
+    assert third["finetune"].data.metrics["epochs_trained"] == 1
+    assert third["prune"].data.tags[T.CACHE_KEY] != first["prune"].data.tags[T.CACHE_KEY]
+    assert third["train"].data.tags[T.CACHE_KEY] == first["train"].data.tags[T.CACHE_KEY]
+
+    plan = cli("plan", recipe, "--set", "stages.prune.ratio=0.3")
+    assert plan.exit_code == 0 and plan.output.count("│ reuse ") == 3
+
+
+def test_force_and_only(workspace: Path):
+    recipe = write_recipe(workspace, THREE_STAGES)
+    assert cli("run", recipe, "--only", "prune").exit_code == 0
+    uri = local_uri(workspace)
+    assert list(by_node(stage_runs(uri))) == ["train", "prune"]
+    assert cli("run", recipe, "--force", "finetune").exit_code == 0
+    runs = by_node(stage_runs(uri))
+    assert [r.data.tags[T.ROLE] for r in runs.values()] == ["reused", "reused", "stage"]
+    bad = cli("run", recipe, "--only", "prnue")
+    assert bad.exit_code == 2 and "did you mean 'prune'" in bad.output
+
+
+def test_sweep_makes_branches_with_distinct_keys(workspace: Path):
+    recipe = write_recipe(workspace, THREE_STAGES.replace("ratio: 0.5", "ratio: {sweep: [0.3, 0.5]}"))
+    plan = cli("plan", recipe)
+    assert plan.exit_code == 0, plan.output
+    assert cli("run", recipe).exit_code == 0
+    runs = by_node(stage_runs(local_uri(workspace)))
+    assert set(runs) == {"train", "prune[prune.ratio=0.3]", "prune[prune.ratio=0.5]",
+                         "finetune[prune.ratio=0.3]", "finetune[prune.ratio=0.5]"}
+    keys = {r.data.tags[T.CACHE_KEY] for r in runs.values()}
+    assert len(keys) == 5
+    assert runs["finetune[prune.ratio=0.3]"].data.tags["mlflow.parentRunId"] == runs["train"].data.tags["mlflow.parentRunId"]
+    assert runs["prune[prune.ratio=0.3]"].data.metrics["macs"] > runs["prune[prune.ratio=0.5]"].data.metrics["macs"]
+
+
+def test_unstructured_pruning_reports_real_sparsity_and_keeps_it_through_finetune(workspace: Path):
+    stages = THREE_STAGES.replace("method: depgraph\n    importance: group-l2\n    ratio: 0.5",
+                                  "method: l1-unstructured\n    ratio: 0.6\n    steps: 2\n    finetune_epochs: 1")
+    recipe = write_recipe(workspace, stages)
+    result = cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    runs = by_node(stage_runs(local_uri(workspace)))
+    assert abs(runs["prune"].data.metrics["sparsity"] - 0.6) < 0.01
+    assert runs["finetune"].data.metrics["sparsity"] >= 0.6 - 0.01
+    assert runs["train"].data.metrics["sparsity"] < 0.01
+    assert runs["prune"].data.metrics["macs"] == runs["train"].data.metrics["macs"]  # zeros, not removed channels
+
+
+def test_export_checks_onnx_against_pytorch(workspace: Path):
+    recipe = write_recipe(workspace, THREE_STAGES + "  onnx:\n    type: export\n    dynamic: true\n")
+    result = cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    runs = by_node(stage_runs(local_uri(workspace)))
+    onnx = runs["onnx"]
+    assert onnx.data.metrics["onnx_max_abs_diff"] < 1e-3
+    assert abs(onnx.data.metrics["onnx_top1"] - onnx.data.metrics["top1"]) < 0.05
+    files = {a.path for a in MlflowClient(local_uri(workspace)).list_artifacts(onnx.info.run_id, "export")}
+    assert files == {"export/model.onnx"}
+
+
+def test_tampered_checkpoint_is_refused(workspace: Path):
+    recipe = write_recipe(workspace, THREE_STAGES)
+    assert cli("run", recipe, "--only", "train").exit_code == 0
+    train = by_node(stage_runs(local_uri(workspace)))["train"]
+    artifact = Path(train.info.artifact_uri.replace("file://", "")) / T.CHECKPOINT_ARTIFACT
+    data = bytearray(artifact.read_bytes())
+    data[-10] ^= 0xFF
+    artifact.write_bytes(bytes(data))
+    result = cli("run", recipe)
+    assert result.exit_code == 1
+    assert "corrupt" in result.output and "sha256" in result.output

@@ -12,6 +12,7 @@ from typing import Iterator, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .recipe import RecipeError, load_recipe, recipe_json_schema
@@ -67,11 +68,12 @@ def plan(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_
     with _exit_codes():
         p = prepare(recipe, RunOptions(set_ or [], force or [], only or [], tracking_uri))
     table = Table(title=f"{p.recipe.name}  (tracking: {p.tracker.uri}, experiment: {p.tracker.experiment_name})")
-    for column in ("stage", "type", "from", "action", "cache key", "source run"):
-        table.add_column(column)
+    table.add_column("stage", overflow="fold", min_width=min(40, max((len(s.node.id) for s in p.stages), default=5)))
+    for column in ("type", "from", "action", "cache key", "source run"):
+        table.add_column(column, overflow="fold")
     colour = {"reuse": "green", "resume": "yellow", "run": "cyan", "skip": "dim"}
     for s in p.stages:
-        table.add_row(s.node.id, s.node.type, s.node.parent or "-", f"[{colour[s.action]}]{s.action}[/]", s.node.cache_key[:12],
+        table.add_row(escape(s.node.id), s.node.type, escape(s.node.parent or "-"), f"[{colour[s.action]}]{s.action}[/]", s.node.cache_key[:12],
                       s.source.run_id[:12] if s.source else "-")
     console.print(table)
 
@@ -104,18 +106,20 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
     table = Table(title=f"{p.recipe.name}: done")
     keys = ["top1", "mAP50", "mAP50-95", "macs", "params", "size_mb", "epochs_trained"]
     shown = [k for k in keys if any(k in r.metrics for r in reports)]
-    for column in ["stage", "action", *shown, "seconds"]:
+    table.add_column("stage", overflow="fold", min_width=min(40, max((len(r.node_id) for r in reports), default=5)))
+    for column in ["action", *shown, "seconds"]:
         table.add_column(column)
     for r in reports:
-        table.add_row(r.node_id, r.action, *[_fmt(r.metrics.get(k)) for k in shown], f"{r.seconds:.1f}")
+        table.add_row(escape(r.node_id), r.action, *[_fmt(r.metrics.get(k)) for k in shown], f"{r.seconds:.1f}")
     console.print(table)
 
 
 def _fmt(value) -> str:
     if value is None:
         return "-"
-    if abs(value) >= 1e6:
-        return f"{value / 1e6:.2f}M"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{suffix}"
     return f"{value:.4g}"
 
 

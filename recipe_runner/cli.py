@@ -19,7 +19,6 @@ from .recipe import RecipeError, load_recipe, recipe_json_schema
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run model-compression recipes: train, prune, fine-tune, export; tracked in MLflow.")
 console = Console()
-errors = Console(stderr=True)
 
 RecipeArg = typer.Argument(..., help="path to a recipe YAML file", show_default=False)
 SetOpt = typer.Option(None, "--set", help="override a recipe value: dotted.key=value (repeatable)")
@@ -35,10 +34,10 @@ def _exit_codes() -> Iterator[None]:
         yield
     except RecipeError as exc:
         for problem in exc.problems:
-            errors.print(str(problem), markup=False, highlight=False)
+            typer.echo(str(problem), err=True)
         raise typer.Exit(2)
     except TrackingError as exc:
-        errors.print(f"error: {exc}", markup=False)
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
 
 
@@ -101,7 +100,7 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
             try:
                 reports = engine.run()
             except StageFailed as exc:
-                errors.print(f"error: {exc}", markup=False, highlight=False)
+                typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(1)
     table = Table(title=f"{p.recipe.name}: done")
     keys = ["top1", "mAP50", "mAP50-95", "macs", "params", "size_mb", "epochs_trained"]

@@ -58,7 +58,8 @@ class Plan:
     graph: StageGraph
     tracker: T.Tracker
     stages: list[PlannedStage]
-    data_base: Path
+    family: Any  # models.base.ModelFamily
+    data: Any  # data.DataSource
 
 
 @dataclass
@@ -74,7 +75,6 @@ class StageReport:
 def prepare(recipe_path: Path, options: RunOptions) -> Plan:
     """Validate, compile and look every stage up in MLflow; raises RecipeError/TrackingError before any work."""
     recipe = load_recipe(recipe_path, options.overrides)
-    entry = FAMILIES.get(recipe.model.family)
     base = Path.cwd() if _exists_relative(recipe.data, Path.cwd()) else recipe_path.parent
     try:
         fingerprint = fingerprint_data(recipe.data, base)
@@ -82,6 +82,7 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
         raise recipe.located(("data",), str(exc)) from None
     graph = compile_graph(recipe, fingerprint)
     selected = _select(graph, recipe, options)
+    family, data = _load_family_and_data(recipe, base)
     tracker = T.Tracker(T.resolve_uri(options.tracking_uri, recipe.tracking.uri), recipe.tracking.experiment or recipe.name)
     tracker.check()
     forced = {d for name in options.force for nid in _ids(graph, recipe, name) for d in [nid, *graph.descendants(nid)]}
@@ -97,8 +98,23 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
             stages.append(PlannedStage(node, "resume", found))
         else:
             stages.append(PlannedStage(node, "run"))
-    del entry
-    return Plan(recipe, graph, tracker, stages, base)
+    return Plan(recipe, graph, tracker, stages, family, data)
+
+
+def _load_family_and_data(recipe: Recipe, base: Path) -> tuple[Any, Any]:
+    """Import the model family and make sure model and data are usable, before MLflow is touched."""
+    configure_offline(_cache_dir())
+    entry = FAMILIES.get(recipe.model.family)
+    family = entry.load()
+    try:
+        family.check_source(recipe.model.source)
+    except ValueError as exc:
+        raise recipe.located(("model",), str(exc)) from None
+    try:
+        data = resolve_data(recipe.data, entry.task, base)
+    except (DataError, OSError) as exc:
+        raise recipe.located(("data",), str(exc)) from None
+    return family, data
 
 
 def _exists_relative(spec: str, base: Path) -> bool:
@@ -167,22 +183,11 @@ class Engine:
         self.plan, self.tracker, self.progress, self.announce = plan, plan.tracker, progress, announce
         self.outputs: dict[str, Any] = {}  # node id -> model, for stages that ran in this process
         self.sources: dict[str, str] = {}  # node id -> run id holding its checkpoint
-        self.family = None
-        self.data = None
+        self.family = plan.family
+        self.data = plan.data
 
     def run(self) -> list[StageReport]:
         recipe = self.plan.recipe
-        configure_offline(_cache_dir())
-        entry = FAMILIES.get(recipe.model.family)
-        self.family = entry.load()
-        try:
-            self.family.check_source(recipe.model.source)
-        except ValueError as exc:
-            raise recipe.located(("model",), str(exc)) from None
-        try:
-            self.data = resolve_data(recipe.data, entry.task, self.plan.data_base)
-        except (DataError, OSError) as exc:
-            raise recipe.located(("data",), str(exc)) from None
         parent_id = self.tracker.start_run(recipe.name, {
             T.ROLE: "recipe", T.PREFIX + "recipe_name": recipe.name, T.PREFIX + "recipe_sha256": recipe.sha256,
             "mlflow.note.content": recipe.description,

@@ -164,3 +164,26 @@ def test_tampered_checkpoint_is_refused(workspace: Path):
     result = cli("run", recipe)
     assert result.exit_code == 1
     assert "corrupt" in result.output and "sha256" in result.output
+
+
+def test_unknown_model_or_missing_data_is_a_located_error_that_starts_nothing(workspace: Path):
+    recipe = write_recipe(workspace, THREE_STAGES)
+    recipe.write_text(recipe.read_text().replace("model: lenet", "model: resnet81"))
+    result = cli("run", recipe)
+    assert result.exit_code == 2
+    assert f"{recipe}:4:1: model: unknown torchvision classification model 'resnet81'; did you mean 'resnet18'?" in result.output
+    recipe.write_text(recipe.read_text().replace("model: resnet81", "model: lenet").replace(
+        "data: builtin:shapes-cls?train=64&val=32&imgsz=32", "data: no/such/folder"))
+    result = cli("run", recipe)
+    assert result.exit_code == 2
+    assert f"{recipe}:5:1: data: dataset path 'no/such/folder' does not exist" in result.output
+    assert not (workspace / "mlflow.db").exists()
+
+
+def test_committed_json_schema_is_current():
+    import json
+
+    from recipe_runner.recipe import recipe_json_schema
+
+    committed = json.loads((Path(__file__).parent.parent / "recipe.schema.json").read_text())
+    assert committed == recipe_json_schema(), "regenerate it: recipe schema > recipe.schema.json"

@@ -80,6 +80,7 @@ def _shape_metrics(family, model, config) -> dict[str, float]:
 def _plot(history: list[dict], primary: str):
     """MACs and the primary metric per step, as the reference workflow plots them."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -89,6 +90,7 @@ def _plot(history: list[dict], primary: str):
     ax.plot(steps, [r["metric_before_ft"] for r in history], "o--", label=f"{primary} after pruning")
     ax.plot(steps, [r["metric_after_ft"] for r in history], "o-", label=f"{primary} after fine-tuning")
     ax.set_xlabel("prune step")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(primary)
     ax.legend(loc="lower left")
     ax2 = ax.twinx()

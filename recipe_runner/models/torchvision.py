@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +159,10 @@ class TorchvisionFamily(ModelFamily):
         model.eval()
         example = self.example_inputs(model, config.imgsz)
         dynamic = {"images": {0: "batch"}, "logits": {0: "batch"}} if config.dynamic else None
-        torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
-                          opset_version=config.opset, dynamic_axes=dynamic, dynamo=False)
+        with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
+                              opset_version=config.opset, dynamic_axes=dynamic, dynamo=False)
         if config.simplify:
             import onnxslim
 

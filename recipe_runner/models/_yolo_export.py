@@ -1,0 +1,115 @@
+"""ONNX export of a YOLO module through Ultralytics' exporter, then two checks of the exported file.
+
+1. Raw outputs: ONNX Runtime and the PyTorch module we trained (not the exporter's fused
+   copy, so BatchNorm folding is checked too) on real validation images.
+2. Accuracy: Ultralytics' validator runs the .onnx file itself (mAP of what ships).
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._yolo_env import resolved_data_yaml, strip_integration_callbacks, ultralytics_ready
+
+
+def export_onnx_file(model: nn.Module, path: Path, imgsz: int, opset: int, dynamic: bool, simplify: bool, batch: int) -> Path:
+    """Write `model` as ONNX to `path` with Ultralytics' exporter (its metadata lets the validator run the file)."""
+    ultralytics_ready()
+    from ultralytics.engine.exporter import Exporter
+
+    work = Path(tempfile.mkdtemp(prefix="yolo-export-", dir=path.parent))
+    try:
+        target = copy.deepcopy(model).float().eval()
+        target.pt_path = str(work / "model.pt")  # the exporter names its output after this; nothing is read from it
+        target.args = getattr(target, "args", None) or {}
+        target.task = "detect"  # set by Ultralytics' Model wrapper, which we do not use
+        exporter = Exporter(overrides={"format": "onnx", "imgsz": imgsz, "opset": opset, "dynamic": dynamic,
+                                       "simplify": simplify, "batch": batch, "device": "cpu", "half": False,
+                                       "int8": False, "nms": False, "verbose": False})
+        strip_integration_callbacks(exporter)
+        written = Path(exporter(model=target))
+        shutil.move(str(written), str(path))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return path
+
+
+def validation_images(data: Any, imgsz: int, count: int) -> np.ndarray:
+    """The first `count` validation images, letterboxed to imgsz, as float32 NCHW RGB in [0, 1]."""
+    import cv2
+    from ultralytics.data.augment import LetterBox
+    from ultralytics.data.utils import check_det_dataset, img2label_paths  # noqa: F401
+    from ultralytics.data.utils import IMG_FORMATS
+
+    info = check_det_dataset(resolved_data_yaml(data))
+    val = info["val"] if isinstance(info["val"], list) else [info["val"]]
+    files: list[Path] = []
+    for entry in val:
+        p = Path(entry)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower().lstrip(".") in IMG_FORMATS)
+        elif p.suffix == ".txt":
+            files += [Path(line.strip()) if Path(line.strip()).is_absolute() else (p.parent / line.strip())
+                      for line in p.read_text().splitlines() if line.strip()]
+    letterbox = LetterBox(new_shape=(imgsz, imgsz), auto=False)
+    images = []
+    for f in files[:count]:
+        image = letterbox(image=cv2.imread(str(f)))
+        images.append(image[..., ::-1].transpose(2, 0, 1) / 255.0)
+    if not images:
+        raise ValueError("no validation images found to check the ONNX export against PyTorch")
+    return np.ascontiguousarray(np.stack(images), dtype=np.float32)
+
+
+def _torch_output(model: nn.Module, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        out = model(torch.from_numpy(images))
+    return (out[0] if isinstance(out, (list, tuple)) else out).numpy()
+
+
+def export_and_check(family: Any, model: nn.Module, data: Any, config: Any, path: Path) -> dict[str, float]:
+    import onnxruntime as ort
+
+    from .yolo import _round_to_stride
+
+    imgsz = _round_to_stride(config.imgsz)
+    batch = config.batch if config.dynamic else 1
+    export_onnx_file(model, path, imgsz, config.opset, config.dynamic, config.simplify, batch)
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    reference = copy.deepcopy(model).float().eval()
+    checks = validation_images(data, imgsz, 4)
+    rows = [checks[i:i + 1] for i in range(len(checks))]
+    if config.dynamic and len(checks) > 1:
+        rows.append(checks)  # one batched run too, to exercise the dynamic batch axis
+    max_diff, max_ref = 0.0, 0.0
+    for images in rows:
+        ours = _torch_output(reference, images)
+        theirs = session.run(None, {input_name: images})[0]
+        if ours.shape != theirs.shape:
+            raise RuntimeError(f"ONNX output shape {theirs.shape} != PyTorch output shape {ours.shape}")
+        max_diff = max(max_diff, float(np.abs(ours - theirs).max()))
+        max_ref = max(max_ref, float(np.abs(ours).max()))
+
+    single = checks[:1]
+    session.run(None, {input_name: single})
+    start = time.perf_counter()
+    for _ in range(10):
+        session.run(None, {input_name: single})
+    latency = (time.perf_counter() - start) / 10 * 1000
+
+    accuracy = family._validate(str(path), data, config.model_copy(update={"imgsz": imgsz}), batch=batch)
+    return {"onnx_max_abs_diff": max_diff, "onnx_output_scale": max_ref,
+            "onnx_mAP50": accuracy["mAP50"], "onnx_mAP50-95": accuracy["mAP50-95"],
+            "onnx_size_mb": path.stat().st_size / 1e6, "onnx_latency_ms": latency}

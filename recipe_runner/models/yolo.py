@@ -1,0 +1,177 @@
+"""The `yolo` family: Ultralytics detection models (any detection yaml, or a local .pt), trained by Ultralytics' trainer."""
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._shapes import apply_shapes, module_attributes
+from ._yolo_env import device_string, resolved_data_yaml, strip_integration_callbacks, ultralytics_ready
+from .base import ModelFamily, TrainResult
+
+DESCRIPTION_FORMAT = 1
+_NOT_DETECTION = ("Segment", "Pose", "OBB", "Classify", "WorldDetect", "YOLOEDetect", "RTDETRDecoder", "Semantic")
+
+
+def _round_to_stride(imgsz: int, stride: int = 32) -> int:
+    return max(stride, int(math.ceil(imgsz / stride) * stride))
+
+
+class YoloFamily(ModelFamily):
+    name = "yolo"
+    primary_metric = "mAP50-95"
+
+    # -- building ---------------------------------------------------------
+    def check_source(self, source: str) -> None:
+        if source.lower().endswith(".pt"):
+            # never hand Ultralytics a missing *.pt: it would try to download it from GitHub
+            if not Path(source).expanduser().is_file():
+                raise ValueError(f"model checkpoint '{source}' does not exist (the yolo family loads local .pt files only; "
+                                 "use an Ultralytics yaml such as yolov8n.yaml to train from scratch)")
+            return
+        self._yaml_dict(source)
+
+    def _yaml_dict(self, source: str) -> dict[str, Any]:
+        """The architecture dict of an Ultralytics model yaml (a name Ultralytics ships, or a local file)."""
+        ultralytics_ready()
+        from ultralytics.nn.tasks import yaml_model_load
+
+        path = Path(source).expanduser()
+        try:
+            cfg = yaml_model_load(str(path) if path.is_file() else source)
+        except (FileNotFoundError, OSError) as exc:
+            raise ValueError(f"unknown Ultralytics model yaml '{source}' ({exc}); use a shipped name like yolov8n.yaml "
+                             "or yolo11n.yaml, or a path to a yaml file") from None
+        head = cfg.get("head") or []
+        last = head[-1][2] if head and len(head[-1]) > 2 else ""
+        if "Detect" not in str(last) or any(word in str(last) for word in _NOT_DETECTION):
+            raise ValueError(f"'{source}' is not a detection model (its head is '{last}'); the yolo family trains detectors")
+        return cfg
+
+    def build(self, source: str, data, seed: int) -> nn.Module:
+        ultralytics_ready()
+        from ultralytics.nn.tasks import DetectionModel
+
+        torch.manual_seed(seed)
+        nc = data.num_classes
+        if source.lower().endswith(".pt"):
+            from ultralytics.nn.tasks import load_checkpoint
+
+            weights, _ = load_checkpoint(str(Path(source).expanduser()))  # the user's own local file
+            if any(type(m).__name__ == "SplitC2f" for m in weights.modules()):
+                raise ValueError(f"'{source}' holds a pruned runner model; start from the recipe stage that made it instead")
+            model = DetectionModel(copy.deepcopy(weights.yaml), nc=nc, verbose=False)
+            model.load(weights, verbose=False)
+        else:
+            model = DetectionModel(self._yaml_dict(source), nc=nc, verbose=False)
+        model.names = dict(enumerate(data.names))
+        return model
+
+    # -- training ---------------------------------------------------------
+    def train(self, model: nn.Module, data, knobs, epochs: int, ctx) -> TrainResult:
+        from ._yolo_train import run_training
+
+        source = str(getattr(model, "yaml", {}).get("yaml_file", "yolov8n.yaml"))
+        model, metrics, trained, reached = run_training(model, self.rebuild, self.describe, resolved_data_yaml(data), knobs,
+                                                        epochs, ctx, source)
+        return TrainResult(model, metrics, trained, reached)
+
+    def evaluate(self, model: nn.Module, data, knobs) -> dict[str, float]:
+        return self._validate(copy.deepcopy(model).float().eval(), data, knobs)
+
+    def _validate(self, model: Any, data, knobs, batch: int | None = None) -> dict[str, float]:
+        """Ultralytics' validator on the val split; `model` is a module or an exported file's path."""
+        ultralytics_ready()
+        from ultralytics.models.yolo.detect import DetectionValidator
+
+        save_dir = Path(tempfile.mkdtemp(prefix="yolo-val-"))
+        try:
+            args = {"data": resolved_data_yaml(data), "imgsz": knobs.imgsz, "batch": batch or knobs.batch, "plots": False,
+                    "save_json": False, "verbose": False, "device": device_string(getattr(knobs, "device", "cpu")),
+                    "workers": getattr(knobs, "workers", 0), "half": False, "save_dir": str(save_dir), "task": "detect",
+                    "mode": "val", "split": "val"}
+            validator = DetectionValidator(args=args, save_dir=save_dir)
+            strip_integration_callbacks(validator)
+            results = validator(model=model)
+        finally:
+            shutil.rmtree(save_dir, ignore_errors=True)
+        return {
+            "mAP50": float(results.get("metrics/mAP50(B)", 0.0)),
+            "mAP50-95": float(results.get("metrics/mAP50-95(B)", 0.0)),
+            "precision": float(results.get("metrics/precision(B)", 0.0)),
+            "recall": float(results.get("metrics/recall(B)", 0.0)),
+        }
+
+    def accumulate_gradients(self, model: nn.Module, data, knobs, batches: int) -> None:
+        """Gradients of the detection loss over a few training batches (for Taylor importance)."""
+        ultralytics_ready()
+        from ultralytics.cfg import get_cfg
+        from ultralytics.data import build_dataloader, build_yolo_dataset
+        from ultralytics.data.utils import check_det_dataset
+
+        cfg = get_cfg(overrides={"imgsz": knobs.imgsz, "batch": knobs.batch, "task": "detect", "mode": "train"})
+        info = check_det_dataset(resolved_data_yaml(data))
+        dataset = build_yolo_dataset(cfg, info["train"], knobs.batch, info, mode="train", stride=32)
+        loader = build_dataloader(dataset, knobs.batch, workers=0, shuffle=True, rank=-1)
+        model.args, model.criterion = cfg, None
+        model.train()
+        for i, batch in enumerate(loader):
+            if i >= batches:
+                break
+            batch["img"] = batch["img"].float() / 255
+            loss, _ = model.loss(batch)
+            loss.sum().backward()
+        model.criterion = None
+        model.eval()
+
+    # -- structure --------------------------------------------------------
+    def example_inputs(self, model: nn.Module, imgsz: int) -> torch.Tensor:
+        stride = int(max(getattr(model, "stride", torch.tensor([32.0])).max().item(), 32))
+        size = _round_to_stride(imgsz, stride)
+        return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def output_layers(self, model: nn.Module) -> list[nn.Module]:
+        from ultralytics.nn.modules.head import Detect
+
+        return [m for m in model.modules() if isinstance(m, Detect)]
+
+    def prepare_for_pruning(self, model: nn.Module) -> nn.Module:
+        from ._yolo_blocks import replace_c2f
+
+        if replace_c2f(model):
+            model._rr_split_c2f = True
+        return model
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        return {
+            "family": self.name, "format": DESCRIPTION_FORMAT,
+            "yaml": copy.deepcopy(model.yaml), "nc": int(model.nc if hasattr(model, "nc") else model.yaml["nc"]),
+            "names": [str(v) for _, v in sorted(dict(getattr(model, "names", {}) or {}).items())],
+            "split_c2f": bool(getattr(model, "_rr_split_c2f", False)),
+            "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "attributes": module_attributes(model),
+        }
+
+    def rebuild(self, description: dict[str, Any]) -> nn.Module:
+        ultralytics_ready()
+        from ultralytics.nn.tasks import DetectionModel
+
+        model = DetectionModel(copy.deepcopy(description["yaml"]), nc=int(description["nc"]), verbose=False)
+        if description.get("split_c2f"):
+            self.prepare_for_pruning(model)
+        apply_shapes(model, description["state_dict"], description["attributes"])
+        if description.get("names"):
+            model.names = dict(enumerate(description["names"]))
+        return model.eval()
+
+    # -- export -----------------------------------------------------------
+    def export_onnx(self, model: nn.Module, data, config, path: Path) -> dict[str, float]:
+        from ._yolo_export import export_and_check
+
+        return export_and_check(self, model, data, config, path)

@@ -17,7 +17,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from mlflow.exceptions import MlflowException
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import DataError, fingerprint_data, resolve_data
 from .graph import StageGraph, StageNode, compile_graph
 from .models import FAMILIES
@@ -157,10 +159,12 @@ class RunningStage:
     def save_epoch_state(self, state: dict, epoch: int) -> None:
         if self.prefix:  # fine-tuning inside a multi-step stage: the stage checkpoints per step instead
             return
-        path = self.workdir / "epoch" / "state.pt"
+        slot = epoch % 2
+        path = self.workdir / "epoch" / str(slot) / "state.pt"
         sha = save_checkpoint({"cache_key": self.node.cache_key, **state}, path)
-        self.engine.tracker.log_artifact(self.run_id, path, "epoch")
-        self.engine.tracker.set_tags(self.run_id, {T.EPOCH: epoch, T.EPOCH_SHA: sha})  # after the upload, never before
+        self.engine.tracker.log_artifact(self.run_id, path, f"epoch/{slot}")
+        # after the upload, never before: a crash in between leaves the tags on the other, intact slot
+        self.engine.tracker.set_tags(self.run_id, {T.EPOCH: epoch, T.EPOCH_SHA: sha, T.EPOCH_SLOT: slot})
 
     def log_artifact(self, path: Path, folder: Optional[str] = None) -> None:
         self.engine.tracker.log_artifact(self.run_id, path, folder)
@@ -237,7 +241,12 @@ class Engine:
             self.tracker.log_params(run_id, {**node.params(), **{f"sweep.{k}": v for k, v in node.sweep.items()}})
             resume_state = None
             if planned.action == "resume":
-                resume_state = self._load_epoch_state(planned.source, workdir)
+                try:
+                    resume_state = self._load_epoch_state(planned.source, workdir)
+                except (CheckpointError, OSError, MlflowException) as exc:  # not verified: not trusted; start over
+                    self.announce(f"[warn]   {node.id}: cannot resume run {planned.source.run_id[:8]} ({exc}); starting over")
+                    planned = PlannedStage(node, "run")
+            if resume_state is not None:
                 self.tracker.set_tags(run_id, {T.PREFIX + "resumed_from": planned.source.run_id,
                                                T.PREFIX + "resumed_epoch": resume_state["epoch"]})
                 self.announce(f"[resume] {node.id}  from epoch {resume_state['epoch']} of run {planned.source.run_id[:8]}")
@@ -289,7 +298,8 @@ class Engine:
         return copy.deepcopy(self.outputs[node_id])  # a child must not change its parent's output (branches share it)
 
     def _load_epoch_state(self, source: T.StageRun, workdir: Path) -> dict:
-        path = self.tracker.download(source.run_id, T.EPOCH_ARTIFACT, workdir / "resume")
+        slot = int(source.tags.get(T.EPOCH_SLOT, 0))
+        path = self.tracker.download(source.run_id, T.epoch_artifact(slot), workdir / "resume")
         return load_checkpoint(path, source.tags.get(T.EPOCH_SHA))
 
     def lock(self) -> dict[str, Any]:

@@ -15,7 +15,13 @@ from typing import Any, Optional
 PREFIX = "recipe_runner."
 ROLE, CACHE_KEY, STAGE_ID, NODE_ID, STAGE_TYPE = (PREFIX + k for k in ("role", "cache_key", "stage_id", "node_id", "stage_type"))
 CHECKPOINT_SHA, EPOCH, EPOCH_SHA = PREFIX + "checkpoint_sha256", PREFIX + "epoch", PREFIX + "epoch_sha256"
-CHECKPOINT_ARTIFACT, EPOCH_ARTIFACT = "checkpoint/model.pt", "epoch/state.pt"
+EPOCH_SLOT = PREFIX + "epoch_slot"
+CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
+
+
+def epoch_artifact(slot: int) -> str:
+    """Epoch checkpoints alternate between two slots, so the one the tags point to is never being overwritten."""
+    return f"epoch/{slot}/state.pt"
 
 
 class TrackingError(RuntimeError):

@@ -75,3 +75,66 @@ def test_killed_training_resumes_from_epoch_checkpoint(workspace: Path):
     killed = client.get_run(train.data.tags[T.PREFIX + "resumed_from"])
     assert killed.info.status == "KILLED"  # the cut-off attempt no longer shows as running
     assert runs["finetune"].info.status == "FINISHED"
+
+
+FAILING = RECIPE.replace("train=768", "train=64")
+
+
+def _crash_at_epoch(monkeypatch, epoch: int) -> None:
+    """Make training raise after `epoch` epochs were checkpointed (a crash, in-process)."""
+    from recipe_runner.models.torchvision import TorchvisionFamily
+
+    original = TorchvisionFamily.evaluate
+    calls = {"n": 0}
+
+    def evaluate(self, model, data, knobs):
+        calls["n"] += 1
+        if calls["n"] > epoch:
+            raise RuntimeError("simulated crash")
+        return original(self, model, data, knobs)
+
+    monkeypatch.setattr(TorchvisionFamily, "evaluate", evaluate)
+
+
+def test_crashed_stage_resumes_and_a_corrupt_epoch_checkpoint_is_not_trusted(workspace: Path, monkeypatch):
+    recipe = workspace / "recipe.yaml"
+    recipe.write_text(FAILING)
+    with monkeypatch.context() as patch:
+        _crash_at_epoch(patch, 3)
+        failed = cli("run", recipe)
+    assert failed.exit_code == 1 and "simulated crash" in failed.output
+    uri = local_uri(workspace)
+    crashed = stage_runs(uri)[0]
+    assert crashed.info.status == "FAILED" and crashed.data.tags[T.EPOCH] == "3"
+
+    # corrupt the slot the tags point to: the next run must refuse it and train from scratch
+    slot = crashed.data.tags[T.EPOCH_SLOT]
+    artifact = Path(crashed.info.artifact_uri.replace("file://", "")) / T.epoch_artifact(int(slot))
+    artifact.write_bytes(artifact.read_bytes()[:-20] + b"x" * 20)
+    result = cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    assert "cannot resume" in result.output and "corrupt" in result.output
+    train = {r.data.tags[T.NODE_ID]: r for r in stage_runs(uri)}["train"]
+    assert train.data.metrics["epochs_trained"] == 8
+    assert T.PREFIX + "resumed_from" not in train.data.tags
+
+
+def test_resumed_training_matches_uninterrupted_training(workspace: Path, monkeypatch, tmp_path_factory):
+    recipe = workspace / "recipe.yaml"
+    recipe.write_text(FAILING)
+    with monkeypatch.context() as patch:
+        _crash_at_epoch(patch, 4)
+        assert cli("run", recipe).exit_code == 1
+    assert cli("run", recipe).exit_code == 0
+    resumed = {r.data.tags[T.NODE_ID]: r for r in stage_runs(local_uri(workspace))}["train"]
+    assert resumed.data.tags[T.PREFIX + "resumed_epoch"] == "4"
+
+    clean_dir = tmp_path_factory.mktemp("clean")
+    monkeypatch.chdir(clean_dir)
+    (clean_dir / "recipe.yaml").write_text(FAILING)
+    assert cli("run", clean_dir / "recipe.yaml").exit_code == 0
+    clean = {r.data.tags[T.NODE_ID]: r for r in stage_runs(local_uri(clean_dir))}["train"]
+    assert clean.data.metrics["epochs_trained"] == 8 and resumed.data.metrics["epochs_trained"] == 4
+    # same data order, schedule and optimizer state: the same model, up to float noise
+    assert abs(clean.data.metrics["val_loss"] - resumed.data.metrics["val_loss"]) < 1e-4
+    assert clean.data.metrics["top1"] == resumed.data.metrics["top1"]

@@ -92,6 +92,7 @@ class TorchvisionFamily(ModelFamily):
                 group["lr"] = knobs.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * epoch / epochs)))
             model.train()
             total, count = 0.0, 0
+            torch.manual_seed(seed * 1000 + epoch)  # augmentation draws from the global RNG: seed per epoch so resume is exact
             for images, labels in self._loader(data, "train", knobs, shuffle=True, seed=seed * 1000 + epoch):
                 optimizer.zero_grad()
                 loss = loss_fn(model(images), labels)

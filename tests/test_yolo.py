@@ -1,0 +1,246 @@
+"""The yolo family: split-C2f equivalence, plain-data reload of pruned models, the recipe end to end, offline.
+
+Tiny sizes throughout (16 train / 8 val images at 64 px, 1 epoch per stage), so each test takes seconds to a minute.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from recipe_runner import tracking as T
+from recipe_runner.checkpoint import load_checkpoint
+
+from conftest import cli, local_uri, stage_runs
+
+TINY_DATA = "builtin:shapes?train=16&val=8&imgsz=64"
+
+YOLO_RECIPE = f"""\
+version: 1
+name: tiny-yolo
+seed: 0
+model: yolov8n.yaml
+data: {TINY_DATA}
+defaults:
+  imgsz: 64
+  batch: 8
+stages:
+  train:
+    type: train
+    epochs: 2
+  prune:
+    type: prune
+    method: depgraph
+    ratio: 0.5
+    steps: 2
+    finetune_epochs: 1
+  finetune:
+    type: finetune
+    epochs: 1
+  onnx:
+    type: export
+    format: onnx
+"""
+
+
+@pytest.fixture(scope="module")
+def family():
+    from recipe_runner.models.yolo import YoloFamily
+
+    return YoloFamily()
+
+
+@pytest.fixture
+def tiny_data(workspace: Path):
+    from recipe_runner.data import resolve_data
+
+    return resolve_data(TINY_DATA, "detect")
+
+
+def _randomise_batchnorm(model: torch.nn.Module) -> None:
+    """Trained-looking BN statistics, so the equivalence test cannot pass by accident on identity BN."""
+    generator = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
+
+
+@pytest.mark.parametrize("source", ["yolov8n.yaml", "yolo11n.yaml"])
+def test_split_c2f_is_numerically_equivalent(family, tiny_data, source: str):
+    import copy
+
+    from ultralytics.nn.modules.block import C2f
+
+    from recipe_runner.models._yolo_blocks import SplitC2f
+
+    model = family.build(source, tiny_data, seed=0)
+    _randomise_batchnorm(model)
+    model.eval()
+    eps = {m.eps for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert eps == {1e-3}  # Ultralytics' eps, which the replacement must keep
+    x = family.example_inputs(model, 64)
+    with torch.no_grad():
+        before = model(x)[0]
+    replaced = family.prepare_for_pruning(copy.deepcopy(model))
+    assert not any(isinstance(m, C2f) for m in replaced.modules())
+    assert any(isinstance(m, SplitC2f) for m in replaced.modules())
+    assert not issubclass(SplitC2f, C2f)  # the exporter's forward_split trap
+    assert not any(m.training for m in replaced.modules())
+    with torch.no_grad():
+        after = replaced(x)[0]
+    assert (before - after).abs().max().item() < 1e-5
+
+
+def test_pruned_model_reloads_from_plain_data(family, tiny_data, tmp_path: Path):
+    from recipe_runner.pruning import METHODS, plan_steps
+
+    method = METHODS.get("depgraph")
+    config = method.config(method="depgraph", imgsz=64, ratio=0.5)
+    model = family.build("yolov8n.yaml", tiny_data, seed=0)
+    _randomise_batchnorm(model)
+    before = family.cost(model, 64)
+    model = method.prune_step(model, family, tiny_data, config, plan_steps(0.5, 1)[0])
+    after = family.cost(model, 64)
+    assert after["macs"] < 0.5 * before["macs"]
+    path = tmp_path / "pruned.pt"
+    torch.save(family.describe(model), path)
+    reloaded = family.rebuild(torch.load(path, weights_only=True))  # no code is unpickled
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in reloaded.state_dict().items()} == shapes
+    assert family.cost(reloaded, 64) == after
+    model.eval()
+    x = family.example_inputs(model, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x)[0], reloaded(x)[0])
+
+
+def test_check_source_rejects_missing_checkpoint_and_unknown_yaml(family):
+    with pytest.raises(ValueError, match="does not exist"):
+        family.check_source("missing-weights.pt")
+    with pytest.raises(ValueError, match="unknown Ultralytics model yaml"):
+        family.check_source("yolov99q.yaml")
+    with pytest.raises(ValueError, match="not a detection model"):
+        family.check_source("yolov8n-seg.yaml")
+
+
+def _by_node(runs) -> dict:
+    return {r.data.tags[T.NODE_ID]: r for r in runs}
+
+
+def test_yolo_recipe_end_to_end_and_rerun_reuses(workspace: Path, family):
+    recipe = workspace / "yolo.yaml"
+    recipe.write_text(YOLO_RECIPE)
+    result = cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    uri = local_uri(workspace)
+    runs = _by_node(stage_runs(uri))
+    assert list(runs) == ["train", "prune", "finetune", "onnx"]
+    for node_id, run in runs.items():
+        assert run.info.status == "FINISHED", node_id
+        for metric in ("mAP50", "mAP50-95", "precision", "recall", "macs", "params", "latency_ms", "size_mb"):
+            assert metric in run.data.metrics, (node_id, metric)
+    train, prune, finetune, onnx = runs["train"], runs["prune"], runs["finetune"], runs["onnx"]
+    assert train.data.metrics["epochs_trained"] == 2
+    client = MlflowClient(uri)
+    # per-epoch learning curve in the stage's own run, step = epoch
+    assert sorted(m.step for m in client.get_metric_history(train.info.run_id, "train/box_loss")) == [1, 2]
+    assert sorted(m.step for m in client.get_metric_history(train.info.run_id, "mAP50-95"))[:2] == [1, 2]
+    # channel ratio 0.5 leaves about (1-0.5)^2 of the prunable MACs: well under half of the total
+    assert prune.data.metrics["macs"] < 0.5 * train.data.metrics["macs"]
+    assert finetune.data.metrics["macs"] == prune.data.metrics["macs"]
+    assert [m.step for m in client.get_metric_history(prune.info.run_id, "step/macs")] == [0, 1, 2]
+    # the ONNX file matches PyTorch and was evaluated itself
+    assert onnx.data.metrics["onnx_max_abs_diff"] < 1e-3
+    assert "onnx_mAP50-95" in onnx.data.metrics and onnx.data.metrics["onnx_size_mb"] > 0
+    assert [a.path for a in client.list_artifacts(onnx.info.run_id, "export")] == ["export/model.onnx"]
+    # the pruned checkpoint reloads (plain data only) with the pruned shapes and the same outputs
+    path = Path(client.download_artifacts(finetune.info.run_id, T.CHECKPOINT_ARTIFACT, str(workspace / "dl")))
+    model = family.rebuild(load_checkpoint(path, finetune.data.tags[T.CHECKPOINT_SHA])["model"])
+    assert sum(p.numel() for p in model.parameters()) == finetune.data.metrics["params"]
+    assert family.cost(model, 64)["macs"] == finetune.data.metrics["macs"]
+    onnx_path = Path(client.download_artifacts(onnx.info.run_id, "export/model.onnx", str(workspace / "dl-onnx")))
+    import onnxruntime as ort
+
+    x = family.example_inputs(model, 64)
+    with torch.no_grad():
+        ours = model(x)[0].numpy()
+    theirs = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    assert abs(ours - theirs).max() < 1e-3
+    # second run: every stage reused, nothing trained
+    again = cli("run", recipe)
+    assert again.exit_code == 0, again.output
+    second = _by_node(stage_runs(uri))
+    assert {r.data.tags[T.ROLE] for r in second.values()} == {"reused"}
+    assert all(r.data.metrics["epochs_trained"] == 0 for r in second.values())
+
+
+BLOCKED_RUN = """\
+import json, socket, sys
+attempts = []
+_connect = socket.socket.connect
+
+def _local(address):
+    host = address[0] if isinstance(address, tuple) else address
+    return isinstance(host, str) and (host.startswith("127.") or host in ("localhost", "::1") or host.startswith("/"))
+
+def connect(self, address):
+    if self.family == socket.AF_UNIX or _local(address):
+        return _connect(self, address)
+    attempts.append(repr(address))
+    raise OSError("network blocked by test")
+
+def connect_ex(self, address):
+    try:
+        connect(self, address)
+        return 0
+    except OSError:
+        return 111
+
+_getaddrinfo = socket.getaddrinfo
+
+def getaddrinfo(host, *args, **kwargs):
+    if host is None or _local((host,)):
+        return _getaddrinfo(host, *args, **kwargs)
+    attempts.append(f"dns:{host}")
+    raise socket.gaierror("network blocked by test")
+
+socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
+from recipe_runner.cli import app
+try:
+    app(sys.argv[1:])
+finally:
+    open("attempts.json", "w").write(json.dumps(attempts))
+"""
+
+
+def test_yolo_recipe_runs_with_network_blocked(tmp_path: Path):
+    """A fresh process (fresh Ultralytics settings, fonts, dataset) with every non-loopback connection refused."""
+    (tmp_path / "blocked.py").write_text(BLOCKED_RUN)
+    (tmp_path / "yolo.yaml").write_text(textwrap.dedent(f"""\
+        version: 1
+        name: offline-yolo
+        model: yolov8n.yaml
+        data: {TINY_DATA}
+        defaults: {{imgsz: 64, batch: 8}}
+        stages:
+          train: {{type: train, epochs: 1}}
+          onnx: {{type: export, format: onnx}}
+        """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "MLFLOW_", "RECIPE_RUNNER_"))}
+    env.update(RECIPE_RUNNER_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path / "home"))
+    done = subprocess.run([sys.executable, "blocked.py", "run", "yolo.yaml"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads((tmp_path / "attempts.json").read_text()) == []
+    assert (tmp_path / "cache" / "ultralytics-config" / "Ultralytics" / "Arial.ttf").is_file()
+    assert not (tmp_path / "home" / ".config" / "Ultralytics").exists()  # settings stay in the runner's folder

@@ -101,12 +101,13 @@ def test_split_c2f_is_numerically_equivalent(family, tiny_data, source: str):
     assert (before - after).abs().max().item() < 1e-5
 
 
-def test_pruned_model_reloads_from_plain_data(family, tiny_data, tmp_path: Path):
+@pytest.mark.parametrize("source", ["yolov8n.yaml", "yolo11n.yaml"])  # YOLO11: attention blocks are kept whole
+def test_pruned_model_reloads_from_plain_data(family, tiny_data, tmp_path: Path, source: str):
     from recipe_runner.pruning import METHODS, plan_steps
 
     method = METHODS.get("depgraph")
     config = method.config(method="depgraph", imgsz=64, ratio=0.5)
-    model = family.build("yolov8n.yaml", tiny_data, seed=0)
+    model = family.build(source, tiny_data, seed=0)
     _randomise_batchnorm(model)
     before = family.cost(model, 64)
     model = method.prune_step(model, family, tiny_data, config, plan_steps(0.5, 1)[0])

@@ -137,9 +137,15 @@ class YoloFamily(ModelFamily):
         return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
 
     def output_layers(self, model: nn.Module) -> list[nn.Module]:
+        """The Detect head, plus YOLO11's attention blocks (C2PSA, PSABlock, Attention).
+
+        Attention splits channels by heads, which DepGraph cannot follow: with them prunable
+        torch-pruning did not finish on yolo11n in minutes. Kept whole, the rest of YOLO11 prunes.
+        """
+        from ultralytics.nn.modules.block import C2PSA, PSABlock, Attention
         from ultralytics.nn.modules.head import Detect
 
-        return [m for m in model.modules() if isinstance(m, Detect)]
+        return [m for m in model.modules() if isinstance(m, (Detect, C2PSA, PSABlock, Attention))]
 
     def prepare_for_pruning(self, model: nn.Module) -> nn.Module:
         from ._yolo_blocks import replace_c2f

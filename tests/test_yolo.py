@@ -245,3 +245,29 @@ def test_yolo_recipe_runs_with_network_blocked(tmp_path: Path):
     assert json.loads((tmp_path / "attempts.json").read_text()) == []
     assert (tmp_path / "cache" / "ultralytics-config" / "Ultralytics" / "Arial.ttf").is_file()
     assert not (tmp_path / "home" / ".config" / "Ultralytics").exists()  # settings stay in the runner's folder
+
+
+def test_user_data_yaml_with_relative_path_txt_lists_and_name_list(workspace: Path, family, tiny_data):
+    """A user's data.yaml: relative `path:` (relative to the yaml's folder), names as a list, train/val as txt lists."""
+    from recipe_runner.data import resolve_data
+    from recipe_runner.models._yolo_export import validation_images
+
+    root = workspace / "mydata"
+    source = Path(tiny_data.path).parent
+    import shutil
+
+    shutil.copytree(source / "images", root / "images")
+    shutil.copytree(source / "labels", root / "labels")
+    for split in ("train", "val"):
+        files = sorted((root / "images" / split).glob("*.png"))
+        (root / f"{split}.txt").write_text("\n".join(f"./images/{split}/{f.name}" for f in files) + "\n")
+    (workspace / "cfg").mkdir()
+    (workspace / "cfg" / "data.yaml").write_text("path: ../mydata\ntrain: train.txt\nval: val.txt\nnames: [circle, square, triangle]\n")
+    data = resolve_data("cfg/data.yaml", "detect", workspace)
+    assert data.names == ["circle", "square", "triangle"]
+    model = family.build("yolov8n.yaml", data, seed=0)
+    assert model.nc == 3
+    knobs = type("Knobs", (), {"imgsz": 64, "batch": 8, "workers": 0, "device": "cpu"})()
+    metrics = family.evaluate(model, data, knobs)  # Ultralytics found the images and labels
+    assert set(metrics) == {"mAP50", "mAP50-95", "precision", "recall"}
+    assert validation_images(data, 64, 2).shape == (2, 3, 64, 64)

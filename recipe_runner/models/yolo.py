@@ -70,7 +70,7 @@ class YoloFamily(ModelFamily):
             model.load(weights, verbose=False)
         else:
             model = DetectionModel(self._yaml_dict(source), nc=nc, verbose=False)
-        model.names = dict(enumerate(data.names))
+        model.nc, model.names = nc, dict(enumerate(data.names))
         return model
 
     # -- training ---------------------------------------------------------
@@ -172,6 +172,7 @@ class YoloFamily(ModelFamily):
         if description.get("split_c2f"):
             self.prepare_for_pruning(model)
         apply_shapes(model, description["state_dict"], description["attributes"])
+        model.nc = int(description["nc"])
         if description.get("names"):
             model.names = dict(enumerate(description["names"]))
         return model.eval()

@@ -73,6 +73,7 @@ def parse_recipe(text: str, source: str, overrides: list[str] = ()) -> Recipe:
     v = _Validator(source, locations)
     header = v.validate(TypeAdapter(RecipeHeader), data, ())
     if header is None:
+        _check_stages_anyway(v, data)
         raise RecipeError(v.problems)
     model = header.model if isinstance(header.model, ModelSpec) else _short_model(header.model, v)
     stages = v.stages(header)
@@ -83,6 +84,14 @@ def parse_recipe(text: str, source: str, overrides: list[str] = ()) -> Recipe:
         description=header.description, seed=header.seed, model=model, data=header.data,
         tracking=header.tracking, stages=stages, overrides=list(overrides), locations=locations,
     )
+
+
+def _check_stages_anyway(v: "_Validator", data: dict) -> None:
+    """Report stage problems too when the header is wrong, so one `validate` shows every mistake."""
+    stages, defaults = data.get("stages"), data.get("defaults", {})
+    if isinstance(stages, dict) and stages and all(isinstance(k, str) for k in stages) and isinstance(defaults, dict):
+        header = RecipeHeader.model_construct(stages={k: b for k, b in stages.items()}, defaults=defaults)
+        v.stages(header)
 
 
 def _short_model(source: str, v: "_Validator") -> ModelSpec:
@@ -107,8 +116,12 @@ def _apply_override(data: dict, locations: dict, item: str) -> None:
     node = data
     for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
-        if child is None:
+        if child is None and depth == 0 and part in OPTIONAL_SECTIONS:
             child = node[part] = {}
+        elif child is None:
+            at = ".".join(parts[:depth]) or "the recipe"
+            raise RecipeError([Problem(where, f"'{'.'.join(parts[:depth + 1])}' does not exist in {at}"
+                                              f"{did_you_mean(part, list(node))}")])
         if not isinstance(child, dict):
             raise RecipeError([Problem(where, f"'{'.'.join(parts[:depth + 1])}' is not a mapping")])
         node = child
@@ -116,6 +129,9 @@ def _apply_override(data: dict, locations: dict, item: str) -> None:
     for n in range(1, len(parts) + 1):
         locations[tuple(parts[:n])] = where
     locations[tuple(parts)] = where
+
+
+OPTIONAL_SECTIONS = ("tracking", "defaults")  # --set may create these; other paths must exist in the recipe
 
 
 def _is_sweep(value: Any) -> bool:
@@ -147,6 +163,8 @@ class _Validator:
             seen: set = set()
             for error in exc.errors():
                 path = prefix + _data_path(data, error["loc"])
+                if error["type"] == "union_tag_invalid":  # point at the discriminator key itself (e.g. method:)
+                    path += (str(error.get("ctx", {}).get("discriminator", "")).strip("'"),)
                 if path not in seen:  # a union reports once per member; the first says enough
                     seen.add(path)
                     self.problem(path, _message(error, known))
@@ -262,8 +280,11 @@ def _message(error: dict, known: Optional[list[str]]) -> str:
         return f"unknown {ctx.get('discriminator', 'value').strip(chr(39))} '{tag}'{did_you_mean(tag, expected)} (known: {', '.join(expected)})"
     msg = error["msg"]
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        return msg[len("Value error, "):]  # our own validators already name the value
     got = error.get("input")
-    if kind not in ("missing",) and isinstance(got, (str, int, float, bool)) and not isinstance(got, dict):
+    if isinstance(got, (str, int, float, bool)):
         msg += f" (got {got!r})"
+    if kind == "literal_error" and isinstance(got, str):
+        expected = [t.strip(" '") for t in str(error.get("ctx", {}).get("expected", "")).replace(" or ", ", ").split(",")]
+        msg += did_you_mean(got, expected)
     return msg

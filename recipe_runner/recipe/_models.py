@@ -1,6 +1,7 @@
 """The recipe format, version 1, as pydantic models (the stage configs come from the stage registry)."""
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, field_validator
@@ -33,7 +34,7 @@ class RecipeHeader(StrictModel):
     """Everything but the stage bodies, which are validated one by one against their stage type."""
 
     version: Literal[1] = Field(description="recipe format version")
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    name: str = Field(min_length=1, max_length=200, description="letters, digits, '.', '_' and '-'; the MLflow experiment by default")
     description: str = ""
     seed: int = Field(0, ge=0, le=2**32 - 1)
     model: Union[str, ModelSpec] = Field(description="e.g. resnet18, yolov8n.yaml, or {family, source}")
@@ -41,6 +42,13 @@ class RecipeHeader(StrictModel):
     defaults: dict[str, Any] = Field(default_factory=dict, description="keys inherited by every stage that accepts them")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     stages: dict[str, dict[str, Any]] = Field(min_length=1, description="stage id -> stage; order is file order")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", value):
+            raise ValueError(f"recipe name '{value}' must start with a letter or digit and use only letters, digits, '.', '_' and '-'")
+        return value
 
     @field_validator("stages")
     @classmethod

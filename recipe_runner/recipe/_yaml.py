@@ -64,6 +64,8 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path, Location]]:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if exc.context_mark and "<stream end>" in str(exc.problem):  # an unclosed bracket: point where it opened
+            mark = exc.context_mark
         where = Location(source, mark.line + 1, mark.column + 1) if mark else Location(source)
         raise RecipeError([Problem(where, f"YAML syntax error: {exc.problem or exc.context}")]) from None
     except yaml.YAMLError as exc:

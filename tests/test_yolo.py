@@ -183,6 +183,11 @@ def test_yolo_recipe_end_to_end_and_rerun_reuses(workspace: Path, family):
     second = _by_node(stage_runs(uri))
     assert {r.data.tags[T.ROLE] for r in second.values()} == {"reused"}
     assert all(r.data.metrics["epochs_trained"] == 0 for r in second.values())
+    # exporting a model rebuilt from its MLflow checkpoint (not the in-memory one) works too
+    forced = cli("run", recipe, "--force", "onnx")
+    assert forced.exit_code == 0, forced.output
+    third = _by_node(stage_runs(uri))
+    assert third["onnx"].data.tags[T.ROLE] == "stage" and third["onnx"].data.metrics["onnx_max_abs_diff"] < 1e-3
 
 
 BLOCKED_RUN = """\

@@ -29,7 +29,7 @@ def export_onnx_file(model: nn.Module, path: Path, imgsz: int, opset: int, dynam
     try:
         target = copy.deepcopy(model).float().eval()
         target.pt_path = str(work / "model.pt")  # the exporter names its output after this; nothing is read from it
-        target.args = getattr(target, "args", None) or {}
+        target.args = {"data": ""}  # the exporter reads args["data"] for calibration only (not used for fp32 ONNX)
         target.task = "detect"  # set by Ultralytics' Model wrapper, which we do not use
         exporter = Exporter(overrides={"format": "onnx", "imgsz": imgsz, "opset": opset, "dynamic": dynamic,
                                        "simplify": simplify, "batch": batch, "device": "cpu", "half": False,

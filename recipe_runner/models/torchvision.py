@@ -172,7 +172,7 @@ class TorchvisionFamily(ModelFamily):
         options.intra_op_num_threads = 1
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         batch = 1 if not config.dynamic else config.batch
-        max_diff, correct, total = 0.0, 0, 0
+        max_diff, scale, correct, total = 0.0, 0.0, 0, 0
         with torch.no_grad():
             for images, labels in self._loader(data, "val", config.model_copy(update={"batch": batch}), shuffle=False):
                 if images.shape[0] != batch:
@@ -180,6 +180,7 @@ class TorchvisionFamily(ModelFamily):
                 ours = model(images).numpy()
                 theirs = session.run(None, {"images": images.numpy()})[0]
                 max_diff = max(max_diff, float(np.abs(ours - theirs).max()))
+                scale = max(scale, float(np.abs(ours).max()))
                 correct += int((theirs.argmax(1) == labels.numpy()).sum())
                 total += len(labels)
         single = np.random.default_rng(0).standard_normal((1, 3, config.imgsz, config.imgsz)).astype(np.float32)
@@ -188,5 +189,5 @@ class TorchvisionFamily(ModelFamily):
         for _ in range(10):
             session.run(None, {"images": single})
         latency = (time.perf_counter() - start) / 10 * 1000
-        return {"onnx_max_abs_diff": max_diff, "onnx_top1": correct / max(total, 1),
+        return {"onnx_max_abs_diff": max_diff, "onnx_output_scale": scale, "onnx_top1": correct / max(total, 1),
                 "onnx_size_mb": path.stat().st_size / 1e6, "onnx_latency_ms": latency}

@@ -4,12 +4,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, get_args
 
 import yaml
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..models import FAMILIES, family_for
 from ..pruning import METHODS
@@ -71,7 +72,7 @@ def parse_recipe(text: str, source: str, overrides: list[str] = ()) -> Recipe:
     for item in overrides:
         _apply_override(data, locations, item)
     v = _Validator(source, locations)
-    header = v.validate(TypeAdapter(RecipeHeader), data, ())
+    header = v.validate(TypeAdapter(RecipeHeader), data, (), lambda loc: _model_keys(RecipeHeader, loc))
     if header is None:
         _check_stages_anyway(v, data)
         raise RecipeError(v.problems)
@@ -134,6 +135,9 @@ def _apply_override(data: dict, locations: dict, item: str) -> None:
 OPTIONAL_SECTIONS = ("tracking", "defaults")  # --set may create these; other paths must exist in the recipe
 
 
+STAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
+
+
 def _is_sweep(value: Any) -> bool:
     return isinstance(value, dict) and set(value) == {"sweep"}
 
@@ -156,18 +160,20 @@ class _Validator:
         label = ".".join(str(p) for p in path)
         self.problems.append(Problem(self.where(path), f"{label}: {message}" if label else message))
 
-    def validate(self, adapter: TypeAdapter, data: Any, prefix: KeyPath, known: Optional[list[str]] = None):
+    def validate(self, adapter: TypeAdapter, data: Any, prefix: KeyPath,
+                 known: Callable[[tuple], list[str]] = lambda loc: []):
+        """The validated value, or None after recording one problem per offending key."""
         try:
             return adapter.validate_python(data)
         except ValidationError as exc:
+            located = [(prefix + _error_path(data, error), error) for error in exc.errors()]
             seen: set = set()
-            for error in exc.errors():
-                path = prefix + _data_path(data, error["loc"])
-                if error["type"] == "union_tag_invalid":  # point at the discriminator key itself (e.g. method:)
-                    path += (str(error.get("ctx", {}).get("discriminator", "")).strip("'"),)
+            for path, error in located:
+                if _lost_union_member(path, error, located) or _misspelled_nearby(path, error, located):
+                    continue
                 if path not in seen:  # a union reports once per member; the first says enough
                     seen.add(path)
-                    self.problem(path, _message(error, known))
+                    self.problem(path, _message(error, known(error["loc"])))
             return None
 
     def stages(self, header: RecipeHeader) -> dict[str, StageDecl]:
@@ -177,6 +183,9 @@ class _Validator:
                 self.problem(("defaults", key), f"no stage type accepts this key{did_you_mean(key, accepted)}")
         decls: dict[str, StageDecl] = {}
         previous: Optional[str] = None
+        for sid in header.stages:
+            if not STAGE_ID.fullmatch(sid):
+                self.problem(("stages", sid), f"stage id '{sid}' must start with a letter or digit and use only letters, digits, '_' and '-'")
         for sid, body in header.stages.items():
             parent = body.get("from", previous) if isinstance(body, dict) else previous
             if isinstance(parent, str) and parent not in header.stages:
@@ -190,7 +199,7 @@ class _Validator:
     def _stage(self, sid: str, body: dict, defaults: dict, previous: Optional[str]) -> Optional[StageDecl]:
         path = ("stages", sid)
         if not isinstance(body, dict):
-            self.problem(path, "a stage must be a mapping with at least 'type'")
+            self.problem(path, f"a stage must be a mapping with at least 'type' (got {body!r})")
             return None
         stype = body.get("type")
         if stype not in STAGES:
@@ -213,7 +222,7 @@ class _Validator:
         variants = []
         for combo in itertools.product(*sweeps.values()) if sweeps else [()]:
             assignment = dict(zip(sweeps, combo))
-            config = self.validate(adapter, {**copy.deepcopy(merged), **assignment}, path, sorted(fields))
+            config = self.validate(adapter, {**copy.deepcopy(merged), **assignment}, path, lambda loc: sorted(fields))
             if config is None:
                 return None
             variants.append((assignment, config))
@@ -248,22 +257,68 @@ def _keys_accepted_by_any_stage() -> list[str]:
     return sorted(keys - {"type", "from", "method"})
 
 
-def _data_path(data: Any, loc: tuple) -> KeyPath:
-    """Map a pydantic error location onto the data, dropping the union tags pydantic inserts
-    (a discriminator value such as 'depgraph', or a member name such as 'ModelSpec')."""
+def _error_path(data: Any, error: dict) -> KeyPath:
+    """Where in the data a pydantic error points; a missing discriminator points at its own key."""
+    path = _data_path(data, error["loc"], error["type"] in KEY_ERRORS)
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):  # point at the key itself (e.g. method:)
+        path += (_discriminator(error),)
+    return path
+
+
+KEY_ERRORS = ("missing", "extra_forbidden")  # errors whose last loc part names a key that is not in the data
+
+
+def _data_path(data: Any, loc: tuple, names_key: bool = False) -> KeyPath:
+    """Map a pydantic error location onto the data, dropping the union labels pydantic inserts
+    (a discriminator value such as 'depgraph', or a member such as 'ModelSpec', 'str', "literal['cpu']")."""
     path: list = []
     node = data
-    for part in loc:
+    for n, part in enumerate(loc):
         if isinstance(node, dict) and part in node:
             path.append(part)
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             path.append(part)
             node = node[part]
-        elif isinstance(node, dict) and isinstance(part, str) and part not in node.values() and not part[:1].isupper():
+        elif names_key and n == len(loc) - 1:
             path.append(part)  # an unknown or missing key
-            node = None
     return tuple(path)
+
+
+def _lost_union_member(path: KeyPath, error: dict, located: list[tuple[KeyPath, dict]]) -> bool:
+    """True for a union member's type error when another member got deeper into the value: `model: {family: ...}`
+    is a ModelSpec with a bad family, not a bad string."""
+    if not error["type"].endswith(("_type", "literal_error")):
+        return False
+    return any(len(other) > len(path) and other[:len(path)] == path for other, _ in located)
+
+
+def _misspelled_nearby(path: KeyPath, error: dict, located: list[tuple[KeyPath, dict]]) -> bool:
+    """True for "missing key 'model'" when a sibling unknown key ('modle') already says "did you mean 'model'"."""
+    if error["type"] != "missing" or not path:
+        return False
+    return any(e["type"] == "extra_forbidden" and other[:-1] == path[:-1] and did_you_mean(other[-1], [path[-1]])
+               for other, e in located)
+
+
+def _discriminator(error: dict) -> str:
+    return str(error.get("ctx", {}).get("discriminator", "")).strip("'")
+
+
+def _model_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys the model nested at `loc` accepts (for "did you mean" on an unknown key)."""
+    for part in loc[:-1]:
+        info = model.model_fields.get(part) if isinstance(part, str) else None
+        if info is None:
+            continue  # a union label or a list index
+        nested = [m for m in (info.annotation, *get_args(info.annotation)) if isinstance(m, type) and issubclass(m, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+TAGGED: dict[str, Callable[[], list[str]]] = {"method": METHODS.names}  # discriminator -> its known values
 
 
 def _message(error: dict, known: Optional[list[str]]) -> str:
@@ -273,7 +328,12 @@ def _message(error: dict, known: Optional[list[str]]) -> str:
         return f"unknown key '{key}'{did_you_mean(key, known or [])}"
     if kind == "missing":
         return f"missing required key '{key}'"
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
+    if kind == "union_tag_not_found":
+        tags = TAGGED.get(_discriminator(error), lambda: [])()
+        return f"missing required key '{_discriminator(error)}'" + (f" (known: {', '.join(tags)})" if tags else "")
+    if kind == "too_short" and isinstance(error.get("input"), dict):
+        return f"needs at least {error.get('ctx', {}).get('min_length', 1)} entry; it is empty"
+    if kind == "union_tag_invalid":
         ctx = error.get("ctx", {})
         tag = ctx.get("tag", "")
         expected = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]

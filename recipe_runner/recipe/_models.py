@@ -30,30 +30,27 @@ class TrackingConfig(StrictModel):
     experiment: Optional[str] = Field(None, min_length=1, description="MLflow experiment; default: the recipe name")
 
 
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # recipe names (the message says it in words)
+
+
 class RecipeHeader(StrictModel):
     """Everything but the stage bodies, which are validated one by one against their stage type."""
 
     version: Literal[1] = Field(description="recipe format version")
-    name: str = Field(min_length=1, max_length=200, description="letters, digits, '.', '_' and '-'; the MLflow experiment by default")
+    name: str = Field(min_length=1, max_length=200, json_schema_extra={"pattern": NAME.pattern},
+                      description="letters, digits, '.', '_' and '-'; the MLflow experiment by default")
     description: str = ""
     seed: int = Field(0, ge=0, le=2**32 - 1)
     model: Union[str, ModelSpec] = Field(description="e.g. resnet18, yolov8n.yaml, or {family, source}")
     data: str = Field(min_length=1, description="builtin:<name>[?options] or a dataset path")
     defaults: dict[str, Any] = Field(default_factory=dict, description="keys inherited by every stage that accepts them")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    stages: dict[str, dict[str, Any]] = Field(min_length=1, description="stage id -> stage; order is file order")
+    # bodies and ids are checked stage by stage, each at its own line (see _load._Validator.stages)
+    stages: dict[str, Any] = Field(min_length=1, description="stage id -> stage; order is file order")
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", value):
+        if not NAME.fullmatch(value):
             raise ValueError(f"recipe name '{value}' must start with a letter or digit and use only letters, digits, '.', '_' and '-'")
         return value
-
-    @field_validator("stages")
-    @classmethod
-    def _ids(cls, stages: dict) -> dict:
-        for sid in stages:
-            if not isinstance(sid, str) or not sid.replace("_", "").replace("-", "").isalnum():
-                raise ValueError(f"stage id '{sid}' must use letters, digits, '_' and '-' only")
-        return stages

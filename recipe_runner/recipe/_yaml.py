@@ -57,17 +57,27 @@ class _Walker:
         return result
 
 
+def _syntax_problem(exc: yaml.MarkedYAMLError, source: str) -> Problem:
+    """One located line for a YAML syntax error, pointing where the user has to look."""
+    mark, message = exc.problem_mark or exc.context_mark, f"YAML syntax error: {exc.problem or exc.context}"
+    if exc.context_mark and exc.problem_mark and str(exc.context).startswith("while parsing a flow"):
+        # an unclosed [ or {: point where it opened, and say where parsing gave up
+        mark = exc.context_mark
+        message = f"YAML syntax error: this {'[' if 'sequence' in str(exc.context) else '{'} is not closed" \
+                  f" ({exc.problem} at line {exc.problem_mark.line + 1})"
+    elif "<block end>" in str(exc.problem) or "mapping values are not allowed" in str(exc.problem):
+        message += " (check this line's indentation, and quote values that contain ': ')"
+    where = Location(source, mark.line + 1, mark.column + 1) if mark else Location(source)
+    return Problem(where, message)
+
+
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path, Location]]:
     """Return (data, locations); raise RecipeError on syntax errors, duplicate keys or object tags."""
     walker = _Walker(source)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        if exc.context_mark and "<stream end>" in str(exc.problem):  # an unclosed bracket: point where it opened
-            mark = exc.context_mark
-        where = Location(source, mark.line + 1, mark.column + 1) if mark else Location(source)
-        raise RecipeError([Problem(where, f"YAML syntax error: {exc.problem or exc.context}")]) from None
+        raise RecipeError([_syntax_problem(exc, source)]) from None
     except yaml.YAMLError as exc:
         raise RecipeError([Problem(Location(source), f"YAML error: {exc}")]) from None
     if node is None:

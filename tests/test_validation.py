@@ -64,6 +64,10 @@ CASES: dict[str, tuple[int, str]] = {
     "bad_model_family": (4, "unknown model family 'torchvison'; did you mean 'torchvision'?"),
     "stage_not_mapping": (6, "a stage must be a mapping with at least 'type' (got 'train')"),
     "bad_stage_id": (8, "stage id 'prune 50%' must start with a letter or digit"),
+    "custom_tag": (8, "YAML tag '!env' is not allowed"),
+    "bad_recipe_name": (2, "recipe name 'my experiment' must start with a letter or digit"),
+    "export_bad_opset": (10, "stages.onnx.opset: Input should be greater than or equal to 11 (got 7)"),
+    "negative_seed": (3, "seed: Input should be greater than or equal to 0 (got -1)"),
 }
 LOCATED = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<message>\S.*)$")
 

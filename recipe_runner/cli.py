@@ -5,6 +5,8 @@ Exit codes: 0 success, 1 a stage or the tracking store failed, 2 the recipe or t
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +32,7 @@ def _exit_codes() -> Iterator[None]:
     """Turn known failures into one clear line each and the documented exit code."""
     from .tracking import TrackingError
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..." is noise here
     try:
         yield
     except RecipeError as exc:
@@ -100,8 +103,13 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
             try:
                 reports = engine.run()
             except StageFailed as exc:
-                typer.echo(f"error: {exc}", err=True)
+                if os.environ.get("RECIPE_RUNNER_DEBUG"):
+                    raise
+                typer.echo(f"error: {exc}  (set RECIPE_RUNNER_DEBUG=1 for the traceback)", err=True)
                 raise typer.Exit(1)
+            except KeyboardInterrupt:
+                typer.echo("interrupted: finished stages are kept; run again to resume from the last epoch checkpoint", err=True)
+                raise typer.Exit(130)
     table = Table(title=f"{p.recipe.name}: done")
     keys = ["top1", "mAP50", "mAP50-95", "macs", "params", "size_mb", "epochs_trained"]
     shown = [k for k in keys if any(k in r.metrics for r in reports)]

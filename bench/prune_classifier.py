@@ -4,17 +4,18 @@ Runs a real recipe through the engine (one trained baseline, one branch per rati
 pruned in 2 steps with fine-tuning), then exports every stage's model to ONNX and times
 ONNX Runtime on one CPU thread at 224x224. Prints a table and writes bench/results/prune_classifier.json.
 
-    python bench/prune_classifier.py            # about 4 minutes on 2 CPU cores
+    python bench/prune_classifier.py [WORKDIR]   # about 4 minutes on 2 CPU cores; WORKDIR keeps the MLflow store
 """
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import compute_seconds, median_ms, output_models, run_recipe  # noqa: E402
 
 RECIPE = """\
 version: 1
@@ -31,7 +32,8 @@ stages:
 LATENCY_SIZE = 224
 
 
-def ort_latency_ms(model, imgsz: int, runs: int = 20) -> float:
+def ort_latency_ms(model, imgsz: int) -> float:
+    """Median ONNX Runtime latency, one thread, batch 1."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -44,39 +46,15 @@ def ort_latency_ms(model, imgsz: int, runs: int = 20) -> float:
         options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        x = np.random.default_rng(0).standard_normal((1, 3, imgsz, imgsz)).astype(np.float32)
-        for _ in range(3):
-            session.run(None, {"images": x} if session.get_inputs()[0].name == "images" else {session.get_inputs()[0].name: x})
-        name = session.get_inputs()[0].name
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            session.run(None, {name: x})
-            times.append((time.perf_counter() - start) * 1000)
-    return sorted(times)[len(times) // 2]
+        feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, imgsz, imgsz)).astype(np.float32)}
+        return median_ms(lambda: session.run(None, feed))
 
 
 def main() -> None:
-    from recipe_runner import tracking as T
-    from recipe_runner.checkpoint import load_checkpoint
-    from recipe_runner.engine import Engine, RunOptions, prepare
-
-    work = Path(tempfile.mkdtemp(prefix="bench-cls-"))
-    os.chdir(work)
-    recipe = work / "recipe.yaml"
-    recipe.write_text(RECIPE)
-    started = time.time()
-    plan = prepare(recipe, RunOptions())
-    reports = Engine(plan, lambda d, t: (lambda n: None), announce=lambda line: print(line, flush=True)).run()
-    wall = time.time() - started
-    rows = []
-    base = None
-    for report in reports:
-        if report.node_id.startswith("prune"):
-            continue
-        run = plan.tracker.client.get_run(report.run_id)
-        path = plan.tracker.download(report.run_id, T.CHECKPOINT_ARTIFACT, work / "dl" / report.run_id)
-        model = plan.family.rebuild(load_checkpoint(path, run.data.tags[T.CHECKPOINT_SHA])["model"])
+    work = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="bench-cls-"))
+    plan, reports, wall = run_recipe(RECIPE, work)
+    rows, base = [], None
+    for report, model in output_models(plan, reports, work):
         m = report.metrics
         row = {"stage": report.node_id, "top1": m["top1"], "macs_64": m["macs"], "params": m["params"],
                "ort_ms_224": ort_latency_ms(model, LATENCY_SIZE)}
@@ -84,15 +62,14 @@ def main() -> None:
         row["macs_reduction"] = base["macs_64"] / row["macs_64"]
         row["speedup"] = base["ort_ms_224"] / row["ort_ms_224"]
         rows.append(row)
-    header = f"{'model':32} {'top1':>6} {'MACs@64':>9} {'params':>8} {'MACs x':>7} {'ORT ms@224':>11} {'speedup':>8}"
-    print(header)
+    print(f"{'model':32} {'top1':>6} {'MACs@64':>9} {'params':>8} {'MACs x':>7} {'ORT ms@224':>11} {'speedup':>8}")
     for r in rows:
         print(f"{r['stage']:32} {r['top1']:6.3f} {r['macs_64'] / 1e6:8.1f}M {r['params'] / 1e6:7.2f}M "
               f"{r['macs_reduction']:6.2f}x {r['ort_ms_224']:11.2f} {r['speedup']:7.2f}x")
-    out = Path(__file__).parent / "results" / "prune_classifier.json"
+    out = Path(__file__).resolve().parent / "results" / "prune_classifier.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"recipe": RECIPE, "wall_seconds": wall, "latency": "onnxruntime 1 thread, batch 1, 224x224, median of 20",
-                               "rows": rows}, indent=2))
+    out.write_text(json.dumps({"recipe": RECIPE, "wall_seconds": wall, "stage_seconds": compute_seconds(plan, reports),
+                               "latency": "onnxruntime 1 thread, batch 1, 224x224, median of 20", "rows": rows}, indent=2))
     print(f"wrote {out} ({wall:.0f} s for the recipe)")
 
 

@@ -11,11 +11,13 @@ bench/results/prune_yolo.json.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import compute_seconds, median_ms, output_models, run_recipe  # noqa: E402
 
 RECIPE = """\
 version: 1
@@ -33,8 +35,8 @@ stages:
 LATENCY_SIZE = 640
 
 
-def ort_latency_ms(model, imgsz: int, workdir: Path, runs: int = 20) -> float:
-    """Median ONNX Runtime latency, one thread, of the model as Ultralytics exports it."""
+def ort_latency_ms(model, imgsz: int, workdir: Path) -> float:
+    """Median ONNX Runtime latency, one thread, batch 1, of the model as Ultralytics exports it."""
     import numpy as np
     import onnxruntime as ort
 
@@ -44,43 +46,18 @@ def ort_latency_ms(model, imgsz: int, workdir: Path, runs: int = 20) -> float:
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    for _ in range(3):
-        session.run(None, {name: x})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, {name: x})
-        times.append((time.perf_counter() - start) * 1000)
+    feed = {session.get_inputs()[0].name: np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)}
+    latency = median_ms(lambda: session.run(None, feed))
     path.unlink()
-    return sorted(times)[len(times) // 2]
+    return latency
 
 
 def main() -> None:
-    from recipe_runner import tracking as T
-    from recipe_runner.checkpoint import load_checkpoint
-    from recipe_runner.engine import Engine, RunOptions, prepare
-
     # a folder given on the command line keeps its mlflow.db: a second call reuses every trained stage
     work = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="bench-yolo-"))
-    work.mkdir(parents=True, exist_ok=True)
-    os.chdir(work)
-    recipe = work / "recipe.yaml"
-    recipe.write_text(RECIPE)
-    started = time.time()
-    plan = prepare(recipe, RunOptions())
-    reports = Engine(plan, lambda d, t: (lambda n: None), announce=lambda line: print(line, flush=True)).run()
-    wall = time.time() - started
+    plan, reports, wall = run_recipe(RECIPE, work)
     rows, base = [], None
-    for report in reports:
-        if report.node_id.startswith("prune"):
-            continue
-        run = plan.tracker.client.get_run(report.run_id)
-        source = run.data.tags.get(T.PREFIX + "reused_from", report.run_id)  # a reused stage's checkpoint is its source's
-        run = plan.tracker.client.get_run(source)
-        path = plan.tracker.download(source, T.CHECKPOINT_ARTIFACT, work / "dl" / source)
-        model = plan.family.rebuild(load_checkpoint(path, run.data.tags[T.CHECKPOINT_SHA])["model"])
+    for report, model in output_models(plan, reports, work):
         m = report.metrics
         row = {"stage": report.node_id, "mAP50": m["mAP50"], "mAP50-95": m["mAP50-95"], "macs_160": m["macs"],
                "params": m["params"], "ort_ms_640": ort_latency_ms(model, LATENCY_SIZE, work)}
@@ -96,7 +73,7 @@ def main() -> None:
               f"{r['macs_reduction']:6.2f}x {r['ort_ms_640']:10.1f} {r['speedup']:7.2f}x")
     out = Path(__file__).resolve().parent / "results" / "prune_yolo.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"recipe": RECIPE, "wall_seconds": wall,
+    out.write_text(json.dumps({"recipe": RECIPE, "wall_seconds": wall, "stage_seconds": compute_seconds(plan, reports),
                                "latency": "onnxruntime 1 thread, batch 1, 640x640, median of 20",
                                "rows": rows}, indent=2))
     print(f"wrote {out} ({wall:.0f} s for the recipe)")

@@ -4,7 +4,7 @@ Runs a real recipe through the engine (one trained baseline, one branch per rati
 pruned in 2 steps with fine-tuning), then exports every stage's model to ONNX and times
 ONNX Runtime on one CPU thread at 224x224. Prints a table and writes bench/results/prune_classifier.json.
 
-    python bench/prune_classifier.py [WORKDIR]   # about 4 minutes on 2 CPU cores; WORKDIR keeps the MLflow store
+    python bench/prune_classifier.py [WORKDIR]   # about 1.5 minutes on 2 idle CPU cores; WORKDIR keeps the MLflow store
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ ratio, each pruned in 4 steps with 10 fine-tuning epochs between steps and fine-
 Runtime on one CPU thread at 640x640, batch 1. Prints a table and writes
 bench/results/prune_yolo.json.
 
-    python bench/prune_yolo.py [WORKDIR]   # about 7 minutes on 2 CPU cores; WORKDIR keeps the MLflow store
+    python bench/prune_yolo.py [WORKDIR]   # about 6 minutes on 2 idle CPU cores; WORKDIR keeps the MLflow store
 """
 from __future__ import annotations
 

@@ -138,3 +138,39 @@ def test_resumed_training_matches_uninterrupted_training(workspace: Path, monkey
     # same data order, schedule and optimizer state: the same model, up to float noise
     assert abs(clean.data.metrics["val_loss"] - resumed.data.metrics["val_loss"]) < 1e-4
     assert clean.data.metrics["top1"] == resumed.data.metrics["top1"]
+
+
+def test_crashed_prune_stage_resumes_after_its_last_finished_step(workspace: Path, monkeypatch):
+    from recipe_runner.engine import RunningStage
+
+    recipe = workspace / "recipe.yaml"
+    recipe.write_text(FAILING.replace("epochs: 8", "epochs: 1") + """\
+  prune:
+    type: prune
+    from: train
+    method: depgraph
+    ratio: 0.6
+    steps: 3
+    finetune_epochs: 1
+""")
+    real_save = RunningStage.save_epoch_state
+
+    def save_then_crash(self, state, epoch):
+        real_save(self, state, epoch)
+        if self.node.type == "prune" and epoch == 2:
+            raise RuntimeError("simulated crash after step 2")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunningStage, "save_epoch_state", save_then_crash)
+        assert cli("run", recipe).exit_code == 1
+    result = cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    assert "[resume] prune  from epoch 2" in result.output
+    runs = {r.data.tags[T.NODE_ID]: r for r in stage_runs(local_uri(workspace))}
+    prune = runs["prune"]
+    assert prune.data.metrics["epochs_trained"] == 1  # only step 3's fine-tuning ran again
+    assert prune.data.metrics["steps_done"] == 3
+    history = MlflowClient(local_uri(workspace)).get_metric_history(prune.info.run_id, "step/macs")
+    assert [m.step for m in history] == [3]
+    # three compounding steps land on the target: channels x0.4, so MACs about 0.16x of the trained model
+    assert prune.data.metrics["macs"] < 0.3 * runs["train"].data.metrics["macs"]

@@ -51,15 +51,22 @@ def prune_step(model, family, data, config: DepgraphConfig, plan: StepPlan):
 
             raise ValueError(f"ignored layer '{name}' is not a module of the model{did_you_mean(name, named)}")
         ignored.append(named[name])
-    pruner = tp.pruner.BasePruner(
-        model,
-        example,
-        importance=make_importance(config.importance),
-        pruning_ratio=plan.step_ratio,
-        ignored_layers=ignored,
-        round_to=config.round_to,
-        global_pruning=config.global_pruning,
-    )
+    try:
+        pruner = tp.pruner.BasePruner(
+            model,
+            example,
+            importance=make_importance(config.importance),
+            pruning_ratio=plan.step_ratio,
+            ignored_layers=ignored,
+            round_to=config.round_to,
+            global_pruning=config.global_pruning,
+        )
+    except Exception as exc:  # torch-pruning's tracer meets an op it cannot follow
+        raise RuntimeError(
+            f"torch-pruning could not build the dependency graph of this model ({type(exc).__name__}: {exc}). "
+            "Layers that reshape channels (channel shuffle, attention heads) can be kept whole by listing them in "
+            "`ignored:`, or use method: l1-unstructured"
+        ) from exc
     if config.importance == "taylor":
         model.zero_grad()
         family.accumulate_gradients(model, data, config, config.taylor_batches)

@@ -112,6 +112,12 @@ def _load_family_and_data(recipe: Recipe, base: Path) -> tuple[Any, Any]:
         family.check_source(recipe.model.source)
     except ValueError as exc:
         raise recipe.located(("model",), str(exc)) from None
+    for sid, decl in recipe.stages.items():
+        for _, config in decl.variants:
+            try:
+                family.check_device(config.device)
+            except ValueError as exc:
+                raise recipe.located(("stages", sid, "device"), str(exc)) from None
     try:
         data = resolve_data(recipe.data, entry.task, base)
     except (DataError, OSError) as exc:

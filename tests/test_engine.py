@@ -187,3 +187,18 @@ def test_committed_json_schema_is_current():
 
     committed = json.loads((Path(__file__).parent.parent / "recipe.schema.json").read_text())
     assert committed == recipe_json_schema(), "regenerate it: recipe schema > recipe.schema.json"
+
+
+def test_a_device_this_machine_lacks_is_a_located_error_before_anything_runs(workspace: Path):
+    import torch
+
+    if torch.cuda.is_available():
+        import pytest
+
+        pytest.skip("this machine has a GPU")
+    recipe = write_recipe(workspace, THREE_STAGES.replace("    epochs: 1\n", "    epochs: 1\n    device: 0\n"))
+    result = cli("run", recipe)
+    assert result.exit_code == 2
+    assert "stages.finetune.device: device 0 needs a CUDA GPU and this machine has none; use device: cpu" in result.stderr
+    assert f"{recipe}:" in result.stderr
+    assert not (workspace / "mlflow.db").exists()

@@ -56,6 +56,28 @@ class ModelFamily(ABC):
     def export_onnx(self, model: nn.Module, data, config, path: Path) -> dict[str, float]:
         """Write ONNX to `path`, compare ONNX Runtime with PyTorch, and return check metrics."""
 
+    max_devices: int = 1  # how many devices one stage may use
+
+    def check_device(self, device: Any) -> None:
+        """Raise ValueError if this machine or family cannot honour `device:` (checked before anything runs)."""
+        devices = list(device) if isinstance(device, (list, tuple)) else [device]
+        if len(devices) > self.max_devices:
+            raise ValueError(f"the {self.name} family trains on one device; got {len(devices)}")
+        for d in devices:
+            if str(d) == "cpu":
+                continue
+            if str(d) == "mps":
+                if not torch.backends.mps.is_available():
+                    raise ValueError("device mps is not available on this machine; use device: cpu")
+                continue
+            index = str(d).removeprefix("cuda:")
+            if not index.isdigit():
+                raise ValueError(f"device '{d}' is not cpu, mps, a GPU index or cuda:N")
+            if not torch.cuda.is_available():
+                raise ValueError(f"device {d} needs a CUDA GPU and this machine has none; use device: cpu")
+            if int(index) >= torch.cuda.device_count():
+                raise ValueError(f"device {d}: this machine has {torch.cuda.device_count()} GPU(s)")
+
     def prepare_for_pruning(self, model: nn.Module) -> nn.Module:
         """Swap modules dependency-graph pruning cannot handle for equivalent ones (default: none)."""
         return model
@@ -77,6 +99,16 @@ class ModelFamily(ABC):
             macs, params = tp.utils.count_ops_and_params(model, example)
         model.train(was_training)
         return {"macs": float(macs), "params": float(params)}
+
+
+def torch_device(device: Any) -> torch.device:
+    """The recipe's `device:` (cpu | 0 | cuda:0 | mps | [0]) as a torch.device."""
+    if isinstance(device, (list, tuple)):
+        device = device[0] if device else "cpu"
+    text = str(device)
+    if text in ("cpu", "mps") or text.startswith("cuda"):
+        return torch.device(text)
+    return torch.device(f"cuda:{text}")
 
 
 def median_latency_ms(model: nn.Module, example: torch.Tensor, runs: int = 10) -> float:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ._shapes import apply_shapes, module_attributes
-from .base import ModelFamily, TrainResult
+from .base import ModelFamily, TrainResult, torch_device
 from .small_cnn import SMALL_MODELS
 from ._sparsity import ZeroKeeper
 
@@ -71,13 +71,15 @@ class TorchvisionFamily(ModelFamily):
         return torch.optim.SGD(params, lr=knobs.lr, momentum=knobs.momentum, weight_decay=knobs.weight_decay, nesterov=True)
 
     def train(self, model: nn.Module, data, knobs, epochs: int, ctx) -> TrainResult:
+        device = torch_device(knobs.device)
+        if ctx.resume_state is not None:
+            model = self.rebuild(ctx.resume_state["model"])
+        model.to(device)
         for p in model.parameters():
             p.requires_grad_(True)
         optimizer = self._optimizer(model, knobs)
         start, best, since_best = 0, -1.0, 0
         if ctx.resume_state is not None:
-            model = self.rebuild(ctx.resume_state["model"])
-            optimizer = self._optimizer(model, knobs)
             optimizer.load_state_dict(ctx.resume_state["optimizer"])
             start, best, since_best = int(ctx.resume_state["epoch"]), float(ctx.resume_state["best"]), int(ctx.resume_state["since_best"])
         keeper = ZeroKeeper(model)
@@ -94,6 +96,7 @@ class TorchvisionFamily(ModelFamily):
             total, count = 0.0, 0
             torch.manual_seed(seed * 1000 + epoch)  # augmentation draws from the global RNG: seed per epoch so resume is exact
             for images, labels in self._loader(data, "train", knobs, shuffle=True, seed=seed * 1000 + epoch):
+                images, labels = images.to(device), labels.to(device)
                 optimizer.zero_grad()
                 loss = loss_fn(model(images), labels)
                 loss.backward()
@@ -112,27 +115,33 @@ class TorchvisionFamily(ModelFamily):
             advance(1)
             if getattr(knobs, "patience", 0) and since_best >= knobs.patience:
                 break
-        model.eval()
+        model.cpu().eval()  # stages hand models around on the CPU; each trainer moves them where it needs
         return TrainResult(model, metrics, trained, start + trained)
 
     def evaluate(self, model: nn.Module, data, knobs) -> dict[str, float]:
         model.eval()
+        home = next(model.parameters()).device
+        device = torch_device(getattr(knobs, "device", "cpu"))
+        model.to(device)
         correct, total, loss = 0, 0, 0.0
         with torch.no_grad():
             for images, labels in self._loader(data, "val", knobs, shuffle=False):
+                images, labels = images.to(device), labels.to(device)
                 logits = model(images)
                 loss += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
                 correct += int((logits.argmax(1) == labels).sum())
                 total += len(labels)
+        model.to(home)
         return {"top1": correct / max(total, 1), "val_loss": loss / max(total, 1)}
 
     def accumulate_gradients(self, model: nn.Module, data, knobs, batches: int) -> None:
-        model.train()
+        device = torch_device(knobs.device)
+        model.to(device).train()
         for i, (images, labels) in enumerate(self._loader(data, "train", knobs, shuffle=True)):
             if i >= batches:
                 break
-            nn.functional.cross_entropy(model(images), labels).backward()
-        model.eval()
+            nn.functional.cross_entropy(model(images.to(device)), labels.to(device)).backward()
+        model.cpu().eval()
 
     # -- structure --------------------------------------------------------
     def example_inputs(self, model: nn.Module, imgsz: int) -> torch.Tensor:
@@ -145,7 +154,7 @@ class TorchvisionFamily(ModelFamily):
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         return {"family": self.name, "source": model._rr_source, "num_classes": model._rr_num_classes,
-                "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                 "attributes": module_attributes(model)}
 
     def rebuild(self, description: dict[str, Any]) -> nn.Module:

@@ -9,7 +9,8 @@ from typing import Any, Iterator
 
 def run_recipe(text: str, work: Path) -> tuple[Any, list, float]:
     """Run recipe `text` in folder `work` (its mlflow.db makes a second call reuse every stage)."""
-    from recipe_runner.engine import Engine, RunOptions, prepare
+    from recipe_runner.engine import Engine
+    from recipe_runner.planner import RunOptions, prepare
 
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)

@@ -65,7 +65,7 @@ def schema() -> None:
 def plan(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_uri: Optional[str] = UriOpt,
          force: Optional[List[str]] = typer.Option(None, "--force"), only: Optional[List[str]] = typer.Option(None, "--only")) -> None:
     """Show the stage graph and, per stage, whether MLflow lets it be reused, resumed, or must run."""
-    from .engine import RunOptions, prepare
+    from .planner import RunOptions, prepare
 
     with _exit_codes():
         p = prepare(recipe, RunOptions(set_ or [], force or [], only or [], tracking_uri))
@@ -87,7 +87,8 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
     """Run a recipe: reuse finished stages, resume unfinished ones, run the rest; log everything to MLflow."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .engine import Engine, RunOptions, StageFailed, prepare
+    from .engine import Engine, StageFailed
+    from .planner import RunOptions, prepare
 
     with _exit_codes():
         p = prepare(recipe, RunOptions(set_ or [], force or [], only or [], tracking_uri))

@@ -1,0 +1,115 @@
+"""Plan a recipe run: validate, compile, check model/data/devices/tracking, and decide per stage
+whether MLflow lets it be reused, resumed, or whether it must run. Nothing is trained here."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from . import tracking as T
+from .data import DataError, fingerprint_data, resolve_data
+from .graph import StageGraph, StageNode, compile_graph
+from .models import FAMILIES
+from .offline import configure_offline
+from .recipe import Location, Problem, Recipe, RecipeError, load_recipe
+
+
+@dataclass
+class RunOptions:
+    overrides: list[str] = field(default_factory=list)
+    force: list[str] = field(default_factory=list)  # rerun these stages and their descendants
+    only: list[str] = field(default_factory=list)  # run only these stages (and what they need)
+    tracking_uri: Optional[str] = None
+
+
+@dataclass
+class PlannedStage:
+    node: StageNode
+    action: str  # reuse | resume | run | skip
+    source: Optional[T.StageRun] = None
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    graph: StageGraph
+    tracker: T.Tracker
+    stages: list[PlannedStage]
+    family: Any  # models.base.ModelFamily
+    data: Any  # data.DataSource
+
+
+# -- planning --------------------------------------------------------------
+def prepare(recipe_path: Path, options: RunOptions) -> Plan:
+    """Validate, compile and look every stage up in MLflow; raises RecipeError/TrackingError before any work."""
+    recipe = load_recipe(recipe_path, options.overrides)
+    base = Path.cwd() if _exists_relative(recipe.data, Path.cwd()) else recipe_path.parent
+    try:
+        fingerprint = fingerprint_data(recipe.data, base)
+    except (DataError, OSError) as exc:
+        raise recipe.located(("data",), str(exc)) from None
+    graph = compile_graph(recipe, fingerprint)
+    selected = _select(graph, recipe, options)
+    forced = {d for name in options.force for nid in _ids(graph, name) for d in [nid, *graph.descendants(nid)]}
+    family, data = _load_family_and_data(recipe, base)
+    tracker = T.Tracker(T.resolve_uri(options.tracking_uri, recipe.tracking.uri), recipe.tracking.experiment or recipe.name)
+    tracker.check()
+    stages = []
+    for node in graph.nodes.values():
+        if node.id not in selected:
+            stages.append(PlannedStage(node, "skip"))
+        elif node.id in forced:
+            stages.append(PlannedStage(node, "run"))
+        elif (found := tracker.find_finished(node.cache_key)) is not None:
+            stages.append(PlannedStage(node, "reuse", found))
+        elif (found := tracker.find_resumable(node.cache_key)) is not None:
+            stages.append(PlannedStage(node, "resume", found))
+        else:
+            stages.append(PlannedStage(node, "run"))
+    return Plan(recipe, graph, tracker, stages, family, data)
+
+
+def _load_family_and_data(recipe: Recipe, base: Path) -> tuple[Any, Any]:
+    """Import the model family and make sure model and data are usable, before MLflow is touched."""
+    configure_offline(_cache_dir())
+    entry = FAMILIES.get(recipe.model.family)
+    family = entry.load()
+    try:
+        family.check_source(recipe.model.source)
+    except ValueError as exc:
+        raise recipe.located(("model",), str(exc)) from None
+    for sid, decl in recipe.stages.items():
+        for _, config in decl.variants:
+            try:
+                family.check_device(config.device)
+            except ValueError as exc:
+                raise recipe.located(("stages", sid, "device"), str(exc)) from None
+    try:
+        data = resolve_data(recipe.data, entry.task, base)
+    except (DataError, OSError) as exc:
+        raise recipe.located(("data",), str(exc)) from None
+    return family, data
+
+
+def _exists_relative(spec: str, base: Path) -> bool:
+    return spec.startswith("builtin:") or Path(spec).expanduser().is_absolute() or (base / spec).exists()
+
+
+def _ids(graph: StageGraph, name: str) -> list[str]:
+    try:
+        return graph.select(name)
+    except KeyError as exc:
+        raise RecipeError([Problem(Location("command line"), str(exc.args[0]))]) from None
+
+
+def _select(graph: StageGraph, recipe: Recipe, options: RunOptions) -> set[str]:
+    if not options.only:
+        return set(graph.nodes)
+    chosen = {nid for name in options.only for nid in _ids(graph, name)}
+    return chosen | {a for nid in chosen for a in graph.ancestors(nid)}
+
+
+def _cache_dir() -> Path:
+    from .data._resolve import cache_root
+
+    return cache_root()

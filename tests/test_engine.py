@@ -104,6 +104,9 @@ def test_rerun_reuses_everything_and_set_reruns_only_downstream(workspace: Path)
 
 def test_force_and_only(workspace: Path):
     recipe = write_recipe(workspace, THREE_STAGES)
+    unknown = cli("run", recipe, "--force", "fintune")
+    assert unknown.exit_code == 2 and "did you mean 'finetune'" in unknown.stderr
+    assert not (workspace / "mlflow.db").exists()  # a wrong name starts nothing
     assert cli("run", recipe, "--only", "prune").exit_code == 0
     uri = local_uri(workspace)
     assert list(by_node(stage_runs(uri))) == ["train", "prune"]

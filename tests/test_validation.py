@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from recipe_runner.cli import app
 from recipe_runner.stages import STAGES
+
+from conftest import cli, count_runs
 
 HERE = Path(__file__).parent
 MALFORMED = HERE / "malformed"
@@ -72,20 +71,6 @@ CASES: dict[str, tuple[int, str]] = {
 LOCATED = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<message>\S.*)$")
 
 
-def cli(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def runs_in(db: Path) -> int:
-    if not db.exists():
-        return 0
-    with sqlite3.connect(db) as con:
-        try:
-            return con.execute("select count(*) from runs").fetchone()[0]
-        except sqlite3.OperationalError:  # no tables yet
-            return 0
-
-
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh cwd whose MLflow store (sqlite, via MLFLOW_TRACKING_URI) must stay empty."""
@@ -130,7 +115,7 @@ def test_run_of_a_malformed_recipe_starts_no_mlflow_run(stem: str, store: Path):
     result = cli("run", MALFORMED / f"{stem}.yaml")
     assert result.exit_code == 2, result.output
     assert f"{stem}.yaml:{line}:" in result.stderr
-    assert runs_in(store) == 0
+    assert count_runs(store) == 0
     assert not store.exists(), "a bad recipe must fail before the tracking store is opened"
 
 

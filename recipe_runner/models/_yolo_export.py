@@ -46,7 +46,7 @@ def validation_images(data: Any, imgsz: int, count: int) -> np.ndarray:
     """The first `count` validation images, letterboxed to imgsz, as float32 NCHW RGB in [0, 1]."""
     import cv2
     from ultralytics.data.augment import LetterBox
-    from ultralytics.data.utils import check_det_dataset, img2label_paths  # noqa: F401
+    from ultralytics.data.utils import check_det_dataset
     from ultralytics.data.utils import IMG_FORMATS
 
     info = check_det_dataset(resolved_data_yaml(data))

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 from ..registry import Registry
-from ..config_base import StageConfig
 
 
 class StageContext(Protocol):

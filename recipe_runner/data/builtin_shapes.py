@@ -49,22 +49,28 @@ def _check_classes(options: dict) -> int:
     return n
 
 
+def _images(options: dict):
+    """(split, index, rng, blank image) for every image of both splits, drawn from one seeded generator."""
+    size = options["imgsz"]
+    rng = np.random.default_rng(options["seed"])
+    for split in ("train", "val"):
+        for i in range(options[split]):
+            yield split, i, rng, _canvas(rng, size)
+
+
 def generate_classification(folder: Path, options: dict) -> list[str]:
     from PIL import ImageDraw
 
     names = SHAPES[: _check_classes(options)]
     size = options["imgsz"]
-    rng = np.random.default_rng(options["seed"])
-    for split in ("train", "val"):
-        for i in range(options[split]):
-            label = i % len(names)
-            image = _canvas(rng, size)
-            r = rng.uniform(0.18, 0.4) * size
-            cx, cy = rng.uniform(r, size - r, size=2)
-            _draw(ImageDraw.Draw(image), names[label], cx, cy, r, _colour(rng))
-            out = folder / split / names[label]
-            out.mkdir(parents=True, exist_ok=True)
-            image.save(out / f"{i:05d}.png")
+    for split, i, rng, image in _images(options):
+        label = i % len(names)
+        r = rng.uniform(0.18, 0.4) * size
+        cx, cy = rng.uniform(r, size - r, size=2)
+        _draw(ImageDraw.Draw(image), names[label], cx, cy, r, _colour(rng))
+        out = folder / split / names[label]
+        out.mkdir(parents=True, exist_ok=True)
+        image.save(out / f"{i:05d}.png")
     return names
 
 
@@ -73,29 +79,27 @@ def generate_detection(folder: Path, options: dict) -> list[str]:
 
     names = SHAPES[: _check_classes(options)]
     size = options["imgsz"]
-    rng = np.random.default_rng(options["seed"])
     for split in ("train", "val"):
         (folder / "images" / split).mkdir(parents=True)
         (folder / "labels" / split).mkdir(parents=True)
-        for i in range(options[split]):
-            image = _canvas(rng, size)
-            draw = ImageDraw.Draw(image)
-            lines, boxes = [], []
-            for _ in range(int(rng.integers(1, options["objects"] + 1))):
-                for _attempt in range(20):  # place without heavy overlap, so every label is visible
-                    r = rng.uniform(0.08, 0.22) * size
-                    cx, cy = rng.uniform(r + 1, size - r - 1, size=2)
-                    box = (cx - r, cy - r, cx + r, cy + r)
-                    if all(_iou(box, b) < 0.1 for b in boxes):
-                        break
-                else:
-                    continue
-                label = int(rng.integers(len(names)))
-                boxes.append(box)
-                _draw(draw, names[label], cx, cy, r, _colour(rng))
-                lines.append(f"{label} {cx / size:.6f} {cy / size:.6f} {2 * r / size:.6f} {2 * r / size:.6f}")
-            image.save(folder / "images" / split / f"{i:05d}.png")
-            (folder / "labels" / split / f"{i:05d}.txt").write_text("\n".join(lines) + "\n")
+    for split, i, rng, image in _images(options):
+        draw = ImageDraw.Draw(image)
+        lines, boxes = [], []
+        for _ in range(int(rng.integers(1, options["objects"] + 1))):
+            for _attempt in range(20):  # place without heavy overlap, so every label is visible
+                r = rng.uniform(0.08, 0.22) * size
+                cx, cy = rng.uniform(r + 1, size - r - 1, size=2)
+                box = (cx - r, cy - r, cx + r, cy + r)
+                if all(_iou(box, b) < 0.1 for b in boxes):
+                    break
+            else:
+                continue
+            label = int(rng.integers(len(names)))
+            boxes.append(box)
+            _draw(draw, names[label], cx, cy, r, _colour(rng))
+            lines.append(f"{label} {cx / size:.6f} {cy / size:.6f} {2 * r / size:.6f} {2 * r / size:.6f}")
+        image.save(folder / "images" / split / f"{i:05d}.png")
+        (folder / "labels" / split / f"{i:05d}.txt").write_text("\n".join(lines) + "\n")
     names_yaml = "\n".join(f"  {i}: {n}" for i, n in enumerate(names))
     (folder / "data.yaml").write_text(f"train: images/train\nval: images/val\nnames:\n{names_yaml}\n")
     return names

@@ -186,6 +186,7 @@ class Engine:
     def evaluate(self, model: Any, config: Any) -> dict[str, float]:
         metrics = dict(self.family.evaluate(model, self.data, config))
         metrics.update(self.family.cost(model, config.imgsz))
+        metrics["gflops"] = 2 * metrics["macs"] / 1e9  # Ultralytics' convention: one MAC is two FLOPs
         metrics["latency_ms"] = self.family.latency(model, config.imgsz)
         metrics["sparsity"] = weight_sparsity(model)
         return metrics

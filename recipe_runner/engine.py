@@ -7,6 +7,7 @@ For each node, in topological order:
 """
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import shutil
@@ -91,7 +92,7 @@ class Engine:
     def __init__(self, plan: Plan, progress: ProgressFactory, announce: Callable[[str], None] = print):
         self.plan, self.tracker, self.progress, self.announce = plan, plan.tracker, progress, announce
         self.outputs: dict[str, Any] = {}  # node id -> model, for stages that ran in this process
-        self.sources: dict[str, str] = {}  # node id -> run id holding its checkpoint
+        self.sources: dict[str, T.StageRun] = {}  # node id -> the finished run holding its checkpoint
         self.family = plan.family
         self.data = plan.data
 
@@ -137,7 +138,7 @@ class Engine:
             metrics = {**source.metrics, "epochs_trained": 0.0}
             self.tracker.log_metrics(run_id, metrics)
             self.tracker.finish(run_id)
-            self.sources[node.id] = source.run_id
+            self.sources[node.id] = source
             self.announce(f"[reuse]  {node.id}  (run {source.run_id[:8]})")
             return StageReport(node.id, "reuse", run_id, metrics, time.time() - started)
 
@@ -194,13 +195,10 @@ class Engine:
     def model_of(self, node_id: str, workdir: Path) -> Any:
         """The output model of a stage: in memory if it ran here, else its verified checkpoint from MLflow."""
         if node_id not in self.outputs:
-            run_id = self.sources[node_id]
-            run = self.tracker.client.get_run(run_id)
-            path = self.tracker.download(run_id, T.CHECKPOINT_ARTIFACT, workdir / "parent")
-            payload = load_checkpoint(path, run.data.tags.get(T.CHECKPOINT_SHA))
+            source = self.sources[node_id]
+            path = self.tracker.download(source.run_id, T.CHECKPOINT_ARTIFACT, workdir / "parent")
+            payload = load_checkpoint(path, source.tags.get(T.CHECKPOINT_SHA))
             self.outputs[node_id] = self.family.rebuild(payload["model"])
-        import copy
-
         return copy.deepcopy(self.outputs[node_id])  # a child must not change its parent's output (branches share it)
 
     def _load_epoch_state(self, source: T.StageRun, workdir: Path) -> dict:

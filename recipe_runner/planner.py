@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from . import tracking as T
 from .data import DataError, fingerprint_data, resolve_data
+from .data._resolve import cache_root
 from .graph import StageGraph, StageNode, compile_graph
 from .models import FAMILIES
 from .offline import configure_offline
@@ -60,18 +61,20 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
             stages.append(PlannedStage(node, "skip"))
         elif node.id in forced:
             stages.append(PlannedStage(node, "run"))
-        elif (found := tracker.find_finished(node.cache_key)) is not None:
-            stages.append(PlannedStage(node, "reuse", found))
-        elif (found := tracker.find_resumable(node.cache_key)) is not None:
-            stages.append(PlannedStage(node, "resume", found))
         else:
-            stages.append(PlannedStage(node, "run"))
+            finished, resumable = tracker.lookup(node.cache_key)
+            if finished is not None:
+                stages.append(PlannedStage(node, "reuse", finished))
+            elif resumable is not None:
+                stages.append(PlannedStage(node, "resume", resumable))
+            else:
+                stages.append(PlannedStage(node, "run"))
     return Plan(recipe, graph, tracker, stages, family, data)
 
 
 def _load_family_and_data(recipe: Recipe, base: Path) -> tuple[Any, Any]:
     """Import the model family and make sure model and data are usable, before MLflow is touched."""
-    configure_offline(_cache_dir())
+    configure_offline(cache_root())
     entry = FAMILIES.get(recipe.model.family)
     family = entry.load()
     try:
@@ -107,9 +110,3 @@ def _select(graph: StageGraph, recipe: Recipe, options: RunOptions) -> set[str]:
         return set(graph.nodes)
     chosen = {nid for name in options.only for nid in _ids(graph, name)}
     return chosen | {a for nid in chosen for a in graph.ancestors(nid)}
-
-
-def _cache_dir() -> Path:
-    from .data._resolve import cache_root
-
-    return cache_root()

@@ -50,6 +50,7 @@ class Tracker:
         self.experiment_name = experiment
         self._client = None
         self._experiment_id: Optional[str] = None
+        self._all_experiments: Optional[list[str]] = None  # for lookups: listed once per Tracker
 
     @property
     def client(self):
@@ -127,25 +128,18 @@ class Tracker:
         return Path(self.client.download_artifacts(run_id, artifact, str(dest)))
 
     # -- lookup by cache key ----------------------------------------------
-    def _stage_runs(self, cache_key: str) -> list:
-        experiments = [e.experiment_id for e in self.client.search_experiments()]
-        return self.client.search_runs(
-            experiments, filter_string=f"tags.`{CACHE_KEY}` = '{cache_key}' and tags.`{ROLE}` = 'stage'",
+    def lookup(self, cache_key: str) -> tuple[Optional[StageRun], Optional[StageRun]]:
+        """(newest FINISHED run with a checkpoint, newest unfinished run with an epoch checkpoint) for a cache key,
+        searched across every experiment of the store, in one query."""
+        if self._all_experiments is None:
+            self._all_experiments = [e.experiment_id for e in self.client.search_experiments()]
+        runs = self.client.search_runs(
+            self._all_experiments, filter_string=f"tags.`{CACHE_KEY}` = '{cache_key}' and tags.`{ROLE}` = 'stage'",
             order_by=["attributes.start_time DESC"], max_results=50,
         )
-
-    def find_finished(self, cache_key: str) -> Optional[StageRun]:
-        for run in self._stage_runs(cache_key):
-            if run.info.status == "FINISHED" and CHECKPOINT_SHA in run.data.tags:
-                return _stage_run(run)
-        return None
-
-    def find_resumable(self, cache_key: str) -> Optional[StageRun]:
-        """The newest unfinished attempt that saved an epoch checkpoint."""
-        for run in self._stage_runs(cache_key):
-            if run.info.status != "FINISHED" and EPOCH_SHA in run.data.tags:
-                return _stage_run(run)
-        return None
+        finished = next((r for r in runs if r.info.status == "FINISHED" and CHECKPOINT_SHA in r.data.tags), None)
+        resumable = next((r for r in runs if r.info.status != "FINISHED" and EPOCH_SHA in r.data.tags), None)
+        return (_stage_run(finished) if finished else None, _stage_run(resumable) if resumable else None)
 
     def scratch(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="recipe-runner-"))

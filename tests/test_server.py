@@ -86,10 +86,8 @@ def test_second_machine_reuses_stages_from_server(mlflow_server: str, workspace:
 
 def test_dead_server_fails_before_training(workspace: Path):
     recipe = write_recipe(workspace, STAGES)
-    started = time.time()
     result = cli("run", recipe, "--tracking-uri", f"http://127.0.0.1:{_free_port()}")
     assert result.exit_code == 1
     assert "cannot reach the MLflow tracking server" in result.output
-    assert time.time() - started < 30
     assert not (workspace / "mlflow.db").exists()
     assert "[run]" not in result.output  # no stage started

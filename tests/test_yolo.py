@@ -318,3 +318,15 @@ def test_training_keeps_pruned_shapes_and_resumes_from_plain_state(family, tiny_
                            _Ctx(tmp_path, resume_state=first.states[0]))
     assert (resumed.epochs_trained, resumed.last_epoch) == (1, 2)
     assert family.cost(resumed.model, 64) == pruned
+
+
+def test_unstructured_pruning_of_yolo_keeps_its_zeros_through_finetuning(workspace: Path):
+    recipe = workspace / "recipe.yaml"
+    recipe.write_text(YOLO_RECIPE.split("  onnx:")[0].replace("method: depgraph", "method: l1-unstructured"))
+    result = cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    runs = {r.data.tags[T.NODE_ID]: r for r in stage_runs(local_uri(workspace))}
+    assert runs["train"].data.metrics["sparsity"] < 0.01
+    assert abs(runs["prune"].data.metrics["sparsity"] - 0.5) < 0.02
+    assert runs["finetune"].data.metrics["sparsity"] >= 0.48  # Ultralytics' trainer did not regrow the pruned weights
+    assert runs["finetune"].data.metrics["macs"] == runs["train"].data.metrics["macs"]

@@ -7,13 +7,12 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, get_args
+from typing import Annotated, Any, Callable, Optional, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..models import FAMILIES, family_for
-from ..pruning import METHODS
 from ..registry import did_you_mean
 from ..stages import STAGES
 from ._errors import Location, Problem, RecipeError
@@ -161,7 +160,7 @@ class _Validator:
         self.problems.append(Problem(self.where(path), f"{label}: {message}" if label else message))
 
     def validate(self, adapter: TypeAdapter, data: Any, prefix: KeyPath,
-                 known: Callable[[tuple], list[str]] = lambda loc: []):
+                 known: Callable[[tuple], list[str]] = lambda loc: [], tags: list[str] = ()):
         """The validated value, or None after recording one problem per offending key."""
         try:
             return adapter.validate_python(data)
@@ -173,7 +172,7 @@ class _Validator:
                     continue
                 if path not in seen:  # a union reports once per member; the first says enough
                     seen.add(path)
-                    self.problem(path, _message(error, known(error["loc"])))
+                    self.problem(path, _message(error, known(error["loc"]), tags))
             return None
 
     def stages(self, header: RecipeHeader) -> dict[str, StageDecl]:
@@ -207,7 +206,7 @@ class _Validator:
             self.problem(path + (("type",) if stype is not None else ()), msg + did_you_mean(stype or "", STAGES.names())
                          + f" (known: {', '.join(STAGES.names())})")
             return None
-        fields = _fields_of(stype, body.get("method"))
+        fields = _fields_of(stype, body)
         merged = dict(body)
         for key, value in defaults.items():
             if key in fields and key not in merged:
@@ -218,11 +217,12 @@ class _Validator:
             if not isinstance(values, list) or not values:
                 self.problem(path + (key,), "sweep must be a non-empty list of values")
                 return None
-        adapter = TypeAdapter(STAGES.get(stype).config)
+        config_type = STAGES.get(stype).config
+        adapter, tags = TypeAdapter(config_type), list(_union_members(config_type)[1])
         variants = []
         for combo in itertools.product(*sweeps.values()) if sweeps else [()]:
             assignment = dict(zip(sweeps, combo))
-            config = self.validate(adapter, {**copy.deepcopy(merged), **assignment}, path, lambda loc: sorted(fields))
+            config = self.validate(adapter, {**copy.deepcopy(merged), **assignment}, path, lambda loc: sorted(fields), tags)
             if config is None:
                 return None
             variants.append((assignment, config))
@@ -230,21 +230,30 @@ class _Validator:
         if "from" in sweeps:
             self.problem(path + ("from",), "'from' cannot be swept")
             return None
-        if stype not in ("train",) and STAGES.get(stype).needs_parent and parent is None:
+        if STAGES.get(stype).needs_parent and parent is None:
             self.problem(path, f"a '{stype}' stage needs a parent: add 'from:' or put a stage before it")
             return None
         return StageDecl(sid, stype, parent, variants, self.where(path),
                          self.locations.get(path + ("from",)) if "from" in body else None)
 
 
-def _fields_of(stype: str, method: Any) -> set[str]:
+def _union_members(config: Any) -> tuple[Optional[str], dict[str, type[BaseModel]]]:
+    """A stage config written as a discriminated union (prune: on `method`) -> (discriminator, tag -> model)."""
+    if get_origin(config) is not Annotated:
+        return None, {}
+    union, *metadata = get_args(config)
+    key = next((m.discriminator for m in metadata if isinstance(getattr(m, "discriminator", None), str)), None)
+    return key, {m.model_fields[key].default: m for m in get_args(union)} if key else {}
+
+
+def _fields_of(stype: str, body: dict) -> set[str]:
+    """Keys the stage accepts: of the union member its discriminator picks, or of any member if none picks."""
     config = STAGES.get(stype).config
-    if stype == "prune":
-        configs = [METHODS.get(method).config] if method in METHODS else [e.config for _, e in METHODS.items()]
-    else:
-        configs = [config]
+    key, members = _union_members(config)
+    tag = body.get(key) if key else None
+    models = [members[tag]] if isinstance(tag, str) and tag in members else list(members.values()) or [config]
     names: set[str] = set()
-    for model in configs:
+    for model in models:
         for name, info in model.model_fields.items():
             names.add(info.alias or name)
     return names
@@ -253,7 +262,7 @@ def _fields_of(stype: str, method: Any) -> set[str]:
 def _keys_accepted_by_any_stage() -> list[str]:
     keys: set[str] = set()
     for name in STAGES.names():
-        keys |= _fields_of(name, None)
+        keys |= _fields_of(name, {})
     return sorted(keys - {"type", "from", "method"})
 
 
@@ -318,10 +327,7 @@ def _model_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return [info.alias or name for name, info in model.model_fields.items()]
 
 
-TAGGED: dict[str, Callable[[], list[str]]] = {"method": METHODS.names}  # discriminator -> its known values
-
-
-def _message(error: dict, known: Optional[list[str]]) -> str:
+def _message(error: dict, known: Optional[list[str]], tags: list[str] = ()) -> str:
     kind, loc = error["type"], error["loc"]
     key = str(loc[-1]) if loc else ""
     if kind == "extra_forbidden":
@@ -329,7 +335,6 @@ def _message(error: dict, known: Optional[list[str]]) -> str:
     if kind == "missing":
         return f"missing required key '{key}'"
     if kind == "union_tag_not_found":
-        tags = TAGGED.get(_discriminator(error), lambda: [])()
         return f"missing required key '{_discriminator(error)}'" + (f" (known: {', '.join(tags)})" if tags else "")
     if kind == "too_short" and isinstance(error.get("input"), dict):
         return f"needs at least {error.get('ctx', {}).get('min_length', 1)} entry; it is empty"

@@ -64,9 +64,11 @@ class StageGraph:
         return found
 
 
-def compile_graph(recipe: Recipe, data_fingerprint: str = "") -> StageGraph:
+def compile_graph(recipe: Recipe, data_fingerprint: str = "", model_identity: Optional[dict] = None) -> StageGraph:
+    """`model_identity` replaces the model spec in root keys (the planner passes local files by content)."""
     order = _topological_order(recipe)
-    root = {"model": recipe.model.model_dump(), "data": data_fingerprint, "seed": recipe.seed}
+    model = model_identity if model_identity is not None else recipe.model.model_dump()
+    root = {"model": model, "data": data_fingerprint, "seed": recipe.seed}
     nodes: dict[str, StageNode] = {}
     copies: dict[str, list[StageNode]] = {}
     for sid in order:

@@ -2,6 +2,7 @@
 whether MLflow lets it be reused, resumed, or whether it must run. Nothing is trained here."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -49,7 +50,7 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
         fingerprint = fingerprint_data(recipe.data, base)
     except (DataError, OSError) as exc:
         raise recipe.located(("data",), str(exc)) from None
-    graph = compile_graph(recipe, fingerprint)
+    graph = compile_graph(recipe, fingerprint, model_identity(recipe))
     selected = _select(graph, recipe, options)
     forced = {d for name in options.force for nid in _ids(graph, name) for d in [nid, *graph.descendants(nid)]}
     family, data = _load_family_and_data(recipe, base)
@@ -92,6 +93,20 @@ def _load_family_and_data(recipe: Recipe, base: Path) -> tuple[Any, Any]:
     except (DataError, OSError) as exc:
         raise recipe.located(("data",), str(exc)) from None
     return family, data
+
+
+def model_identity(recipe: Recipe) -> dict[str, str]:
+    """What the cache key knows of the model: a local file (yaml or .pt) by its content, so an edited file reruns
+    and `./net.yaml` equals `net.yaml`; a shipped name by its name."""
+    spec = recipe.model.model_dump()
+    path = Path(spec["source"]).expanduser()
+    if path.is_file():
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        spec["source"] = f"file-sha256:{digest.hexdigest()}"
+    return spec
 
 
 def _exists_relative(spec: str, base: Path) -> bool:

@@ -205,3 +205,19 @@ def test_a_device_this_machine_lacks_is_a_located_error_before_anything_runs(wor
     assert "stages.finetune.device: device 0 needs a CUDA GPU and this machine has none; use device: cpu" in result.stderr
     assert f"{recipe}:" in result.stderr
     assert not (workspace / "mlflow.db").exists()
+
+
+def test_lone_last_batch_trains_and_onnx_check_covers_every_val_image(workspace: Path):
+    """33 train images at batch 16 leave a batch of one (BatchNorm cannot train on it); 12 val images at a dynamic
+    batch of 16 were once skipped by the ONNX check, which then compared nothing and passed."""
+    recipe = workspace / "recipe.yaml"
+    recipe.write_text(
+        "version: 1\nname: lone\nmodel: resnet18\ndata: builtin:shapes-cls?train=33&val=12&imgsz=32\n"
+        "defaults: {imgsz: 32, batch: 16}\nstages:\n  train: {type: train, epochs: 1}\n"
+        "  onnx: {type: export, format: onnx, dynamic: true}\n")
+    result = cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    runs = {r.data.tags[T.NODE_ID]: r for r in stage_runs(local_uri(workspace))}
+    onnx = runs["onnx"].data.metrics
+    assert onnx["onnx_images"] == 12
+    assert abs(onnx["onnx_top1"] - onnx["top1"]) <= 1 / 12

@@ -330,3 +330,26 @@ def test_unstructured_pruning_of_yolo_keeps_its_zeros_through_finetuning(workspa
     assert abs(runs["prune"].data.metrics["sparsity"] - 0.5) < 0.02
     assert runs["finetune"].data.metrics["sparsity"] >= 0.48  # Ultralytics' trainer did not regrow the pruned weights
     assert runs["finetune"].data.metrics["macs"] == runs["train"].data.metrics["macs"]
+
+
+def test_a_local_model_yaml_is_keyed_by_content_not_by_path(workspace: Path):
+    """Editing a user's model yaml must rerun (never reuse a stale model); `./net.yaml` and `net.yaml` are the same."""
+    import shutil
+
+    from ultralytics.utils import ROOT
+
+    from recipe_runner.planner import RunOptions, prepare
+
+    shutil.copy(ROOT / "cfg/models/v8/yolov8.yaml", workspace / "mynet.yaml")
+    recipe = workspace / "recipe.yaml"
+
+    def train_key(model: str) -> str:
+        recipe.write_text(f"version: 1\nname: keyed\nmodel: {model}\ndata: builtin:shapes?train=8&val=4&imgsz=64\n"
+                          "stages:\n  train: {type: train, epochs: 1, imgsz: 64}\n")
+        return prepare(recipe, RunOptions()).graph.nodes["train"].cache_key
+
+    before = train_key("mynet.yaml")
+    assert train_key("./mynet.yaml") == before == train_key(str(workspace / "mynet.yaml"))
+    text = (workspace / "mynet.yaml").read_text()
+    (workspace / "mynet.yaml").write_text(text.replace("n: [0.33, 0.25, 1024]", "n: [0.33, 0.5, 1024]"))
+    assert train_key("mynet.yaml") != before

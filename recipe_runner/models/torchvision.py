@@ -59,8 +59,10 @@ class TorchvisionFamily(ModelFamily):
         steps += [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
         dataset = datasets.ImageFolder(str(Path(data.path) / split), transform=transforms.Compose(steps))
         generator = torch.Generator().manual_seed(seed)
+        # a last training batch of one image breaks BatchNorm ("expected more than 1 value per channel"): drop it
+        lone_last = shuffle and len(dataset) > 1 and len(dataset) % knobs.batch == 1
         return torch.utils.data.DataLoader(dataset, batch_size=knobs.batch, shuffle=shuffle, num_workers=knobs.workers,
-                                           generator=generator)
+                                           generator=generator, drop_last=lone_last)
 
     # -- training ---------------------------------------------------------
     def _optimizer(self, model: nn.Module, knobs) -> torch.optim.Optimizer:
@@ -184,14 +186,14 @@ class TorchvisionFamily(ModelFamily):
         max_diff, scale, correct, total = 0.0, 0.0, 0, 0
         with torch.no_grad():
             for images, labels in self._loader(data, "val", config.model_copy(update={"batch": batch}), shuffle=False):
-                if images.shape[0] != batch:
-                    continue
                 ours = model(images).numpy()
                 theirs = session.run(None, {"images": images.numpy()})[0]
                 max_diff = max(max_diff, float(np.abs(ours - theirs).max()))
                 scale = max(scale, float(np.abs(ours).max()))
                 correct += int((theirs.argmax(1) == labels.numpy()).sum())
                 total += len(labels)
+        if total == 0:
+            raise ValueError("the ONNX check compared no images: the val split is empty")
         single = np.random.default_rng(0).standard_normal((1, 3, config.imgsz, config.imgsz)).astype(np.float32)
         session.run(None, {"images": single})
         start = time.perf_counter()
@@ -199,4 +201,5 @@ class TorchvisionFamily(ModelFamily):
             session.run(None, {"images": single})
         latency = (time.perf_counter() - start) / 10 * 1000
         return {"onnx_max_abs_diff": max_diff, "onnx_output_scale": scale, "onnx_top1": correct / max(total, 1),
+                "onnx_images": float(total),
                 "onnx_size_mb": path.stat().st_size / 1e6, "onnx_latency_ms": latency}

@@ -34,7 +34,7 @@ class Registry(Generic[T]):
         return iter(self._entries.items())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return isinstance(name, str) and name in self._entries  # a list or dict from YAML is simply not a name
 
 
 def did_you_mean(word: str, candidates) -> str:

@@ -175,7 +175,10 @@ def test_unknown_model_or_missing_data_is_a_located_error_that_starts_nothing(wo
     result = cli("run", recipe)
     assert result.exit_code == 2
     assert f"{recipe}:4:1: model: unknown torchvision classification model 'resnet81'; did you mean 'resnet18'?" in result.output
-    recipe.write_text(recipe.read_text().replace("model: resnet81", "model: lenet").replace(
+    recipe.write_text(recipe.read_text().replace("model: resnet81", "model: yolov8n"))
+    result = cli("plan", recipe)
+    assert result.exit_code == 2 and "write 'yolov8n.yaml'" in result.output
+    recipe.write_text(recipe.read_text().replace("model: yolov8n", "model: lenet").replace(
         "data: builtin:shapes-cls?train=64&val=32&imgsz=32", "data: no/such/folder"))
     result = cli("run", recipe)
     assert result.exit_code == 2

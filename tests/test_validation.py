@@ -34,6 +34,7 @@ CASES: dict[str, tuple[int, str]] = {
     "unknown_top_key_typo": (3, "unknown key 'modle'; did you mean 'model'?"),
     "unknown_stage_key": (11, "stages.prune.ratoi: unknown key 'ratoi'; did you mean 'ratio'?"),
     "stage_type_typo": (7, "unknown stage type 'trian'; did you mean 'train'?"),
+    "stage_type_not_a_name": (7, "unknown stage type"),
     "missing_stage_type": (6, "missing required key 'type' (known: evaluate, export, prune, train, finetune)"),
     "prune_method_typo": (10, "unknown method 'depgraf'; did you mean 'depgraph'?"),
     "prune_missing_method": (8, "missing required key 'method' (known: depgraph, l1-unstructured)"),

@@ -33,7 +33,10 @@ class TorchvisionFamily(ModelFamily):
         if source not in _known_architectures():
             from ..registry import did_you_mean
 
-            raise ValueError(f"unknown torchvision classification model '{source}'{did_you_mean(source, _known_architectures())}")
+            hint = did_you_mean(source, _known_architectures())
+            if not hint and source.lower().startswith(("yolo", "rtdetr")):  # an Ultralytics name missing its suffix
+                hint = f"; for an Ultralytics detector write '{source}.yaml'"
+            raise ValueError(f"unknown torchvision classification model '{source}'{hint}")
 
     def _construct(self, source: str, num_classes: int) -> nn.Module:
         if source in SMALL_MODELS:

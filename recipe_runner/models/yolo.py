@@ -35,6 +35,9 @@ class YoloFamily(ModelFamily):
                 raise ValueError(f"model checkpoint '{source}' does not exist (the yolo family loads local .pt files only; "
                                  "use an Ultralytics yaml such as yolov8n.yaml to train from scratch)")
             return
+        if not source.lower().endswith((".yaml", ".yml")):
+            raise ValueError(f"'{source}' is neither an Ultralytics model yaml nor a .pt checkpoint "
+                             "(the yolo family takes names like yolov8n.yaml or yolo11n.yaml, or a path to a .yaml/.pt)")
         self._yaml_dict(source)
 
     def _yaml_dict(self, source: str) -> dict[str, Any]:

@@ -69,7 +69,12 @@ def prune_step(model, family, data, config: DepgraphConfig, plan: StepPlan):
         ) from exc
     if config.importance == "taylor":
         model.zero_grad()
+        # the loss needs train mode, which moves BatchNorm running stats: scoring must not change the model
+        buffers = {name: b.clone() for name, b in model.named_buffers()}
         family.accumulate_gradients(model, data, config, config.taylor_batches)
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
     with torch.enable_grad():
         pruner.step()
     model.zero_grad(set_to_none=True)

@@ -280,6 +280,40 @@ def test_user_data_yaml_with_relative_path_txt_lists_and_name_list(workspace: Pa
     assert validation_images(data, 64, 2).shape == (2, 3, 64, 64)
 
 
+def test_data_yaml_mistakes_are_caught_before_training(workspace: Path, tiny_data):
+    """What Ultralytics would only report mid-run (or drop silently) is a clear error while planning."""
+    import shutil
+
+    from recipe_runner.data import DataError, resolve_data
+
+    root = workspace / "ds"
+    shutil.copytree(Path(tiny_data.path).parent / "images", root / "images")
+    shutil.copytree(Path(tiny_data.path).parent / "labels", root / "labels")
+    good = "path: .\ntrain: images/train\nval: images/val\nnames: {0: circle, 1: square, 2: triangle}\n"
+    (root / "data.yaml").write_text(good)
+    assert resolve_data("ds/data.yaml", "detect", workspace).names == ["circle", "square", "triangle"]
+    cases = {
+        good.replace("images/val", "images/nope"): "neither a folder nor a .txt list",
+        good.replace("\nval:", "\nvalid:"): "missing 'val'",
+        good.replace("2: triangle", "3: triangle"): "keys must be the class ids",
+        good + "nc: 4\n": "nc is 4 but 'names' lists 3",
+        good.replace("images/val", "val.txt"): "neither a folder nor a .txt list",
+    }
+    for text, message in cases.items():
+        (root / "data.yaml").write_text(text)
+        with pytest.raises(DataError, match=message):
+            resolve_data("ds/data.yaml", "detect", workspace)
+    (root / "data.yaml").write_text(good.replace("images/val", "val.txt"))
+    (root / "val.txt").write_text("./images/val/missing.png\n")
+    with pytest.raises(DataError, match="missing.png', which does not exist"):
+        resolve_data("ds/data.yaml", "detect", workspace)
+    (root / "data.yaml").write_text(good)
+    label = sorted((root / "labels" / "train").glob("*.txt"))[0]
+    label.write_text(label.read_text() + "5 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(DataError, match=r"class id 5 is outside 0..2"):
+        resolve_data("ds/data.yaml", "detect", workspace)
+
+
 class _Ctx:
     """The parts of the engine's RunningStage a family's train() uses, recording what it is given."""
 

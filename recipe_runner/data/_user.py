@@ -36,6 +36,7 @@ def _image_folder(root: Path) -> list[str]:
 
 
 def _yolo_yaml(path: Path) -> list[str]:
+    """An Ultralytics data.yaml, checked the way Ultralytics will read it, so mistakes surface before training."""
     import yaml
 
     if path.is_dir():
@@ -44,9 +45,74 @@ def _yolo_yaml(path: Path) -> list[str]:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise DataError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or "names" not in data or "train" not in data or "val" not in data:
-        raise DataError(f"{path}: an Ultralytics data.yaml needs 'train', 'val' and 'names'")
-    names = data["names"]
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: an Ultralytics data.yaml must be a mapping with 'train', 'val' and 'names'")
+    missing = [k for k in ("train", "val", "names") if k not in data]
+    if missing:
+        raise DataError(f"{path}: missing {', '.join(repr(k) for k in missing)} (an Ultralytics data.yaml needs "
+                        "'train', 'val' and 'names')")
+    names = _class_names(path, data["names"])
+    if "nc" in data and data["nc"] != len(names):
+        raise DataError(f"{path}: nc is {data['nc']} but 'names' lists {len(names)} classes")
+    root = Path(str(data.get("path") or ".")).expanduser()
+    root = root if root.is_absolute() else (path.parent / root)
+    for split in ("train", "val"):
+        images = _split_images(path, root, split, data[split])
+        _check_labels(images, len(names))
+    return names
+
+
+def _class_names(path: Path, names) -> list[str]:
     if isinstance(names, dict):
-        names = [names[k] for k in sorted(names)]
+        if sorted(names) != list(range(len(names))):
+            raise DataError(f"{path}: 'names' keys must be the class ids 0..{len(names) - 1} (got {sorted(names)})")
+        names = [names[k] for k in range(len(names))]
+    if not isinstance(names, list) or not names:
+        raise DataError(f"{path}: 'names' must be a non-empty list or an id -> name mapping")
     return [str(n) for n in names]
+
+
+def _split_images(path: Path, root: Path, split: str, entry) -> list[Path]:
+    """The images of a split: folders (searched recursively) or txt lists, one entry or a list of them."""
+    images: list[Path] = []
+    for item in entry if isinstance(entry, list) else [entry]:
+        where = Path(str(item)).expanduser()
+        where = where if where.is_absolute() else root / where
+        if where.is_dir():
+            images += [f for f in where.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES]
+        elif where.is_file() and where.suffix == ".txt":
+            for line in where.read_text().splitlines():
+                line = line.strip()
+                if line:  # Ultralytics: './x' is relative to the list's folder, anything else as written
+                    image = where.parent / line[2:] if line.startswith("./") else Path(line)
+                    if not image.is_file():
+                        raise DataError(f"{where}: lists '{line}', which does not exist")
+                    images.append(image)
+        else:
+            raise DataError(f"{path}: {split}: '{item}' is neither a folder nor a .txt list (looked for {where})")
+    if not images:
+        raise DataError(f"{path}: {split}: no images found in {entry!r}")
+    return images
+
+
+def _check_labels(images: list[Path], num_classes: int) -> None:
+    """Every class id in range: Ultralytics would drop such an image silently, with only a note in its cache."""
+    for image in images:
+        parts = list(image.parts)
+        if "images" not in parts:
+            continue
+        i = len(parts) - 1 - parts[::-1].index("images")
+        label = Path(*parts[:i], "labels", *parts[i + 1:]).with_suffix(".txt")
+        if not label.is_file():
+            continue  # an image without labels is a background image
+        for number, line in enumerate(label.read_text().splitlines(), 1):
+            fields = line.split()
+            if not fields:
+                continue
+            try:
+                cls = float(fields[0])
+            except ValueError:
+                raise DataError(f"{label}:{number}: '{fields[0]}' is not a class id") from None
+            if cls != int(cls) or not 0 <= cls < num_classes:
+                raise DataError(f"{label}:{number}: class id {fields[0]} is outside 0..{num_classes - 1} "
+                                f"(the data.yaml names {num_classes} classes)")

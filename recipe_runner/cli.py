@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,20 @@ console = Console(width=None if sys.stdout.isatty() else 120)  # piped output: w
 RecipeArg = typer.Argument(..., help="path to a recipe YAML file", show_default=False)
 SetOpt = typer.Option(None, "--set", help="override a recipe value: dotted.key=value (repeatable)")
 UriOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (overrides tracking.uri and $MLFLOW_TRACKING_URI)")
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """`kill` or a scheduler's timeout takes Ctrl-C's path: stage and parent runs marked KILLED, checkpoints kept."""
+
+    def interrupt(signum: int, frame) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -90,7 +105,7 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
     from .engine import Engine, StageFailed
     from .planner import RunOptions, prepare
 
-    with _exit_codes():
+    with _sigterm_as_interrupt(), _exit_codes():
         p = prepare(recipe, RunOptions(set_ or [], force or [], only or [], tracking_uri))
         console.print(f"tracking: {p.tracker.uri}  experiment: {p.tracker.experiment_name}", markup=False, highlight=False)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -108,9 +123,9 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
                     raise
                 typer.echo(f"error: {exc}  (set RECIPE_RUNNER_DEBUG=1 for the traceback)", err=True)
                 raise typer.Exit(1)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
                 typer.echo("interrupted: finished stages are kept; run again to resume from the last epoch checkpoint", err=True)
-                raise typer.Exit(130)
+                raise typer.Exit(143 if str(exc) == "SIGTERM" else 130)
     table = Table(title=f"{p.recipe.name}: done")
     keys = ["top1", "mAP50", "mAP50-95", "macs", "params", "size_mb", "epochs_trained"]
     shown = [k for k in keys if any(k in r.metrics for r in reports)]

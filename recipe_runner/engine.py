@@ -75,6 +75,10 @@ class RunningStage:
     def log_artifact(self, path: Path, folder: Optional[str] = None) -> None:
         self.engine.tracker.log_artifact(self.run_id, path, folder)
 
+    def warn(self, message: str) -> None:
+        self.engine.announce(f"[warn]   {self.stage_id}: {message}")
+        self.engine.tracker.set_tags(self.run_id, {T.PREFIX + "warning": message[:5000]})
+
     def log_plot(self, figure: Any, name: str) -> None:
         self.engine.tracker.log_figure(self.run_id, figure, name)
         import matplotlib.pyplot as plt

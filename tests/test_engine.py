@@ -224,3 +224,29 @@ def test_lone_last_batch_trains_and_onnx_check_covers_every_val_image(workspace:
     onnx = runs["onnx"].data.metrics
     assert onnx["onnx_images"] == 12
     assert abs(onnx["onnx_top1"] - onnx["top1"]) <= 1 / 12
+
+
+def test_max_map_drop_keeps_the_last_model_within_the_bound_and_says_so(workspace: Path):
+    """A step whose accuracy falls too far is rejected: the stage keeps the model before it and warns."""
+    stages = THREE_STAGES.replace("group-l2", "random").replace("ratio: 0.5", "ratio: 0.95\n    steps: 2\n    max_map_drop: 0.0")
+    result = cli("run", write_recipe(workspace, stages))
+    assert result.exit_code == 0, result.output
+    runs = by_node(stage_runs(local_uri(workspace)))
+    prune, train = runs["prune"].data, runs["train"].data
+    assert prune.metrics["stopped_early"] == 1.0
+    steps_done = int(prune.metrics["steps_done"])
+    assert steps_done < 2 and f"keeping step {steps_done}" in prune.tags[T.PREFIX + "warning"]
+    assert "[warn]   prune: stopped at step" in result.output
+    if steps_done == 0:  # the unpruned model was kept
+        assert prune.metrics["macs"] == train.metrics["macs"]
+    assert prune.metrics["top1"] >= prune.metrics["baseline_top1"]  # within the (zero) bound
+
+
+def test_googlenet_trains_on_its_main_head(workspace: Path):
+    """googlenet returned GoogLeNetOutputs (with auxiliary heads) in train mode, which the loss cannot take."""
+    from recipe_runner.data import resolve_data
+
+    data = resolve_data("builtin:shapes-cls?train=16&val=8&imgsz=32", "classify")
+    model = TorchvisionFamily().build("googlenet", data, seed=0).train()
+    out = model(torch.randn(2, 3, 64, 64))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, data.num_classes)

@@ -190,3 +190,21 @@ def test_epoch_tags_are_written_in_one_batch(tmp_path: Path):
     assert calls == ["log_batch"]
     tags = MlflowClient(tracker.uri).get_run(run_id).data.tags
     assert (tags[T.EPOCH], tags[T.EPOCH_SHA], tags[T.EPOCH_SLOT]) == ("3", "abc", "1")
+
+
+def test_sigterm_stops_like_ctrl_c_and_marks_the_runs_killed(workspace: Path):
+    recipe = workspace / "recipe.yaml"
+    recipe.write_text(RECIPE)
+    db = workspace / "mlflow.db"
+    proc = subprocess.Popen([sys.executable, "-m", "recipe_runner.cli", "run", str(recipe)], cwd=workspace,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while _epoch_tag(db) < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "run again to resume" in err
+    client = MlflowClient(local_uri(workspace))
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and {r.info.status for r in runs} == {"KILLED"}  # the parent and the cut-off stage: nothing RUNNING

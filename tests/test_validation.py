@@ -59,6 +59,8 @@ CASES: dict[str, tuple[int, str]] = {
     "not_a_mapping": (1, "a recipe must be a mapping"),
     "defaults_unknown_key": (7, "defaults.epoch: no stage type accepts this key; did you mean 'epochs'?"),
     "sweep_empty": (11, "sweep must be a non-empty list"),
+    "sweep_repeated": (11, "sweep lists 0.3 more than once"),
+    "sweep_in_defaults": (6, "a sweep in defaults would sweep every stage on its own"),
     "sweep_out_of_range": (11, "stages.prune.ratio: Input should be less than 1 (got 1.2)"),
     "first_stage_needs_parent": (6, "a 'finetune' stage needs a parent"),
     "bad_model_family": (4, "unknown model family 'torchvison'; did you mean 'torchvision'?"),

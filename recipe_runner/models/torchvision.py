@@ -44,7 +44,9 @@ class TorchvisionFamily(ModelFamily):
         else:
             import torchvision
 
-            model = torchvision.models.get_model(source, weights=None, num_classes=num_classes)
+            # googlenet / inception_v3 return auxiliary outputs while training; we train on the main head only
+            extra = {"aux_logits": False} if source in ("googlenet", "inception_v3") else {}
+            model = torchvision.models.get_model(source, weights=None, num_classes=num_classes, **extra)
         model._rr_source, model._rr_num_classes = source, num_classes
         return model
 

@@ -157,7 +157,9 @@ class _Validator:
 
     def problem(self, path: KeyPath, message: str) -> None:
         label = ".".join(str(p) for p in path)
-        self.problems.append(Problem(self.where(path), f"{label}: {message}" if label else message))
+        problem = Problem(self.where(path), f"{label}: {message}" if label else message)
+        if problem not in self.problems:  # a shared key (defaults) is met once per stage: say it once
+            self.problems.append(problem)
 
     def validate(self, adapter: TypeAdapter, data: Any, prefix: KeyPath,
                  known: Callable[[tuple], list[str]] = lambda loc: [], tags: list[str] = ()):
@@ -210,12 +212,20 @@ class _Validator:
         merged = dict(body)
         for key, value in defaults.items():
             if key in fields and key not in merged:
+                if _is_sweep(value):
+                    self.problem(("defaults", key), "a sweep in defaults would sweep every stage on its own (a product of "
+                                 "copies); sweep the key on one stage: its descendants follow each branch")
+                    return None
                 merged[key] = value
                 self.locations.setdefault(path + (key,), self.where(("defaults", key)))
         sweeps = {k: v["sweep"] for k, v in merged.items() if _is_sweep(v)}
         for key, values in sweeps.items():
             if not isinstance(values, list) or not values:
                 self.problem(path + (key,), "sweep must be a non-empty list of values")
+                return None
+            repeated = sorted({repr(v) for v in values if values.count(v) > 1})
+            if repeated:
+                self.problem(path + (key,), f"sweep lists {', '.join(repeated)} more than once")
                 return None
         config_type = STAGES.get(stype).config
         adapter, tags = TypeAdapter(config_type), list(_union_members(config_type)[1])

@@ -68,6 +68,13 @@ def run_prune(ctx: StageContext, config) -> StageOutput:
         advance(1)
     ctx.log_plot(_plot(history, primary), "prune_steps.png")
     kept = [r for r in history if not r.get("rejected")]
+    if stopped_early:
+        drop = baseline - history[-1]["metric_after_ft"]
+        ctx.warn(f"stopped at step {history[-1]['step']} of {config.steps}: {primary} fell by {drop:.4f} > max_map_drop "
+                 f"{config.max_map_drop}; keeping step {kept[-1]['step']}"
+                 + (" (the unpruned model)" if kept[-1]["step"] == 0 else ""))
+    elif method.structured and kept[-1]["macs"] >= history[0]["macs"] and kept[-1]["params"] >= history[0]["params"]:
+        ctx.warn("pruning removed nothing (ratio too small for these widths, or round_to too large?)")
     metrics = {"steps_done": float(kept[-1]["step"]), "stopped_early": float(stopped_early), f"baseline_{primary}": baseline}
     return StageOutput(model=model, metrics=metrics, epochs_trained=epochs_trained)
 

@@ -88,6 +88,10 @@ def _load_family_and_data(recipe: Recipe, base: Path) -> tuple[Any, Any]:
                 family.check_device(config.device)
             except ValueError as exc:
                 raise recipe.located(("stages", sid, "device"), str(exc)) from None
+            try:
+                family.check_args(dict(getattr(config, "args", None) or {}))
+            except ValueError as exc:
+                raise recipe.located(("stages", sid, "args"), str(exc)) from None
     try:
         data = resolve_data(recipe.data, entry.task, base)
     except (DataError, OSError) as exc:

@@ -179,6 +179,10 @@ def test_unknown_model_or_missing_data_is_a_located_error_that_starts_nothing(wo
     result = cli("plan", recipe)
     assert result.exit_code == 2 and "write 'yolov8n.yaml'" in result.output
     recipe.write_text(recipe.read_text().replace("model: yolov8n", "model: lenet").replace(
+        "epochs: 2\n", "epochs: 2\n    args: {foo: 1}\n"))
+    result = cli("plan", recipe)
+    assert result.exit_code == 2 and "stages.train.args: the torchvision family takes no extra trainer arguments" in result.output
+    recipe.write_text(recipe.read_text().replace("    args: {foo: 1}\n", "").replace(
         "data: builtin:shapes-cls?train=64&val=32&imgsz=32", "data: no/such/folder"))
     result = cli("run", recipe)
     assert result.exit_code == 2

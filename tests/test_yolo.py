@@ -136,6 +136,14 @@ def test_check_source_rejects_missing_checkpoint_and_unknown_yaml(family):
         family.check_source("resnet18")  # once an AssertionError from deep inside Ultralytics
 
 
+def test_args_must_be_ultralytics_train_arguments_the_runner_does_not_own(family):
+    family.check_args({"nbs": 16, "mosaic": 0.0, "warmup_epochs": 0})
+    for args, message in [({"mosiac": 0}, "did you mean 'mosaic'"), ({"epochs": 3}, "set by recipe-runner itself"),
+                          ({"data": "x.yaml"}, "set by recipe-runner itself"), ({"lr0": 0.1}, "use the recipe key 'lr'")]:
+        with pytest.raises(ValueError, match=message):
+            family.check_args(args)
+
+
 def _by_node(runs) -> dict:
     return {r.data.tags[T.NODE_ID]: r for r in runs}
 

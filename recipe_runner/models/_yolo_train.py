@@ -25,6 +25,28 @@ _OWNED = ("model", "data", "epochs", "project", "name", "exist_ok", "resume", "s
           "mode", "pretrained")
 
 
+# Ultralytics keys the recipe sets through its own stage keys.
+_KNOBS = {"imgsz": "imgsz", "batch": "batch", "lr0": "lr", "optimizer": "optimizer", "momentum": "momentum",
+          "weight_decay": "weight_decay", "workers": "workers", "device": "device", "seed": "seed (top level)",
+          "patience": "patience"}
+
+
+def check_args(args: dict[str, Any]) -> None:
+    """`args:` must be Ultralytics train arguments the runner does not set itself."""
+    ultralytics_ready()
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    from ..registry import did_you_mean
+
+    for key in args:
+        if key in _OWNED:
+            raise ValueError(f"args.{key} is set by recipe-runner itself (from the recipe) and cannot be overridden")
+        if key in _KNOBS:
+            raise ValueError(f"args.{key}: use the recipe key '{_KNOBS[key]}' instead")
+        if key not in DEFAULT_CFG_DICT:
+            raise ValueError(f"args.{key} is not an Ultralytics train argument{did_you_mean(key, DEFAULT_CFG_DICT)}")
+
+
 def train_args(knobs: Any, epochs: int, data_yaml: str, save_dir: Path, seed: int, source: str) -> dict[str, Any]:
     """Ultralytics train overrides from the stage's knobs; `args:` passes extra Ultralytics keys through."""
     device = device_string(getattr(knobs, "device", "cpu"))

@@ -58,6 +58,11 @@ class ModelFamily(ABC):
 
     max_devices: int = 1  # how many devices one stage may use
 
+    def check_args(self, args: dict[str, Any]) -> None:
+        """Raise ValueError for `args:` this family would not use (checked before anything runs)."""
+        if args:
+            raise ValueError(f"the {self.name} family takes no extra trainer arguments (got {', '.join(map(str, args))})")
+
     def check_device(self, device: Any) -> None:
         """Raise ValueError if this machine or family cannot honour `device:` (checked before anything runs)."""
         devices = list(device) if isinstance(device, (list, tuple)) else [device]

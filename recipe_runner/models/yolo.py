@@ -40,6 +40,11 @@ class YoloFamily(ModelFamily):
                              "(the yolo family takes names like yolov8n.yaml or yolo11n.yaml, or a path to a .yaml/.pt)")
         self._yaml_dict(source)
 
+    def check_args(self, args: dict[str, Any]) -> None:
+        from ._yolo_train import check_args
+
+        check_args(args)
+
     def _yaml_dict(self, source: str) -> dict[str, Any]:
         """The architecture dict of an Ultralytics model yaml (a name Ultralytics ships, or a local file)."""
         ultralytics_ready()

@@ -254,3 +254,25 @@ def test_googlenet_trains_on_its_main_head(workspace: Path):
     model = TorchvisionFamily().build("googlenet", data, seed=0).train()
     out = model(torch.randn(2, 3, 64, 64))
     assert isinstance(out, torch.Tensor) and out.shape == (2, data.num_classes)
+
+
+def test_user_image_folder_skips_hidden_folders_and_names_an_unreadable_image(workspace: Path):
+    import shutil
+
+    from recipe_runner.data import resolve_data
+
+    source = resolve_data("builtin:shapes-cls?train=24&val=8&imgsz=32", "classify").path
+    shutil.copytree(source, workspace / "mydata", ignore=shutil.ignore_patterns("names.txt"))
+    for split in ("train", "val"):
+        (workspace / "mydata" / split / ".ipynb_checkpoints").mkdir()  # what Jupyter leaves behind: not a class
+    recipe = workspace / "recipe.yaml"
+    recipe.write_text("version: 1\nname: folder\nmodel: lenet\ndata: mydata\ndefaults: {imgsz: 32, batch: 8}\n"
+                      "stages:\n  train: {type: train, epochs: 1}\n")
+    result = cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    assert "." not in "".join(resolve_data("mydata", "classify", workspace).names)
+    broken = sorted((workspace / "mydata" / "train").rglob("*.png"))[0]
+    broken.write_bytes(broken.read_bytes()[:60])  # a truncated file, same name
+    result = cli("run", recipe, "--force", "train")
+    assert result.exit_code == 1
+    assert f"cannot read image {broken}" in result.output.replace("\n", "")

@@ -23,7 +23,7 @@ def _image_folder(root: Path) -> list[str]:
         folder = root / split
         if not folder.is_dir():
             raise DataError(f"{root}: missing '{split}/' (expected {split}/<class>/<image>)")
-        classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
             raise DataError(f"{folder}: no class folders")
         for c in classes:

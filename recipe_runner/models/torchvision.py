@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -17,6 +18,26 @@ from .small_cnn import SMALL_MODELS
 from ._sparsity import ZeroKeeper
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _image_folder(base: type) -> type:
+    """torchvision's ImageFolder, but hidden folders (.ipynb_checkpoints) are not classes and an unreadable image
+    is named in the error."""
+
+    class ImageFolder(base):
+        def find_classes(self, directory: str):
+            classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+            if not classes:
+                raise FileNotFoundError(f"{directory}: no class folders")
+            return classes, {name: i for i, name in enumerate(classes)}
+
+        def __getitem__(self, index: int):
+            try:
+                return super().__getitem__(index)
+            except OSError as exc:
+                raise OSError(f"cannot read image {self.samples[index][0]}: {exc}") from exc
+
+    return ImageFolder
 
 
 def _known_architectures() -> list[str]:
@@ -62,7 +83,7 @@ class TorchvisionFamily(ModelFamily):
         if shuffle:
             steps.append(transforms.RandomHorizontalFlip())
         steps += [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
-        dataset = datasets.ImageFolder(str(Path(data.path) / split), transform=transforms.Compose(steps))
+        dataset = _image_folder(datasets.ImageFolder)(str(Path(data.path) / split), transform=transforms.Compose(steps))
         generator = torch.Generator().manual_seed(seed)
         # a last training batch of one image breaks BatchNorm ("expected more than 1 value per channel"): drop it
         lone_last = shuffle and len(dataset) > 1 and len(dataset) % knobs.batch == 1

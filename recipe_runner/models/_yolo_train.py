@@ -11,12 +11,12 @@ import copy
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
-from ._sparsity import ZeroKeeper
+from .hooks import HookChain, training_hooks
 from ._yolo_env import device_string, strip_integration_callbacks, ultralytics_ready
 
 _OPTIMIZERS = {"auto": "auto", "sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
@@ -47,16 +47,21 @@ def check_args(args: dict[str, Any]) -> None:
             raise ValueError(f"args.{key} is not an Ultralytics train argument{did_you_mean(key, DEFAULT_CFG_DICT)}")
 
 
-def train_args(knobs: Any, epochs: int, data_yaml: str, save_dir: Path, seed: int, source: str) -> dict[str, Any]:
+if TYPE_CHECKING:
+    from .base import TrainContext, TrainKnobs
+    from .hooks import TrainHook
+
+
+def train_args(knobs: TrainKnobs, epochs: int, data_yaml: str, save_dir: Path, seed: int, source: str) -> dict[str, Any]:
     """Ultralytics train overrides from the stage's knobs; `args:` passes extra Ultralytics keys through."""
-    device = device_string(getattr(knobs, "device", "cpu"))
+    device = device_string(knobs.device)
     args: dict[str, Any] = {
         "imgsz": knobs.imgsz, "batch": knobs.batch, "lr0": knobs.lr, "optimizer": _OPTIMIZERS[knobs.optimizer],
         "momentum": knobs.momentum, "weight_decay": knobs.weight_decay, "workers": knobs.workers,
-        "patience": int(getattr(knobs, "patience", 0) or 0), "device": device, "seed": int(seed), "deterministic": True,
+        "patience": int(knobs.patience), "device": device, "seed": int(seed), "deterministic": True,
         "amp": device != "cpu", "verbose": False, "val": True,
     }
-    args.update(dict(getattr(knobs, "args", {}) or {}))
+    args.update(knobs.args)
     args.update({
         "model": source, "data": data_yaml, "epochs": int(epochs), "project": str(save_dir.parent), "name": save_dir.name,
         "exist_ok": True, "resume": False, "save": False, "save_period": -1, "plots": False, "task": "detect", "mode": "train",
@@ -97,6 +102,7 @@ def make_trainer_class():
 
         rr_model: nn.Module
         rr_resume: Optional[dict] = None
+        rr_hooks: HookChain
 
         def get_model(self, cfg=None, weights=None, verbose=True):
             return self.rr_model
@@ -123,29 +129,46 @@ def make_trainer_class():
             self.stopper.best_epoch = int(state.get("stopper_best_epoch", 0))
             self.start_epoch = int(state["epoch"])
 
+        def optimizer_step(self):
+            """Ultralytics' step with the hooks in it: its only callback near the step (on_train_batch_end) fires
+            after the gradients are zeroed, and it accumulates nbs / batch batches per step, so penalties act here,
+            once per optimizer step, on unscaled gradients (AMP-safe), before clipping."""
+            self.scaler.unscale_(self.optimizer)
+            self.rr_hooks.on_gradients(self.unwrapped())
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad()
+            self.rr_hooks.after_step(self.unwrapped())
+            if self.ema:
+                self.ema.update(self.model)
+
         def unwrapped(self) -> nn.Module:
             return unwrap_model(self.model)
 
     return RunnerTrainer
 
 
-class EpochHooks:
-    """Callbacks: log each epoch to the stage run, keep the best EMA weights, save resumable state, keep zeros."""
+class EpochCallbacks:
+    """Ultralytics callbacks: run the training hooks' start/epoch calls, log each epoch to the stage run, keep the
+    best EMA weights, save resumable state."""
 
-    def __init__(self, ctx: Any, describe: Callable[[nn.Module], dict], advance: Callable[[int], None],
-                 keeper: ZeroKeeper, best_state: Optional[dict], best_epoch: int):
-        self.ctx, self.describe, self.advance, self.keeper = ctx, describe, advance, keeper
+    def __init__(self, ctx: TrainContext, describe: Callable[[nn.Module], dict], advance: Callable[[int], None],
+                 hooks: HookChain, best_state: Optional[dict], best_epoch: int):
+        self.ctx, self.describe, self.advance, self.hooks = ctx, describe, advance, hooks
         self.best_state, self.best_epoch = best_state, best_epoch
         self.last_metrics: dict[str, float] = {}
 
-    def batch_end(self, trainer: Any) -> None:
-        if self.keeper.masks:
-            self.keeper.restore(trainer.unwrapped())
-            self.keeper.restore(trainer.ema.ema)
+    def train_start(self, trainer: Any) -> None:
+        # here the model is on the training device and a resumed optimizer/EMA is restored
+        self.hooks.on_start(trainer.unwrapped(), int(trainer.start_epoch), int(trainer.epochs))
+
+    def epoch_start(self, trainer: Any) -> None:
+        self.hooks.on_epoch_start(trainer.unwrapped(), int(trainer.epoch))
 
     def fit_epoch_end(self, trainer: Any) -> None:
         epoch = trainer.epoch + 1
-        metrics = epoch_metrics(trainer)
+        metrics = {**epoch_metrics(trainer), **self.hooks.on_epoch_end(trainer.unwrapped(), int(trainer.epoch))}
         self.last_metrics = metrics
         self.ctx.log_metrics(metrics, step=epoch)
         ema = trainer.ema.ema
@@ -163,6 +186,7 @@ class EpochHooks:
             "stopper_best_epoch": int(trainer.stopper.best_epoch),
             "best_state": self.best_state,
             "best_epoch": self.best_epoch,
+            "hooks": self.hooks.state_dict(),
         }, epoch)
         self.advance(1)
 
@@ -179,7 +203,8 @@ def finished_model(ema: nn.Module, best_state: Optional[dict]) -> nn.Module:
 
 
 def run_training(model: nn.Module, rebuild: Callable[[dict], nn.Module], describe: Callable[[nn.Module], dict],
-                 data_yaml: str, knobs: Any, epochs: int, ctx: Any, source: str) -> tuple[nn.Module, dict[str, float], int, int]:
+                 data_yaml: str, knobs: TrainKnobs, epochs: int, ctx: TrainContext, source: str,
+                 hooks: Sequence[TrainHook] = ()) -> tuple[nn.Module, dict[str, float], int, int]:
     """Train `model` for `epochs`; returns (model, last epoch metrics, epochs run here, epoch reached)."""
     ultralytics_ready()
     state = ctx.resume_state
@@ -194,23 +219,26 @@ def run_training(model: nn.Module, rebuild: Callable[[dict], nn.Module], describ
     for p in model.parameters():
         p.requires_grad_(True)
     model.criterion = None  # the loss caches head shapes; pruning may have changed them
-    keeper = ZeroKeeper(model)
+    chain = training_hooks(hooks)
+    if state is not None:
+        chain.load_state_dict(state.get("hooks", {}))
     save_dir = Path(tempfile.mkdtemp(prefix="yolo-train-", dir=ctx.workdir))
     try:
         cls = make_trainer_class()
-        trainer = cls(overrides=train_args(knobs, epochs, data_yaml, save_dir, int(getattr(ctx, "seed", 0)), source))
+        trainer = cls(overrides=train_args(knobs, epochs, data_yaml, save_dir, ctx.seed, source))
         strip_integration_callbacks(trainer)
-        trainer.rr_model, trainer.rr_resume = model, state
+        trainer.rr_model, trainer.rr_resume, trainer.rr_hooks = model, state, chain
         trainer.model = model
         advance = ctx.progress("epochs", epochs)
         advance(start)
-        hooks = EpochHooks(ctx, describe, advance, keeper, best_state, best_epoch)
-        trainer.add_callback("on_train_batch_end", hooks.batch_end)
-        trainer.add_callback("on_fit_epoch_end", hooks.fit_epoch_end)
+        callbacks = EpochCallbacks(ctx, describe, advance, chain, best_state, best_epoch)
+        trainer.add_callback("on_train_start", callbacks.train_start)
+        trainer.add_callback("on_train_epoch_start", callbacks.epoch_start)
+        trainer.add_callback("on_fit_epoch_end", callbacks.fit_epoch_end)
         trainer.train()
         epoch_reached = int(trainer.epoch) + 1
-        result = finished_model(trainer.ema.ema, hooks.best_state)
-        return result, hooks.last_metrics, epoch_reached - start, epoch_reached
+        result = finished_model(trainer.ema.ema, callbacks.best_state)
+        return result, callbacks.last_metrics, epoch_reached - start, epoch_reached
     finally:
         shutil.rmtree(save_dir, ignore_errors=True)
         torch.use_deterministic_algorithms(False)

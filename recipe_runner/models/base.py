@@ -4,10 +4,46 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..data import DataSource
+    from .hooks import TrainHook
+
+
+class EvalKnobs(Protocol):
+    """What a family reads to evaluate a model (every stage config that evaluates has these keys)."""
+
+    batch: int
+    imgsz: int
+    workers: int
+    device: Any  # cpu | GPU index | cuda:N | mps | list of GPU indices
+
+
+class TrainKnobs(EvalKnobs, Protocol):
+    """What a family's trainer reads from a stage config (config_base.TrainingKnobs and its subclasses)."""
+
+    lr: float
+    optimizer: str  # auto | sgd | adam | adamw
+    momentum: float
+    weight_decay: float
+    patience: int  # stop after this many epochs without improvement; 0 = never
+    args: dict[str, Any]  # extra trainer arguments the family understands (checked by check_args)
+
+
+class TrainContext(Protocol):
+    """What a family's trainer needs from the running stage (engine.RunningStage implements it)."""
+
+    seed: int
+    workdir: Path
+    resume_state: Optional[dict]  # the last epoch checkpoint of an unfinished earlier attempt
+
+    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None: ...
+    def save_epoch_state(self, state: dict, epoch: int) -> None: ...
+    def progress(self, description: str, total: int) -> Callable[[int], None]: ...
 
 
 @dataclass
@@ -21,21 +57,27 @@ class TrainResult:
 class ModelFamily(ABC):
     name: str
     primary_metric: str  # the accuracy metric guarded by prune's max_map_drop
+    accuracy_metrics: tuple[str, ...]  # what evaluate() returns that measures accuracy (primary included)
 
     @abstractmethod
     def check_source(self, source: str) -> None:
         """Raise ValueError with a clear message if `source` cannot be built (before anything trains)."""
 
     @abstractmethod
-    def build(self, source: str, data, seed: int) -> nn.Module:
+    def build(self, source: str, data: DataSource, seed: int) -> nn.Module:
         """The root model: the architecture named by `source`, sized for the data's classes."""
 
     @abstractmethod
-    def train(self, model: nn.Module, data, knobs, epochs: int, ctx) -> TrainResult:
-        """Train for `epochs` (resuming from ctx.resume_state if set), saving state through ctx each epoch."""
+    def train(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, epochs: int, ctx: TrainContext,
+              hooks: Sequence[TrainHook] = ()) -> TrainResult:
+        """Train for `epochs` (resuming from ctx.resume_state if set), saving state through ctx each epoch.
+
+        `hooks` run at the points models/hooks.py documents, after the always-on KeepZeros; their
+        state is saved in the epoch checkpoints and restored on resume.
+        """
 
     @abstractmethod
-    def evaluate(self, model: nn.Module, data, knobs) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, data: DataSource, knobs: EvalKnobs) -> dict[str, float]:
         """Accuracy metrics on the validation split; must include `primary_metric`."""
 
     @abstractmethod
@@ -87,7 +129,7 @@ class ModelFamily(ABC):
         """Swap modules dependency-graph pruning cannot handle for equivalent ones (default: none)."""
         return model
 
-    def accumulate_gradients(self, model: nn.Module, data, knobs, batches: int) -> None:
+    def accumulate_gradients(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, batches: int) -> None:
         raise NotImplementedError(f"{self.name} does not support gradient-based importance")
 
     def latency(self, model: nn.Module, imgsz: int) -> float:

@@ -3,19 +3,22 @@ from __future__ import annotations
 
 import math
 import os
-import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ._shapes import apply_shapes, module_attributes
-from .base import ModelFamily, TrainResult, torch_device
+from .base import EvalKnobs, ModelFamily, TrainContext, TrainKnobs, TrainResult, torch_device
+from .hooks import training_hooks
 from .small_cnn import SMALL_MODELS
-from ._sparsity import ZeroKeeper
+
+if TYPE_CHECKING:
+    from ..data import DataSource
+    from .hooks import TrainHook
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -49,6 +52,7 @@ def _known_architectures() -> list[str]:
 class TorchvisionFamily(ModelFamily):
     name = "torchvision"
     primary_metric = "top1"
+    accuracy_metrics = ("top1",)
 
     def check_source(self, source: str) -> None:
         if source not in _known_architectures():
@@ -98,40 +102,47 @@ class TorchvisionFamily(ModelFamily):
             return cls(params, lr=knobs.lr, weight_decay=knobs.weight_decay)
         return torch.optim.SGD(params, lr=knobs.lr, momentum=knobs.momentum, weight_decay=knobs.weight_decay, nesterov=True)
 
-    def train(self, model: nn.Module, data, knobs, epochs: int, ctx) -> TrainResult:
+    def train(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, epochs: int, ctx: TrainContext,
+              hooks: Sequence[TrainHook] = ()) -> TrainResult:
         device = torch_device(knobs.device)
-        if ctx.resume_state is not None:
-            model = self.rebuild(ctx.resume_state["model"])
+        state = ctx.resume_state
+        if state is not None:
+            model = self.rebuild(state["model"])
         model.to(device)
         for p in model.parameters():
             p.requires_grad_(True)
         optimizer = self._optimizer(model, knobs)
+        chain = training_hooks(hooks)
         start, best, since_best = 0, -1.0, 0
-        if ctx.resume_state is not None:
-            optimizer.load_state_dict(ctx.resume_state["optimizer"])
-            start, best, since_best = int(ctx.resume_state["epoch"]), float(ctx.resume_state["best"]), int(ctx.resume_state["since_best"])
-        keeper = ZeroKeeper(model)
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            start, best, since_best = int(state["epoch"]), float(state["best"]), int(state["since_best"])
+            chain.load_state_dict(state.get("hooks", {}))
+        chain.on_start(model, start, epochs)
         loss_fn = nn.CrossEntropyLoss()
         advance = ctx.progress("epochs", epochs)
         advance(start)
         metrics: dict[str, float] = {}
         trained = 0
-        seed = int(getattr(ctx, "seed", 0))
         for epoch in range(start, epochs):
             for group in optimizer.param_groups:  # cosine schedule, computed so a resumed run matches
                 group["lr"] = knobs.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * epoch / epochs)))
             model.train()
+            chain.on_epoch_start(model, epoch)
             total, count = 0.0, 0
-            torch.manual_seed(seed * 1000 + epoch)  # augmentation draws from the global RNG: seed per epoch so resume is exact
-            for images, labels in self._loader(data, "train", knobs, shuffle=True, seed=seed * 1000 + epoch):
+            # augmentation draws from the global RNG: seed per epoch so a resumed run is exact
+            torch.manual_seed(ctx.seed * 1000 + epoch)
+            for images, labels in self._loader(data, "train", knobs, shuffle=True, seed=ctx.seed * 1000 + epoch):
                 images, labels = images.to(device), labels.to(device)
                 optimizer.zero_grad()
                 loss = loss_fn(model(images), labels)
                 loss.backward()
+                chain.on_gradients(model)
                 optimizer.step()
-                keeper.restore(model)
+                chain.after_step(model)
                 total, count = total + loss.item() * len(labels), count + len(labels)
-            metrics = {"train_loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"], **self.evaluate(model, data, knobs)}
+            metrics = {"train_loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"],
+                       **chain.on_epoch_end(model, epoch), **self.evaluate(model, data, knobs)}
             ctx.log_metrics(metrics, step=epoch + 1)
             trained += 1
             if metrics["top1"] > best:
@@ -139,17 +150,17 @@ class TorchvisionFamily(ModelFamily):
             else:
                 since_best += 1
             ctx.save_epoch_state({"model": self.describe(model), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                                  "best": best, "since_best": since_best}, epoch + 1)
+                                  "best": best, "since_best": since_best, "hooks": chain.state_dict()}, epoch + 1)
             advance(1)
-            if getattr(knobs, "patience", 0) and since_best >= knobs.patience:
+            if knobs.patience and since_best >= knobs.patience:
                 break
         model.cpu().eval()  # stages hand models around on the CPU; each trainer moves them where it needs
         return TrainResult(model, metrics, trained, start + trained)
 
-    def evaluate(self, model: nn.Module, data, knobs) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, data: DataSource, knobs: EvalKnobs) -> dict[str, float]:
         model.eval()
         home = next(model.parameters()).device
-        device = torch_device(getattr(knobs, "device", "cpu"))
+        device = torch_device(knobs.device)
         model.to(device)
         correct, total, loss = 0, 0, 0.0
         with torch.no_grad():
@@ -191,8 +202,8 @@ class TorchvisionFamily(ModelFamily):
         return model.eval()
 
     # -- export -----------------------------------------------------------
-    def export_onnx(self, model: nn.Module, data, config, path: Path) -> dict[str, float]:
-        import onnxruntime as ort
+    def export_onnx(self, model: nn.Module, data: DataSource, config, path: Path) -> dict[str, float]:
+        from . import onnx_runtime
 
         model.eval()
         example = self.example_inputs(model, config.imgsz)
@@ -205,27 +216,16 @@ class TorchvisionFamily(ModelFamily):
             import onnxslim
 
             onnxslim.slim(str(path), str(path))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        sess = onnx_runtime.session(path, threads=1)
         batch = 1 if not config.dynamic else config.batch
-        max_diff, scale, correct, total = 0.0, 0.0, 0, 0
+        loader = self._loader(data, "val", config.model_copy(update={"batch": batch}), shuffle=False)
+        batches = [(images.numpy(), labels.numpy()) for images, labels in loader]
         with torch.no_grad():
-            for images, labels in self._loader(data, "val", config.model_copy(update={"batch": batch}), shuffle=False):
-                ours = model(images).numpy()
-                theirs = session.run(None, {"images": images.numpy()})[0]
-                max_diff = max(max_diff, float(np.abs(ours - theirs).max()))
-                scale = max(scale, float(np.abs(ours).max()))
-                correct += int((theirs.argmax(1) == labels.numpy()).sum())
-                total += len(labels)
-        if total == 0:
-            raise ValueError("the ONNX check compared no images: the val split is empty")
+            agreement = onnx_runtime.compare(sess, lambda x: model(torch.from_numpy(x)).numpy(), (b for b, _ in batches))
+        correct = sum(int((onnx_runtime.run(sess, b).argmax(1) == y).sum()) for b, y in batches)
         single = np.random.default_rng(0).standard_normal((1, 3, config.imgsz, config.imgsz)).astype(np.float32)
-        session.run(None, {"images": single})
-        start = time.perf_counter()
-        for _ in range(10):
-            session.run(None, {"images": single})
-        latency = (time.perf_counter() - start) / 10 * 1000
-        return {"onnx_max_abs_diff": max_diff, "onnx_output_scale": scale, "onnx_top1": correct / max(total, 1),
-                "onnx_images": float(total),
-                "onnx_size_mb": path.stat().st_size / 1e6, "onnx_latency_ms": latency}
+        latency = onnx_runtime.latency(sess, single)
+        return {"onnx_max_abs_diff": agreement.max_abs_diff, "onnx_output_scale": agreement.output_scale,
+                "onnx_top1": correct / agreement.compared, "onnx_images": float(agreement.compared),
+                "onnx_size_mb": path.stat().st_size / 1e6, "onnx_latency_ms": latency.median_ms,
+                "onnx_latency_p90_ms": latency.p90_ms}

@@ -6,14 +6,18 @@ import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import nn
 
 from ._shapes import apply_shapes, module_attributes
 from ._yolo_env import device_string, resolved_data_yaml, strip_integration_callbacks, ultralytics_ready
-from .base import ModelFamily, TrainResult
+from .base import EvalKnobs, ModelFamily, TrainContext, TrainKnobs, TrainResult
+
+if TYPE_CHECKING:
+    from ..data import DataSource
+    from .hooks import TrainHook
 
 DESCRIPTION_FORMAT = 1
 _NOT_DETECTION = ("Segment", "Pose", "OBB", "Classify", "WorldDetect", "YOLOEDetect", "RTDETRDecoder", "Semantic")
@@ -26,6 +30,7 @@ def _round_to_stride(imgsz: int, stride: int = 32) -> int:
 class YoloFamily(ModelFamily):
     name = "yolo"
     primary_metric = "mAP50-95"
+    accuracy_metrics = ("mAP50", "mAP50-95", "precision", "recall")
 
     # -- building ---------------------------------------------------------
     def check_source(self, source: str) -> None:
@@ -82,15 +87,16 @@ class YoloFamily(ModelFamily):
         return model
 
     # -- training ---------------------------------------------------------
-    def train(self, model: nn.Module, data, knobs, epochs: int, ctx) -> TrainResult:
+    def train(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, epochs: int, ctx: TrainContext,
+              hooks: Sequence[TrainHook] = ()) -> TrainResult:
         from ._yolo_train import run_training
 
         source = str(getattr(model, "yaml", {}).get("yaml_file", "yolov8n.yaml"))
-        model, metrics, trained, reached = run_training(model, self.rebuild, self.describe, resolved_data_yaml(data), knobs,
-                                                        epochs, ctx, source)
+        model, metrics, trained, reached = run_training(model, self.rebuild, self.describe, resolved_data_yaml(data),
+                                                        knobs, epochs, ctx, source, hooks)
         return TrainResult(model, metrics, trained, reached)
 
-    def evaluate(self, model: nn.Module, data, knobs) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, data: DataSource, knobs: EvalKnobs) -> dict[str, float]:
         return self._validate(copy.deepcopy(model).float().eval(), data, knobs)
 
     def _validate(self, model: Any, data, knobs, batch: int | None = None) -> dict[str, float]:
@@ -101,8 +107,8 @@ class YoloFamily(ModelFamily):
         save_dir = Path(tempfile.mkdtemp(prefix="yolo-val-"))
         try:
             args = {"data": resolved_data_yaml(data), "imgsz": knobs.imgsz, "batch": batch or knobs.batch, "plots": False,
-                    "save_json": False, "verbose": False, "device": device_string(getattr(knobs, "device", "cpu")),
-                    "workers": getattr(knobs, "workers", 0), "half": False, "save_dir": str(save_dir), "task": "detect",
+                    "save_json": False, "verbose": False, "device": device_string(knobs.device),
+                    "workers": knobs.workers, "half": False, "save_dir": str(save_dir), "task": "detect",
                     "mode": "val", "split": "val"}
             validator = DetectionValidator(args=args, save_dir=save_dir)
             strip_integration_callbacks(validator)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, ClassVar, Literal, Optional
 
 from pydantic import Field
 
@@ -25,6 +25,9 @@ class PruneConfigBase(StageConfig, TrainingKnobs):
         "falls more than this (absolute) below its value before pruning; the last model within the bound is kept",
     )
     ignored: list[str] = Field(default_factory=list, description="module names never pruned, besides the family's output head")
+
+    # the fine-tuning between prune steps never stops early (a class constant, so not a recipe key)
+    patience: ClassVar[int] = 0
 
 
 @dataclass(frozen=True)

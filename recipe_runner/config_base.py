@@ -23,6 +23,18 @@ class StageConfig(StrictModel):
 
     # Keys that do not change a stage's result, so they stay out of its cache key.
     NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset({"from_", "device", "workers"})
+    # Keys added to an existing stage type later: at their default they stay out of the cache key, so adding a
+    # key never changes the keys (and the reuse) of stages recorded before it existed. List new keys here.
+    KEY_ONLY_WHEN_SET: ClassVar[frozenset[str]] = frozenset()
+
+    def identity(self) -> dict[str, Any]:
+        """The config as it enters the cache key."""
+        dump = self.model_dump(mode="json", by_alias=True, exclude=set(self.NOT_IDENTITY))
+        for name in self.KEY_ONLY_WHEN_SET:
+            info = type(self).model_fields[name]
+            if getattr(self, name) == info.get_default(call_default_factory=True):
+                dump.pop(info.alias or name, None)
+        return dump
 
 
 class TrainingKnobs(StrictModel):

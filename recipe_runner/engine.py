@@ -13,7 +13,7 @@ import platform
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 from mlflow.exceptions import MlflowException
 
 from . import tracking as T
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_of
 from .graph import StageNode
 from .planner import Plan, PlannedStage
 from .pruning.unstructured import sparsity as weight_sparsity
@@ -52,12 +52,13 @@ ProgressFactory = Callable[[str, int], Callable[[int], None]]
 class RunningStage:
     """The StageContext a stage sees: logging, epoch checkpoints and progress, bound to one MLflow run."""
 
-    def __init__(self, engine: "Engine", node: StageNode, run_id: str, workdir: Path, parent_model: Any,
+    def __init__(self, engine: "Engine", node: StageNode, run_id: str, workdir: Path, parent: StageInput,
                  resume_state: Optional[dict], prefix: str = ""):
         self.engine, self.node, self.run_id, self.workdir = engine, node, run_id, workdir
         self.stage_id, self.family, self.data, self.seed = node.id, engine.family, engine.data, engine.plan.recipe.seed
         self.model_source = engine.plan.recipe.model.source
-        self.parent_model, self.resume_state, self.prefix = parent_model, resume_state, prefix
+        self.parent_model, self.parent_file, self.parent_metrics = parent.model, parent.file, parent.metrics
+        self.resume_state, self.prefix = resume_state, prefix
 
     def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
         self.engine.tracker.log_metrics(self.run_id, {self.prefix + k: v for k, v in metrics.items()}, step)
@@ -89,14 +90,24 @@ class RunningStage:
         return self.engine.progress(f"{self.node.id}: {self.prefix}{description}", total)
 
     def nested(self, prefix: str) -> "RunningStage":
-        return RunningStage(self.engine, self.node, self.run_id, self.workdir, None, None, f"{self.prefix}{prefix}/")
+        return RunningStage(self.engine, self.node, self.run_id, self.workdir, StageInput(), None, f"{self.prefix}{prefix}/")
+
+
+@dataclass
+class StageInput:
+    """What a stage receives from its parent: a module or a verified file, and the parent's metrics."""
+
+    model: Any = None
+    file: Optional[Path] = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class Engine:
     def __init__(self, plan: Plan, progress: ProgressFactory, announce: Callable[[str], None] = print):
         self.plan, self.tracker, self.progress, self.announce = plan, plan.tracker, progress, announce
-        self.outputs: dict[str, Any] = {}  # node id -> model, for stages that ran in this process
-        self.sources: dict[str, T.StageRun] = {}  # node id -> the finished run holding its checkpoint
+        self.outputs: dict[str, Any] = {}  # node id -> model or file, for stages that ran in this process
+        self.sources: dict[str, T.StageRun] = {}  # node id -> the finished run holding its checkpoint or file
+        self.metrics: dict[str, dict[str, float]] = {}  # node id -> the metrics its run logged
         self.family = plan.family
         self.data = plan.data
 
@@ -143,6 +154,7 @@ class Engine:
             self.tracker.log_metrics(run_id, metrics)
             self.tracker.finish(run_id)
             self.sources[node.id] = source
+            self.metrics[node.id] = metrics
             self.announce(f"[reuse]  {node.id}  (run {source.run_id[:8]})")
             return StageReport(node.id, "reuse", run_id, metrics, time.time() - started)
 
@@ -162,19 +174,15 @@ class Engine:
                 self.announce(f"[resume] {node.id}  from epoch {resume_state['epoch']} of run {planned.source.run_id[:8]}")
             else:
                 self.announce(f"[run]    {node.id}")
-            parent_model = self.model_of(node.parent, workdir) if node.parent else None
-            ctx = RunningStage(self, node, run_id, workdir, parent_model, resume_state)
+            parent = self.input_of(node.parent, workdir) if node.parent else StageInput()
+            ctx = RunningStage(self, node, run_id, workdir, parent, resume_state)
             output = STAGES.get(node.type).run(ctx, node.config)
             metrics = dict(output.metrics)
-            if output.evaluate_output:
-                metrics.update(self.evaluate(output.model, node.config))
-            path = workdir / "checkpoint" / "model.pt"
-            sha = save_checkpoint({"cache_key": node.cache_key, "model": self.family.describe(output.model)}, path)
-            metrics["size_mb"] = path.stat().st_size / 1e6
             metrics["epochs_trained"] = float(output.epochs_trained)
-            self.tracker.log_metrics(run_id, metrics, output.final_step)
-            self.tracker.log_artifact(run_id, path, "checkpoint")
-            self.tracker.set_tags(run_id, {T.CHECKPOINT_SHA: sha})
+            if STAGES.get(node.type).gives == "file":
+                result = self._record_file(node, run_id, output, metrics)
+            else:
+                result = self._record_model(node, run_id, workdir, output, metrics)
             self.tracker.finish(run_id)
         except KeyboardInterrupt:
             self.tracker.finish(run_id, "KILLED")
@@ -185,8 +193,33 @@ class Engine:
             raise StageFailed(node.id, exc) from exc
         if planned.action == "resume" and planned.source.status == "RUNNING":
             self.tracker.finish(planned.source.run_id, "KILLED")  # the attempt we continued was cut off
-        self.outputs[node.id] = output.model
+        self.outputs[node.id], self.metrics[node.id] = result, metrics
         return StageReport(node.id, planned.action, run_id, metrics, time.time() - started)
+
+    def _record_model(self, node: StageNode, run_id: str, workdir: Path, output: Any, metrics: dict) -> Any:
+        """Evaluate the output module, checkpoint it as plain data, log both; the sha256 tag goes last."""
+        if output.model is None:
+            raise TypeError(f"stage type '{node.type}' gives a model but its run returned none")
+        if output.evaluate_output:
+            metrics.update(self.evaluate(output.model, node.config))
+        path = workdir / "checkpoint" / "model.pt"
+        sha = save_checkpoint({"cache_key": node.cache_key, "model": self.family.describe(output.model)}, path)
+        metrics["size_mb"] = path.stat().st_size / 1e6
+        self.tracker.log_metrics(run_id, metrics, output.final_step)
+        self.tracker.log_artifact(run_id, path, "checkpoint")
+        self.tracker.set_tags(run_id, {T.CHECKPOINT_SHA: sha})
+        return output.model
+
+    def _record_file(self, node: StageNode, run_id: str, output: Any, metrics: dict) -> Path:
+        """Upload the output file itself (no PyTorch checkpoint); its sha256 tag, set last, marks the run done."""
+        if output.file is None or not Path(output.file).is_file():
+            raise TypeError(f"stage type '{node.type}' gives a file but its run returned none")
+        path = Path(output.file)
+        metrics["size_mb"] = path.stat().st_size / 1e6
+        self.tracker.log_metrics(run_id, metrics, output.final_step)
+        self.tracker.log_artifact(run_id, path, "output")
+        self.tracker.set_tags(run_id, {T.OUTPUT_SHA: sha256_of(path), T.OUTPUT_ARTIFACT: f"output/{path.name}"})
+        return path
 
     def evaluate(self, model: Any, config: Any) -> dict[str, float]:
         metrics = dict(self.family.evaluate(model, self.data, config))
@@ -196,14 +229,29 @@ class Engine:
         metrics["sparsity"] = weight_sparsity(model)
         return metrics
 
-    def model_of(self, node_id: str, workdir: Path) -> Any:
-        """The output model of a stage: in memory if it ran here, else its verified checkpoint from MLflow."""
+    def input_of(self, node_id: str, workdir: Path) -> StageInput:
+        """A stage's output for its child: in memory if it ran here, else fetched from MLflow and verified."""
+        gives = STAGES.get(self.plan.graph.nodes[node_id].type).gives
         if node_id not in self.outputs:
             source = self.sources[node_id]
-            path = self.tracker.download(source.run_id, T.CHECKPOINT_ARTIFACT, workdir / "parent")
-            payload = load_checkpoint(path, source.tags.get(T.CHECKPOINT_SHA))
-            self.outputs[node_id] = self.family.rebuild(payload["model"])
-        return copy.deepcopy(self.outputs[node_id])  # a child must not change its parent's output (branches share it)
+            if gives == "file":
+                self.outputs[node_id] = self._verified_file(source, workdir / "parent")
+            else:
+                path = self.tracker.download(source.run_id, T.CHECKPOINT_ARTIFACT, workdir / "parent")
+                payload = load_checkpoint(path, source.tags.get(T.CHECKPOINT_SHA))
+                self.outputs[node_id] = self.family.rebuild(payload["model"])
+        metrics = dict(self.metrics.get(node_id, {}))
+        if gives == "file":
+            return StageInput(file=self.outputs[node_id], metrics=metrics)
+        # a child must not change its parent's output (branches share it)
+        return StageInput(model=copy.deepcopy(self.outputs[node_id]), metrics=metrics)
+
+    def _verified_file(self, source: T.StageRun, dest: Path) -> Path:
+        path = self.tracker.download(source.run_id, source.tags[T.OUTPUT_ARTIFACT], dest)
+        expected = source.tags.get(T.OUTPUT_SHA)
+        if sha256_of(path) != expected:
+            raise CheckpointError(f"output file {path} of run {source.run_id[:8]} does not match its recorded sha256")
+        return path
 
     def _load_epoch_state(self, source: T.StageRun, workdir: Path) -> dict:
         slot = int(source.tags.get(T.EPOCH_SLOT, 0))

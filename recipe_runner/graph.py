@@ -86,7 +86,7 @@ def compile_graph(recipe: Recipe, data_fingerprint: str = "", model_identity: Op
                 node.identity = {
                     "format": KEY_FORMAT,
                     "type": decl.type,
-                    "config": config.model_dump(mode="json", by_alias=True, exclude=set(config.NOT_IDENTITY)),
+                    "config": config.identity(),
                     "parent": parent.cache_key if parent else root,
                 }
                 node.cache_key = hashlib.sha256(json.dumps(node.identity, sort_keys=True).encode()).hexdigest()[:32]

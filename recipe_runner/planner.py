@@ -14,6 +14,7 @@ from .graph import StageGraph, StageNode, compile_graph
 from .models import FAMILIES
 from .offline import configure_offline
 from .recipe import Location, Problem, Recipe, RecipeError, load_recipe
+from .stages import STAGES
 
 
 @dataclass
@@ -63,7 +64,7 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
         elif node.id in forced:
             stages.append(PlannedStage(node, "run"))
         else:
-            finished, resumable = tracker.lookup(node.cache_key)
+            finished, resumable = tracker.lookup(node.cache_key, T.done_tag(STAGES.get(node.type).gives))
             if finished is not None:
                 stages.append(PlannedStage(node, "reuse", finished))
             elif resumable is not None:

@@ -17,6 +17,13 @@ ROLE, CACHE_KEY, STAGE_ID, NODE_ID, STAGE_TYPE = (PREFIX + k for k in ("role", "
 CHECKPOINT_SHA, EPOCH, EPOCH_SHA = PREFIX + "checkpoint_sha256", PREFIX + "epoch", PREFIX + "epoch_sha256"
 EPOCH_SLOT = PREFIX + "epoch_slot"
 CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
+# a stage whose output is a file (ONNX, INT8 model) records that file instead of a checkpoint
+OUTPUT_SHA, OUTPUT_ARTIFACT = PREFIX + "output_sha256", PREFIX + "output_artifact"
+
+
+def done_tag(gives: str) -> str:
+    """The tag a FINISHED run must carry to be reused: the sha256 of its checkpoint, or of its output file."""
+    return OUTPUT_SHA if gives == "file" else CHECKPOINT_SHA
 
 
 def epoch_artifact(slot: int) -> str:
@@ -131,16 +138,16 @@ class Tracker:
         return Path(self.client.download_artifacts(run_id, artifact, str(dest)))
 
     # -- lookup by cache key ----------------------------------------------
-    def lookup(self, cache_key: str) -> tuple[Optional[StageRun], Optional[StageRun]]:
-        """(newest FINISHED run with a checkpoint, newest unfinished run with an epoch checkpoint) for a cache key,
-        searched across every experiment of the store, in one query."""
+    def lookup(self, cache_key: str, done: str = CHECKPOINT_SHA) -> tuple[Optional[StageRun], Optional[StageRun]]:
+        """(newest FINISHED run with its output recorded under the `done` tag, newest unfinished run with an epoch
+        checkpoint) for a cache key, searched across every experiment of the store, in one query."""
         if self._all_experiments is None:
             self._all_experiments = [e.experiment_id for e in self.client.search_experiments()]
         runs = self.client.search_runs(
             self._all_experiments, filter_string=f"tags.`{CACHE_KEY}` = '{cache_key}' and tags.`{ROLE}` = 'stage'",
             order_by=["attributes.start_time DESC"], max_results=50,
         )
-        finished = next((r for r in runs if r.info.status == "FINISHED" and CHECKPOINT_SHA in r.data.tags), None)
+        finished = next((r for r in runs if r.info.status == "FINISHED" and done in r.data.tags), None)
         resumable = next((r for r in runs if r.info.status != "FINISHED" and EPOCH_SHA in r.data.tags), None)
         return (_stage_run(finished) if finished else None, _stage_run(resumable) if resumable else None)
 

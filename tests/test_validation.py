@@ -69,6 +69,7 @@ CASES: dict[str, tuple[int, str]] = {
     "custom_tag": (8, "YAML tag '!env' is not allowed"),
     "bad_recipe_name": (2, "recipe name 'my experiment' must start with a letter or digit"),
     "export_bad_opset": (10, "stages.onnx.opset: Input should be greater than or equal to 11 (got 7)"),
+    "finetune_from_export": (12, "a 'finetune' stage takes a PyTorch model, but 'onnx' (export) gives a model file"),
     "negative_seed": (3, "seed: Input should be greater than or equal to 0 (got -1)"),
 }
 LOCATED = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<message>\S.*)$")

@@ -158,7 +158,9 @@ def test_yolo_recipe_end_to_end_and_rerun_reuses(workspace: Path, family):
     assert list(runs) == ["train", "prune", "finetune", "onnx"]
     for node_id, run in runs.items():
         assert run.info.status == "FINISHED", node_id
-        for metric in ("mAP50", "mAP50-95", "precision", "recall", "macs", "params", "latency_ms", "size_mb"):
+        # the export stage's output is a file: its own accuracy and size, the parent's MACs, no PyTorch latency
+        names = ("latency_ms",) if node_id != "onnx" else ("onnx_latency_ms", "parent_mAP50-95")
+        for metric in ("mAP50", "mAP50-95", "precision", "recall", "macs", "params", "size_mb") + names:
             assert metric in run.data.metrics, (node_id, metric)
     train, prune, finetune, onnx = runs["train"], runs["prune"], runs["finetune"], runs["onnx"]
     assert train.data.metrics["epochs_trained"] == 2
@@ -173,13 +175,13 @@ def test_yolo_recipe_end_to_end_and_rerun_reuses(workspace: Path, family):
     # the ONNX file matches PyTorch and was evaluated itself
     assert onnx.data.metrics["onnx_max_abs_diff"] < 1e-3
     assert "onnx_mAP50-95" in onnx.data.metrics and onnx.data.metrics["onnx_size_mb"] > 0
-    assert [a.path for a in client.list_artifacts(onnx.info.run_id, "export")] == ["export/model.onnx"]
+    assert [a.path for a in client.list_artifacts(onnx.info.run_id, "output")] == ["output/model.onnx"]
     # the pruned checkpoint reloads (plain data only) with the pruned shapes and the same outputs
     path = Path(client.download_artifacts(finetune.info.run_id, T.CHECKPOINT_ARTIFACT, str(workspace / "dl")))
     model = family.rebuild(load_checkpoint(path, finetune.data.tags[T.CHECKPOINT_SHA])["model"])
     assert sum(p.numel() for p in model.parameters()) == finetune.data.metrics["params"]
     assert family.cost(model, 64)["macs"] == finetune.data.metrics["macs"]
-    onnx_path = Path(client.download_artifacts(onnx.info.run_id, "export/model.onnx", str(workspace / "dl-onnx")))
+    onnx_path = Path(client.download_artifacts(onnx.info.run_id, "output/model.onnx", str(workspace / "dl-onnx")))
     import onnxruntime as ort
 
     x = family.example_inputs(model, 64)

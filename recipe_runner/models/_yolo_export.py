@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -69,47 +68,30 @@ def validation_images(data: Any, imgsz: int, count: int) -> np.ndarray:
     return np.ascontiguousarray(np.stack(images), dtype=np.float32)
 
 
-def _torch_output(model: nn.Module, images: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        out = model(torch.from_numpy(images))
-    return (out[0] if isinstance(out, (list, tuple)) else out).numpy()
-
-
 def export_and_check(family: Any, model: nn.Module, data: Any, config: Any, path: Path) -> dict[str, float]:
-    import onnxruntime as ort
-
+    from . import onnx_runtime
     from .yolo import _round_to_stride
 
     imgsz = _round_to_stride(config.imgsz)
     batch = config.batch if config.dynamic else 1
     export_onnx_file(model, path, imgsz, config.opset, config.dynamic, config.simplify, batch)
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
+    sess = onnx_runtime.session(path, threads=1)
     reference = copy.deepcopy(model).float().eval()
     checks = validation_images(data, imgsz, 4)
     rows = [checks[i:i + 1] for i in range(len(checks))]
     if config.dynamic and len(checks) > 1:
         rows.append(checks)  # one batched run too, to exercise the dynamic batch axis
-    max_diff, max_ref = 0.0, 0.0
-    for images in rows:
-        ours = _torch_output(reference, images)
-        theirs = session.run(None, {input_name: images})[0]
-        if ours.shape != theirs.shape:
-            raise RuntimeError(f"ONNX output shape {theirs.shape} != PyTorch output shape {ours.shape}")
-        max_diff = max(max_diff, float(np.abs(ours - theirs).max()))
-        max_ref = max(max_ref, float(np.abs(ours).max()))
-
-    single = checks[:1]
-    session.run(None, {input_name: single})
-    start = time.perf_counter()
-    for _ in range(10):
-        session.run(None, {input_name: single})
-    latency = (time.perf_counter() - start) / 10 * 1000
-
+    agreement = onnx_runtime.compare(sess, lambda images: _torch_output(reference, images), rows)
+    latency = onnx_runtime.latency(sess, checks[:1])
     accuracy = family._validate(str(path), data, config.model_copy(update={"imgsz": imgsz}), batch=batch)
-    return {"onnx_max_abs_diff": max_diff, "onnx_output_scale": max_ref,
-            "onnx_mAP50": accuracy["mAP50"], "onnx_mAP50-95": accuracy["mAP50-95"],
-            "onnx_size_mb": path.stat().st_size / 1e6, "onnx_latency_ms": latency}
+    return {"onnx_max_abs_diff": agreement.max_abs_diff, "onnx_output_scale": agreement.output_scale,
+            **{f"onnx_{name}": value for name, value in accuracy.items()},
+            "onnx_size_mb": path.stat().st_size / 1e6, "onnx_latency_ms": latency.median_ms,
+            "onnx_latency_p90_ms": latency.p90_ms}
+
+
+def _torch_output(model: nn.Module, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        out = model(torch.from_numpy(images))
+    return (out[0] if isinstance(out, (list, tuple)) else out).numpy()

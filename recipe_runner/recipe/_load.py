@@ -195,7 +195,21 @@ class _Validator:
             if decl is not None:
                 decls[sid] = decl
             previous = sid
+        for decl in decls.values():
+            self._check_edge(decl, decls)
         return decls
+
+    def _check_edge(self, decl: StageDecl, decls: dict[str, StageDecl]) -> None:
+        """A stage must take what its parent gives: no training or pruning `from:` an exported/quantized file."""
+        parent = decls.get(decl.parent) if decl.parent else None
+        if parent is None:
+            return
+        gives, takes = STAGES.get(parent.type).gives, STAGES.get(decl.type).takes
+        if gives not in takes:
+            where = ("stages", decl.id, "from") if decl.from_location else ("stages", decl.id)
+            wanted = " or ".join("a PyTorch model" if k == "model" else "a model file" for k in sorted(takes))
+            got = "a PyTorch model" if gives == "model" else "a model file (ONNX/INT8), not a PyTorch model"
+            self.problem(where, f"a '{decl.type}' stage takes {wanted}, but '{parent.id}' ({parent.type}) gives {got}")
 
     def _stage(self, sid: str, body: dict, defaults: dict, previous: Optional[str]) -> Optional[StageDecl]:
         path = ("stages", sid)

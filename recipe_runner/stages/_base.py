@@ -1,13 +1,19 @@
 """The contract between the engine and a stage type.
 
 A stage type is a pydantic config plus a function `run(ctx, config) -> StageOutput`.
-The engine owns tracking, caching and checkpoints; a stage only transforms a model.
+The engine owns tracking, caching and checkpoints; a stage only transforms its input.
+
+What flows along an edge is either a PyTorch module ("model": checkpointed by the engine
+as plain data) or a file ("file": an ONNX or INT8 model the stage wrote; the engine
+uploads it with its sha256 and writes no PyTorch checkpoint for it). A stage type says
+which it gives and which it takes, and the recipe loader refuses an edge that does not
+fit (e.g. a prune stage `from:` a quantize stage) with the location of `from:`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Literal, Optional, Protocol
 
 from ..registry import Registry
 
@@ -21,7 +27,9 @@ class StageContext(Protocol):
     seed: int
     model_source: str  # the recipe's model: source, for root stages
     workdir: Path
-    parent_model: Any  # torch.nn.Module or None for a root stage
+    parent_model: Any  # torch.nn.Module, or None for a root stage or a parent whose output is a file
+    parent_file: Optional[Path]  # the parent's output file (verified by sha256), when it gives a file
+    parent_metrics: dict[str, float]  # what the parent's run logged (for "before vs after" metrics)
     resume_state: Optional[dict]  # the last epoch checkpoint of an unfinished earlier attempt
 
     def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None: ...
@@ -35,11 +43,15 @@ class StageContext(Protocol):
 
 @dataclass
 class StageOutput:
-    model: Any
+    model: Any = None  # the output module, for stage types that give "model"
     metrics: dict[str, float] = field(default_factory=dict)
     epochs_trained: int = 0
     final_step: int = 0  # MLflow step of the final evaluation (the last epoch, for training stages)
-    evaluate_output: bool = True  # the engine adds the family's standard evaluation
+    evaluate_output: bool = True  # the engine adds the family's standard evaluation (modules only)
+    file: Optional[Path] = None  # the output file, for stage types that give "file"
+
+
+Kind = Literal["model", "file"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,19 @@ class StageType:
     run: Callable[[StageContext, Any], StageOutput]
     needs_parent: bool = True
     description: str = ""
+    gives: Kind = "model"  # what the stage hands its children
+    takes: frozenset[str] = frozenset({"model"})  # what it accepts from its parent
+
+
+def file_metrics(ctx: StageContext, measured: dict[str, float], prefix: str) -> dict[str, float]:
+    """A file stage's metrics under the family's usual names, so its run lines up with the others in MLflow:
+    the file's accuracy (measured as prefix + name), the parent's as parent_ + name, and the parent's MACs and
+    params (a file of the same architecture has the same)."""
+    names = ctx.family.accuracy_metrics
+    out = {k[len(prefix):]: v for k, v in measured.items() if k.startswith(prefix) and k[len(prefix):] in names}
+    out.update({f"parent_{k}": v for k, v in ctx.parent_metrics.items() if k in names})
+    out.update({k: v for k, v in ctx.parent_metrics.items() if k in ("macs", "params", "gflops")})
+    return out
 
 
 STAGES: Registry[StageType] = Registry("stage type")

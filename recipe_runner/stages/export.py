@@ -1,11 +1,17 @@
-"""export: write the parent model as ONNX and check ONNX Runtime agrees with PyTorch."""
+"""export: write the parent model as ONNX and check ONNX Runtime agrees with PyTorch.
+
+The stage's output is the .onnx file itself (no PyTorch checkpoint is written for it).
+Its run logs the file's own accuracy under the family's metric names (top1, mAP50-95...)
+next to the parent's (`parent_` + name) and the parent's MACs and params, so export
+runs line up with the others in MLflow's compare view.
+"""
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import Field
 
-from ._base import STAGES, StageContext, StageOutput, StageType
+from ._base import STAGES, StageContext, StageOutput, StageType, file_metrics
 from ..config_base import StageConfig
 
 
@@ -29,8 +35,8 @@ def run_export(ctx: StageContext, config: ExportConfig) -> StageOutput:
     if metrics["onnx_max_abs_diff"] > tolerance:
         raise RuntimeError(f"ONNX Runtime output differs from PyTorch by {metrics['onnx_max_abs_diff']:.3g} "
                            f"(> atol + rtol * output scale = {tolerance:.3g})")
-    ctx.log_artifact(path, "export")
-    return StageOutput(model=ctx.parent_model, metrics=metrics)
+    return StageOutput(file=path, metrics={**metrics, **file_metrics(ctx, metrics, "onnx_")})
 
 
-STAGES.register("export")(StageType(ExportConfig, run_export, description="export to ONNX and verify it"))
+STAGES.register("export")(StageType(ExportConfig, run_export, gives="file",
+                                    description="export to ONNX and verify it"))

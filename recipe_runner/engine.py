@@ -25,7 +25,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha25
 from .graph import StageNode
 from .planner import Plan, PlannedStage
 from .pruning.unstructured import sparsity as weight_sparsity
-from .stages import STAGES
+from .stages import STAGES, StageOutput
 
 PACKAGES = ["recipe-runner", "torch", "torchvision", "torch-pruning", "ultralytics-opencv-headless", "ultralytics", "mlflow",
             "onnx", "onnxruntime", "pydantic"]
@@ -196,7 +196,7 @@ class Engine:
         self.outputs[node.id], self.metrics[node.id] = result, metrics
         return StageReport(node.id, planned.action, run_id, metrics, time.time() - started)
 
-    def _record_model(self, node: StageNode, run_id: str, workdir: Path, output: Any, metrics: dict) -> Any:
+    def _record_model(self, node: StageNode, run_id: str, workdir: Path, output: StageOutput, metrics: dict) -> Any:
         """Evaluate the output module, checkpoint it as plain data, log both; the sha256 tag goes last."""
         if output.model is None:
             raise TypeError(f"stage type '{node.type}' gives a model but its run returned none")
@@ -210,7 +210,7 @@ class Engine:
         self.tracker.set_tags(run_id, {T.CHECKPOINT_SHA: sha})
         return output.model
 
-    def _record_file(self, node: StageNode, run_id: str, output: Any, metrics: dict) -> Path:
+    def _record_file(self, node: StageNode, run_id: str, output: StageOutput, metrics: dict) -> Path:
         """Upload the output file itself (no PyTorch checkpoint); its sha256 tag, set last, marks the run done."""
         if output.file is None or not Path(output.file).is_file():
             raise TypeError(f"stage type '{node.type}' gives a file but its run returned none")

@@ -147,7 +147,8 @@ class Engine:
             self.tracker.finish(run_id)
             self.sources[node.id] = source
             other = V.differences(source.tags)
-            self.announce(f"[reuse]  {node.id}  (run {source.run_id[:8]})" + (f"  made with {', '.join(other)}" if other else ""))
+            note = f"  made with {', '.join(other)}" if other else ""
+            self.announce(f"[reuse]  {node.id}  (run {source.run_id[:8]}){note}")
             return StageReport(node.id, "reuse", run_id, metrics, time.time() - started)
 
         run_id = self.tracker.start_run(node.id, {**tags, **V.version_tags()}, parent_id)

@@ -1,4 +1,4 @@
-"""The data fingerprint of a user dataset counts exactly its files: images and labels by content, nothing beside them."""
+"""The data fingerprint of a user dataset counts exactly its files: images and labels by content, nothing else."""
 from __future__ import annotations
 
 import os

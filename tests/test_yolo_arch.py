@@ -114,7 +114,10 @@ def _crafted(description: dict, marker: Path) -> dict[str, dict]:
             "yaml_file": yaml_file, "extra_key": extra_key, "huge_nc": huge}
 
 
-@pytest.mark.parametrize("case", ["activation", "loader", "local_name", "code_arg", "yaml_file", "extra_key", "huge_nc"])
+CASES = ["activation", "loader", "local_name", "code_arg", "yaml_file", "extra_key", "huge_nc"]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_crafted_descriptions_are_refused_and_run_nothing(family, description, tmp_path: Path, case: str):
     from recipe_runner.models._yolo_arch import ArchitectureError
 

@@ -127,7 +127,8 @@ def _data_yaml(path: Path, hashes: FileHashes, digest: _Digest) -> int:
             elif source.is_file():
                 digest.add("list", hashlib.sha256(source.read_bytes()).hexdigest())
                 for line, image in _layout.listed_images(source):
-                    digest.add(line, hashes.digest(image) if os.path.isfile(image) else "missing", _label(image, hashes))
+                    known = hashes.digest(image) if os.path.isfile(image) else "missing"
+                    digest.add(line, known, _label(image, hashes))
                     count += 1
             else:
                 digest.add("missing")  # the checks in _user.py report it

@@ -28,8 +28,8 @@ TORCH_MODULES = frozenset({"nn.ConvTranspose2d", "nn.Identity", "nn.MaxPool2d", 
 # String arguments Ultralytics resolves itself: 'nc' from its locals, 'None' by literal_eval, the rest stay strings.
 ARG_STRINGS = frozenset({"nc", "None", "nearest", "anchors"})
 # `activation` is eval'd: only a torch.nn activation class with no argument, one number or inplace=True.
-ACTIVATION = re.compile(r"(torch\.)?nn\.(SiLU|ReLU|ReLU6|LeakyReLU|Hardswish|Hardsigmoid|GELU|Mish|Sigmoid|Tanh|ELU|Identity)"
-                        r"\((\d{1,3}(\.\d{1,6})?|inplace=True)?\)")
+ACTIVATION = re.compile(r"(torch\.)?nn\.(SiLU|ReLU|ReLU6|LeakyReLU|Hardswish|Hardsigmoid|GELU|Mish|Sigmoid|Tanh|ELU"
+                        r"|Identity)\((\d{1,3}(\.\d{1,6})?|inplace=True)?\)")
 # Bounds well above the shipped yamls (at most 43 layers, n 18, args 2048, multiples 1.5) and far below
 # what would exhaust memory when the model is built.
 MAX_LAYERS, MAX_REPEATS, MAX_NUMBER, MAX_MULTIPLE, MAX_CLASSES = 256, 64, 8192, 4.0, 100_000
@@ -97,10 +97,12 @@ def _check_scales(value: Any) -> str | None:
     if not isinstance(value, dict) or len(value) > 16:
         return "must map scale names to [depth, width, max_channels]"
     for name, triple in value.items():
-        if not (isinstance(name, str) and _SCALE_NAME.fullmatch(name)) or not isinstance(triple, list) or len(triple) != 3:
+        if not (isinstance(name, str) and _SCALE_NAME.fullmatch(name)) or not isinstance(triple, list) \
+                or len(triple) != 3:
             return f"bad entry {str(name)[:20]!r}"
         depth, width, channels = triple
-        if not (_number(depth, 0, MAX_MULTIPLE) and _number(width, 0, MAX_MULTIPLE) and _number(channels, 1, MAX_NUMBER)):
+        if not (_number(depth, 0, MAX_MULTIPLE) and _number(width, 0, MAX_MULTIPLE)
+                and _number(channels, 1, MAX_NUMBER)):
             return f"numbers out of range in {str(name)[:20]!r}"
     return None
 

@@ -80,6 +80,7 @@ def schema() -> None:
 def plan(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_uri: Optional[str] = UriOpt,
          force: Optional[List[str]] = typer.Option(None, "--force"), only: Optional[List[str]] = typer.Option(None, "--only")) -> None:
     """Show the stage graph and, per stage, whether MLflow lets it be reused, resumed, or must run."""
+    from . import versions
     from .planner import RunOptions, prepare
 
     with _exit_codes():
@@ -93,6 +94,11 @@ def plan(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_
         table.add_row(escape(s.node.id), s.node.type, escape(s.node.parent or "-"), f"[{colour[s.action]}]{s.action}[/]", s.node.cache_key[:12],
                       s.source.run_id[:12] if s.source else "-")
     console.print(table)
+    for s in p.stages:
+        other = versions.differences(s.source.tags) if s.action == "reuse" and s.source else []
+        if other:
+            console.print(f"note: {s.node.id} would be reused from a run made with {', '.join(other)}",
+                          markup=False, highlight=False)
 
 
 @app.command()

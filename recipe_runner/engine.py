@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 from mlflow.exceptions import MlflowException
 
 from . import tracking as T
+from . import versions as V
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_of
 from .graph import StageNode
 from .planner import Plan, PlannedStage
@@ -148,17 +149,21 @@ class Engine:
                 T.PREFIX + "recipe_sha256": self.plan.recipe.sha256, T.PREFIX + "action": planned.action}
         if planned.action == "reuse":
             source = planned.source
-            run_id = self.tracker.start_run(node.id, {**tags, T.ROLE: "reused", T.PREFIX + "reused_from": source.run_id}, parent_id)
+            # the model was made by the source run's versions, not by the installed ones
+            run_id = self.tracker.start_run(node.id, {**tags, **V.recorded(source.tags), T.ROLE: "reused",
+                                                      T.PREFIX + "reused_from": source.run_id}, parent_id)
             self.tracker.log_params(run_id, node.params())
             metrics = {**source.metrics, "epochs_trained": 0.0}
             self.tracker.log_metrics(run_id, metrics)
             self.tracker.finish(run_id)
             self.sources[node.id] = source
             self.metrics[node.id] = metrics
-            self.announce(f"[reuse]  {node.id}  (run {source.run_id[:8]})")
+            other = V.differences(source.tags)
+            note = f"  made with {', '.join(other)}" if other else ""
+            self.announce(f"[reuse]  {node.id}  (run {source.run_id[:8]}){note}")
             return StageReport(node.id, "reuse", run_id, metrics, time.time() - started)
 
-        run_id = self.tracker.start_run(node.id, tags, parent_id)
+        run_id = self.tracker.start_run(node.id, {**tags, **V.version_tags()}, parent_id)
         try:
             self.tracker.log_params(run_id, {**node.params(), **{f"sweep.{k}": v for k, v in node.sweep.items()}})
             resume_state = None
@@ -273,7 +278,7 @@ class Engine:
             "data": {"spec": recipe.data, "fingerprint": self.data.fingerprint, "classes": self.data.names},
             "stages": {n.id: {"type": n.type, "parent": n.parent, "cache_key": n.cache_key, "sweep": n.sweep,
                               "config": n.config.model_dump(mode="json", by_alias=True)} for n in graph.nodes.values()},
-            "versions": versions, "git_commit": _git_commit(recipe.path.parent),
+            "versions": versions, "git_commit": _git_commit(recipe.path.parent), "runner_git_commit": V.runner_commit(),
         }
 
 

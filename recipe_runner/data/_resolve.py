@@ -64,22 +64,16 @@ def _parse_builtin(spec: str) -> tuple[str, Builtin, dict[str, int]]:
 
 
 def fingerprint_data(spec: str, base: Path = Path(".")) -> str:
-    """A hash that changes when the data changes: generator options for builtins, file names/sizes otherwise."""
-    h = hashlib.sha256()
+    """A hash that changes when the data changes: generator options for builtins; for a user dataset the content
+    of exactly the files it consists of (see _fingerprint.py for the rule and why content, not mtimes)."""
     if spec.startswith("builtin:"):
+        h = hashlib.sha256()
         name, builtin, options = _parse_builtin(spec)
         h.update(repr((name, builtin.version, sorted(options.items()))).encode())
         return h.hexdigest()[:16]
-    path = _user_path(spec, base)
-    root = path.parent if path.is_file() else path
-    files = [path] if path.is_file() else []
-    files += sorted(p for p in root.rglob("*") if p.is_file() and p != path and ".cache" not in p.name)
-    for p in files:
-        h.update(str(p.relative_to(root) if p != path else p.name).encode())
-        h.update(str(p.stat().st_size).encode())
-        if p.suffix in (".yaml", ".yml", ".txt"):
-            h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+    from ._fingerprint import fingerprint_path
+
+    return fingerprint_path(_user_path(spec, base), cache_root())[0]
 
 
 def _user_path(spec: str, base: Path) -> Path:

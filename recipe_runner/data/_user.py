@@ -1,11 +1,11 @@
 """Check a user's dataset folder before any training starts, and read its class names."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from . import _layout
 from ._resolve import DataError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def inspect_user_dataset(path: Path, task: str) -> list[str]:
@@ -23,11 +23,11 @@ def _image_folder(root: Path) -> list[str]:
         folder = root / split
         if not folder.is_dir():
             raise DataError(f"{root}: missing '{split}/' (expected {split}/<class>/<image>)")
-        classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        classes = _layout.image_folder_classes(folder)
         if not classes:
             raise DataError(f"{folder}: no class folders")
         for c in classes:
-            if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in (folder / c).iterdir()):
+            if next(_layout.class_images(folder / c), None) is None:
                 raise DataError(f"{folder / c}: no images")
         if names is not None and classes != names:
             raise DataError(f"{root}: train/ and val/ have different classes")
@@ -54,8 +54,7 @@ def _yolo_yaml(path: Path) -> list[str]:
     names = _class_names(path, data["names"])
     if "nc" in data and data["nc"] != len(names):
         raise DataError(f"{path}: nc is {data['nc']} but 'names' lists {len(names)} classes")
-    root = Path(str(data.get("path") or ".")).expanduser()
-    root = root if root.is_absolute() else (path.parent / root)
+    root = _layout.dataset_root(path, data)
     for split in ("train", "val"):
         images = _split_images(path, root, split, data[split])
         _check_labels(images, len(names))
@@ -75,19 +74,14 @@ def _class_names(path: Path, names) -> list[str]:
 def _split_images(path: Path, root: Path, split: str, entry) -> list[Path]:
     """The images of a split: folders (searched recursively) or txt lists, one entry or a list of them."""
     images: list[Path] = []
-    for item in entry if isinstance(entry, list) else [entry]:
-        where = Path(str(item)).expanduser()
-        where = where if where.is_absolute() else root / where
+    for item, where in zip(entry if isinstance(entry, list) else [entry], _layout.split_sources(root, entry)):
         if where.is_dir():
-            images += [f for f in where.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES]
+            images += [Path(p) for p in _layout.folder_images(where)]
         elif where.is_file() and where.suffix == ".txt":
-            for line in where.read_text().splitlines():
-                line = line.strip()
-                if line:  # Ultralytics: './x' is relative to the list's folder, anything else as written
-                    image = where.parent / line[2:] if line.startswith("./") else Path(line)
-                    if not image.is_file():
-                        raise DataError(f"{where}: lists '{line}', which does not exist")
-                    images.append(image)
+            for line, image in _layout.listed_images(where):
+                if not os.path.isfile(image):
+                    raise DataError(f"{where}: lists '{line}', which does not exist")
+                images.append(Path(image))
         else:
             raise DataError(f"{path}: {split}: '{item}' is neither a folder nor a .txt list (looked for {where})")
     if not images:
@@ -98,11 +92,7 @@ def _split_images(path: Path, root: Path, split: str, entry) -> list[Path]:
 def _check_labels(images: list[Path], num_classes: int) -> None:
     """Every class id in range: Ultralytics would drop such an image silently, with only a note in its cache."""
     for image in images:
-        parts = list(image.parts)
-        if "images" not in parts:
-            continue
-        i = len(parts) - 1 - parts[::-1].index("images")
-        label = Path(*parts[:i], "labels", *parts[i + 1:]).with_suffix(".txt")
+        label = Path(_layout.label_path(str(image)))
         if not label.is_file():
             continue  # an image without labels is a background image
         for number, line in enumerate(label.read_text().splitlines(), 1):

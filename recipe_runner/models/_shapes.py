@@ -52,7 +52,11 @@ def apply_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor], attrs: d
         if module is None:
             continue
         for key, value in values.items():
+            # plain values over plain (or missing) attributes only: a checkpoint from a shared store must not replace
+            # a method, a submodule or a dict such as YOLO's `yaml` (which is allow-listed on rebuild)
             current = getattr(module, key, None)
+            if key.startswith("_") or not _plain(current) or not _plain(value):
+                raise ValueError(f"checkpoint sets attribute '{name}.{key}', which is not a plain attribute of the model")
             setattr(module, key, tuple(value) if isinstance(current, tuple) else value)
     model.load_state_dict(state_dict, strict=True)
     return model

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ._shapes import apply_shapes, module_attributes
+from ._yolo_arch import check_architecture, check_description
 from ._yolo_env import device_string, resolved_data_yaml, strip_integration_callbacks, ultralytics_ready
 from .base import EvalKnobs, ModelFamily, TrainContext, TrainKnobs, TrainResult
 
@@ -65,6 +66,8 @@ class YoloFamily(ModelFamily):
         last = head[-1][2] if head and len(head[-1]) > 2 else ""
         if "Detect" not in str(last) or any(word in str(last) for word in _NOT_DETECTION):
             raise ValueError(f"'{source}' is not a detection model (its head is '{last}'); the yolo family trains detectors")
+        # refused here, not at the first reuse: its stage checkpoints must pass the same check to be rebuilt
+        check_architecture(cfg, f"model '{source}'")
         return cfg
 
     def build(self, source: str, data, seed: int) -> nn.Module:
@@ -79,6 +82,7 @@ class YoloFamily(ModelFamily):
             weights, _ = load_checkpoint(str(Path(source).expanduser()))  # the user's own local file
             if any(type(m).__name__ == "SplitC2f" for m in weights.modules()):
                 raise ValueError(f"'{source}' holds a pruned runner model; start from the recipe stage that made it instead")
+            check_architecture(weights.yaml, f"model '{source}'")
             model = DetectionModel(copy.deepcopy(weights.yaml), nc=nc, verbose=False)
             model.load(weights, verbose=False)
         else:
@@ -179,9 +183,11 @@ class YoloFamily(ModelFamily):
         }
 
     def rebuild(self, description: dict[str, Any]) -> nn.Module:
+        """Only from an allow-listed architecture: the description may come from someone else's checkpoint."""
         ultralytics_ready()
         from ultralytics.nn.tasks import DetectionModel
 
+        check_description(description)
         model = DetectionModel(copy.deepcopy(description["yaml"]), nc=int(description["nc"]), verbose=False)
         if description.get("split_c2f"):
             self.prepare_for_pruning(model)

@@ -14,7 +14,8 @@ from ._base import METHODS, PruneConfigBase, PruningMethod, StepPlan
 
 
 class SlimConfig(PruneConfigBase):
-    """Remove the channels with the smallest BatchNorm gammas in the whole model, at most `max_layer_ratio` per layer."""
+    """Remove the channels with the smallest BatchNorm gammas in the whole model, at most `max_layer_ratio` of
+    any one layer."""
 
     method: Literal["slim"] = "slim"
     max_layer_ratio: float = Field(

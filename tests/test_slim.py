@@ -173,3 +173,22 @@ def test_max_layer_ratio_stays_out_of_old_depgraph_cache_keys():
     config = METHODS.get("depgraph").config
     assert "max_layer_ratio" not in config(method="depgraph").identity()
     assert config(method="depgraph", max_layer_ratio=0.8).identity()["max_layer_ratio"] == 0.8
+
+
+def test_hessian_scores_read_the_mean_squared_batch_gradient_and_leave_batchnorm_alone():
+    """torch-pruning 1.6.1's GroupHessianImportance.accumulate_grad keeps only its last call; we average ourselves."""
+    from recipe_runner.pruning import _graph
+
+    class TwoBatches(BareFamily):
+        def accumulate_gradients(self, model, data, knobs, batches, after_backward=None):
+            model.train()
+            for scale in (1.0, 3.0)[:batches]:
+                (scale * model.fc.weight.sum()).backward()
+                model(torch.randn(4, 3, 8, 8))  # moves BatchNorm running stats, as a real loss in train mode does
+                after_backward()
+
+    net = _net([1.0] * 8, [1.0] * 8)
+    mean_before = net.b1.running_mean.clone()
+    _graph.squared_gradients(net, TwoBatches(), None, None, batches=2)
+    assert torch.allclose(net.fc.weight.grad, torch.full_like(net.fc.weight, (1.0 + 9.0) / 2))
+    assert torch.equal(net.b1.running_mean, mean_before)

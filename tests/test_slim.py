@@ -192,3 +192,14 @@ def test_hessian_scores_read_the_mean_squared_batch_gradient_and_leave_batchnorm
     _graph.squared_gradients(net, TwoBatches(), None, None, batches=2)
     assert torch.allclose(net.fc.weight.grad, torch.full_like(net.fc.weight, (1.0 + 9.0) / 2))
     assert torch.equal(net.b1.running_mean, mean_before)
+
+
+def test_depgraph_global_pruning_with_max_layer_ratio_caps_each_layer_within_the_step():
+    """torch-pruning 1.6's global threshold alone would take 6 of layer 1's 8 channels; the cap stops it at 4."""
+    method = METHODS.get("depgraph")
+    config = method.config(method="depgraph", importance="bn-scale", global_pruning=True, max_layer_ratio=0.5,
+                           ratio=0.5, imgsz=16)
+    pruned = method.prune_step(_net([0.01] * 6 + [1.0] * 2, [1.0] * 8), BareFamily(), None, config,
+                               plan_steps(0.5, 1)[0])
+    assert pruned.b1.weight.tolist() == pytest.approx([0.01, 0.01, 1.0, 1.0])
+    assert pruned.b2.weight.numel() == 4 and pruned(torch.randn(1, 3, 16, 16)).shape == (1, 2)

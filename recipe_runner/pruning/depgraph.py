@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from typing import Callable, ClassVar, Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from . import _graph
 from ..config_base import ConfigProblem
 from ._base import METHODS, PruneConfigBase, PruningMethod, StepPlan
+from ._global import prune_globally
 
 Importance = Literal["group-l2", "l1", "l2", "lamp", "taylor", "hessian", "bn-scale", "random"]
 
@@ -25,10 +26,16 @@ class DepgraphConfig(PruneConfigBase):
     taylor_batches: int = Field(4, ge=1, le=1000, description="batches of gradients for importance: taylor or hessian")
     max_layer_ratio: Optional[float] = Field(
         None, gt=0, lt=1,
-        description="torch-pruning's max_pruning_ratio: no layer loses more than this fraction of its channels "
-        "(with global_pruning, torch-pruning 1.6 only stops layers already this thin from shrinking further); "
-        "default: torch-pruning's (1.0)",
+        description="no layer loses more than this fraction of its channels in one step; default: no cap "
+        "(torch-pruning's, which refuses only a step that would empty a layer)",
     )
+
+    @model_validator(mode="after")
+    def _capped_global_has_no_round_to(self) -> "DepgraphConfig":
+        if self.global_pruning and self.max_layer_ratio is not None and self.round_to is not None:
+            raise ValueError("round_to cannot be combined with global_pruning and max_layer_ratio (the capped "
+                             "global ranking removes single channels); drop one of them")
+        return self
 
 
 def make_importance(name: str):
@@ -49,14 +56,24 @@ def make_importance(name: str):
 
 def prune_step(model, family, data, config: DepgraphConfig, plan: StepPlan):
     model = _graph.prepare(model, family)
-    options = {} if config.max_layer_ratio is None else {"max_pruning_ratio": config.max_layer_ratio}
-    pruner = _graph.build_pruner(model, family, config, make_importance(config.importance), plan.step_ratio,
-                                 round_to=config.round_to, global_pruning=config.global_pruning, **options)
+    importance = make_importance(config.importance)
+    capped_global = config.global_pruning and config.max_layer_ratio is not None
+    if capped_global:
+        graph, ignored = _graph.dependency_graph(model, family, config)
+    else:  # torch-pruning's own ranking; max_pruning_ratio caps each layer of a per-layer (local) ranking
+        options = {} if config.max_layer_ratio is None else {"max_pruning_ratio": config.max_layer_ratio}
+        pruner = _graph.build_pruner(model, family, config, importance, plan.step_ratio, round_to=config.round_to,
+                                     global_pruning=config.global_pruning, **options)
     if config.importance == "taylor":
         _graph.gather_gradients(model, family, data, config, config.taylor_batches)
     elif config.importance == "hessian":
         _graph.squared_gradients(model, family, data, config, config.taylor_batches)
-    _graph.step(pruner, model)
+    if capped_global:
+        # torch-pruning 1.6's global threshold does not cap a layer within a step (see _global.py)
+        prune_globally(graph, ignored, importance, plan.step_ratio, config.max_layer_ratio)
+        model.zero_grad(set_to_none=True)
+    else:
+        _graph.step(pruner, model)
     return model
 
 

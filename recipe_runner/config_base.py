@@ -14,6 +14,15 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class ConfigProblem(ValueError):
+    """A stage config this recipe's model cannot honour, found before anything runs (a stage type's `check`);
+    `key` names the config key to point at."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
 class StageConfig(StrictModel):
     """Keys every stage has. `from` names the parent stage (default: the previous stage in the file)."""
 

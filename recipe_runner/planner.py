@@ -2,12 +2,14 @@
 whether MLflow lets it be reused, resumed, or whether it must run. Nothing is trained here."""
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from . import tracking as T
+from .config_base import ConfigProblem
 from .data import DataError, fingerprint_data, resolve_data
 from .data._resolve import cache_root
 from .graph import StageGraph, StageNode, compile_graph
@@ -83,8 +85,16 @@ def _load_family_and_data(recipe: Recipe, base: Path) -> tuple[Any, Any]:
         family.check_source(recipe.model.source)
     except ValueError as exc:
         raise recipe.located(("model",), str(exc)) from None
+    # the architecture, built only if a stage's check asks for it, and then once
+    skeleton = functools.cache(lambda: family.skeleton(recipe.model.source))
     for sid, decl in recipe.stages.items():
         for _, config in decl.variants:
+            check = STAGES.get(decl.type).check
+            if check is not None:
+                try:
+                    check(config, skeleton)
+                except ConfigProblem as exc:
+                    raise recipe.located(("stages", sid, exc.key), str(exc)) from None
             try:
                 family.check_device(config.device)
             except ValueError as exc:

@@ -125,11 +125,19 @@ class ModelFamily(ABC):
             if int(index) >= torch.cuda.device_count():
                 raise ValueError(f"device {d}: this machine has {torch.cuda.device_count()} GPU(s)")
 
+    def skeleton(self, source: str) -> nn.Module:
+        """The architecture `source` names, weights meaningless, for plan-time checks of its structure (e.g. does it
+        have BatchNorm): no data needed, and cheaper than build() where the family can (meta tensors)."""
+        raise NotImplementedError(f"{self.name} cannot build a skeleton for plan-time checks")
+
     def prepare_for_pruning(self, model: nn.Module) -> nn.Module:
         """Swap modules dependency-graph pruning cannot handle for equivalent ones (default: none)."""
         return model
 
-    def accumulate_gradients(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, batches: int) -> None:
+    def accumulate_gradients(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, batches: int,
+                             after_backward: Optional[Callable[[], None]] = None) -> None:
+        """Add the training loss's gradients over `batches` batches into `.grad` (for gradient-based importance);
+        `after_backward`, if given, runs after each batch's backward pass."""
         raise NotImplementedError(f"{self.name} does not support gradient-based importance")
 
     def latency(self, model: nn.Module, imgsz: int) -> float:

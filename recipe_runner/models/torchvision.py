@@ -5,7 +5,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -74,6 +74,11 @@ class TorchvisionFamily(ModelFamily):
             model = torchvision.models.get_model(source, weights=None, num_classes=num_classes, **extra)
         model._rr_source, model._rr_num_classes = source, num_classes
         return model
+
+    def skeleton(self, source: str) -> nn.Module:
+        # on the meta device: no memory, no initialisation, so even a large architecture costs milliseconds
+        with torch.device("meta"):
+            return self._construct(source, num_classes=2)
 
     def build(self, source: str, data, seed: int) -> nn.Module:
         torch.manual_seed(seed)
@@ -173,13 +178,16 @@ class TorchvisionFamily(ModelFamily):
         model.to(home)
         return {"top1": correct / max(total, 1), "val_loss": loss / max(total, 1)}
 
-    def accumulate_gradients(self, model: nn.Module, data, knobs, batches: int) -> None:
+    def accumulate_gradients(self, model: nn.Module, data, knobs, batches: int,
+                             after_backward: Optional[Callable[[], None]] = None) -> None:
         device = torch_device(knobs.device)
         model.to(device).train()
         for i, (images, labels) in enumerate(self._loader(data, "train", knobs, shuffle=True)):
             if i >= batches:
                 break
             nn.functional.cross_entropy(model(images.to(device)), labels.to(device)).backward()
+            if after_backward is not None:
+                after_backward()
         model.cpu().eval()
 
     # -- structure --------------------------------------------------------

@@ -6,7 +6,7 @@ import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -90,6 +90,17 @@ class YoloFamily(ModelFamily):
         model.nc, model.names = nc, dict(enumerate(data.names))
         return model
 
+    def skeleton(self, source: str) -> nn.Module:
+        # built on the CPU (Ultralytics runs a forward pass to find the strides): a fraction of a second for yolov8n
+        ultralytics_ready()
+        from ultralytics.nn.tasks import DetectionModel
+
+        if source.lower().endswith(".pt"):
+            from ultralytics.nn.tasks import load_checkpoint
+
+            return load_checkpoint(str(Path(source).expanduser()))[0]
+        return DetectionModel(self._yaml_dict(source), nc=1, verbose=False)
+
     # -- training ---------------------------------------------------------
     def train(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, epochs: int, ctx: TrainContext,
               hooks: Sequence[TrainHook] = ()) -> TrainResult:
@@ -126,8 +137,9 @@ class YoloFamily(ModelFamily):
             "recall": float(results.get("metrics/recall(B)", 0.0)),
         }
 
-    def accumulate_gradients(self, model: nn.Module, data, knobs, batches: int) -> None:
-        """Gradients of the detection loss over a few training batches (for Taylor importance)."""
+    def accumulate_gradients(self, model: nn.Module, data, knobs, batches: int,
+                             after_backward: Optional[Callable[[], None]] = None) -> None:
+        """Gradients of the detection loss over a few training batches (for Taylor and Hessian importance)."""
         ultralytics_ready()
         from ultralytics.cfg import get_cfg
         from ultralytics.data import build_dataloader, build_yolo_dataset
@@ -145,6 +157,8 @@ class YoloFamily(ModelFamily):
             batch["img"] = batch["img"].float() / 255
             loss, _ = model.loss(batch)
             loss.sum().backward()
+            if after_backward is not None:
+                after_backward()
         model.criterion = None
         model.eval()
 

@@ -46,12 +46,17 @@ def plan_steps(ratio: float, steps: int) -> list[StepPlan]:
     return [StepPlan(k, steps, 1.0 - keep_per_step, 1.0 - keep_per_step**k) for k in range(1, steps + 1)]
 
 
+# (config, skeleton) -> None, raises ConfigProblem; `skeleton()` builds the recipe's architecture (cheaply, once)
+ModelCheck = Callable[[Any, Callable[[], Any]], None]
+
+
 @dataclass(frozen=True)
 class PruningMethod:
     config: type[PruneConfigBase]
     prune_step: Callable[[Any, Any, Any, Any, StepPlan], Any]  # (model, family, data, config, plan) -> model
     structured: bool
     description: str = ""
+    check: Optional[ModelCheck] = None  # run by the planner: refuse a model the method cannot prune
 
 
 METHODS: Registry[PruningMethod] = Registry("pruning method")

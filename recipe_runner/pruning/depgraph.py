@@ -1,23 +1,41 @@
 """Structured channel pruning with torch-pruning's dependency graph (DepGraph)."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Callable, ClassVar, Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from . import _graph
+from ..config_base import ConfigProblem
 from ._base import METHODS, PruneConfigBase, PruningMethod, StepPlan
+from ._global import prune_globally
 
-Importance = Literal["group-l2", "l1", "l2", "lamp", "taylor", "random"]
+Importance = Literal["group-l2", "l1", "l2", "lamp", "taylor", "hessian", "bn-scale", "random"]
 
 
 class DepgraphConfig(PruneConfigBase):
     """Remove whole channels; every layer coupled to a removed channel shrinks with it."""
 
+    # added after depgraph stages were recorded: at its default it stays out of the cache key
+    KEY_ONLY_WHEN_SET: ClassVar[frozenset[str]] = frozenset({"max_layer_ratio"})
+
     method: Literal["depgraph"] = "depgraph"
     importance: Importance = Field("group-l2", description="how channels are scored")
     global_pruning: bool = Field(False, description="rank channels across layers instead of the same ratio per layer")
     round_to: Optional[int] = Field(None, ge=1, le=256, description="keep channel counts multiples of this")
-    taylor_batches: int = Field(4, ge=1, le=1000, description="batches of gradients for importance: taylor")
+    taylor_batches: int = Field(4, ge=1, le=1000, description="batches of gradients for importance: taylor or hessian")
+    max_layer_ratio: Optional[float] = Field(
+        None, gt=0, lt=1,
+        description="no layer loses more than this fraction of its channels in one step; default: no cap "
+        "(torch-pruning's, which refuses only a step that would empty a layer)",
+    )
+
+    @model_validator(mode="after")
+    def _capped_global_has_no_round_to(self) -> "DepgraphConfig":
+        if self.global_pruning and self.max_layer_ratio is not None and self.round_to is not None:
+            raise ValueError("round_to cannot be combined with global_pruning and max_layer_ratio (the capped "
+                             "global ranking removes single channels); drop one of them")
+        return self
 
 
 def make_importance(name: str):
@@ -29,56 +47,42 @@ def make_importance(name: str):
         "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2, group_reduction="first"),
         "lamp": lambda: tp.importance.LAMPImportance(p=2),
         "taylor": lambda: tp.importance.GroupTaylorImportance(),
+        "hessian": lambda: tp.importance.GroupHessianImportance(),
+        "bn-scale": lambda: tp.importance.BNScaleImportance(),
         "random": lambda: tp.importance.RandomImportance(),
     }
     return factories[name]()
 
 
 def prune_step(model, family, data, config: DepgraphConfig, plan: StepPlan):
-    import torch
-    import torch_pruning as tp
-
-    model = family.prepare_for_pruning(model)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    example = family.example_inputs(model, config.imgsz)
-    ignored = list(family.output_layers(model))
-    named = dict(model.named_modules())
-    for name in config.ignored:
-        if name not in named:
-            from ..registry import did_you_mean
-
-            raise ValueError(f"ignored layer '{name}' is not a module of the model{did_you_mean(name, named)}")
-        ignored.append(named[name])
-    try:
-        pruner = tp.pruner.BasePruner(
-            model,
-            example,
-            importance=make_importance(config.importance),
-            pruning_ratio=plan.step_ratio,
-            ignored_layers=ignored,
-            round_to=config.round_to,
-            global_pruning=config.global_pruning,
-        )
-    except Exception as exc:  # torch-pruning's tracer meets an op it cannot follow
-        raise RuntimeError(
-            f"torch-pruning could not build the dependency graph of this model ({type(exc).__name__}: {exc}). "
-            "Layers that reshape channels (channel shuffle, attention heads) can be kept whole by listing them in "
-            "`ignored:`, or use method: l1-unstructured"
-        ) from exc
+    model = _graph.prepare(model, family)
+    importance = make_importance(config.importance)
+    capped_global = config.global_pruning and config.max_layer_ratio is not None
+    if capped_global:
+        graph, ignored = _graph.dependency_graph(model, family, config)
+    else:  # torch-pruning's own ranking; max_pruning_ratio caps each layer of a per-layer (local) ranking
+        options = {} if config.max_layer_ratio is None else {"max_pruning_ratio": config.max_layer_ratio}
+        pruner = _graph.build_pruner(model, family, config, importance, plan.step_ratio, round_to=config.round_to,
+                                     global_pruning=config.global_pruning, **options)
     if config.importance == "taylor":
-        model.zero_grad()
-        # the loss needs train mode, which moves BatchNorm running stats: scoring must not change the model
-        buffers = {name: b.clone() for name, b in model.named_buffers()}
-        family.accumulate_gradients(model, data, config, config.taylor_batches)
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                b.copy_(buffers[name])
-    with torch.enable_grad():
-        pruner.step()
-    model.zero_grad(set_to_none=True)
+        _graph.gather_gradients(model, family, data, config, config.taylor_batches)
+    elif config.importance == "hessian":
+        _graph.squared_gradients(model, family, data, config, config.taylor_batches)
+    if capped_global:
+        # torch-pruning 1.6's global threshold does not cap a layer within a step (see _global.py)
+        prune_globally(graph, ignored, importance, plan.step_ratio, config.max_layer_ratio)
+        model.zero_grad(set_to_none=True)
+    else:
+        _graph.step(pruner, model)
     return model
 
 
-METHODS.register("depgraph")(PruningMethod(DepgraphConfig, prune_step, structured=True, description="DepGraph channel pruning"))
+def check_model(config: DepgraphConfig, skeleton: Callable[[], object]) -> None:
+    """bn-scale scores channels by their BatchNorm scale: without BatchNorm every score is missing."""
+    if config.importance == "bn-scale" and not _graph.has_batchnorm(skeleton()):
+        raise ConfigProblem("importance", "importance: bn-scale needs BatchNorm layers and this model has none; "
+                            "use importance: group-l2")
+
+
+METHODS.register("depgraph")(PruningMethod(DepgraphConfig, prune_step, structured=True, check=check_model,
+                                           description="DepGraph channel pruning"))

@@ -62,6 +62,9 @@ class StageType:
     description: str = ""
     gives: Kind = "model"  # what the stage hands its children
     takes: frozenset[str] = frozenset({"model"})  # what it accepts from its parent
+    # run by the planner before anything runs: (config, skeleton) -> None, raising config_base.ConfigProblem for a
+    # config this model cannot honour; `skeleton()` builds the recipe's architecture (cheaply, at most once)
+    check: Optional[Callable[[Any, Callable[[], Any]], None]] = None
 
 
 def file_metrics(ctx: StageContext, measured: dict[str, float], prefix: str) -> dict[str, float]:

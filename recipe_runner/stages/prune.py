@@ -6,7 +6,7 @@ comes from the pruning-method registry. Progress is checkpointed after every ste
 from __future__ import annotations
 
 import copy
-from typing import Annotated, Union
+from typing import Annotated, Any, Callable, Union
 
 from pydantic import Field
 
@@ -110,4 +110,12 @@ def _plot(history: list[dict], primary: str):
     return fig
 
 
-STAGES.register("prune")(StageType(PruneConfig, run_prune, description="prune the parent model"))  # type: ignore[arg-type]
+def check_prune(config, skeleton: Callable[[], Any]) -> None:
+    """The method's own check of the model (e.g. slim needs BatchNorm), before anything runs."""
+    check = METHODS.get(config.method).check
+    if check is not None:
+        check(config, skeleton)
+
+
+STAGES.register("prune")(StageType(PruneConfig, run_prune, check=check_prune,  # type: ignore[arg-type]
+                                   description="prune the parent model"))

@@ -44,7 +44,8 @@ MISSED_BEATS = 3
 #: how often a waiting process looks at the run it waits for
 POLL_S = min(5.0, HEARTBEAT_S)
 
-OWNER, HOST, PID, HEARTBEAT, INTERVAL = (T.PREFIX + "lease." + k for k in ("owner", "host", "pid", "heartbeat", "interval_s"))
+OWNER, HOST, PID, HEARTBEAT, INTERVAL = (T.PREFIX + "lease." + k
+                                         for k in ("owner", "host", "pid", "heartbeat", "interval_s"))
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,8 @@ from recipe_runner import lease as L
 from recipe_runner import tracking as T
 from recipe_runner.data import _resolve as R
 
+from conftest import cli, write_recipe
+
 NOW = 1_000_000.0
 
 
@@ -184,3 +186,16 @@ def test_two_writers_of_one_builtin_dataset_end_with_one_complete_copy(tmp_path:
     assert calls["n"] == 2
     assert (folder / "a.txt").read_text() == "2" and (folder / "names.txt").read_text() == "x\ny\n"
     assert [p.name for p in folder.parent.iterdir()] == ["toy-1"]  # the loser's temp copy is gone
+
+
+def test_plan_shows_wait_for_a_live_lease_and_resume_for_a_stale_one(workspace: Path):
+    from recipe_runner.planner import RunOptions, prepare
+
+    recipe = write_recipe(workspace, "  train:\n    type: train\n    epochs: 2\n")
+    plan = prepare(recipe, RunOptions())
+    key = plan.stages[0].node.cache_key
+    tags = {T.ROLE: "stage", T.CACHE_KEY: key, T.EPOCH_SHA: "e", **L.lease_tags(L.me(), time.time())}
+    run_id = plan.tracker.start_run("train", tags)  # this test process "is training it"
+    assert "wait" in cli("plan", recipe).output
+    plan.tracker.set_tags(run_id, {L.HEARTBEAT: f"{time.time() - 3600:.3f}"})
+    assert "resume" in cli("plan", recipe).output

@@ -4,8 +4,10 @@ and never mark each other's live run KILLED.
 A stage run that trains carries its lease in its MLflow tags: the owner (host, pid and a random token per
 process), the owner's heartbeat interval, and a heartbeat (unix seconds) that a background thread refreshes every
 HEARTBEAT_S while the stage runs. A lease is live while its run is RUNNING, its heartbeat is younger than
-MISSED_BEATS intervals, and, when the owner is on this host, its pid exists. Anything else is stale: the owner
-died (SIGKILL, power loss, a lost machine) and the run may be taken over by resuming its epoch checkpoint.
+MISSED_BEATS intervals, and, when the owner's pid is one this process can check (same host name and same pid
+namespace, so two containers that share a host name do not judge each other's pids), its pid exists. Anything
+else is stale: the owner died (SIGKILL, power loss, a lost machine) and the run may be taken over by resuming
+its epoch checkpoint.
 
 The decision is made when the engine reaches a stage, not only at plan time (`acquire`): reuse a FINISHED run,
 wait for a live lease and then look again, or claim the key. The claim is a compare-and-check, because MLflow
@@ -44,8 +46,8 @@ MISSED_BEATS = 3
 #: how often a waiting process looks at the run it waits for
 POLL_S = min(5.0, HEARTBEAT_S)
 
-OWNER, HOST, PID, HEARTBEAT, INTERVAL = (T.PREFIX + "lease." + k
-                                         for k in ("owner", "host", "pid", "heartbeat", "interval_s"))
+OWNER, HOST, PID, PID_SPACE, HEARTBEAT, INTERVAL = (
+    T.PREFIX + "lease." + k for k in ("owner", "host", "pid", "pid_space", "heartbeat", "interval_s"))
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class Owner:
     host: str
     pid: int
     token: str  # tells apart two processes that had the same pid (a reboot, a container restart)
+    pid_space: str = ""  # where `pid` means this process: host name and pid namespace (default: the host name)
 
     def __str__(self) -> str:
         return f"{self.host}:{self.pid}"
@@ -67,13 +70,21 @@ def me() -> Owner:
     """This process as a lease owner; a forked child gets its own pid and token."""
     global _ME
     if _ME is None or _ME.pid != os.getpid():
-        _ME = Owner(socket.gethostname(), os.getpid(), secrets.token_hex(8))
+        _ME = Owner(socket.gethostname(), os.getpid(), secrets.token_hex(8), local_pid_space())
     return _ME
 
 
+def local_pid_space() -> str:
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")  # e.g. "pid:[4026531836]": differs per container
+    except OSError:  # not Linux
+        namespace = ""
+    return f"{socket.gethostname()} {namespace}".strip()
+
+
 def lease_tags(owner: Owner, now: float, interval: float = HEARTBEAT_S) -> dict[str, str]:
-    return {OWNER: f"{owner}:{owner.token}", HOST: owner.host, PID: str(owner.pid), HEARTBEAT: f"{now:.3f}",
-            INTERVAL: f"{interval:g}"}
+    return {OWNER: f"{owner}:{owner.token}", HOST: owner.host, PID: str(owner.pid),
+            PID_SPACE: owner.pid_space or owner.host, HEARTBEAT: f"{now:.3f}", INTERVAL: f"{interval:g}"}
 
 
 def pid_alive(pid: int) -> bool:
@@ -86,7 +97,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def is_live(run: T.StageRun, now: float, host: Optional[str] = None,
+def is_live(run: T.StageRun, now: float, pid_space: Optional[str] = None,
             alive: Callable[[int], bool] = pid_alive) -> bool:
     """Whether someone is training this run right now (see the module docstring for the rule)."""
     if run.status != "RUNNING":
@@ -98,8 +109,8 @@ def is_live(run: T.StageRun, now: float, host: Optional[str] = None,
         return False
     if now - beat > MISSED_BEATS * interval:
         return False
-    # only a pid on this host can be checked; elsewhere the heartbeat alone decides
-    return run.tags.get(HOST) != (host or socket.gethostname()) or alive(pid)
+    # only a pid of this host and pid namespace can be checked; elsewhere the heartbeat alone decides
+    return run.tags.get(PID_SPACE) != (pid_space or local_pid_space()) or alive(pid)
 
 
 @dataclass(frozen=True)
@@ -109,14 +120,14 @@ class Decision:
 
 
 def decide(runs: list[T.StageRun], now: float, mine: Optional[str] = None, forced: bool = False,
-           host: Optional[str] = None, alive: Callable[[int], bool] = pid_alive) -> Decision:
+           pid_space: Optional[str] = None, alive: Callable[[int], bool] = pid_alive) -> Decision:
     """What to do with a cache key, given all its runs (newest first). `mine` is my claim run once written: then
     another live lease means withdraw, and nothing else means the claim holds. Pure, for tests."""
     if not forced:
         finished = next((r for r in runs if r.status == "FINISHED" and T.CHECKPOINT_SHA in r.tags), None)
         if finished is not None:
             return Decision("reuse", finished)
-        live = [r for r in runs if r.run_id != mine and is_live(r, now, host, alive)]
+        live = [r for r in runs if r.run_id != mine and is_live(r, now, pid_space, alive)]
         if live:
             return Decision("withdraw" if mine else "wait", live[-1])  # the oldest: the one most likely to win
     resumable = None if forced else next(

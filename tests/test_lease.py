@@ -24,7 +24,7 @@ def run(run_id: str, status: str = "RUNNING", host: str = "other", pid: int = 42
 
 
 def live(r: T.StageRun, alive: bool = True) -> bool:
-    return L.is_live(r, NOW, host="here", alive=lambda pid: alive)
+    return L.is_live(r, NOW, pid_space="here", alive=lambda pid: alive)
 
 
 def test_a_lease_is_live_while_running_with_a_fresh_heartbeat_and_a_living_local_pid():
@@ -36,13 +36,16 @@ def test_a_lease_is_live_while_running_with_a_fresh_heartbeat_and_a_living_local
     assert not live(run("a", host="here"), alive=False)  # same host, pid gone: dead at once
     assert live(run("a", host="here"))
     assert live(run("a", host="other"), alive=False)  # a pid on another host cannot be checked
+    in_a_container = run("a", host="here")
+    in_a_container.tags[L.PID_SPACE] = "here pid:[4026532000]"
+    assert live(in_a_container, alive=False)  # nor one in another pid namespace that shares the host name
     assert not live(T.StageRun("a", "RUNNING", {}, {}, {}))  # no lease: an older runner, nobody to wait for
     assert not live(T.StageRun("a", "RUNNING", {L.HEARTBEAT: "soon", L.PID: "1"}, {}, {}))
 
 
 def test_decide_reuses_waits_withdraws_and_claims():
     def decide(runs, **kw):
-        return L.decide(runs, NOW, host="here", alive=lambda pid: pid != 13, **kw)
+        return L.decide(runs, NOW, pid_space="here", alive=lambda pid: pid != 13, **kw)
 
     finished = run("f", status="FINISHED", **{T.CHECKPOINT_SHA: "x"})
     holder = run("h", age=5)

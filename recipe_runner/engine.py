@@ -142,6 +142,7 @@ class Engine:
             claim = lease.acquire(self.tracker, node.id, node.cache_key, tags, parent_id, planned.forced, self.announce)
             source = claim.reuse or claim.resume
             planned = PlannedStage(node, "reuse" if claim.reuse else "resume" if claim.resume else "run", source)
+            tags[T.PREFIX + "action"] = planned.action
         if planned.action == "reuse":
             source = planned.source
             run_id = self.tracker.start_run(node.id, {**tags, T.ROLE: "reused", T.PREFIX + "reused_from": source.run_id}, parent_id)
@@ -155,6 +156,7 @@ class Engine:
 
         run_id = claim.run_id
         try:
+            # the claim run was created before the action was known
             self.tracker.set_tags(run_id, {T.PREFIX + "action": planned.action})
             self.tracker.log_params(run_id, {**node.params(), **{f"sweep.{k}": v for k, v in node.sweep.items()}})
             resume_state = None

@@ -20,9 +20,9 @@ different random delays. Neither winner depends on clocks.
 
 What remains: a heartbeat is the owner's wall clock read by another host, so clocks that disagree by more than
 MISSED_BEATS intervals (90 s by default) make a live lease look stale; an owner that cannot reach the server for
-that long (network partition, a suspended laptop) is presumed dead, its stage is taken over, and it trains on
-in parallel until it notices nothing (it does not check its lease again). A run started by a runner without
-leases has no heartbeat and counts as stale. `--force` does not wait for anyone (it writes a lease, so others
+that long (network partition, a suspended laptop) is presumed dead and its stage is taken over, while it keeps
+training too (it does not check its lease again): then the key is trained twice. A run started by a runner
+without leases has no heartbeat and counts as stale. A holder that hangs but keeps beating is waited for. `--force` does not wait for anyone (it writes a lease, so others
 wait for it). A local sqlite file takes one writer at a time: parallel runs belong on `mlflow server`.
 """
 from __future__ import annotations

@@ -99,6 +99,7 @@ def _assert_trained_once(by_parent: dict[str, dict[str, object]]) -> dict[str, o
         assert len(workers) == 1, [(r.data.tags[T.ROLE], r.data.metrics) for r in pair]
         other = next(r for r in pair if r is not workers[0])
         assert other.data.tags[T.ROLE] == "reused" and other.data.metrics["epochs_trained"] == 0
+        assert other.data.tags[T.PREFIX + "action"] == "reuse"
         assert other.data.tags[T.PREFIX + "reused_from"] == workers[0].info.run_id
         trained[node] = workers[0]
     return trained

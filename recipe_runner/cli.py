@@ -89,7 +89,7 @@ def plan(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_
     table.add_column("stage", overflow="fold", min_width=min(40, max((len(s.node.id) for s in p.stages), default=5)))
     for column in ("type", "from", "action", "cache key", "source run"):
         table.add_column(column, overflow="fold")
-    colour = {"reuse": "green", "resume": "yellow", "run": "cyan", "skip": "dim"}
+    colour = {"reuse": "green", "resume": "yellow", "wait": "magenta", "run": "cyan", "skip": "dim"}
     for s in p.stages:
         table.add_row(escape(s.node.id), s.node.type, escape(s.node.parent or "-"), f"[{colour[s.action]}]{s.action}[/]", s.node.cache_key[:12],
                       s.source.run_id[:12] if s.source else "-")

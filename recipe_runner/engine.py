@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 from mlflow.exceptions import MlflowException
 
+from . import lease
 from . import tracking as T
 from . import versions as V
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_of
@@ -147,6 +148,14 @@ class Engine:
         tags = {T.ROLE: "stage", T.CACHE_KEY: node.cache_key, T.STAGE_ID: node.stage_id, T.NODE_ID: node.id,
                 T.STAGE_TYPE: node.type, T.PREFIX + "recipe_name": self.plan.recipe.name,
                 T.PREFIX + "recipe_sha256": self.plan.recipe.sha256, T.PREFIX + "action": planned.action}
+        claim = lease.Claim()
+        if planned.action != "reuse":
+            # decided now, not at plan time: another process may have finished or started this key meanwhile
+            claim = lease.acquire(self.tracker, node.id, node.cache_key, {**tags, **V.version_tags()}, parent_id,
+                                  planned.forced, self.announce, done=T.done_tag(STAGES.get(node.type).gives))
+            source = claim.reuse or claim.resume
+            planned = PlannedStage(node, "reuse" if claim.reuse else "resume" if claim.resume else "run", source)
+            tags[T.PREFIX + "action"] = planned.action
         if planned.action == "reuse":
             source = planned.source
             # the model was made by the source run's versions, not by the installed ones
@@ -163,8 +172,10 @@ class Engine:
             self.announce(f"[reuse]  {node.id}  (run {source.run_id[:8]}){note}")
             return StageReport(node.id, "reuse", run_id, metrics, time.time() - started)
 
-        run_id = self.tracker.start_run(node.id, {**tags, **V.version_tags()}, parent_id)
+        run_id = claim.run_id
         try:
+            # the claim run was created before the action was known
+            self.tracker.set_tags(run_id, {T.PREFIX + "action": planned.action})
             self.tracker.log_params(run_id, {**node.params(), **{f"sweep.{k}": v for k, v in node.sweep.items()}})
             resume_state = None
             if planned.action == "resume":
@@ -196,8 +207,11 @@ class Engine:
             self.tracker.set_tags(run_id, {T.PREFIX + "error": f"{type(exc).__name__}: {exc}"[:5000]})
             self.tracker.finish(run_id, "FAILED")
             raise StageFailed(node.id, exc) from exc
+        finally:
+            claim.release()
         if planned.action == "resume" and planned.source.status == "RUNNING":
-            self.tracker.finish(planned.source.run_id, "KILLED")  # the attempt we continued was cut off
+            # the attempt we continued was cut off: its lease was stale when we claimed it (lease.py)
+            self.tracker.finish(planned.source.run_id, "KILLED")
         self.outputs[node.id], self.metrics[node.id] = result, metrics
         return StageReport(node.id, planned.action, run_id, metrics, time.time() - started)
 

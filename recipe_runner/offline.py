@@ -23,6 +23,9 @@ def configure_offline(cache: Path) -> None:
 
             source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
             font.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, font)
+            # copy, then rename: a second process starting at the same time never reads a half-copied font
+            tmp = font.with_name(f".{font.name}.{os.getpid()}")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, font)
         except (ImportError, OSError):
             pass

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from . import lease
 from . import tracking as T
 from .config_base import ConfigProblem
 from .data import DataError, fingerprint_data, resolve_data
@@ -30,8 +32,9 @@ class RunOptions:
 @dataclass
 class PlannedStage:
     node: StageNode
-    action: str  # reuse | resume | run | skip
+    action: str  # reuse | resume | wait | run | skip
     source: Optional[T.StageRun] = None
+    forced: bool = False  # --force: neither reuse nor resume, nor wait for another process's lease
 
 
 @dataclass
@@ -64,13 +67,15 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
         if node.id not in selected:
             stages.append(PlannedStage(node, "skip"))
         elif node.id in forced:
-            stages.append(PlannedStage(node, "run"))
+            stages.append(PlannedStage(node, "run", forced=True))
         else:
             finished, resumable = tracker.lookup(node.cache_key, T.done_tag(STAGES.get(node.type).gives))
             if finished is not None:
                 stages.append(PlannedStage(node, "reuse", finished))
             elif resumable is not None:
-                stages.append(PlannedStage(node, "resume", resumable))
+                # a run another process is training now is waited for, not resumed (the engine decides again)
+                live = lease.is_live(resumable, time.time())
+                stages.append(PlannedStage(node, "wait" if live else "resume", resumable))
             else:
                 stages.append(PlannedStage(node, "run"))
     return Plan(recipe, graph, tracker, stages, family, data)

@@ -85,7 +85,17 @@ class Tracker:
     def experiment_id(self) -> str:
         if self._experiment_id is None:
             found = self.client.get_experiment_by_name(self.experiment_name)
-            self._experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment_name)
+            if found is None:
+                from mlflow.exceptions import MlflowException
+
+                try:
+                    self._experiment_id = self.client.create_experiment(self.experiment_name)
+                    return self._experiment_id
+                except MlflowException:  # a second `recipe run` created it a moment ago
+                    found = self.client.get_experiment_by_name(self.experiment_name)
+                    if found is None:
+                        raise
+            self._experiment_id = found.experiment_id
         return self._experiment_id
 
     # -- runs -------------------------------------------------------------
@@ -97,6 +107,10 @@ class Tracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
+
+    def delete(self, run_id: str) -> None:
+        """Soft-delete: searches no longer see the run (a withdrawn lease claim)."""
+        self.client.delete_run(run_id)
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -143,13 +157,22 @@ class Tracker:
         checkpoint) for a cache key, searched across every experiment of the store, in one query."""
         if self._all_experiments is None:
             self._all_experiments = [e.experiment_id for e in self.client.search_experiments()]
-        runs = self.client.search_runs(
-            self._all_experiments, filter_string=f"tags.`{CACHE_KEY}` = '{cache_key}' and tags.`{ROLE}` = 'stage'",
-            order_by=["attributes.start_time DESC"], max_results=50,
-        )
+        runs = self._search(self._all_experiments, cache_key)
         finished = next((r for r in runs if r.info.status == "FINISHED" and done in r.data.tags), None)
         resumable = next((r for r in runs if r.info.status != "FINISHED" and EPOCH_SHA in r.data.tags), None)
         return (_stage_run(finished) if finished else None, _stage_run(resumable) if resumable else None)
+
+    def runs_for(self, cache_key: str) -> list[StageRun]:
+        """Every stage run with this cache key, newest first, read fresh (experiments too: a colleague's recipe may
+        have created its experiment after this process started)."""
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        return [_stage_run(r) for r in self._search(experiments, cache_key)]
+
+    def _search(self, experiments: list[str], cache_key: str) -> list:
+        return self.client.search_runs(
+            experiments, filter_string=f"tags.`{CACHE_KEY}` = '{cache_key}' and tags.`{ROLE}` = 'stage'",
+            order_by=["attributes.start_time DESC"], max_results=50,
+        )
 
     def scratch(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="recipe-runner-"))

@@ -93,15 +93,7 @@ def resolve_data(spec: str, task: str, base: Path = Path(".")) -> DataSource:
             raise DataError(f"builtin:{name} is a {builtin.task} dataset; this model family needs a {task} dataset")
         folder = cache_root() / "datasets" / f"{name}-{fingerprint}"
         if not (folder / "names.txt").exists():
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
-            try:
-                names = builtin.generate(tmp, options)
-                (tmp / "names.txt").write_text("\n".join(names) + "\n")
-                os.replace(tmp, folder) if not folder.exists() else shutil.rmtree(tmp)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+            _generate(builtin, options, folder)
         names = (folder / "names.txt").read_text().split()
         path = folder / "data.yaml" if task == "detect" else folder
         return DataSource(spec, task, path, fingerprint, names)
@@ -109,6 +101,25 @@ def resolve_data(spec: str, task: str, base: Path = Path(".")) -> DataSource:
     from ._user import inspect_user_dataset
 
     return DataSource(spec, task, path, fingerprint, inspect_user_dataset(path, task))
+
+
+def _generate(builtin: Builtin, options: dict[str, int], folder: Path) -> None:
+    """Generate into a private temp folder, then rename it into place in one step. Two processes that generate the
+    same dataset at once each write their own copy; the first rename wins and the loser discards its copy (the
+    generators are deterministic, so both copies are equal). Readers never see a half-written folder."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        names = builtin.generate(tmp, options)
+        (tmp / "names.txt").write_text("\n".join(names) + "\n")
+        try:
+            # rename(2) onto an existing non-empty folder fails: that is the "someone else won" signal
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "names.txt").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 from . import builtin_shapes  # noqa: E402,F401  (registration)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from recipe_runner import tracking as T
 from recipe_runner.checkpoint import load_checkpoint
@@ -163,7 +164,8 @@ def test_yolo_penalty_runs_once_per_optimizer_step_and_the_last_ema_is_returned(
     config = SparseTrainConfig(imgsz=64, batch=8, epochs=1, strength=1e-3, args={"nbs": 32, "warmup_epochs": 0})
     hook = _CountingL1(family, 1e-3, "none", 64)
     steps = []
-    handle = torch.optim.optimizer.register_optimizer_step_post_hook(lambda *a: steps.append(1))
+    # every optimizer step in the process, counted by torch itself (independent of the runner's override)
+    handle = register_optimizer_step_post_hook(lambda *a: steps.append(1))
     ctx = _Ctx(workspace)
     try:
         result = family.train(family.build("yolov8n.yaml", data, seed=0), data, config, 1, ctx, hooks=[hook], keep="last")
@@ -174,6 +176,16 @@ def test_yolo_penalty_runs_once_per_optimizer_step_and_the_last_ema_is_returned(
     assert ctx.logged[-1][1]["penalty_steps"] == 2
     last_ema = ctx.states[-1]["ema"]
     assert all(torch.equal(v.float(), last_ema[k].float()) for k, v in result.model.state_dict().items())
+
+
+def test_yolo_keep_last_ignores_the_best_fitness_weights():
+    """finished_model: keep="best" is Ultralytics' best.pt (the best epoch's EMA), keep="last" the last epoch's EMA."""
+    from recipe_runner.models._yolo_train import finished_model
+
+    ema = nn.Linear(2, 2)
+    best = {k: torch.zeros_like(v) for k, v in ema.state_dict().items()}
+    assert torch.equal(finished_model(ema, best, "best").weight, best["weight"])
+    assert torch.equal(finished_model(ema, best, "last").weight, ema.weight)
 
 
 class _Recorder(TrainHook):

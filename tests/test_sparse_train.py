@@ -97,6 +97,14 @@ def test_strength_defaults_by_penalty_and_train_keys_are_unchanged():
     assert "penalty" not in TrainConfig.model_fields  # train's cache keys do not move
 
 
+def test_bn_l1_on_a_model_without_batchnorm_says_what_to_use():
+    from recipe_runner.models.torchvision import TorchvisionFamily
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 3))
+    with pytest.raises(ValueError, match="needs BatchNorm layers.*use penalty: group-l2"):
+        BatchNormL1(TorchvisionFamily(), 1e-3, "none", 32).on_start(model, 0, 1)
+
+
 def test_group_l2_shrinks_classifier_groups(workspace: Path):
     """group-l2 on a BN classifier, at the family level: smaller gammas than plain training from the same start."""
     from recipe_runner.data import resolve_data

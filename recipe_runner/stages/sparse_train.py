@@ -53,6 +53,9 @@ def run_sparse_train(ctx: StageContext, config: SparseTrainConfig) -> StageOutpu
         # optimizer (the output is unchanged and the checkpoint records the swap, as after a prune stage)
         model = family.prepare_for_pruning(model)
     before = gamma_magnitudes(prunable_batchnorms(model, family))
+    if config.penalty == "bn-l1" and before.numel() == 0:  # said before training starts, not after
+        raise ValueError("penalty bn-l1 needs BatchNorm layers outside the output head, and this model has none; "
+                         "use penalty: group-l2")
     hook = make_penalty(config.penalty, family, float(config.strength), config.strength_decay, config.imgsz)
     # the last epoch's weights: the best-fitness epoch is usually an early, less sparse one
     result = family.train(model, ctx.data, config, config.epochs, ctx, hooks=[hook], keep="last")

@@ -307,7 +307,9 @@ def test_yolo_sparse_train_moves_gammas_and_group_l2_output_trains_and_exports(w
     assert runs["group"].data.metrics["macs"] == runs["train"].data.metrics["macs"]
     assert runs["finetune"].data.metrics["macs"] == runs["group"].data.metrics["macs"]
     assert runs["onnx"].data.metrics["onnx_max_abs_diff"] < 1e-3
-    assert "bn_gamma_mean_abs" in runs["group"].data.metrics
+    # its checkpoint rebuilds with the split blocks (plain data) and holds the model the final metrics describe
+    group = _output_gammas(workspace, runs["group"], family)
+    assert group["bn_gamma_mean_abs"] == pytest.approx(runs["group"].data.metrics["bn_gamma_mean_abs"])
 
 
 RESUME = """\

@@ -76,13 +76,16 @@ def _histogram(before, after):
 
     floor = 1e-6
     values = [np.clip(g.numpy(), floor, None) for g in (before, after)]
-    top = max(float(v.max()) for v in values) * 1.5
-    bins = np.logspace(np.log10(floor), np.log10(max(top, floor * 10)), 60)
+    # the bins span the values present: fine near 1 when nothing is sparse yet, down to the floor when it is
+    low = max(min(float(v.min()) for v in values) / 1.5, floor)
+    top = max(max(float(v.max()) for v in values) * 1.5, low * 10)
+    bins = np.logspace(np.log10(low), np.log10(top), 60)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(values[0], bins=bins, alpha=0.6, label=f"before ({len(values[0])} channels)")
     ax.hist(values[1], bins=bins, alpha=0.6, label="after sparse training")
     for threshold in (1e-2, 1e-3):
-        ax.axvline(threshold, color="grey", linestyle=":", linewidth=1)
+        if low < threshold:
+            ax.axvline(threshold, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log")
     ax.set_xlabel("|BatchNorm gamma| of prunable channels (values below 1e-6 drawn at 1e-6)")
     ax.set_ylabel("channels")

@@ -176,7 +176,8 @@ def test_yolo_penalty_runs_once_per_optimizer_step_and_the_last_ema_is_returned(
     handle = register_optimizer_step_post_hook(lambda *a: steps.append(1))
     ctx = _Ctx(workspace)
     try:
-        result = family.train(family.build("yolov8n.yaml", data, seed=0), data, config, 1, ctx, hooks=[hook], keep="last")
+        model = family.build("yolov8n.yaml", data, seed=0)
+        result = family.train(model, data, config, 1, ctx, hooks=[hook], keep="last")
     finally:
         handle.remove()
     assert hook.batches == 8

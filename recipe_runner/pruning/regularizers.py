@@ -134,8 +134,9 @@ class GroupL2(SparsityPenalty):
         # tracing runs a forward pass: in train mode it would move the BatchNorm running statistics
         model.eval()
         try:
-            self.pruner = tp.pruner.GroupNormPruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                                    reg=self.strength, ignored_layers=self.family.output_layers(model))
+            self.pruner = tp.pruner.GroupNormPruner(
+                model, example, importance=tp.importance.GroupMagnitudeImportance(p=2), reg=self.strength,
+                ignored_layers=self.family.output_layers(model))
         finally:
             model.train(was_training)
 

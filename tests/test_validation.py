@@ -35,7 +35,8 @@ CASES: dict[str, tuple[int, str]] = {
     "unknown_stage_key": (11, "stages.prune.ratoi: unknown key 'ratoi'; did you mean 'ratio'?"),
     "stage_type_typo": (7, "unknown stage type 'trian'; did you mean 'train'?"),
     "stage_type_not_a_name": (7, "unknown stage type"),
-    "missing_stage_type": (6, "missing required key 'type' (known: evaluate, export, prune, train, finetune)"),
+    # no closing parenthesis: stage types registered later (sparse-train, quantize) are appended to the list
+    "missing_stage_type": (6, "missing required key 'type' (known: evaluate, export, prune, train, finetune"),
     "prune_method_typo": (10, "unknown method 'depgraf'; did you mean 'depgraph'?"),
     "prune_missing_method": (8, "missing required key 'method' (known: depgraph, slim, l1-unstructured)"),
     "importance_typo": (11, "(got 'grop-l2'); did you mean 'group-l2'?"),
@@ -73,6 +74,8 @@ CASES: dict[str, tuple[int, str]] = {
     "export_bad_opset": (10, "stages.onnx.opset: Input should be greater than or equal to 11 (got 7)"),
     "finetune_from_export": (12, "a 'finetune' stage takes a PyTorch model, but 'onnx' (export) gives a model file"),
     "negative_seed": (3, "seed: Input should be greater than or equal to 0 (got -1)"),
+    "sparse_penalty_typo": (10, "stages.sparse.penalty: Input should be 'bn-l1' or 'group-l2' (got 'l3')"),
+    "sparse_negative_strength": (11, "stages.sparse.strength: Input should be greater than or equal to 0 (got -0.0001)"),
 }
 LOCATED = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<message>\S.*)$")
 

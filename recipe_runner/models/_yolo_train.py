@@ -48,7 +48,7 @@ def check_args(args: dict[str, Any]) -> None:
 
 
 if TYPE_CHECKING:
-    from .base import TrainContext, TrainKnobs
+    from .base import Keep, TrainContext, TrainKnobs
     from .hooks import TrainHook
 
 
@@ -191,10 +191,11 @@ class EpochCallbacks:
         self.advance(1)
 
 
-def finished_model(ema: nn.Module, best_state: Optional[dict]) -> nn.Module:
-    """Ultralytics' result is the best epoch's EMA weights (best.pt); return that as a trainable fp32 module."""
+def finished_model(ema: nn.Module, best_state: Optional[dict], keep: Keep) -> nn.Module:
+    """The trained EMA as a trainable fp32 module: the best epoch's (Ultralytics' best.pt) for keep="best", the
+    last epoch's (last.pt) for keep="last"."""
     model = copy.deepcopy(ema).float()
-    if best_state is not None:
+    if keep == "best" and best_state is not None:
         model.load_state_dict(best_state)
     for p in model.parameters():
         p.requires_grad_(True)
@@ -204,7 +205,7 @@ def finished_model(ema: nn.Module, best_state: Optional[dict]) -> nn.Module:
 
 def run_training(model: nn.Module, rebuild: Callable[[dict], nn.Module], describe: Callable[[nn.Module], dict],
                  data_yaml: str, knobs: TrainKnobs, epochs: int, ctx: TrainContext, source: str,
-                 hooks: Sequence[TrainHook] = ()) -> tuple[nn.Module, dict[str, float], int, int]:
+                 hooks: Sequence[TrainHook] = (), keep: Keep = "best") -> tuple[nn.Module, dict[str, float], int, int]:
     """Train `model` for `epochs`; returns (model, last epoch metrics, epochs run here, epoch reached)."""
     ultralytics_ready()
     state = ctx.resume_state
@@ -215,7 +216,7 @@ def run_training(model: nn.Module, rebuild: Callable[[dict], nn.Module], describ
         if start >= epochs:  # the last epoch was saved but the stage did not finish: nothing left to train
             ema = rebuild(state["model"])
             ema.load_state_dict(state["ema"])
-            return finished_model(ema, best_state), {}, 0, start
+            return finished_model(ema, best_state, keep), {}, 0, start
     for p in model.parameters():
         p.requires_grad_(True)
     model.criterion = None  # the loss caches head shapes; pruning may have changed them
@@ -237,7 +238,7 @@ def run_training(model: nn.Module, rebuild: Callable[[dict], nn.Module], describ
         trainer.add_callback("on_fit_epoch_end", callbacks.fit_epoch_end)
         trainer.train()
         epoch_reached = int(trainer.epoch) + 1
-        result = finished_model(trainer.ema.ema, callbacks.best_state)
+        result = finished_model(trainer.ema.ema, callbacks.best_state, keep)
         return result, callbacks.last_metrics, epoch_reached - start, epoch_reached
     finally:
         shutil.rmtree(save_dir, ignore_errors=True)

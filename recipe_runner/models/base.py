@@ -4,7 +4,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -46,6 +46,10 @@ class TrainContext(Protocol):
     def progress(self, description: str, total: int) -> Callable[[int], None]: ...
 
 
+# which epoch's weights a family's train() returns (see ModelFamily.train)
+Keep = Literal["best", "last"]
+
+
 @dataclass
 class TrainResult:
     model: nn.Module
@@ -69,11 +73,13 @@ class ModelFamily(ABC):
 
     @abstractmethod
     def train(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, epochs: int, ctx: TrainContext,
-              hooks: Sequence[TrainHook] = ()) -> TrainResult:
+              hooks: Sequence[TrainHook] = (), keep: Keep = "best") -> TrainResult:
         """Train for `epochs` (resuming from ctx.resume_state if set), saving state through ctx each epoch.
 
         `hooks` run at the points models/hooks.py documents, after the always-on KeepZeros; their
-        state is saved in the epoch checkpoints and restored on resume.
+        state is saved in the epoch checkpoints and restored on resume. `keep` picks the returned
+        weights: "best" lets a family that tracks a best-fitness epoch return it (yolo: the best EMA,
+        Ultralytics' best.pt); "last" always returns the last epoch's (what a sparsity penalty built up).
         """
 
     @abstractmethod

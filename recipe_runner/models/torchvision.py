@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ._shapes import apply_shapes, module_attributes
-from .base import EvalKnobs, ModelFamily, TrainContext, TrainKnobs, TrainResult, torch_device
+from .base import EvalKnobs, Keep, ModelFamily, TrainContext, TrainKnobs, TrainResult, torch_device
 from .hooks import training_hooks
 from .small_cnn import SMALL_MODELS
 
@@ -108,7 +108,8 @@ class TorchvisionFamily(ModelFamily):
         return torch.optim.SGD(params, lr=knobs.lr, momentum=knobs.momentum, weight_decay=knobs.weight_decay, nesterov=True)
 
     def train(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, epochs: int, ctx: TrainContext,
-              hooks: Sequence[TrainHook] = ()) -> TrainResult:
+              hooks: Sequence[TrainHook] = (), keep: Keep = "best") -> TrainResult:
+        """Cosine-schedule training; it keeps no best epoch, so `keep` returns the last epoch's weights either way."""
         device = torch_device(knobs.device)
         state = ctx.resume_state
         if state is not None:

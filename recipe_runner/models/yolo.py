@@ -14,7 +14,7 @@ from torch import nn
 from ._shapes import apply_shapes, module_attributes
 from ._yolo_arch import check_architecture, check_description
 from ._yolo_env import device_string, resolved_data_yaml, strip_integration_callbacks, ultralytics_ready
-from .base import EvalKnobs, ModelFamily, TrainContext, TrainKnobs, TrainResult
+from .base import EvalKnobs, Keep, ModelFamily, TrainContext, TrainKnobs, TrainResult
 
 if TYPE_CHECKING:
     from ..data import DataSource
@@ -103,12 +103,12 @@ class YoloFamily(ModelFamily):
 
     # -- training ---------------------------------------------------------
     def train(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, epochs: int, ctx: TrainContext,
-              hooks: Sequence[TrainHook] = ()) -> TrainResult:
+              hooks: Sequence[TrainHook] = (), keep: Keep = "best") -> TrainResult:
         from ._yolo_train import run_training
 
         source = str(getattr(model, "yaml", {}).get("yaml_file", "yolov8n.yaml"))
         model, metrics, trained, reached = run_training(model, self.rebuild, self.describe, resolved_data_yaml(data),
-                                                        knobs, epochs, ctx, source, hooks)
+                                                        knobs, epochs, ctx, source, hooks, keep)
         return TrainResult(model, metrics, trained, reached)
 
     def evaluate(self, model: nn.Module, data: DataSource, knobs: EvalKnobs) -> dict[str, float]:

@@ -5,6 +5,6 @@ and a `run(ctx, config) -> StageOutput`, register it, and import it here.
 """
 from ._base import STAGES, StageContext, StageOutput, StageType
 from ..config_base import StageConfig
-from . import evaluate, export, prune, train  # noqa: F401  (registration)
+from . import evaluate, export, prune, sparse_train, train  # noqa: F401  (registration)
 
 __all__ = ["STAGES", "StageConfig", "StageContext", "StageOutput", "StageType"]

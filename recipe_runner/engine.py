@@ -227,10 +227,11 @@ class Engine:
             raise TypeError(f"stage type '{node.type}' gives a file but its run returned none")
         path = Path(output.file)
         metrics["size_mb"] = path.stat().st_size / 1e6
-        self.tracker.log_metrics(run_id, metrics, output.final_step)
+        model_id = None
+        if path.suffix == ".onnx":  # also an MLflow model (ONNX flavour): MLflow's model views list it, with metrics
+            model_id = self.tracker.log_onnx_model(run_id, path, node.stage_id, output.final_step)
+        self.tracker.log_metrics(run_id, metrics, output.final_step, model_id)
         self.tracker.log_artifact(run_id, path, "output")
-        if path.suffix == ".onnx":  # also an MLflow model (ONNX flavour): MLflow's model views list it
-            self.tracker.log_onnx_model(run_id, path, node.stage_id, metrics, output.final_step)
         self.tracker.set_tags(run_id, {T.OUTPUT_SHA: sha256_of(path), T.OUTPUT_ARTIFACT: f"output/{path.name}"})
         return path
 

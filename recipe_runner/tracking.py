@@ -111,11 +111,14 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: Optional[int] = None) -> None:
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: Optional[int] = None,
+                    model_id: Optional[str] = None) -> None:
+        """`model_id`: the MLflow model these metrics measure (its model views show them)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(_metric_key(k), float(v), now, step or 0) for k, v in metrics.items() if isinstance(v, (int, float))]
+        items = [Metric(_metric_key(k), float(v), now, step or 0, model_id=model_id) for k, v in metrics.items()
+                 if isinstance(v, (int, float))]
         for i in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[i:i + 500])
 
@@ -139,14 +142,14 @@ class Tracker:
         """A DatasetInput (records.dataset_input): MLflow's Dataset column and run page show it; no upload."""
         self.client.log_inputs(run_id, datasets=[dataset_input])
 
-    def log_onnx_model(self, run_id: str, path: Path, name: str, metrics: dict[str, float], step: int = 0) -> str:
+    def log_onnx_model(self, run_id: str, path: Path, name: str, step: int = 0) -> str:
         """Log an .onnx file as an MLflow model (ONNX flavour) of `run_id`, so it shows in MLflow's model views;
         returns the model id. `mlflow.onnx.log_model` would read the global tracking URI and experiment, so this
         does its steps with this client; pinned requirements skip requirement inference (a subprocess), and
         locking them (uv, network) is switched off for the call."""
         import mlflow.onnx
         import onnx
-        from mlflow.entities import LoggedModelOutput, Metric
+        from mlflow.entities import LoggedModelOutput
         from mlflow.models import Model
 
         logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=run_id, model_type="onnx")
@@ -159,10 +162,6 @@ class Tracker:
                                    pip_requirements=mlflow.onnx.get_default_pip_requirements())
             self.client.log_model_artifacts(logged.model_id, str(local))
         self.client.log_outputs(run_id, models=[LoggedModelOutput(logged.model_id, step=step)])
-        # the run's final metrics, attached to the model too: the model views show them
-        now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(_metric_key(k), float(v), now, step, model_id=logged.model_id)
-                                               for k, v in metrics.items() if isinstance(v, (int, float))])
         self.client.finalize_logged_model(logged.model_id, "READY")
         return logged.model_id
 

@@ -238,7 +238,8 @@ class Engine:
     def _describe(self, parent_id: str, reports: list[StageReport], status: str) -> None:
         """The parent run's description: the recipe's own text, then a table of the stages this run went through."""
         nodes = [self.plan.graph.nodes[r.node_id] for r in reports]
-        rows = [R.StageRow(R.run_name(n.stage_id, n.sweep), n.type, r.action, r.metrics) for n, r in zip(nodes, reports)]
+        rows = [R.StageRow(R.run_name(n.stage_id, n.sweep), n.type, r.action, r.metrics)
+                for n, r in zip(nodes, reports)]
         table = R.stage_table(rows, self.family.primary_metric)
         self.tracker.set_tags(parent_id, {T.NOTE: R.description(self.plan.recipe.description, table, status)})
 

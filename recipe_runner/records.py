@@ -52,11 +52,13 @@ class StageRow:
 
 def stage_table(rows: Iterable[StageRow], primary: str) -> str:
     """A markdown table of the stages, for the parent run's description (MLflow renders it)."""
-    lines = [f"| stage | type | action | {primary} | MACs | params | size |", "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = [f"| stage | type | action | {primary} | MACs | params | size |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for row in rows:
         m = row.metrics
         size = f"{m['size_mb']:.3g} MB" if "size_mb" in m else "-"
-        cells = [row.name, row.type, row.action, _number(m.get(primary), 4), _si(m.get("macs")), _si(m.get("params")), size]
+        cells = [row.name, row.type, row.action, _number(m.get(primary), 4), _si(m.get("macs")),
+                 _si(m.get("params")), size]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines)
 

@@ -152,8 +152,10 @@ class Tracker:
         from mlflow.entities import LoggedModelOutput
         from mlflow.models import Model
 
-        logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=run_id, model_type="onnx")
-        with tempfile.TemporaryDirectory(prefix="recipe-runner-model-") as tmp, _env(MLFLOW_LOCK_MODEL_DEPENDENCIES="false"):
+        logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=run_id,
+                                                 model_type="onnx")
+        with (tempfile.TemporaryDirectory(prefix="recipe-runner-model-") as tmp,
+              _env(MLFLOW_LOCK_MODEL_DEPENDENCIES="false")):
             local = Path(tmp) / "model"
             meta = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
                          model_id=logged.model_id)

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Optional
 TINY = """\
 version: 1
 name: quickstart-tiny
-description: The quickstart's stages at test size. LeNet on generated shapes, DepGraph pruning in 2 steps, fine-tuned, ONNX.
+description: The quickstart's stages at test size (LeNet, generated shapes, DepGraph in 2 steps, fine-tune, ONNX).
 seed: 0
 model: lenet
 data: builtin:shapes-cls?train=64&val=32&imgsz=32
@@ -88,7 +88,8 @@ def mlflow_server(folder: Path) -> Iterator[str]:
     log = (folder / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
+         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--artifacts-destination", str(folder / "artifacts"),
          "--serve-artifacts"],
         cwd=folder, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
     )
@@ -133,15 +134,18 @@ def records(uri: str) -> dict[str, Any]:
 
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
-    parents = client.search_runs(experiments, "tags.`recipe_runner.role` = 'recipe'", order_by=["attributes.start_time ASC"])
+    parents = client.search_runs(experiments, "tags.`recipe_runner.role` = 'recipe'",
+                                 order_by=["attributes.start_time ASC"])
     out: dict[str, Any] = {"experiment_id": parents[0].info.experiment_id, "recipe_runs": []}
     for parent in parents:
-        children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        children = client.search_runs([parent.info.experiment_id],
+                                      f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
                                       order_by=["attributes.start_time ASC"])
         out["recipe_runs"].append({
             "run_id": parent.info.run_id, "name": parent.info.run_name, "metrics": parent.data.metrics,
             "stages": [{"run_id": c.info.run_id, "name": c.info.run_name, "metrics": c.data.metrics,
-                        "type": c.data.tags.get("recipe_runner.stage_type"), "role": c.data.tags.get("recipe_runner.role"),
+                        "type": c.data.tags.get("recipe_runner.stage_type"),
+                        "role": c.data.tags.get("recipe_runner.role"),
                         "artifacts": [a.path for a in client.list_artifacts(c.info.run_id)]} for c in children],
         })
     return out

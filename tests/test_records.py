@@ -104,8 +104,8 @@ def test_run_names_and_stage_table_alone():
     assert R.run_name("finetune", {"prune.ratio": 0.3, "finetune.lr": 0.01}) == "finetune[ratio=0.3,lr=0.01]"
     # two swept stages with the same key: both keep their stage, or the name would not say whose value it is
     assert R.run_name("ft", {"prune.ratio": 0.3, "ft.ratio": 0.5}) == "ft[prune.ratio=0.3,ft.ratio=0.5]"
-    table = R.stage_table([R.StageRow("a|b", "train", "run", {"top1": 0.5, "macs": 4.68e6, "params": 861, "size_mb": 0.35}),
-                           R.StageRow("c", "export", "reuse", {})], "top1")
+    row = R.StageRow("a|b", "train", "run", {"top1": 0.5, "macs": 4.68e6, "params": 861, "size_mb": 0.35})
+    table = R.stage_table([row, R.StageRow("c", "export", "reuse", {})], "top1")
     assert table.splitlines()[2] == "| a\\|b | train | run | 0.5 | 4.68 M | 861 | 0.35 MB |"
     assert table.splitlines()[3] == "| c | export | reuse | - | - | - | - |"
     assert "KILLED" in R.description("", table, "KILLED") and R.description("x", table).startswith("x\n\n### Stages")

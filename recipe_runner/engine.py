@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 from mlflow.exceptions import MlflowException
 
 from . import lease
+from . import records as R
 from . import tracking as T
 from . import versions as V
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_of
@@ -115,10 +116,11 @@ class Engine:
 
     def run(self) -> list[StageReport]:
         recipe = self.plan.recipe
-        parent_id = self.tracker.start_run(recipe.name, {
+        parent_id = self.tracker.start_run(R.parent_run_name(recipe.name), {
             T.ROLE: "recipe", T.PREFIX + "recipe_name": recipe.name, T.PREFIX + "recipe_sha256": recipe.sha256,
-            "mlflow.note.content": recipe.description,
+            T.NOTE: recipe.description,
         })
+        self.tracker.log_dataset(parent_id, R.dataset_input(self.data, "recipe"))
         self.tracker.log_text(parent_id, recipe.text, f"recipe/{recipe.path.name}")
         self.tracker.log_text(parent_id, json.dumps(self.lock(), indent=2, default=str), "recipe/recipe.lock.json")
         self.tracker.log_params(parent_id, {"recipe": recipe.name, "seed": recipe.seed, "model": recipe.model.source,
@@ -132,13 +134,19 @@ class Engine:
                 if planned.action == "skip":
                     continue
                 reports.append(self._stage(planned, parent_id, scratch / planned.node.cache_key))
+                # one step per stage, in run order: the parent run's own chart of the pipeline
+                self.tracker.log_metrics(parent_id, R.pipeline_metrics(reports[-1].metrics, self.family.primary_metric),
+                                         len(reports) - 1)
                 advance(1)
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
             raise
         finally:
-            self.tracker.finish(parent_id, status)
+            try:
+                self._describe(parent_id, reports, status)
+            finally:
+                self.tracker.finish(parent_id, status)
             shutil.rmtree(scratch, ignore_errors=True)
         return reports
 
@@ -147,7 +155,8 @@ class Engine:
         workdir.mkdir(parents=True, exist_ok=True)
         tags = {T.ROLE: "stage", T.CACHE_KEY: node.cache_key, T.STAGE_ID: node.stage_id, T.NODE_ID: node.id,
                 T.STAGE_TYPE: node.type, T.PREFIX + "recipe_name": self.plan.recipe.name,
-                T.PREFIX + "recipe_sha256": self.plan.recipe.sha256, T.PREFIX + "action": planned.action}
+                T.PREFIX + "recipe_sha256": self.plan.recipe.sha256, T.PREFIX + "action": planned.action,
+                T.RUN_NAME: R.run_name(node.stage_id, node.sweep)}
         claim = lease.Claim()
         if planned.action != "reuse":
             # decided now, not at plan time: another process may have finished or started this key meanwhile
@@ -162,6 +171,7 @@ class Engine:
             run_id = self.tracker.start_run(node.id, {**tags, **V.recorded(source.tags), T.ROLE: "reused",
                                                       T.PREFIX + "reused_from": source.run_id}, parent_id)
             self.tracker.log_params(run_id, node.params())
+            self.tracker.log_dataset(run_id, R.dataset_input(self.data, node.type))
             metrics = {**source.metrics, "epochs_trained": 0.0}
             self.tracker.log_metrics(run_id, metrics)
             self.tracker.finish(run_id)
@@ -177,6 +187,7 @@ class Engine:
             # the claim run was created before the action was known
             self.tracker.set_tags(run_id, {T.PREFIX + "action": planned.action})
             self.tracker.log_params(run_id, {**node.params(), **{f"sweep.{k}": v for k, v in node.sweep.items()}})
+            self.tracker.log_dataset(run_id, R.dataset_input(self.data, node.type))
             resume_state = None
             if planned.action == "resume":
                 try:
@@ -235,10 +246,21 @@ class Engine:
             raise TypeError(f"stage type '{node.type}' gives a file but its run returned none")
         path = Path(output.file)
         metrics["size_mb"] = path.stat().st_size / 1e6
-        self.tracker.log_metrics(run_id, metrics, output.final_step)
+        model_id = None
+        if path.suffix == ".onnx":  # also an MLflow model (ONNX flavour): MLflow's model views list it, with metrics
+            model_id = self.tracker.log_onnx_model(run_id, path, node.stage_id, output.final_step)
+        self.tracker.log_metrics(run_id, metrics, output.final_step, model_id)
         self.tracker.log_artifact(run_id, path, "output")
         self.tracker.set_tags(run_id, {T.OUTPUT_SHA: sha256_of(path), T.OUTPUT_ARTIFACT: f"output/{path.name}"})
         return path
+
+    def _describe(self, parent_id: str, reports: list[StageReport], status: str) -> None:
+        """The parent run's description: the recipe's own text, then a table of the stages this run went through."""
+        nodes = [self.plan.graph.nodes[r.node_id] for r in reports]
+        rows = [R.StageRow(R.run_name(n.stage_id, n.sweep), n.type, r.action, r.metrics)
+                for n, r in zip(nodes, reports)]
+        table = R.stage_table(rows, self.family.primary_metric)
+        self.tracker.set_tags(parent_id, {T.NOTE: R.description(self.plan.recipe.description, table, status)})
 
     def evaluate(self, model: Any, config: Any) -> dict[str, float]:
         metrics = dict(self.family.evaluate(model, self.data, config))

@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 PREFIX = "recipe_runner."
 ROLE, CACHE_KEY, STAGE_ID, NODE_ID, STAGE_TYPE = (PREFIX + k for k in ("role", "cache_key", "stage_id", "node_id", "stage_type"))
@@ -19,6 +21,8 @@ EPOCH_SLOT = PREFIX + "epoch_slot"
 CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
 # a stage whose output is a file (ONNX, INT8 model) records that file instead of a checkpoint
 OUTPUT_SHA, OUTPUT_ARTIFACT = PREFIX + "output_sha256", PREFIX + "output_artifact"
+# MLflow's own tags: the run's display name and its description (markdown, shown on the run page)
+RUN_NAME, NOTE = "mlflow.runName", "mlflow.note.content"
 
 
 def done_tag(gives: str) -> str:
@@ -100,10 +104,11 @@ class Tracker:
 
     # -- runs -------------------------------------------------------------
     def start_run(self, name: str, tags: dict[str, str], parent_id: Optional[str] = None) -> str:
-        tags = {"mlflow.runName": name, **tags}
+        """A run named `name`, unless `tags` carry a RUN_NAME (the name for people, records.run_name)."""
+        tags = {RUN_NAME: name, **tags}
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
-        return self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
+        return self.client.create_run(self.experiment_id, tags=tags, run_name=tags[RUN_NAME]).info.run_id
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
@@ -120,13 +125,13 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: Optional[int] = None) -> None:
-        import time
-
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: Optional[int] = None,
+                    model_id: Optional[str] = None) -> None:
+        """`model_id`: the MLflow model these metrics measure (its model views show them)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k.replace("(", "_").replace(")", ""), float(v), now, step or 0) for k, v in metrics.items()
+        items = [Metric(_metric_key(k), float(v), now, step or 0, model_id=model_id) for k, v in metrics.items()
                  if isinstance(v, (int, float))]
         for i in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[i:i + 500])
@@ -146,6 +151,35 @@ class Tracker:
 
     def log_figure(self, run_id: str, figure: Any, name: str) -> None:
         self.client.log_figure(run_id, figure, name)
+
+    def log_dataset(self, run_id: str, dataset_input: Any) -> None:
+        """A DatasetInput (records.dataset_input): MLflow's Dataset column and run page show it; no upload."""
+        self.client.log_inputs(run_id, datasets=[dataset_input])
+
+    def log_onnx_model(self, run_id: str, path: Path, name: str, step: int = 0) -> str:
+        """Log an .onnx file as an MLflow model (ONNX flavour) of `run_id`, so it shows in MLflow's model views;
+        returns the model id. `mlflow.onnx.log_model` would read the global tracking URI and experiment, so this
+        does its steps with this client; pinned requirements skip requirement inference (a subprocess), and
+        locking them (uv, network) is switched off for the call."""
+        import mlflow.onnx
+        import onnx
+        from mlflow.entities import LoggedModelOutput
+        from mlflow.models import Model
+
+        logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=run_id,
+                                                 model_type="onnx")
+        with (tempfile.TemporaryDirectory(prefix="recipe-runner-model-") as tmp,
+              _env(MLFLOW_LOCK_MODEL_DEPENDENCIES="false")):
+            local = Path(tmp) / "model"
+            meta = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
+                         model_id=logged.model_id)
+            # one self-contained file (under ONNX's 2 GB limit), as the export stage wrote it
+            mlflow.onnx.save_model(onnx.load(str(path)), str(local), mlflow_model=meta, save_as_external_data=False,
+                                   pip_requirements=mlflow.onnx.get_default_pip_requirements())
+            self.client.log_model_artifacts(logged.model_id, str(local))
+        self.client.log_outputs(run_id, models=[LoggedModelOutput(logged.model_id, step=step)])
+        self.client.finalize_logged_model(logged.model_id, "READY")
+        return logged.model_id
 
     def download(self, run_id: str, artifact: str, dest: Path) -> Path:
         dest.mkdir(parents=True, exist_ok=True)
@@ -176,6 +210,25 @@ class Tracker:
 
     def scratch(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="recipe-runner-"))
+
+
+def _metric_key(name: str) -> str:
+    return name.replace("(", "_").replace(")", "")
+
+
+@contextmanager
+def _env(**values: str) -> Iterator[None]:
+    """Set environment variables for one call and restore them after: MLflow reads its switches from there."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _stage_run(run) -> StageRun:

@@ -1,0 +1,287 @@
+"""Screenshots of MLflow's web UI comparing a recipe's stages, for the README, and the text a person sees there.
+
+Starts `mlflow server` on a free loopback port in a temporary folder, runs a recipe into it twice (the
+second time with one value changed, so two recipe runs overlay and the shared stages show as reused),
+then drives a real headless Chromium (Debian's `chromium`, through Playwright: Playwright's own browser
+download needs the internet) to the experiment's runs page in the "Model training" view. Writes to --out:
+
+  charts.png        the chart view: each recipe run's pipeline/* charts (one step per stage), the two runs overlaid
+  runs.png          the runs table, recipe runs expanded to their stage runs, the stages' metrics as columns
+  prune-steps.png   a prune stage's run page showing its prune_steps.png artifact
+  pages.json        per page: URL, visible text and images (alt text) (what a test checks), and what MLflow's API
+                    holds for the same runs (names, metrics), to compare the page against
+
+    python scripts/ui_screenshot.py --out docs/mlflow-ui                       # the tiny built-in recipe
+    python scripts/ui_screenshot.py --out docs/mlflow-ui --recipe recipes/resnet18_depgraph.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+# the quickstart's stages (train, iterative prune, finetune, ONNX) at test size: lenet on 32 px shapes
+TINY = """\
+version: 1
+name: quickstart-tiny
+description: The quickstart's stages at test size (LeNet, generated shapes, DepGraph in 2 steps, fine-tune, ONNX).
+seed: 0
+model: lenet
+data: builtin:shapes-cls?train=64&val=32&imgsz=32
+defaults:
+  imgsz: 32
+  batch: 16
+stages:
+  train:
+    type: train
+    epochs: 3
+    lr: 0.05
+  prune:
+    type: prune
+    method: depgraph
+    ratio: 0.5
+    steps: 2
+    finetune_epochs: 1
+  finetune:
+    type: finetune
+    epochs: 1
+  onnx:
+    type: export
+"""
+# Chromium flags that work in containers and keep it off the network
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1800, "height": 760}
+ML_VIEW = "workflowType=machine_learning"  # opens the "Model training" view instead of the GenAI overview
+
+
+def find_chromium() -> Optional[str]:
+    """Debian's `chromium` first; any Chrome-like binary on PATH otherwise."""
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(folder: Path) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 with its own sqlite store and served artifacts; stopped on exit."""
+    import requests
+
+    port = _free_port()
+    log = (folder / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--artifacts-destination", str(folder / "artifacts"),
+         "--serve-artifacts"],
+        cwd=folder, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if requests.get(uri + "/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("mlflow server did not start:\n" + (folder / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def run_recipe(recipe: Path, uri: str, overrides: list[str], folder: Path) -> None:
+    """`recipe run` in a subprocess, as a user would; its output is kept in folder/run-N.log."""
+    command = [sys.executable, "-m", "recipe_runner.cli", "run", str(recipe), "--tracking-uri", uri]
+    for override in overrides:
+        command += ["--set", override]
+    log = folder / f"run-{len(list(folder.glob('run-*.log')))}.log"
+    print("$", " ".join(command[1:]), flush=True)
+    with log.open("w") as out:
+        done = subprocess.run(command, cwd=folder, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"recipe run failed ({done.returncode}):\n" + log.read_text()[-3000:])
+
+
+def records(uri: str) -> dict[str, Any]:
+    """What MLflow's API holds: the experiment, the recipe runs and their stage runs (names, metrics, tags)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    parents = client.search_runs(experiments, "tags.`recipe_runner.role` = 'recipe'",
+                                 order_by=["attributes.start_time ASC"])
+    out: dict[str, Any] = {"experiment_id": parents[0].info.experiment_id, "recipe_runs": []}
+    for parent in parents:
+        children = client.search_runs([parent.info.experiment_id],
+                                      f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                      order_by=["attributes.start_time ASC"])
+        out["recipe_runs"].append({
+            "run_id": parent.info.run_id, "name": parent.info.run_name, "metrics": parent.data.metrics,
+            "stages": [{"run_id": c.info.run_id, "name": c.info.run_name, "metrics": c.data.metrics,
+                        "type": c.data.tags.get("recipe_runner.stage_type"),
+                        "role": c.data.tags.get("recipe_runner.role"),
+                        "artifacts": [a.path for a in client.list_artifacts(c.info.run_id)]} for c in children],
+        })
+    return out
+
+
+def _settle(page: Any, ms: int = 1500) -> None:
+    """Let the single-page app finish fetching and drawing (network idle, then a little time for charts)."""
+    try:
+        page.wait_for_load_state("networkidle", timeout=15000)
+    except Exception:  # a long poll keeps the network busy: the wait below still applies
+        pass
+    page.wait_for_timeout(ms)
+
+
+def _close_assistant(page: Any) -> None:
+    """MLflow 3.17 opens its chat assistant beside the runs; it hides half the table."""
+    close = page.locator("button[data-component-id='mlflow.assistant.chat_panel.close']")
+    if close.count():
+        close.first.click()
+
+
+def _widen(page: Any, col_id: str, pixels: int) -> None:
+    """Drag a table column's right edge (ag-grid's resize handle): recipe run names do not fit the default width."""
+    box = page.locator(f".ag-header-cell[col-id='{col_id}']").first.bounding_box()
+    if box is None:
+        return
+    x, y = box["x"] + box["width"] - 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + pixels, y, steps=8)
+    page.mouse.up()
+
+
+def _shoot(page: Any, path: Path, elements_js: str) -> None:
+    """A screenshot down to the lowest of `elements_js` (a JavaScript array of elements): no empty page below."""
+    bottom = page.evaluate(f"Math.max(...({elements_js}).map(e => e.getBoundingClientRect().bottom))")
+    page.screenshot(path=str(path), clip={"x": 0, "y": 0, "width": VIEWPORT["width"],
+                                          "height": min(VIEWPORT["height"], bottom + 24)})
+
+
+def _page_record(page: Any) -> dict[str, Any]:
+    images = page.eval_on_selector_all("img", "els => els.map(e => e.getAttribute('alt') || '')")
+    return {"url": page.url, "text": page.inner_text("body"), "image_alts": [a for a in images if a]}
+
+
+def screenshots(uri: str, facts: dict[str, Any], out: Path, chromium: str) -> dict[str, Any]:
+    from playwright.sync_api import sync_playwright
+
+    experiment = facts["experiment_id"]
+    parents = facts["recipe_runs"]
+    columns = sorted({k.split("/", 1)[1] for p in parents for k in p["metrics"] if k.startswith("pipeline/")})
+    runs_url = f"{uri}/#/experiments/{experiment}/runs?{ML_VIEW}"
+    pages: dict[str, Any] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT)
+        # the chart view first, recipe runs collapsed: each parent's pipeline/* chart, the runs overlaid
+        page.goto(runs_url + "&compareRunsMode=CHART")
+        page.wait_for_selector("text=pipeline/", timeout=60000)
+        _close_assistant(page)
+        # room for the charts and, later, for the table's columns: the sidebar folds (kept for the next pages)
+        page.locator("button[data-component-id='mlflow_header.toggle_sidebar_button']").click()
+        # one row of charts: the primary metric, MACs and params (the chart search takes a regular expression)
+        shown = [c for c in columns if c not in ("size_mb",)]
+        page.get_by_placeholder("Search metric charts").fill(f"^pipeline/({'|'.join(map(re.escape, shown))})$")
+        _settle(page, 3000)
+        _shoot(page, out / "charts.png", "[...document.querySelectorAll('*')].filter(e => e.children.length === 0 && "
+                                         "e.textContent.includes('(pipeline/'))")
+        pages["charts"] = _page_record(page)
+
+        page.goto(runs_url)
+        page.wait_for_selector(f"text={parents[-1]['name']}", timeout=60000)
+        _settle(page)
+        _close_assistant(page)
+        # as columns: the stages' metrics (those the parents chart), what each stage did (run, reuse...) and the
+        # recipe run's --set overrides; the Source column is empty for runs made by a program
+        page.get_by_role("button", name="Columns").click()
+        for title in [*columns, "recipe_runner.action", "overrides", "Source"]:
+            page.locator(f".du-bois-light-tree-node-content-wrapper[title='{title}']").first.click()
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(500)
+        # room for the columns that tell the stages apart: the Models column narrows
+        _widen(page, "attributes.`Run Name`", 90)
+        _widen(page, "attributes.`Models`", -80)
+        _widen(page, "params.`overrides`", 90)
+        # expand every recipe run to its stage runs (the button sits in the parent's name cell)
+        expand = page.locator("button[data-component-id$='runnamecellrenderer.tsx_46']")
+        for i in range(expand.count()):
+            expand.nth(i).click()
+        page.wait_for_selector(f"text={parents[-1]['stages'][-1]['name']}")
+        page.mouse.click(VIEWPORT["width"] // 2, VIEWPORT["height"] - 120)  # off the rows: no focus outline
+        _settle(page)
+        _shoot(page, out / "runs.png", "[...document.querySelectorAll('.ag-row')]")
+        pages["runs"] = _page_record(page)
+
+        prune = next(s for p in parents for s in p["stages"] if "prune_steps.png" in s["artifacts"])
+        page.goto(f"{uri}/#/experiments/{experiment}/runs/{prune['run_id']}/artifacts/prune_steps.png?{ML_VIEW}")
+        # the artifact viewer draws the image from a blob URL, with the file name as its alt text
+        page.wait_for_selector("img[alt='prune_steps.png']", timeout=60000)
+        _settle(page)
+        _shoot(page, out / "prune-steps.png", "[...document.querySelectorAll(\"img[alt='prune_steps.png']\")]")
+        pages["prune_steps"] = _page_record(page)
+
+        page.goto(f"{uri}/#/experiments/{experiment}/models?{ML_VIEW}")
+        _settle(page, 3000)
+        pages["models"] = _page_record(page)
+        browser.close()
+    return pages
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for the PNGs and pages.json")
+    parser.add_argument("--recipe", type=Path, help="recipe to run (default: the quickstart's stages at test size)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for both runs")
+    parser.add_argument("--second", action="append", default=None,
+                        help="override for the second run (default: stages.prune.ratio=0.3)")
+    parser.add_argument("--chromium", default=find_chromium(), help="Chromium executable (default: from PATH)")
+    args = parser.parse_args(argv)
+    if not args.chromium:
+        parser.error("no Chromium found: apt-get install chromium, or pass --chromium PATH")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="rr-ui-") as tmp:
+        folder = Path(tmp)
+        recipe = args.recipe.resolve() if args.recipe else folder / "recipe.yaml"
+        if not args.recipe:
+            recipe.write_text(TINY)
+        with mlflow_server(folder) as uri:
+            run_recipe(recipe, uri, args.overrides, folder)
+            run_recipe(recipe, uri, args.overrides + (args.second or ["stages.prune.ratio=0.3"]), folder)
+            facts = records(uri)
+            pages = screenshots(uri, facts, args.out, args.chromium)
+    (args.out / "pages.json").write_text(json.dumps({"records": facts, "pages": pages}, indent=1))
+    print(f"wrote {', '.join(sorted(p.name for p in args.out.iterdir()))} to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -64,7 +64,7 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
         elif node.id in forced:
             stages.append(PlannedStage(node, "run"))
         else:
-            finished, resumable = tracker.lookup(node.cache_key, T.done_tag(STAGES.get(node.type).gives))
+            finished, resumable = tracker.lookup(node.cache_key, T.done_tag(graph.gives(node.id)))
             if finished is not None:
                 stages.append(PlannedStage(node, "reuse", finished))
             elif resumable is not None:
@@ -93,6 +93,10 @@ def _load_family_and_data(recipe: Recipe, base: Path) -> tuple[Any, Any]:
                 family.check_args(dict(getattr(config, "args", None) or {}))
             except ValueError as exc:
                 raise recipe.located(("stages", sid, "args"), str(exc)) from None
+            check = STAGES.get(decl.type).check
+            problem = check(config) if check else None
+            if problem:
+                raise recipe.located(("stages", sid, problem[0]), problem[1])
     try:
         data = resolve_data(recipe.data, entry.task, base)
     except (DataError, OSError) as exc:

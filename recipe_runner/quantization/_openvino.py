@@ -14,6 +14,8 @@ from ._request import QuantizeRequest
 
 
 def quantize(request: QuantizeRequest) -> None:
+    import logging
+
     import nncf
     import onnx
     import openvino as ov
@@ -23,6 +25,7 @@ def quantize(request: QuantizeRequest) -> None:
 
     if request.calibration is None or not len(request.calibration):
         raise ValueError("int8-static needs calibration images")
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # one INFO line per node it leaves alone floods the console
     model = ov.convert_model(str(request.source))
     rows = [request.calibration[i:i + 1] for i in range(len(request.calibration))]
     ignored = nncf.IgnoredScope(names=list(request.keep_float), validate=False) if request.keep_float else None

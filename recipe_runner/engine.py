@@ -28,7 +28,7 @@ from .pruning.unstructured import sparsity as weight_sparsity
 from .stages import STAGES
 
 PACKAGES = ["recipe-runner", "torch", "torchvision", "torch-pruning", "ultralytics-opencv-headless", "ultralytics", "mlflow",
-            "onnx", "onnxruntime", "pydantic"]
+            "onnx", "onnxruntime", "pydantic", "openvino", "nncf"]
 
 
 class StageFailed(RuntimeError):

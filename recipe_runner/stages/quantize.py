@@ -79,45 +79,26 @@ def check_backend(config: QuantizeConfig) -> Optional[tuple[str, str]]:
 
 
 def run_quantize(ctx: StageContext, config: QuantizeConfig) -> StageOutput:
-    from ..quantization import BACKENDS, QuantizeRequest, layer_precision
+    from ..quantization import BACKENDS, layer_precision
 
     family, primary = ctx.family, ctx.family.primary_metric
     fp32 = family.write_onnx(ctx.parent_model, ctx.workdir / "fp32.onnx", config.imgsz, config.opset)
-    suffix = ".openvino" if config.backend == "openvino" else ".onnx"  # OpenVINO's IR, packed in one file
-    target = ctx.workdir / f"model_{config.mode.replace('-static', '').replace('-dynamic', '_dynamic')}{suffix}"
-    request = QuantizeRequest(fp32, target, config.mode, per_channel=config.per_channel)
-    force_head = config.test_only_quantize_head
-    if force_head:
-        ctx.warn("test_only_quantize_head: the model's head is quantized too (test only)")
-    elif config.mode != "fp16" or config.backend != "onnxruntime":
-        import onnx
-
-        request.keep_float = family.float_nodes(onnx.load(str(fp32), load_external_data=False))
-        request.op_types = WEIGHTED_OPS if request.keep_float else None
-    metrics: dict[str, float] = {}
-    if config.mode == "int8-static":
-        request.calibration = _calibration(ctx, config)
-        request.calibrate_method = config.calibrate_method
-        metrics["calibration_images"] = float(len(request.calibration))
-        if config.backend == "onnxruntime":
-            request.ranges_cache, metrics["calibration_reused"] = _ranges_cache(ctx, config, request, force_head)
-    elif config.mode == "fp16":
-        ctx.warn("fp16 is a GPU target: ONNX Runtime runs FP16 no faster on a CPU (it casts around unsupported "
-                 "kernels); the file is half the size, its CPU latency is logged as measured")
+    request, metrics = _request(ctx, config, fp32)
     BACKENDS.get(config.backend).quantize(request)
+    target = request.target
     if request.ranges_cache is not None and request.ranges_cache.is_file():
         _keep_ranges(ctx, request.ranges_cache)
-    precision = layer_precision(target)
-    if config.mode == "int8-dynamic" and precision["int8_layers"] == 0:
+    metrics.update(layer_precision(target))
+    if config.mode == "int8-dynamic" and metrics["int8_layers"] == 0:
         ctx.warn("int8-dynamic quantized nothing: it quantizes MatMul/Gemm weights only (ONNX Runtime has no fast CPU "
                  "kernel for dynamically quantized convolutions) and this model has none; use int8-static")
 
+    # the reference is the FP32 file at the same imgsz in the same runtime, not the parent run's number
     reference = family.evaluate_file(fp32, ctx.data, config)
     quantized = family.evaluate_file(target, ctx.data, config)
     drop = reference[primary] - quantized[primary]
     metrics.update({f"q_{k}": v for k, v in quantized.items()})
     metrics.update({f"fp32_{k}": v for k, v in reference.items()})
-    metrics.update(precision)
     metrics["metric_drop"] = drop
     metrics["fp32_size_mb"] = fp32.stat().st_size / 1e6
     metrics.update(_latencies(family, fp32, target, config))
@@ -129,6 +110,33 @@ def run_quantize(ctx: StageContext, config: QuantizeConfig) -> StageOutput:
     return StageOutput(file=target, metrics=metrics)
 
 
+def _request(ctx: StageContext, config: QuantizeConfig, fp32: Path):
+    """What the backend is asked to do (what stays float, calibration images, ranges cache) and the first metrics."""
+    from ..quantization import QuantizeRequest
+
+    suffix = ".openvino" if config.backend == "openvino" else ".onnx"  # OpenVINO's IR, packed in one file
+    target = ctx.workdir / f"model_{config.mode.replace('-static', '').replace('-dynamic', '_dynamic')}{suffix}"
+    request = QuantizeRequest(fp32, target, config.mode, per_channel=config.per_channel)
+    metrics: dict[str, float] = {}
+    if config.test_only_quantize_head:
+        ctx.warn("test_only_quantize_head: the model's head is quantized too (test only)")
+    elif config.mode != "fp16":  # FP16 keeps the range (up to 65504) that one INT8 scale loses: nothing stays float
+        import onnx
+
+        request.keep_float = ctx.family.float_nodes(onnx.load(str(fp32), load_external_data=False))
+        request.op_types = WEIGHTED_OPS if request.keep_float else None
+    if config.mode == "int8-static":
+        request.calibration = _calibration(ctx, config)
+        request.calibrate_method = config.calibrate_method
+        metrics["calibration_images"] = float(len(request.calibration))
+        if config.backend == "onnxruntime":
+            request.ranges_cache, metrics["calibration_reused"] = _ranges_cache(ctx, config, request)
+    elif config.mode == "fp16":
+        ctx.warn("fp16 is a GPU target: ONNX Runtime runs FP16 no faster on a CPU (it casts around unsupported "
+                 "kernels); the file is half the size, its CPU latency is logged as measured")
+    return request, metrics
+
+
 def _calibration(ctx: StageContext, config: QuantizeConfig):
     if config.calibration_split == "val":
         ctx.warn("calibrating on the validation split: the quantized model's metric is then measured on images "
@@ -137,13 +145,13 @@ def _calibration(ctx: StageContext, config: QuantizeConfig):
                                           split=config.calibration_split)
 
 
-def _ranges_cache(ctx: StageContext, config: QuantizeConfig, request, force_head: bool) -> tuple[Path, float]:
+def _ranges_cache(ctx: StageContext, config: QuantizeConfig, request) -> tuple[Path, float]:
     """Where ONNX Runtime reads (if there) or writes the calibration ranges, and 1.0 if they were cached: keyed by
     what they depend on, so a re-run with another threshold or after a failure skips calibration."""
     identity = {"parent": ctx.parent_cache_key, "imgsz": config.imgsz, "opset": config.opset,
                 "images": config.calibration_images, "split": config.calibration_split, "seed": ctx.seed,
                 "method": config.calibrate_method, "ops": request.op_types, "float": sorted(request.keep_float),
-                "head": force_head, "format": 1}
+                "head": config.test_only_quantize_head, "format": 1}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
     local = ctx.workdir / "calibration" / "ranges.json"
     local.parent.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,7 @@ def _preprocessed(source: Path, work: Path) -> Path:
 
 
 def _static(request: QuantizeRequest, model: Path) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     import onnx
 
@@ -78,6 +78,9 @@ def _static(request: QuantizeRequest, model: Path) -> None:
         per_channel=request.per_channel, nodes_to_exclude=keep or None,
         calibrate_method=getattr(CalibrationMethod, _METHODS[request.calibrate_method]),
         calibration_cache_path=request.ranges_cache,
+        # U8S8 (uint8 activations, int8 weights) is ONNX Runtime's x86 fast path: on this machine's AVX-512 VNNI
+        # CPU, YOLOv8n at 640 px ran 37 ms with U8S8 and 205 ms with the S8S8 default (FP32: 64 ms)
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
     )
 
 

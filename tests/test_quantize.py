@@ -26,6 +26,7 @@ QUANTIZED = PRUNED + """\
   evaluate: {type: evaluate, from: bench}
 """
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
+NO_OPENVINO = "the openvino extra is not installed (pip install 'recipe-runner[openvino]')"
 
 
 def by_node(runs) -> dict:
@@ -76,7 +77,8 @@ def test_int8_fp16_dynamic_of_a_pruned_classifier_then_benchmark_and_evaluate_th
     assert int8.metrics["size_mb"] < 0.5 * int8.metrics["fp32_size_mb"]
     assert int8.metrics["calibration_images"] == 32  # from the 64 training images
     client = MlflowClient(uri)
-    assert [a.path for a in client.list_artifacts(runs["int8"].info.run_id, "calibration")] == ["calibration/ranges.json"]
+    calibration = client.list_artifacts(runs["int8"].info.run_id, "calibration")
+    assert [a.path for a in calibration] == ["calibration/ranges.json"]
     assert not client.list_artifacts(runs["int8"].info.run_id, "checkpoint")
     # fp16: half-size float16 weights, a console note that CPUs gain nothing
     assert fp16.metrics["fp16_initializers"] > 0 and fp16.metrics["int8_layers"] == 0
@@ -116,7 +118,7 @@ def test_benchmark_of_a_model_exports_fp32_at_both_sizes(workspace: Path):
     assert "top1" in bench  # the parent's accuracy, for the compare view
 
 
-@pytest.mark.skipif(not HAS_OPENVINO, reason="the openvino extra is not installed (pip install 'recipe-runner[openvino]')")
+@pytest.mark.skipif(not HAS_OPENVINO, reason=NO_OPENVINO)
 def test_openvino_backend_quantizes_a_pruned_classifier(workspace: Path):
     stages = PRUNED + "  ov: {type: quantize, backend: openvino, calibration_images: 32}\n"
     result = cli("run", write_recipe(workspace, stages))

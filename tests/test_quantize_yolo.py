@@ -30,6 +30,7 @@ stages:
   train: {type: train, epochs: 30, args: {nbs: 8, warmup_epochs: 1, mosaic: 0.0}}
 """
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
+NO_OPENVINO = "the openvino extra is not installed (pip install 'recipe-runner[openvino]')"
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,7 @@ def test_int8_and_fp16_of_a_pruned_yolo_keep_the_head_decode_float(here: Path):
     assert bench["latency_ms_t1_96px"] > 0 and bench["latency_ms_t1_64px"] > 0 and bench["throughput_t1_b2_96px"] > 0
 
 
-@pytest.mark.skipif(not HAS_OPENVINO, reason="the openvino extra is not installed (pip install 'recipe-runner[openvino]')")
+@pytest.mark.skipif(not HAS_OPENVINO, reason=NO_OPENVINO)
 def test_openvino_backend_on_yolo_keeps_the_head_decode_float(here: Path):
     result, runs = run(here, "  ov: {type: quantize, backend: openvino, calibration_images: 16}\n")
     assert result.exit_code == 0, result.output

@@ -228,7 +228,8 @@ class TorchvisionFamily(ModelFamily):
         return np.stack([dataset[int(i)][0].numpy() for i in sorted(order)]).astype(np.float32)
 
     def evaluate_file(self, path: Path, data, knobs: EvalKnobs) -> dict[str, float]:
-        """Top-1 and loss of the file (ONNX, or OpenVINO IR) on the validation split (batch 1 if its batch axis is fixed)."""
+        """Top-1 and loss of the file (ONNX, or OpenVINO IR) on the validation split (batch 1 if its batch axis
+        is fixed)."""
         from .onnx_runtime import all_cores
         from .runtimes import dynamic_batch, runtime_for
 

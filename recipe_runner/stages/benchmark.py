@@ -19,8 +19,8 @@ from ..config_base import StageConfig
 class BenchmarkConfig(StageConfig):
     type: Literal["benchmark"] = "benchmark"
     imgsz: int = Field(64, ge=16, le=4096, description="the recipe's input size")
-    bench_imgsz: Optional[int] = Field(None, ge=16, le=4096,
-                                       description="second input size timed; default: the family's (YOLO 640, classifiers 224)")
+    bench_imgsz: Optional[int] = Field(
+        None, ge=16, le=4096, description="second input size timed; default: the family's (YOLO 640, classifiers 224)")
     batch: int = Field(8, ge=1, le=1024, description="batch of the throughput measurement")
     runs: int = Field(50, ge=50, le=100_000, description="timed batch-1 calls per setting (median and p90 of these)")
     warmup: int = Field(10, ge=1, le=10_000, description="untimed calls first")
@@ -60,7 +60,8 @@ def _file_at(ctx: StageContext, config: BenchmarkConfig, imgsz: int) -> Optional
         return ctx.family.write_onnx(ctx.parent_model, ctx.workdir / f"fp32_{imgsz}.onnx", imgsz, config.opset)
     if accepts_size(ctx.parent_file, imgsz):
         return ctx.parent_file
-    ctx.warn(f"{ctx.parent_file.name} takes input {runtime_for(ctx.parent_file).input_shape(ctx.parent_file)}, not {imgsz} px: "
+    shape = runtime_for(ctx.parent_file).input_shape(ctx.parent_file)
+    ctx.warn(f"{ctx.parent_file.name} takes input {shape}, not {imgsz} px: "
              f"not timed at {imgsz} (benchmark the model stage before it to time any size)")
     return None
 

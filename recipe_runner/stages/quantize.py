@@ -77,7 +77,8 @@ class QuantizeConfig(StageConfig):
     @classmethod
     def _method_of_backend(cls, method: str, info: ValidationInfo) -> str:
         if info.data.get("backend") == "openvino" and method != "minmax":
-            raise ValueError(f"backend openvino chooses its own ranges: calibrate_method must be minmax (got '{method}')")
+            raise ValueError("backend openvino chooses its own ranges: calibrate_method must be minmax "
+                             f"(got '{method}')")
         return method
 
 

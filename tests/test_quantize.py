@@ -120,7 +120,9 @@ def test_benchmark_of_a_model_exports_fp32_at_both_sizes(workspace: Path):
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason=NO_OPENVINO)
 def test_openvino_backend_quantizes_a_pruned_classifier(workspace: Path):
-    stages = PRUNED + "  ov: {type: quantize, backend: openvino, calibration_images: 32}\n"
+    stages = PRUNED + ("  ov: {type: quantize, backend: openvino, calibration_images: 32}\n"
+                       "  bench_ov: {type: benchmark, from: ov, batch: 2}\n"
+                       "  bench_fp32_ov: {type: benchmark, from: prune, runtime: openvino, batch: 2}\n")
     result = cli("run", write_recipe(workspace, stages))
     assert result.exit_code == 0, result.output
     uri = local_uri(workspace)
@@ -134,3 +136,9 @@ def test_openvino_backend_quantizes_a_pruned_classifier(workspace: Path):
 
     model = openvino_runtime.session(path, threads=1)
     assert openvino_runtime.run(model, np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 4)
+    # benchmark: OpenVINO runs the .openvino file, and (runtime: openvino) an FP32 export of a model
+    runs = by_node(stage_runs(uri))
+    for node in ("bench_ov", "bench_fp32_ov"):
+        bench = runs[node].data.metrics
+        assert bench["openvino_runtime"] == 1.0 and bench["latency_ms_t1_32px"] > 0, node
+        assert bench["throughput_t1_b2_32px"] > 0, node

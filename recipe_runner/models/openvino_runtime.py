@@ -45,16 +45,22 @@ def unpack(path: Path, folder: Path) -> Path:
     return folder / "model.xml"
 
 
+def read(path: Path):
+    """OpenVINO's model of a packed IR, or of an .onnx file (OpenVINO reads ONNX itself: FP32 baselines)."""
+    import openvino as ov
+
+    if not is_openvino(path):
+        return ov.Core().read_model(str(path))
+    with tempfile.TemporaryDirectory(prefix="ov-") as work:
+        return ov.Core().read_model(str(unpack(path, Path(work) / "m")))
+
+
 def session(path: Path, threads: int = 1):
     """The file compiled for the CPU with `threads` inference threads, one stream, latency hint."""
     import openvino as ov
 
-    with tempfile.TemporaryDirectory(prefix="ov-") as work:
-        xml = unpack(path, Path(work) / "m")
-        core = ov.Core()
-        model = core.read_model(str(xml))
-        return core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
-                                                 "PERFORMANCE_HINT": "LATENCY"})
+    return ov.Core().compile_model(read(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+                                                       "PERFORMANCE_HINT": "LATENCY"})
 
 
 def run(model, images: np.ndarray) -> np.ndarray:
@@ -63,12 +69,8 @@ def run(model, images: np.ndarray) -> np.ndarray:
 
 def input_shape(path: Path) -> list:
     """Like onnx_runtime.input_shape: ints for fixed axes, '?' for dynamic ones."""
-    import openvino as ov
-
-    with tempfile.TemporaryDirectory(prefix="ov-") as work:
-        model = ov.Core().read_model(str(unpack(path, Path(work) / "m")))
-        shape = model.inputs[0].get_partial_shape()
-        return [d.get_length() if d.is_static else "?" for d in shape]
+    shape = read(path).inputs[0].get_partial_shape()
+    return [d.get_length() if d.is_static else "?" for d in shape]
 
 
 def measure(path: Path, imgsz: int, threads: list[int], runs: int = 50, warmup: int = 10, batch: int = 0,

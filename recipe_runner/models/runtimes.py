@@ -9,10 +9,11 @@ from pathlib import Path
 from types import ModuleType
 
 
-def runtime_for(path: Path) -> ModuleType:
+def runtime_for(path: Path, runtime: str = "auto") -> ModuleType:
+    """auto: OpenVINO for .openvino files, ONNX Runtime for .onnx; openvino: OpenVINO for both."""
     from . import onnx_runtime, openvino_runtime
 
-    return openvino_runtime if openvino_runtime.is_openvino(path) else onnx_runtime
+    return openvino_runtime if runtime == "openvino" or openvino_runtime.is_openvino(path) else onnx_runtime
 
 
 def accepts_size(path: Path, imgsz: int, batch: int = 1) -> bool:

@@ -25,6 +25,18 @@ class BenchmarkConfig(StageConfig):
     runs: int = Field(50, ge=50, le=100_000, description="timed batch-1 calls per setting (median and p90 of these)")
     warmup: int = Field(10, ge=1, le=10_000, description="untimed calls first")
     opset: int = Field(17, ge=11, le=23, description="ONNX opset of the FP32 export (for a model parent)")
+    runtime: Literal["auto", "openvino"] = Field(
+        "auto", description="auto: ONNX Runtime for .onnx, OpenVINO for .openvino files; openvino: OpenVINO for both "
+                            "(to time an FP32 .onnx where OpenVINO will run it)")
+
+
+def check_runtime(config: BenchmarkConfig) -> Optional[tuple[str, str]]:
+    if config.runtime != "openvino":
+        return None
+    from ..quantization import missing_backend
+
+    problem = missing_backend("openvino")
+    return ("runtime", problem) if problem else None
 
 
 def run_benchmark(ctx: StageContext, config: BenchmarkConfig) -> StageOutput:
@@ -40,9 +52,11 @@ def run_benchmark(ctx: StageContext, config: BenchmarkConfig) -> StageOutput:
         if path is None:
             continue
         batch = config.batch if dynamic_batch(path) else 0
-        measured = runtime_for(path).measure(path, imgsz, threads, runs=config.runs, warmup=config.warmup, batch=batch)
+        runtime = runtime_for(path, config.runtime)
+        measured = runtime.measure(path, imgsz, threads, runs=config.runs, warmup=config.warmup, batch=batch)
         # MLflow metric names take no '@': latency_ms_t1_640px
         metrics.update({f"{k}_{imgsz}px": v for k, v in measured.items()})
+        metrics["openvino_runtime"] = float(runtime.__name__.endswith("openvino_runtime"))
         metrics[f"file_size_mb_{imgsz}px"] = path.stat().st_size / 1e6
         if batch == 0:
             ctx.warn(f"the file's batch axis is fixed: no throughput at batch {config.batch}")
@@ -66,6 +80,6 @@ def _file_at(ctx: StageContext, config: BenchmarkConfig, imgsz: int) -> Optional
     return None
 
 
-STAGES.register("benchmark")(StageType(BenchmarkConfig, run_benchmark, gives="parent",
+STAGES.register("benchmark")(StageType(BenchmarkConfig, run_benchmark, gives="parent", check=check_runtime,
                                        takes=frozenset({"model", "file"}),
                                        description="time the parent's ONNX file (or an FP32 export of its model)"))

@@ -200,33 +200,17 @@ def _ranges_folder() -> Path:
 
 def _latencies(family, fp32: Path, target: Path, config: QuantizeConfig) -> dict[str, float]:
     """Batch-1 latency of the quantized file (1 thread and all cores) and of its FP32 source (1 thread) at imgsz."""
-    from ..models import onnx_runtime, openvino_runtime
+    from ..models import onnx_runtime
+    from ..models.runtimes import runtime_for
 
     imgsz = family.file_imgsz(config.imgsz)
     threads = sorted({1, onnx_runtime.all_cores()})
-    runtime = openvino_runtime if openvino_runtime.is_openvino(target) else onnx_runtime
+    runtime = runtime_for(target)
     out = runtime.measure(target, imgsz, threads)
-    # the FP32 reference in the runtime that runs the quantized file (OpenVINO reads ONNX directly)
-    if runtime is openvino_runtime:
-        out.update(_openvino_fp32(fp32, imgsz))
-    else:
-        out.update(onnx_runtime.measure(fp32, imgsz, [1], prefix="fp32_"))
+    # the FP32 reference in the runtime that runs the quantized file (OpenVINO reads the ONNX file itself)
+    out.update(runtime.measure(fp32, imgsz, [1], prefix="fp32_"))
     out["speedup_t1"] = out["fp32_latency_ms_t1"] / out["latency_ms_t1"]
     return out
-
-
-def _openvino_fp32(fp32: Path, imgsz: int) -> dict[str, float]:
-    """OpenVINO latency of the FP32 ONNX file (converted in memory, packed like a quantized one)."""
-    import tempfile
-
-    import openvino as ov
-
-    from ..models import openvino_runtime
-
-    with tempfile.TemporaryDirectory(prefix="ov-fp32-", dir=fp32.parent) as work:
-        ov.save_model(ov.convert_model(str(fp32)), str(Path(work) / "model.xml"), compress_to_fp16=False)
-        packed = openvino_runtime.pack(Path(work), Path(work) / "fp32.openvino")
-        return openvino_runtime.measure(packed, imgsz, [1], prefix="fp32_")
 
 
 STAGES.register("quantize")(StageType(QuantizeConfig, run_quantize, gives="file", check=check_backend,

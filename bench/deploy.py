@@ -11,6 +11,7 @@ runtime, mAP50-95 (of the file itself for INT8 rows, on the 16 validation images
 
     python bench/deploy.py [WORKDIR]          # the real run: about 10 minutes on 2 idle CPU cores
     python bench/deploy.py WORKDIR --tiny     # a smoke test of the script (tiny data, 1-2 epochs: mAP ~0)
+    python bench/deploy.py WORKDIR --retime   # reuse the trained models, quantize and time again (a quiet machine)
 
 A WORKDIR keeps its mlflow.db: a second call reuses every stage (and shares train/prune/finetune with
 recipes/yolov8_depgraph.yaml and recipes/yolov8_deploy.yaml run in the same folder).
@@ -89,7 +90,9 @@ def main() -> None:
     if not openvino:
         print("openvino/nncf not installed: ONNX Runtime rows only (pip install 'recipe-runner[openvino]')")
     text = recipe(TINY if tiny else FULL, openvino)
-    plan, reports, wall = run_recipe(text, work)
+    measuring = [line.split(":")[0].strip() for line in text.splitlines() if "type: benchmark" in line
+                 or "type: quantize" in line]
+    plan, reports, wall = run_recipe(text, work, force=tuple(measuring) if "--retime" in sys.argv else ())
     table = rows({r.node_id: r.metrics for r in reports}, openvino)
     print(f"{'model':34} {'MACs@' + str((TINY if tiny else FULL)['imgsz']):>9} {'MB':>6} {'ms@640 1t':>9} "
           f"{'speedup':>8} {'same-rt':>8} {'mAP50-95':>8}")

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-def run_recipe(text: str, work: Path) -> tuple[Any, list, float]:
-    """Run recipe `text` in folder `work` (its mlflow.db makes a second call reuse every stage)."""
+def run_recipe(text: str, work: Path, force: tuple[str, ...] = ()) -> tuple[Any, list, float]:
+    """Run recipe `text` in folder `work` (its mlflow.db makes a second call reuse every stage but `force`)."""
     from recipe_runner.engine import Engine
     from recipe_runner.planner import RunOptions, prepare
 
@@ -17,7 +17,7 @@ def run_recipe(text: str, work: Path) -> tuple[Any, list, float]:
     recipe = work / "recipe.yaml"
     recipe.write_text(text)
     started = time.time()
-    plan = prepare(recipe, RunOptions())
+    plan = prepare(recipe, RunOptions(force=list(force)))
     reports = Engine(plan, lambda description, total: (lambda n: None), announce=lambda line: print(line, flush=True)).run()
     return plan, reports, time.time() - started
 

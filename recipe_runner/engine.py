@@ -31,7 +31,7 @@ from .pruning.unstructured import sparsity as weight_sparsity
 from .stages import STAGES, StageOutput
 
 PACKAGES = ["recipe-runner", "torch", "torchvision", "torch-pruning", "ultralytics-opencv-headless", "ultralytics", "mlflow",
-            "onnx", "onnxruntime", "pydantic"]
+            "onnx", "onnxruntime", "pydantic", "openvino", "nncf"]
 
 
 class StageFailed(RuntimeError):
@@ -61,6 +61,7 @@ class RunningStage:
         self.stage_id, self.family, self.data, self.seed = node.id, engine.family, engine.data, engine.plan.recipe.seed
         self.model_source = engine.plan.recipe.model.source
         self.parent_model, self.parent_file, self.parent_metrics = parent.model, parent.file, parent.metrics
+        self.parent_cache_key = engine.plan.graph.nodes[node.parent].cache_key if node.parent else ""
         self.resume_state, self.prefix = resume_state, prefix
 
     def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
@@ -206,7 +207,7 @@ class Engine:
             output = STAGES.get(node.type).run(ctx, node.config)
             metrics = dict(output.metrics)
             metrics["epochs_trained"] = float(output.epochs_trained)
-            if STAGES.get(node.type).gives == "file":
+            if self.plan.graph.gives(node.id) == "file":
                 result = self._record_file(node, run_id, output, metrics)
             else:
                 result = self._record_model(node, run_id, workdir, output, metrics)
@@ -272,7 +273,7 @@ class Engine:
 
     def input_of(self, node_id: str, workdir: Path) -> StageInput:
         """A stage's output for its child: in memory if it ran here, else fetched from MLflow and verified."""
-        gives = STAGES.get(self.plan.graph.nodes[node_id].type).gives
+        gives = self.plan.graph.gives(node_id)
         if node_id not in self.outputs:
             source = self.sources[node_id]
             if gives == "file":

@@ -49,6 +49,13 @@ class StageGraph:
             current = self.nodes[current].parent
         return out
 
+    def gives(self, node_id: str) -> str:
+        """What the node hands its children: "model" or "file" (a pass-through stage gives what its parent gives)."""
+        from .stages import output_kind
+
+        chain = [node_id, *self.ancestors(node_id)]
+        return output_kind([self.nodes[n].type for n in reversed(chain)])
+
     def descendants(self, node_id: str) -> list[str]:
         return [n.id for n in self.nodes.values() if node_id in self.ancestors(n.id)]
 

@@ -69,7 +69,7 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
         elif node.id in forced:
             stages.append(PlannedStage(node, "run", forced=True))
         else:
-            finished, resumable = tracker.lookup(node.cache_key, T.done_tag(STAGES.get(node.type).gives))
+            finished, resumable = tracker.lookup(node.cache_key, T.done_tag(graph.gives(node.id)))
             if finished is not None:
                 stages.append(PlannedStage(node, "reuse", finished))
             elif resumable is not None:

@@ -35,8 +35,8 @@ CASES: dict[str, tuple[int, str]] = {
     "unknown_stage_key": (11, "stages.prune.ratoi: unknown key 'ratoi'; did you mean 'ratio'?"),
     "stage_type_typo": (7, "unknown stage type 'trian'; did you mean 'train'?"),
     "stage_type_not_a_name": (7, "unknown stage type"),
-    # no closing parenthesis: stage types registered later (sparse-train, quantize) are appended to the list
-    "missing_stage_type": (6, "missing required key 'type' (known: evaluate, export, prune, train, finetune"),
+    "missing_stage_type": (6, "missing required key 'type' (known: benchmark, evaluate, export, prune, quantize, "
+                              "train, finetune, sparse-train)"),
     "prune_method_typo": (10, "unknown method 'depgraf'; did you mean 'depgraph'?"),
     "prune_missing_method": (8, "missing required key 'method' (known: depgraph, slim, l1-unstructured)"),
     "importance_typo": (11, "(got 'grop-l2'); did you mean 'group-l2'?"),
@@ -73,6 +73,11 @@ CASES: dict[str, tuple[int, str]] = {
     "bad_recipe_name": (2, "recipe name 'my experiment' must start with a letter or digit"),
     "export_bad_opset": (10, "stages.onnx.opset: Input should be greater than or equal to 11 (got 7)"),
     "finetune_from_export": (12, "a 'finetune' stage takes a PyTorch model, but 'onnx' (export) gives a model file"),
+    "prune_from_int8": (13, "a 'prune' stage takes a PyTorch model, but 'int8' (quantize) gives a model file"),
+    "prune_from_benchmark_of_int8": (12, "a 'finetune' stage takes a PyTorch model, but 'bench' (benchmark) gives a model file"),
+    "quantize_mode_int3": (10, "stages.int8.mode: Input should be 'int8-static', 'int8-dynamic' or 'fp16' (got 'int3')"),
+    "calibration_images_zero": (10, "stages.int8.calibration_images: Input should be greater than or equal to 1 (got 0)"),
+    "openvino_fp16": (11, "stages.int8.mode: backend openvino does mode int8-static only (got 'fp16')"),
     "negative_seed": (3, "seed: Input should be greater than or equal to 0 (got -1)"),
     "sparse_penalty_typo": (10, "stages.sparse.penalty: Input should be 'bn-l1' or 'group-l2' (got 'l3')"),
     "sparse_negative_strength": (11, "stages.sparse.strength: Input should be greater than or equal to 0 (got -0.0001)"),
@@ -207,3 +212,22 @@ def test_schema_rejects_an_out_of_range_ratio(schema: dict):
     recipe = yaml.safe_load((MALFORMED / "ratio_too_big.yaml").read_text())
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(recipe, schema)
+
+
+def test_a_missing_optional_backend_is_a_located_error_at_plan_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     store: Path):
+    """`backend: openvino` without the extra installed: `plan` and `run` say how to install it, at the key's line."""
+    import recipe_runner.quantization as quantization
+
+    monkeypatch.setattr(quantization, "missing_backend", lambda name: f"backend '{name}' needs openvino, nncf, "
+                        "which is not installed: pip install 'recipe-runner[openvino]'")
+    recipe = tmp_path / "ov.yaml"
+    recipe.write_text("version: 1\nname: ov\nmodel: lenet\ndata: builtin:shapes-cls?train=8&val=4&imgsz=32\nstages:\n"
+                      "  train: {type: train, epochs: 1}\n  int8:\n    type: quantize\n    backend: openvino\n")
+    assert cli("validate", recipe).exit_code == 0  # the text is fine; what is installed is plan's business
+    for command in ("plan", "run"):
+        result = cli(command, recipe)
+        assert result.exit_code == 2, result.output
+        assert f"{recipe}:9:5: stages.int8.backend: backend 'openvino' needs openvino" in result.stderr
+        assert "pip install 'recipe-runner[openvino]'" in result.stderr
+    assert not store.exists()

@@ -43,28 +43,46 @@ def export_onnx_file(model: nn.Module, path: Path, imgsz: int, opset: int, dynam
 
 def validation_images(data: Any, imgsz: int, count: int) -> np.ndarray:
     """The first `count` validation images, letterboxed to imgsz, as float32 NCHW RGB in [0, 1]."""
-    import cv2
-    from ultralytics.data.augment import LetterBox
-    from ultralytics.data.utils import check_det_dataset
-    from ultralytics.data.utils import IMG_FORMATS
+    files = split_files(data, "val")[:count]
+    if not files:
+        raise ValueError("no validation images found to check the ONNX export against PyTorch")
+    return letterboxed(files, imgsz)
+
+
+def sample_images(data: Any, imgsz: int, count: int, seed: int = 0, split: str = "train") -> np.ndarray:
+    """A seeded sample of `count` images of a split (all of them if fewer), preprocessed like validation_images."""
+    files = split_files(data, split)
+    if not files:
+        raise ValueError(f"no {split} images found to calibrate INT8 quantization on")
+    order = np.random.default_rng(seed).permutation(len(files))[:count]
+    return letterboxed([files[i] for i in sorted(order)], imgsz)
+
+
+def split_files(data: Any, split: str) -> list[Path]:
+    """The image files of a split of the dataset, as Ultralytics lists them (folders or txt lists)."""
+    ultralytics_ready()
+    from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
 
     info = check_det_dataset(resolved_data_yaml(data))
-    val = info["val"] if isinstance(info["val"], list) else [info["val"]]
+    entries = info[split] if isinstance(info[split], list) else [info[split]]
     files: list[Path] = []
-    for entry in val:
+    for entry in entries:
         p = Path(entry)
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.suffix.lower().lstrip(".") in IMG_FORMATS)
         elif p.suffix == ".txt":
             files += [Path(line.strip()) if Path(line.strip()).is_absolute() else (p.parent / line.strip())
                       for line in p.read_text().splitlines() if line.strip()]
+    return files
+
+
+def letterboxed(files: list[Path], imgsz: int) -> np.ndarray:
+    """Images letterboxed to imgsz x imgsz as the exported model takes them: float32 NCHW RGB in [0, 1]."""
+    import cv2
+    from ultralytics.data.augment import LetterBox
+
     letterbox = LetterBox(new_shape=(imgsz, imgsz), auto=False)
-    images = []
-    for f in files[:count]:
-        image = letterbox(image=cv2.imread(str(f)))
-        images.append(image[..., ::-1].transpose(2, 0, 1) / 255.0)
-    if not images:
-        raise ValueError("no validation images found to check the ONNX export against PyTorch")
+    images = [letterbox(image=cv2.imread(str(f)))[..., ::-1].transpose(2, 0, 1) / 255.0 for f in files]
     return np.ascontiguousarray(np.stack(images), dtype=np.float32)
 
 

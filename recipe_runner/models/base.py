@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Protocol, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -104,6 +105,30 @@ class ModelFamily(ABC):
     def export_onnx(self, model: nn.Module, data, config, path: Path) -> dict[str, float]:
         """Write ONNX to `path`, compare ONNX Runtime with PyTorch, and return check metrics."""
 
+    @abstractmethod
+    def write_onnx(self, model: nn.Module, path: Path, imgsz: int, opset: int = 17) -> Path:
+        """Write FP32 ONNX with a dynamic batch axis (quantize and benchmark start from this file), no checks."""
+
+    @abstractmethod
+    def calibration_batches(self, data: DataSource, imgsz: int, count: int, seed: int = 0,
+                            split: str = "train") -> np.ndarray:
+        """A seeded sample of `count` images of `split` (train: calibration never sees validation images),
+        preprocessed as the ONNX file expects them: float32, N x 3 x S x S with S = file_imgsz(imgsz)."""
+
+    def file_imgsz(self, imgsz: int) -> int:
+        """The input size write_onnx(imgsz) gives the file (YOLO rounds up to its stride)."""
+        return imgsz
+
+    @abstractmethod
+    def evaluate_file(self, path: Path, data: DataSource, knobs: EvalKnobs) -> dict[str, float]:
+        """The family's accuracy metrics (same names as evaluate()) of an ONNX file, run by ONNX Runtime."""
+
+    def float_nodes(self, model: Any) -> list[str]:
+        """ONNX node names (of an onnx.ModelProto written by write_onnx) that INT8 quantization must keep in float
+        because one shared scale would destroy them (the YOLO head's decode). Default: none."""
+        return []
+
+    bench_imgsz: int = 224  # the benchmark's default second input size (the family's usual deployment size)
     max_devices: int = 1  # how many devices one stage may use
 
     def check_args(self, args: dict[str, Any]) -> None:

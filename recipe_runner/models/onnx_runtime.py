@@ -75,3 +75,50 @@ def latency(sess, example: np.ndarray, runs: int = 50, warmup: int = 5, threads:
         times.append((time.perf_counter() - start) * 1000)
     ordered = sorted(times)
     return Latency(ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], runs, threads)
+
+
+def all_cores() -> int:
+    """The thread count recorded as "all cores" (what ONNX Runtime's default of 0 would use here)."""
+    import os
+
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+@dataclass
+class Throughput:
+    images_per_s: float
+    batch: int
+    threads: int
+
+
+def throughput(sess, example: np.ndarray, runs: int = 10, warmup: int = 2, threads: int = 1) -> Throughput:
+    """Images per second at the batch of `example` (median batch time, so one slow call does not skew it)."""
+    timed = latency(sess, example, runs=runs, warmup=warmup, threads=threads)
+    return Throughput(len(example) * 1000.0 / timed.median_ms, len(example), threads)
+
+
+def input_shape(path: Path) -> list:
+    """The first input's shape: ints for fixed axes, names (str) for dynamic ones."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+
+
+def measure(path: Path, imgsz: int, threads: list[int], runs: int = 50, warmup: int = 10, batch: int = 0,
+            prefix: str = "") -> dict[str, float]:
+    """Batch-1 latency (median, p90) per thread count, and throughput at `batch` (0: none), as metric names
+    `{prefix}latency_ms_t{threads}`, `{prefix}latency_p90_ms_t{threads}`, `{prefix}throughput_t{threads}_b{batch}`."""
+    rng = np.random.default_rng(0)
+    single = rng.random((1, 3, imgsz, imgsz), dtype=np.float32)
+    out: dict[str, float] = {}
+    for count in threads:
+        sess = session(path, threads=count)
+        timed = latency(sess, single, runs=runs, warmup=warmup, threads=count)
+        out[f"{prefix}latency_ms_t{count}"] = timed.median_ms
+        out[f"{prefix}latency_p90_ms_t{count}"] = timed.p90_ms
+        if batch > 0:
+            images = rng.random((batch, 3, imgsz, imgsz), dtype=np.float32)
+            out[f"{prefix}throughput_t{count}_b{batch}"] = throughput(sess, images, threads=count).images_per_s
+    return out

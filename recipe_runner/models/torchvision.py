@@ -211,6 +211,48 @@ class TorchvisionFamily(ModelFamily):
         return model.eval()
 
     # -- export -----------------------------------------------------------
+    def write_onnx(self, model: nn.Module, path: Path, imgsz: int, opset: int = 17) -> Path:
+        """TorchScript export, dynamic batch only: adaptive pooling exports with a kernel fixed by the traced size,
+        so height and width stay fixed at imgsz."""
+        model.eval()
+        example = self.example_inputs(model, imgsz)
+        with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
+                              opset_version=opset, dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                              dynamo=False)
+        return path
+
+    def calibration_batches(self, data, imgsz: int, count: int, seed: int = 0, split: str = "train") -> np.ndarray:
+        """A seeded sample of a split's images (not the first ones: ImageFolder sorts by class), with the
+        validation transform (no augmentation)."""
+        from torchvision import datasets, transforms
+
+        transform = transforms.Compose([transforms.Resize((imgsz, imgsz)), transforms.ToTensor(),
+                                        transforms.Normalize(MEAN, STD)])
+        dataset = _image_folder(datasets.ImageFolder)(str(Path(data.path) / split), transform=transform)
+        if len(dataset) == 0:
+            raise ValueError(f"no {split} images found to calibrate INT8 quantization on")
+        order = np.random.default_rng(seed).permutation(len(dataset))[:count]
+        return np.stack([dataset[int(i)][0].numpy() for i in sorted(order)]).astype(np.float32)
+
+    def evaluate_file(self, path: Path, data, knobs: EvalKnobs) -> dict[str, float]:
+        """Top-1 and loss of the file (ONNX, or OpenVINO IR) on the validation split (batch 1 if its batch axis
+        is fixed)."""
+        from .onnx_runtime import all_cores
+        from .runtimes import dynamic_batch, runtime_for
+
+        runtime = runtime_for(path)
+        batch = knobs.batch if dynamic_batch(path) else 1
+        sess = runtime.session(path, threads=all_cores())
+        correct, total, loss = 0, 0, 0.0
+        for images, labels in self._loader(data, "val", knobs.model_copy(update={"batch": batch}), shuffle=False):
+            logits = torch.from_numpy(runtime.run(sess, images.numpy()).astype(np.float32))
+            loss += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+            correct += int((logits.argmax(1) == labels).sum())
+            total += len(labels)
+        return {"top1": correct / max(total, 1), "val_loss": loss / max(total, 1)}
+
     def export_onnx(self, model: nn.Module, data: DataSource, config, path: Path) -> dict[str, float]:
         from . import onnx_runtime
 

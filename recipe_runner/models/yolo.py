@@ -24,6 +24,16 @@ DESCRIPTION_FORMAT = 1
 _NOT_DETECTION = ("Segment", "Pose", "OBB", "Classify", "WorldDetect", "YOLOEDetect", "RTDETRDecoder", "Semantic")
 
 
+def _head_prefix(model: Any) -> str:
+    """'/model.22/': the node-name prefix of the last layer (the Detect head) in Ultralytics' ONNX export."""
+    import re
+
+    indices = [int(m.group(1)) for n in model.graph.node if (m := re.match(r"/model\.(\d+)/", n.name))]
+    if not indices:
+        raise ValueError("cannot find the Detect head's nodes in the ONNX graph (not an Ultralytics export?)")
+    return f"/model.{max(indices)}/"
+
+
 def _round_to_stride(imgsz: int, stride: int = 32) -> int:
     return max(stride, int(math.ceil(imgsz / stride) * stride))
 
@@ -216,3 +226,40 @@ class YoloFamily(ModelFamily):
         from ._yolo_export import export_and_check
 
         return export_and_check(self, model, data, config, path)
+
+    def write_onnx(self, model: nn.Module, path: Path, imgsz: int, opset: int = 17) -> Path:
+        """Ultralytics' exporter with dynamic batch, height and width (its metadata lets the validator run the file,
+        and a model quantized at the recipe's imgsz can be timed at 640)."""
+        from ._yolo_export import export_onnx_file
+
+        return export_onnx_file(model, path, _round_to_stride(imgsz), opset, True, False, 1)
+
+    def calibration_batches(self, data, imgsz: int, count: int, seed: int = 0, split: str = "train"):
+        from ._yolo_export import sample_images
+
+        return sample_images(data, _round_to_stride(imgsz), count, seed, split)
+
+    def file_imgsz(self, imgsz: int) -> int:
+        return _round_to_stride(imgsz)
+
+    def evaluate_file(self, path: Path, data, knobs: EvalKnobs) -> dict[str, float]:
+        """Ultralytics' validator runs the file: an .onnx directly, an OpenVINO IR unpacked into the
+        `*_openvino_model` folder it recognises."""
+        from .openvino_runtime import is_openvino, unpack
+
+        knobs = knobs.model_copy(update={"imgsz": _round_to_stride(knobs.imgsz)})
+        if not is_openvino(path):
+            return self._validate(str(path), data, knobs)
+        with tempfile.TemporaryDirectory(prefix="yolo-ov-") as work:
+            folder = unpack(path, Path(work) / "model_openvino_model")
+            return self._validate(str(folder.parent), data, knobs)
+
+    def float_nodes(self, model: Any) -> list[str]:
+        """The Detect head's decode: every node of the head module except its box/class convolution branches
+        (cv2, cv3; cv4 in variants), i.e. the DFL convolution, softmax, anchors, sigmoid and the final Concat of
+        pixel boxes with 0-1 scores, where one INT8 scale rounds every score to zero."""
+        head = _head_prefix(model)
+        branches = tuple(f"{head}cv{i}." for i in (2, 3, 4))
+        return [n.name for n in model.graph.node if n.name.startswith(head) and not n.name.startswith(branches)]
+
+    bench_imgsz = 640

@@ -14,7 +14,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..models import FAMILIES, family_for
 from ..registry import did_you_mean
-from ..stages import STAGES
+from ..stages import STAGES, output_kind
 from ._errors import Location, Problem, RecipeError
 from ._models import ModelSpec, RecipeHeader, TrackingConfig
 from ._yaml import Path as KeyPath
@@ -204,7 +204,11 @@ class _Validator:
         parent = decls.get(decl.parent) if decl.parent else None
         if parent is None:
             return
-        gives, takes = STAGES.get(parent.type).gives, STAGES.get(decl.type).takes
+        chain, seen = [parent], {parent.id}
+        while chain[-1].parent in decls and chain[-1].parent not in seen:  # cycles are reported elsewhere
+            seen.add(chain[-1].parent)
+            chain.append(decls[chain[-1].parent])
+        gives, takes = output_kind([d.type for d in reversed(chain)]), STAGES.get(decl.type).takes
         if gives not in takes:
             where = ("stages", decl.id, "from") if decl.from_location else ("stages", decl.id)
             wanted = " or ".join("a PyTorch model" if k == "model" else "a model file" for k in sorted(takes))

@@ -3,8 +3,8 @@
 To add a stage type: write a module with a pydantic config (subclass StageConfig)
 and a `run(ctx, config) -> StageOutput`, register it, and import it here.
 """
-from ._base import STAGES, StageContext, StageOutput, StageType
+from ._base import STAGES, StageContext, StageOutput, StageType, output_kind
 from ..config_base import StageConfig
-from . import evaluate, export, prune, sparse_train, train  # noqa: F401  (registration)
+from . import benchmark, evaluate, export, prune, quantize, sparse_train, train  # noqa: F401  (registration)
 
-__all__ = ["STAGES", "StageConfig", "StageContext", "StageOutput", "StageType"]
+__all__ = ["STAGES", "StageConfig", "StageContext", "StageOutput", "StageType", "output_kind"]

@@ -7,7 +7,9 @@ What flows along an edge is either a PyTorch module ("model": checkpointed by th
 as plain data) or a file ("file": an ONNX or INT8 model the stage wrote; the engine
 uploads it with its sha256 and writes no PyTorch checkpoint for it). A stage type says
 which it gives and which it takes, and the recipe loader refuses an edge that does not
-fit (e.g. a prune stage `from:` a quantize stage) with the location of `from:`.
+fit (e.g. a prune stage `from:` a quantize stage) with the location of `from:`. A stage that
+only measures (evaluate, benchmark) gives "parent": it hands on what it was given, so it may
+sit anywhere in a chain (quantize -> benchmark -> evaluate).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ class StageContext(Protocol):
     parent_model: Any  # torch.nn.Module, or None for a root stage or a parent whose output is a file
     parent_file: Optional[Path]  # the parent's output file (verified by sha256), when it gives a file
     parent_metrics: dict[str, float]  # what the parent's run logged (for "before vs after" metrics)
+    parent_cache_key: str  # the parent stage's cache key ("" for a root stage): names what its output is
     resume_state: Optional[dict]  # the last epoch checkpoint of an unfinished earlier attempt
 
     def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None: ...
@@ -51,7 +54,7 @@ class StageOutput:
     file: Optional[Path] = None  # the output file, for stage types that give "file"
 
 
-Kind = Literal["model", "file"]
+Kind = Literal["model", "file", "parent"]  # "parent": whatever the stage's parent gives (passed through)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,15 @@ class StageType:
     # run by the planner before anything runs: (config, skeleton) -> None, raising config_base.ConfigProblem for a
     # config this model cannot honour; `skeleton()` builds the recipe's architecture (cheaply, at most once)
     check: Optional[Callable[[Any, Callable[[], Any]], None]] = None
+
+
+def output_kind(stage_types: list[str]) -> str:
+    """What the last of a chain of stage types (root first) hands its children: "model" or "file"."""
+    kind = "model"
+    for name in stage_types:
+        gives = STAGES.get(name).gives
+        kind = kind if gives == "parent" else gives
+    return kind
 
 
 def file_metrics(ctx: StageContext, measured: dict[str, float], prefix: str) -> dict[str, float]:

@@ -1,0 +1,219 @@
+"""quantize: FP32 ONNX of the parent model -> INT8 (static or dynamic) or FP16 ONNX, measured, guarded.
+
+The output is the quantized .onnx file. Its accuracy is measured with the family's own metric on the
+validation split, next to the FP32 ONNX file's at the same imgsz (the honest reference: same input size,
+same runtime), and the stage fails if the primary metric falls more than `max_metric_drop` below it.
+Calibration images come from the TRAIN split; the calibration ranges are cached on disk by what they
+depend on (the parent's cache key, imgsz, images, method), so re-running with another threshold or
+after a failure skips calibration, and are logged with the run as calibration/ranges.json.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal, Optional
+
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic.json_schema import SkipJsonSchema
+
+from ._base import STAGES, StageContext, StageOutput, StageType, file_metrics
+from ..config_base import ConfigProblem, StageConfig
+
+# ops: weighted quantizes these only (Ultralytics' own rule for its ONNX INT8 export)
+WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
+
+
+class QuantizeConfig(StageConfig):
+    type: Literal["quantize"] = "quantize"
+    backend: Literal["onnxruntime", "openvino"] = Field(
+        "onnxruntime", description="onnxruntime (built in) or openvino (NNCF; pip install 'recipe-runner[openvino]')")
+    mode: Literal["int8-static", "int8-dynamic", "fp16"] = Field(
+        "int8-static", description="int8-static: calibrated QDQ; int8-dynamic: MatMul/Gemm weights only; "
+                                   "fp16: half-precision weights (a GPU target; on CPU for size only)")
+    calibration_images: int = Field(128, ge=1, le=100_000, description="images calibration runs on (int8-static)")
+    calibration_split: Literal["train", "val"] = Field(
+        "train", description="split the calibration images come from; train keeps validation images unseen")
+    calibrate_method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="how activation ranges are chosen from the calibration images (onnxruntime)")
+    per_channel: bool = Field(True, description="one weight scale per output channel (better accuracy, same speed)")
+    max_metric_drop: float = Field(
+        0.05, ge=0, le=1, description="fail if the primary metric falls more than this (absolute) below FP32's")
+    ops: Literal["all", "weighted"] = Field(
+        "all", description="all: every op the backend can quantize, except what the family keeps float (the YOLO "
+                           "head's decode); weighted: convolutions and matmuls only (onnxruntime)")
+    imgsz: int = Field(64, ge=16, le=4096, description="input size of the exported, calibrated and evaluated model")
+    batch: int = Field(16, ge=1, description="batch of the accuracy evaluation")
+    opset: int = Field(17, ge=13, le=21, description="ONNX opset of the FP32 export (QDQ per channel needs 13+)")
+    workers: int = Field(0, ge=0, le=64)
+    # TEST ONLY, left out of the schema and the README's key table: quantize the model's head too (every op type,
+    # nothing kept float) to force the accuracy collapse the guard must catch. A config key, not an environment
+    # variable, so it enters the cache key when set and a forced run is never mistaken for a normal one.
+    test_only_quantize_head: SkipJsonSchema[bool] = Field(False, description="TEST ONLY: quantize the head too")
+
+    KEY_ONLY_WHEN_SET: ClassVar[frozenset[str]] = frozenset({"test_only_quantize_head"})
+
+    @field_validator("mode")
+    @classmethod
+    def _mode_of_backend(cls, mode: str, info: ValidationInfo) -> str:
+        from ..quantization import BACKENDS
+
+        backend = info.data.get("backend", "onnxruntime")
+        modes = BACKENDS.get(backend).modes
+        if mode not in modes:
+            raise ValueError(f"backend {backend} does mode {', '.join(modes)} only (got '{mode}')")
+        return mode
+
+    @field_validator("ops")
+    @classmethod
+    def _ops_of_backend(cls, ops: str, info: ValidationInfo) -> str:
+        if info.data.get("backend") == "openvino" and ops != "all":
+            raise ValueError("backend openvino picks the ops itself (NNCF's hardware patterns): ops must be all")
+        return ops
+
+    @field_validator("calibrate_method")
+    @classmethod
+    def _method_of_backend(cls, method: str, info: ValidationInfo) -> str:
+        if info.data.get("backend") == "openvino" and method != "minmax":
+            raise ValueError("backend openvino chooses its own ranges: calibrate_method must be minmax "
+                             f"(got '{method}')")
+        return method
+
+
+def check_backend(config: QuantizeConfig, skeleton: Callable[[], Any]) -> None:
+    """The backend's optional packages are installed (checked by the planner before anything runs)."""
+    from ..quantization import missing_backend
+
+    problem = missing_backend(config.backend)
+    if problem:
+        raise ConfigProblem("backend", problem)
+
+
+def run_quantize(ctx: StageContext, config: QuantizeConfig) -> StageOutput:
+    from ..quantization import BACKENDS, layer_precision
+
+    family, primary = ctx.family, ctx.family.primary_metric
+    fp32 = family.write_onnx(ctx.parent_model, ctx.workdir / "fp32.onnx", config.imgsz, config.opset)
+    request, metrics = _request(ctx, config, fp32)
+    BACKENDS.get(config.backend).quantize(request)
+    target = request.target
+    if request.ranges_cache is not None and request.ranges_cache.is_file():
+        _keep_ranges(ctx, request.ranges_cache)
+    metrics.update(layer_precision(target))
+    if config.mode == "int8-dynamic" and metrics["int8_layers"] == 0:
+        ctx.warn("int8-dynamic quantized nothing: it quantizes MatMul/Gemm weights only (ONNX Runtime has no fast CPU "
+                 "kernel for dynamically quantized convolutions) and this model has none; use int8-static")
+
+    # the reference is the FP32 file at the same imgsz in the same runtime, not the parent run's number
+    reference = family.evaluate_file(fp32, ctx.data, config)
+    quantized = family.evaluate_file(target, ctx.data, config)
+    drop = reference[primary] - quantized[primary]
+    metrics.update({f"q_{k}": v for k, v in quantized.items()})
+    metrics.update({f"fp32_{k}": v for k, v in reference.items()})
+    metrics["metric_drop"] = drop
+    metrics["fp32_size_mb"] = fp32.stat().st_size / 1e6
+    metrics.update(_latencies(family, fp32, target, config))
+    metrics.update(file_metrics(ctx, metrics, "q_"))
+    if drop > config.max_metric_drop:
+        ctx.log_metrics({**metrics, "size_mb": target.stat().st_size / 1e6})  # the numbers stay in MLflow
+        raise RuntimeError(f"{config.mode} {primary} {quantized[primary]:.4f} is {drop:.4f} below the FP32 model's "
+                           f"{reference[primary]:.4f} (max_metric_drop {config.max_metric_drop})")
+    return StageOutput(file=target, metrics=metrics)
+
+
+def _request(ctx: StageContext, config: QuantizeConfig, fp32: Path):
+    """What the backend is asked to do (what stays float, calibration images, ranges cache) and the first metrics."""
+    from ..quantization import QuantizeRequest
+
+    suffix = ".openvino" if config.backend == "openvino" else ".onnx"  # OpenVINO's IR, packed in one file
+    target = ctx.workdir / f"model_{config.mode.replace('-static', '').replace('-dynamic', '_dynamic')}{suffix}"
+    request = QuantizeRequest(fp32, target, config.mode, per_channel=config.per_channel)
+    metrics: dict[str, float] = {}
+    if config.test_only_quantize_head:
+        ctx.warn("test_only_quantize_head: the model's head is quantized too (test only)")
+    elif config.mode != "fp16":  # FP16 keeps the range (up to 65504) that one INT8 scale loses: nothing stays float
+        import onnx
+
+        request.keep_float = ctx.family.float_nodes(onnx.load(str(fp32), load_external_data=False))
+        # with only convolutions quantized, every SiLU between them dequantizes and requantizes its activations:
+        # YOLOv8n at 640 px ran 53 ms that way and 37 ms with every op but the head's decode (FP32: 64 ms)
+        request.op_types = WEIGHTED_OPS if config.ops == "weighted" else None
+    if config.mode == "int8-static":
+        request.calibration = _calibration(ctx, config)
+        request.calibrate_method = config.calibrate_method
+        metrics["calibration_images"] = float(len(request.calibration))
+        if config.backend == "onnxruntime":
+            request.ranges_cache, metrics["calibration_reused"] = _ranges_cache(ctx, config, request)
+    elif config.mode == "fp16":
+        ctx.warn("fp16 is a GPU target: ONNX Runtime runs FP16 no faster on a CPU (it casts around unsupported "
+                 "kernels); the file is half the size, its CPU latency is logged as measured")
+    return request, metrics
+
+
+def _calibration(ctx: StageContext, config: QuantizeConfig):
+    if config.calibration_split == "val":
+        ctx.warn("calibrating on the validation split: the quantized model's metric is then measured on images "
+                 "calibration has seen")
+    return ctx.family.calibration_batches(ctx.data, config.imgsz, config.calibration_images, seed=ctx.seed,
+                                          split=config.calibration_split)
+
+
+def _ranges_cache(ctx: StageContext, config: QuantizeConfig, request) -> tuple[Path, float]:
+    """Where ONNX Runtime reads (if there) or writes the calibration ranges, and 1.0 if they were cached: keyed by
+    what they depend on, so a re-run with another threshold or after a failure skips calibration."""
+    identity = {"parent": ctx.parent_cache_key, "imgsz": config.imgsz, "opset": config.opset,
+                "images": config.calibration_images, "split": config.calibration_split, "seed": ctx.seed,
+                "method": config.calibrate_method, "ops": request.op_types, "float": sorted(request.keep_float),
+                "head": config.test_only_quantize_head, "format": 1}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+    local = ctx.workdir / "calibration" / "ranges.json"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.unlink(missing_ok=True)
+    cached = _ranges_folder() / f"{key}.json"
+    local.with_suffix(".key").write_text(key)
+    if ctx.parent_cache_key and cached.is_file():
+        shutil.copyfile(cached, local)
+        return local, 1.0
+    return local, 0.0
+
+
+def _keep_ranges(ctx: StageContext, ranges: Path) -> None:
+    """Log the ranges with the run and keep them in the local cache (written atomically: a torn file would be
+    read back as ranges)."""
+    ctx.log_artifact(ranges, "calibration")
+    if not ctx.parent_cache_key:
+        return
+    folder = _ranges_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{ranges.with_suffix('.key').read_text()}.json"
+    if not target.exists():
+        temporary = folder / f".{target.name}.{os.getpid()}"
+        shutil.copyfile(ranges, temporary)
+        os.replace(temporary, target)
+
+
+def _ranges_folder() -> Path:
+    from ..data._resolve import cache_root
+
+    return cache_root() / "calibration"
+
+
+def _latencies(family, fp32: Path, target: Path, config: QuantizeConfig) -> dict[str, float]:
+    """Batch-1 latency of the quantized file (1 thread and all cores) and of its FP32 source (1 thread) at imgsz."""
+    from ..models import onnx_runtime
+    from ..models.runtimes import runtime_for
+
+    imgsz = family.file_imgsz(config.imgsz)
+    threads = sorted({1, onnx_runtime.all_cores()})
+    runtime = runtime_for(target)
+    out = runtime.measure(target, imgsz, threads)
+    # the FP32 reference in the runtime that runs the quantized file (OpenVINO reads the ONNX file itself)
+    out.update(runtime.measure(fp32, imgsz, [1], prefix="fp32_"))
+    out["speedup_t1"] = out["fp32_latency_ms_t1"] / out["latency_ms_t1"]
+    return out
+
+
+STAGES.register("quantize")(StageType(QuantizeConfig, run_quantize, gives="file", check=check_backend,
+                                      description="quantize the parent model (INT8 / FP16 ONNX), measured"))

@@ -137,6 +137,49 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
     console.print(table)
 
 
+@app.command()
+def compare(targets: Optional[List[str]] = typer.Argument(None, help="recipe files, experiment names, recipe run ids "
+                                                          "or runs:/ URIs (none: the newest recipe run)", show_default=False),
+            metric: Optional[List[str]] = typer.Option(None, "--metric", help="add this metric as a column (repeatable)"),
+            format_: str = typer.Option("table", "--format", help="table | csv | json | markdown"),
+            tracking_uri: Optional[str] = UriOpt,
+            plot: Path = typer.Option(Path("compare.png"), "--plot", help="write the Pareto plot here (PNG)"),
+            no_plot: bool = typer.Option(False, "--no-plot", help="write and log no plot"),
+            all_runs: bool = typer.Option(False, "--all-runs", help="every recipe run of a recipe or experiment, not only the newest")) -> None:
+    """Every stage of the chosen recipe runs side by side, and a Pareto plot logged to each of them."""
+    from . import compare as C
+    from .pareto import plot_comparison
+
+    if format_ not in ("table", *C.FORMATS):
+        typer.echo(f"error: unknown --format '{format_}' (table, csv, json, markdown)", err=True)
+        raise typer.Exit(2)
+    with _exit_codes():
+        try:
+            client = C.open_store(C.tracking_uri_for(targets or [], tracking_uri))
+            result = C.compare(client, C.resolve(client, targets or [], all_runs), metric or [])
+        except C.CompareError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
+        if format_ == "table":
+            runs = ", ".join(f"{r.name} {r.run_id[:8]}" for r in result.runs[:3]) + (" ..." if len(result.runs) > 3 else "")
+            table = Table(title=f"{len(result.rows)} stage(s) of {runs}  (tracking: {client.tracking_uri})")
+            columns, rows = C.table_view(result)
+            # the node id is the one column worth reading whole
+            node_width = min(40, max((len(r[columns.index("node_id")]) for r in rows), default=7))
+            for column in columns:
+                table.add_column(column, overflow="fold", min_width=node_width if column == "node_id" else None)
+            for cells in rows:
+                table.add_row(*map(escape, cells))
+            console.print(table)
+        else:
+            sys.stdout.write(C.FORMATS[format_](result))
+        if not no_plot:
+            plot_comparison(result.rows, plot)
+            for run in result.runs:  # next to the runs it compares, so `mlflow ui` shows it too
+                client.log_artifact(run.run_id, str(plot), "compare")
+            typer.echo(f"plot: {plot} (logged to {len(result.runs)} recipe run(s) as compare/{plot.name})", err=True)
+
+
 def _fmt(value) -> str:
     if value is None:
         return "-"

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .recipe import RecipeError, load_recipe, recipe_json_schema
+from .reproduce import DEFAULT_TOLERANCE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run model-compression recipes: train, prune, fine-tune, export; tracked in MLflow.")
 console = Console(width=None if sys.stdout.isatty() else 120)  # piped output: wide enough for the tables
@@ -138,8 +139,9 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
 
 
 @app.command()
-def compare(targets: Optional[List[str]] = typer.Argument(None, help="recipe files, experiment names, recipe run ids "
-                                                          "or runs:/ URIs (none: the newest recipe run)", show_default=False),
+def compare(targets: Optional[List[str]] = typer.Argument(None, metavar="RECIPE|EXPERIMENT|RUN", show_default=False,
+                                                          help="recipe files, experiment names, recipe run ids or runs:/ "
+                                                               "URIs (none: the newest recipe run)"),
             metric: Optional[List[str]] = typer.Option(None, "--metric", help="add this metric as a column (repeatable)"),
             format_: str = typer.Option("table", "--format", help="table | csv | json | markdown"),
             tracking_uri: Optional[str] = UriOpt,
@@ -184,7 +186,8 @@ def compare(targets: Optional[List[str]] = typer.Argument(None, help="recipe fil
 def reproduce(run_ref: str = typer.Argument(..., metavar="RUN", help="a recipe run id or runs:/<id>", show_default=False),
               tracking_uri: Optional[str] = UriOpt,
               tolerance: Optional[float] = typer.Option(None, "--tolerance", show_default=False,
-                                              help="largest absolute change of a stage's primary metric (default 0.02, measured)"),
+                                              help="largest absolute change of a stage's primary metric "
+                                                   f"(default {DEFAULT_TOLERANCE:g}, measured: README)"),
               workdir: Optional[Path] = typer.Option(None, "--workdir", help="keep the recipe, lock and reproduction.json here "
                                                      "(default: a temporary folder, removed)")) -> None:
     """Re-run a recorded recipe run from scratch and compare every stage's metrics with the original's."""

@@ -62,10 +62,12 @@ def test_reproduce_from_second_directory(mlflow_server: str, workspace: Path, tm
 
     elsewhere = tmp_path_factory.mktemp("reproducer")  # another person's folder: no recipe, no mlflow.db
     monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("RECIPE_RUNNER_CACHE", str(elsewhere / "cache"))  # nor the dataset: builtin data is regenerated
     result = cli("reproduce", original, "--tracking-uri", mlflow_server, "--workdir", "kept")
     assert result.exit_code == 0, result.output
     assert "package versions: as recorded" in result.output and "reproduced within 0.02" in result.output
     assert not (elsewhere / "mlflow.db").exists()
+    assert list((elsewhere / "cache" / "datasets").glob("shapes-cls-*"))
     [parent] = _reproductions(client, original)
     assert parent.info.status == "FINISHED"
     children = {r.data.tags[T.NODE_ID]: r for r in client.search_runs(

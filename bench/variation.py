@@ -6,8 +6,8 @@ the others with another thread count (a different reduction order, a stand-in fo
 and metric it records the largest absolute difference to the first run, and writes
 bench/results/variation.json.
 
-    python bench/variation.py [--quickstart] [--threads 2 2 1]   # tiny + small recipes: ~10 min on 2 busy cores;
-                                                                 # --quickstart adds resnet18 (~40 min per run there)
+    python bench/variation.py [--recipes tiny small quickstart] [--threads 2 2 1]
+    # tiny + small (the default): ~10 min on 2 busy cores; quickstart (resnet18): several minutes per run
 """
 from __future__ import annotations
 
@@ -91,18 +91,19 @@ def measure(name: str, recipe_text: str, threads: list[int], scratch: Path) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quickstart", action="store_true", help="also measure recipes/resnet18_depgraph.yaml")
+    parser.add_argument("--recipes", nargs="+", choices=["tiny", "small", "quickstart"], default=["tiny", "small"],
+                        help="quickstart: recipes/resnet18_depgraph.yaml; results for other recipes in --out are kept")
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 2, 1], help="one run per entry, this many threads")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "variation.json")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     scratch = Path(tempfile.mkdtemp(prefix="rr-variation-"))
-    report = {"tiny": measure("tiny", TINY, args.threads, scratch), "small": measure("small", SMALL, args.threads, scratch)}
-    if args.quickstart:
-        report["resnet18_quickstart"] = measure("quickstart", (ROOT / "recipes" / "resnet18_depgraph.yaml").read_text(),
-                                                args.threads, scratch)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    texts = {"tiny": TINY, "small": SMALL, "quickstart": (ROOT / "recipes" / "resnet18_depgraph.yaml").read_text()}
+    report = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    for name in args.recipes:
+        report[name] = measure(name, texts[name], args.threads, scratch)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")  # after each recipe: a long run keeps what it measured
     for name, entry in report.items():
         for label, run in entry["runs"].items():
             print(f"{name} {label}: " + ", ".join(f"{k} {v:.3g}" for k, v in run["largest_abs_diff"].items()))

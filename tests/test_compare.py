@@ -91,3 +91,11 @@ def test_compare_unknown_run_or_experiment_exits_2(workspace: Path):
     assert stage.data.tags[T.ROLE] == "stage"
     # a stage run id stands for its recipe run
     assert cli("compare", stage.info.run_id, "--no-plot").exit_code == 0
+
+
+def test_pareto_front_keeps_what_nothing_beats():
+    from recipe_runner.pareto import pareto_front
+
+    points = [(1, 0.5), (2, 0.9), (2, 0.8), (3, 0.9), (0.5, 0.1), (1, 0.5)]
+    # (3, 0.9) costs more for the same metric, (2, 0.8) is beaten at equal cost; equal points both stay
+    assert pareto_front(points) == [4, 0, 5, 1]

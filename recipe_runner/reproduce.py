@@ -140,6 +140,15 @@ def check_model_file(lock: dict[str, Any]) -> None:
                              f"directory; put the same file at {Path.cwd() / path}") from None
 
 
+def check_data_path(lock: dict[str, Any]) -> None:
+    """A dataset path must be here, where the original read it (relative to the working directory, as `recipe run`
+    reads it first); a builtin spec is regenerated. Whether it holds the same files is checked by fingerprint."""
+    spec = str(lock.get("data", {}).get("spec", ""))
+    if spec and not spec.startswith("builtin:") and not Path(spec).expanduser().exists():
+        raise ReproduceError(f"dataset path '{spec}' does not exist here ({Path.cwd() / Path(spec).expanduser()}): the "
+                             "original run read it relative to its working directory; put the same data there")
+
+
 def prepare_reproduction(original: Original, uri: str, run_nodes: Optional[set[str]] = None) -> tuple[Any, list[str]]:
     """The plan that re-runs every stage of the original under salted keys, and notes for the user.
 
@@ -148,6 +157,7 @@ def prepare_reproduction(original: Original, uri: str, run_nodes: Optional[set[s
     from .planner import PlannedStage, RunOptions, model_identity, prepare
 
     check_model_file(original.lock)
+    check_data_path(original.lock)
     plan = prepare(original.recipe_path, RunOptions(overrides=list(original.lock.get("overrides", [])), tracking_uri=uri))
     recorded = original.lock.get("data", {})
     if plan.data.fingerprint != recorded.get("fingerprint"):

@@ -121,7 +121,10 @@ def test_reproduce_refuses_what_it_cannot_reproduce(mlflow_server: str, workspac
     # a user dataset: missing here, then present but not the same files as recorded
     missing = TINY_CLS.format(name="refuse", stages="  train:\n    type: train\n    epochs: 1\n").replace(
         "builtin:shapes-cls?train=64&val=32&imgsz=32", "mydata")
-    refused(_copy_run(client, original, recipe_text=missing), "mydata")
+    def user_data(lock: dict) -> None:
+        lock["data"]["spec"] = "mydata"
+
+    refused(_copy_run(client, original, user_data, recipe_text=missing), "dataset path 'mydata' does not exist here")
     builtin = next((Path(workspace.parent / "rr-cache") / "datasets").glob("shapes-cls-*"))
     shutil.copytree(builtin, Path.cwd() / "mydata")
-    refused(_copy_run(client, original, recipe_text=missing), "data 'mydata'", "is not the data of the original run")
+    refused(_copy_run(client, original, user_data, recipe_text=missing), "data 'mydata'", "is not the data of the original run")

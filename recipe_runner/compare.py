@@ -95,7 +95,8 @@ def _resolve_one(client: Any, target: str, every_run: bool) -> list[RecipeRun]:
         raise CompareError(f"no {what} in {client.tracking_uri}{did_you_mean(experiment_name, names)}")
     runs = _recipe_runs(client, [experiment.experiment_id], recipe_name, every_run)
     if not runs:
-        raise CompareError(f"experiment '{experiment_name}' holds no recipe runs" + (f" of '{recipe_name}'" if recipe_name else ""))
+        of = f" of '{recipe_name}'" if recipe_name else ""
+        raise CompareError(f"experiment '{experiment_name}' holds no recipe runs{of}")
     return runs
 
 

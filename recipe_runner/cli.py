@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .recipe import RecipeError, load_recipe, recipe_json_schema
+from .reproduce import DEFAULT_TOLERANCE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run model-compression recipes: train, prune, fine-tune, export; tracked in MLflow.")
 console = Console(width=None if sys.stdout.isatty() else 120)  # piped output: wide enough for the tables
@@ -141,6 +142,148 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
     for r in reports:
         table.add_row(escape(r.node_id), r.action, *[_fmt(r.metrics.get(k)) for k in shown], f"{r.seconds:.1f}")
     console.print(table)
+
+
+@app.command()
+def compare(targets: Optional[List[str]] = typer.Argument(None, metavar="RECIPE|EXPERIMENT|RUN", show_default=False,
+                                                          help="recipe files, experiment names, recipe run ids or runs:/ "
+                                                               "URIs (none: the newest recipe run)"),
+            metric: Optional[List[str]] = typer.Option(None, "--metric", help="add this metric as a column (repeatable)"),
+            format_: str = typer.Option("table", "--format", help="table | csv | json | markdown"),
+            tracking_uri: Optional[str] = UriOpt,
+            plot: Path = typer.Option(Path("compare.png"), "--plot", help="write the Pareto plot here (PNG)"),
+            no_plot: bool = typer.Option(False, "--no-plot", help="write and log no plot"),
+            all_runs: bool = typer.Option(False, "--all-runs", help="every recipe run of a recipe or experiment, not only the newest")) -> None:
+    """Every stage of the chosen recipe runs side by side, and a Pareto plot logged to each of them."""
+    from . import compare as C
+    from .pareto import plot_comparison
+
+    if format_ not in ("table", *C.FORMATS):
+        typer.echo(f"error: unknown --format '{format_}' (table, csv, json, markdown)", err=True)
+        raise typer.Exit(2)
+    with _exit_codes():
+        try:
+            client = C.open_store(C.tracking_uri_for(targets or [], tracking_uri))
+            result = C.compare(client, C.resolve(client, targets or [], all_runs), metric or [])
+        except C.CompareError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
+        if format_ == "table":
+            runs = ", ".join(f"{r.name} {r.run_id[:8]}" for r in result.runs[:3]) + (" ..." if len(result.runs) > 3 else "")
+            table = Table(title=f"{len(result.rows)} stage(s) of {runs}  (tracking: {client.tracking_uri})")
+            columns, rows = C.table_view(result)
+            # the node id is the one column worth reading whole
+            node_width = min(40, max((len(r[columns.index("node_id")]) for r in rows), default=7))
+            for column in columns:
+                table.add_column(column, overflow="fold", min_width=node_width if column == "node_id" else None)
+            for cells in rows:
+                table.add_row(*map(escape, cells))
+            console.print(table)
+        else:
+            sys.stdout.write(C.FORMATS[format_](result))
+        if not no_plot:
+            plot_comparison(result.rows, plot)
+            for run in result.runs:  # next to the runs it compares, so `mlflow ui` shows it too
+                client.log_artifact(run.run_id, str(plot), "compare")
+            typer.echo(f"plot: {plot} (logged to {len(result.runs)} recipe run(s) as compare/{plot.name})", err=True)
+
+
+@app.command()
+def reproduce(run_ref: str = typer.Argument(..., metavar="RUN", help="a recipe run id or runs:/<id>", show_default=False),
+              tracking_uri: Optional[str] = UriOpt,
+              tolerance: Optional[float] = typer.Option(None, "--tolerance", show_default=False,
+                                              help="largest absolute change of a stage's primary metric "
+                                                   f"(default {DEFAULT_TOLERANCE:g}, measured: README)"),
+              workdir: Optional[Path] = typer.Option(None, "--workdir", help="keep the recipe, lock and reproduction.json here "
+                                                     "(default: a temporary folder, removed)")) -> None:
+    """Re-run a recorded recipe run from scratch and compare every stage's metrics with the original's."""
+    import shutil
+    import tempfile
+
+    from . import reproduce as R
+    from .compare import CompareError, open_store
+    from .engine import StageFailed
+
+    tolerance = R.DEFAULT_TOLERANCE if tolerance is None else tolerance
+    folder = workdir or Path(tempfile.mkdtemp(prefix="recipe-reproduce-"))
+    with _sigterm_as_interrupt(), _exit_codes():
+        from .tracking import resolve_uri
+
+        uri = resolve_uri(tracking_uri, None)
+        try:
+            original = R.fetch_original(open_store(uri), run_ref, folder)
+            recorded = original.lock.get("versions", {})
+            versions = R.version_differences(recorded, R.installed_versions([n for n in recorded if n != "python"]))
+            _print_versions(versions)
+            plan, notes = R.prepare_reproduction(original, uri)
+        except (R.ReproduceError, CompareError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
+        for note in notes:
+            console.print(f"[warn]   {note}", markup=False, highlight=False)
+        console.print(f"reproducing run {original.run_id} ({original.lock.get('recipe')}) from scratch into {uri}, "
+                      f"experiment {original.experiment}", markup=False, highlight=False)
+        try:
+            _run_quietly(plan)
+        except StageFailed as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1)
+        except KeyboardInterrupt as exc:
+            typer.echo("interrupted: a reproduction is not resumed; run it again", err=True)
+            raise typer.Exit(143 if str(exc) == "SIGTERM" else 130)
+        outcome = R.judge(original, plan.tracker.stage_metrics(), tolerance, plan.tracker.recipe_run_id)
+    _print_outcome(original.run_id, outcome, tolerance)
+    if workdir is None:
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        (folder / "reproduction.json").write_text(R.report_json(original, outcome, tolerance, versions))
+    raise typer.Exit(0 if outcome.ok else 1)
+
+
+def _run_quietly(plan) -> list:
+    """Run a plan with the same progress display as `recipe run`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .engine import Engine
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+
+        def factory(description: str, total: int):
+            task = progress.add_task(description, total=total)
+            return lambda n: progress.advance(task, n)
+
+        return Engine(plan, factory, announce=lambda line: progress.console.print(line, markup=False, highlight=False)).run()
+
+
+def _print_versions(differences: list[tuple[str, str, str]]) -> None:
+    if not differences:
+        console.print("package versions: as recorded in the lock", markup=False, highlight=False)
+        return
+    table = Table(title="package versions differ from the lock's")
+    for column in ("package", "recorded", "installed"):
+        table.add_column(column)
+    for row in differences:
+        table.add_row(*map(escape, row))
+    console.print(table)
+
+
+def _print_outcome(original_id: str, outcome, tolerance: float) -> None:
+    table = Table(title=f"original {original_id[:8]} vs reproduction {(outcome.run_id or '-')[:8]} "
+                        f"(primary metric within {tolerance:g}?)")
+    for column in ("stage", "metric", "original", "reproduced", "diff", "ok"):
+        table.add_column(column, overflow="fold")
+    previous = None
+    for row in outcome.rows:
+        verdict = ("[green]yes[/]" if row.ok else "[red]NO[/]") if row.judged else ""
+        diff = "-" if row.diff is None else f"{row.diff:+.4g}"
+        table.add_row(escape(row.node_id) if row.node_id != previous else "", escape(row.metric), _fmt(row.original),
+                      _fmt(row.reproduced), diff, verdict)
+        previous = row.node_id
+    console.print(table)
+    failed = [r.node_id for r in outcome.rows if not r.ok]
+    console.print(f"reproduced within {tolerance:g}" if not failed else f"NOT reproduced within {tolerance:g}: {', '.join(failed)}",
+                  markup=False, highlight=False)
 
 
 def _fmt(value) -> str:

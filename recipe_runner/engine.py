@@ -171,7 +171,7 @@ class Engine:
             # the model was made by the source run's versions, not by the installed ones
             run_id = self.tracker.start_run(node.id, {**tags, **V.recorded(source.tags), T.ROLE: "reused",
                                                       T.PREFIX + "reused_from": source.run_id}, parent_id)
-            self.tracker.log_params(run_id, node.params())
+            self.tracker.log_params(run_id, _params(node))
             self.tracker.log_dataset(run_id, R.dataset_input(self.data, node.type))
             metrics = {**source.metrics, "epochs_trained": 0.0}
             self.tracker.log_metrics(run_id, metrics)
@@ -187,7 +187,7 @@ class Engine:
         try:
             # the claim run was created before the action was known
             self.tracker.set_tags(run_id, {T.PREFIX + "action": planned.action})
-            self.tracker.log_params(run_id, {**node.params(), **{f"sweep.{k}": v for k, v in node.sweep.items()}})
+            self.tracker.log_params(run_id, _params(node))
             self.tracker.log_dataset(run_id, R.dataset_input(self.data, node.type))
             resume_state = None
             if planned.action == "resume":
@@ -317,6 +317,11 @@ class Engine:
                               "config": n.config.model_dump(mode="json", by_alias=True)} for n in graph.nodes.values()},
             "versions": versions, "git_commit": _git_commit(recipe.path.parent), "runner_git_commit": V.runner_commit(),
         }
+
+
+def _params(node: StageNode) -> dict[str, Any]:
+    """A stage run's params: its resolved config, and the sweep values that made this copy (also when reused)."""
+    return {**node.params(), **{f"sweep.{k}": v for k, v in node.sweep.items()}}
 
 
 def _git_commit(folder: Path) -> Optional[str]:

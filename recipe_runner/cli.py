@@ -21,7 +21,10 @@ from rich.table import Table
 from .recipe import RecipeError, load_recipe, recipe_json_schema
 from .reproduce import DEFAULT_TOLERANCE
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run model-compression recipes: train, prune, fine-tune, export; tracked in MLflow.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True,
+    help="Run model-compression recipes: train, sparse-train, prune, fine-tune, quantize, export; tracked in MLflow.",
+)
 console = Console(width=None if sys.stdout.isatty() else 120)  # piped output: wide enough for the tables
 
 RecipeArg = typer.Argument(..., help="path to a recipe YAML file", show_default=False)

@@ -203,6 +203,21 @@ def test_committed_json_schema_is_current():
     assert committed == recipe_json_schema(), "regenerate it: recipe schema > recipe.schema.json"
 
 
+def test_the_schema_does_not_promise_a_list_of_gpus_the_families_refuse():
+    """Editors show this description; it said a list of GPUs works where a family supports it: none does."""
+    import pytest
+
+    from recipe_runner.models import FAMILIES
+    from recipe_runner.recipe import recipe_json_schema
+
+    device = recipe_json_schema()["$defs"]["TrainConfig"]["properties"]["device"]
+    description = device["anyOf"][0]["description"]
+    assert "one device per stage" in description and "multi-GPU" not in description
+    for name, entry in FAMILIES.items():
+        with pytest.raises(ValueError, match="one device"):
+            entry.load().check_device([0, 1])
+
+
 def test_a_device_this_machine_lacks_is_a_located_error_before_anything_runs(workspace: Path):
     import torch
 

@@ -297,6 +297,21 @@ def test_user_image_folder_skips_hidden_folders_and_names_an_unreadable_image(wo
     assert f"cannot read image {broken}" in result.output.replace("\n", "")
 
 
+def test_user_image_folder_whose_splits_differ_names_the_classes(workspace: Path):
+    """A missing or extra class shifts every class index; the error says which folders to fix."""
+    import pytest
+
+    from recipe_runner.data import DataError, resolve_data
+
+    for split, classes in (("train", ["circle", "cross"]), ("val", ["circle", "square"])):
+        for c in classes:
+            folder = workspace / "mydata" / split / c
+            folder.mkdir(parents=True)
+            (folder / "a.png").write_bytes(b"png")
+    with pytest.raises(DataError, match=r"different classes \(only in train/: cross; only in val/: square\)"):
+        resolve_data("mydata", "classify", workspace)
+
+
 def test_a_key_added_later_stays_out_of_the_cache_key_at_its_default():
     from typing import ClassVar
 

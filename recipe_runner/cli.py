@@ -171,6 +171,9 @@ def compare(targets: Optional[List[str]] = typer.Argument(None, metavar="RECIPE|
         except C.CompareError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2)
+        for note in result.unlogged(metric or []):
+            typer.echo(f"[warn]   --metric {note}: no stage of these runs logged it; its column is empty",
+                       err=True)
         if format_ == "table":
             runs = ", ".join(f"{r.name} {r.run_id[:8]}" for r in result.runs[:3]) + (" ..." if len(result.runs) > 3 else "")
             table = Table(title=f"{len(result.rows)} stage(s) of {runs}  (tracking: {client.tracking_uri})")

@@ -12,7 +12,7 @@ import csv
 import io
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,6 +43,19 @@ class Comparison:
     columns: list[str]
     rows: list[dict[str, Any]]  # every row has every column (None where a stage logged nothing)
     runs: list[RecipeRun]
+    logged: set[str] = field(default_factory=set)  # every metric name the stage runs logged
+
+    def unlogged(self, names: list[str]) -> list[str]:
+        """`--metric` names no stage logged, each with a close logged name if there is one: a typo gave an
+        empty column and no word."""
+        import difflib
+
+        notes = []
+        for name in dict.fromkeys(names):
+            if name not in self.logged:
+                close = difflib.get_close_matches(name, sorted(self.logged), n=1)
+                notes.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        return notes
 
 
 def run_id_of(text: str) -> Optional[str]:
@@ -127,15 +140,17 @@ def compare(client: Any, runs: list[RecipeRun], extra_metrics: list[str] = ()) -
     """One row per stage run of each recipe run, in the documented column order."""
     rows: list[dict[str, Any]] = []
     sweep_keys: list[str] = []
+    logged: set[str] = set()
     for recipe_run in runs:
         children = client.search_runs([recipe_run.experiment_id], f"tags.`{PARENT_ID}` = '{recipe_run.run_id}'",
                                       order_by=["attributes.start_time ASC"], max_results=5000)
         for child in children:
+            logged.update(child.data.metrics)
             row = _stage_row(client, recipe_run, child, extra_metrics)
             sweep_keys += [k for k in row if k.startswith("sweep.") and k not in sweep_keys]
             rows.append(row)
     columns = HEAD + sweep_keys + TAIL + [m for m in extra_metrics if m not in TAIL]
-    return Comparison(columns, [{c: row.get(c) for c in columns} for row in rows], runs)
+    return Comparison(columns, [{c: row.get(c) for c in columns} for row in rows], runs, logged)
 
 
 def _stage_row(client: Any, recipe_run: RecipeRun, run: Any, extra_metrics: list[str]) -> dict[str, Any]:

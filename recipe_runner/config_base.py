@@ -28,7 +28,9 @@ class StageConfig(StrictModel):
 
     type: str
     from_: Optional[str] = Field(None, alias="from", description="parent stage id; default: the previous stage in the file")
-    device: Device = Field("cpu", description="cpu, a GPU index, or a list of GPU indices (multi-GPU where the family supports it)")
+    # The editor's hint must not promise multi-GPU: every family's check_device refuses a list
+    device: Device = Field("cpu", description="cpu, a GPU index (0), cuda:N or mps; one device per stage "
+                                              "(a list of GPUs is refused)")
 
     # Keys that do not change a stage's result, so they stay out of its cache key.
     NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset({"from_", "device", "workers"})

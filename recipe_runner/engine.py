@@ -224,8 +224,19 @@ class Engine:
         if planned.action == "resume" and planned.source.status == "RUNNING":
             # the attempt we continued was cut off: its lease was stale when we claimed it (lease.py)
             self.tracker.finish(planned.source.run_id, "KILLED")
+            self._finish_dead_recipe_run(planned.source.tags.get("mlflow.parentRunId"), parent_id)
         self.outputs[node.id], self.metrics[node.id] = result, metrics
         return StageReport(node.id, planned.action, run_id, metrics, time.time() - started)
+
+    def _finish_dead_recipe_run(self, run_id: Optional[str], own_id: str) -> None:
+        """Mark KILLED the recipe run of a cut-off attempt we took over, else it shows as running forever.
+
+        Its process is gone (its stage's lease was stale) and one process runs one stage at a time, so no
+        live stage of it remains.
+        """
+        if run_id and run_id != own_id:
+            if self.tracker.client.get_run(run_id).info.status == "RUNNING":
+                self.tracker.finish(run_id, "KILLED")
 
     def _record_model(self, node: StageNode, run_id: str, workdir: Path, output: StageOutput, metrics: dict) -> Any:
         """Evaluate the output module, checkpoint it as plain data, log both; the sha256 tag goes last."""

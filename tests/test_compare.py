@@ -92,6 +92,12 @@ def test_compare_unknown_run_or_experiment_exits_2(workspace: Path):
     # a stage run id stands for its recipe run
     assert cli("compare", stage.info.run_id, "--no-plot").exit_code == 0
 
+    # a --metric no stage logged (a typo) is named, with the logged name it is close to; still exit 0
+    typo = cli("compare", "known", "--no-plot", "--format", "csv",
+               "--metric", "sparsty", "--metric", "sparsity")
+    assert typo.exit_code == 0, typo.output
+    assert "--metric 'sparsty' (did you mean 'sparsity'?)" in typo.stderr and "'sparsity':" not in typo.stderr
+
 
 def test_pareto_front_keeps_what_nothing_beats():
     from recipe_runner.pareto import pareto_front

@@ -203,6 +203,21 @@ def test_committed_json_schema_is_current():
     assert committed == recipe_json_schema(), "regenerate it: recipe schema > recipe.schema.json"
 
 
+def test_the_schema_does_not_promise_a_list_of_gpus_the_families_refuse():
+    """Editors show this description; it said a list of GPUs works where a family supports it: none does."""
+    import pytest
+
+    from recipe_runner.models import FAMILIES
+    from recipe_runner.recipe import recipe_json_schema
+
+    device = recipe_json_schema()["$defs"]["TrainConfig"]["properties"]["device"]
+    description = device["anyOf"][0]["description"]
+    assert "one device per stage" in description and "multi-GPU" not in description
+    for name, entry in FAMILIES.items():
+        with pytest.raises(ValueError, match="one device"):
+            entry.load().check_device([0, 1])
+
+
 def test_a_device_this_machine_lacks_is_a_located_error_before_anything_runs(workspace: Path):
     import torch
 
@@ -280,6 +295,21 @@ def test_user_image_folder_skips_hidden_folders_and_names_an_unreadable_image(wo
     result = cli("run", recipe, "--force", "train")
     assert result.exit_code == 1
     assert f"cannot read image {broken}" in result.output.replace("\n", "")
+
+
+def test_user_image_folder_whose_splits_differ_names_the_classes(workspace: Path):
+    """A missing or extra class shifts every class index; the error says which folders to fix."""
+    import pytest
+
+    from recipe_runner.data import DataError, resolve_data
+
+    for split, classes in (("train", ["circle", "cross"]), ("val", ["circle", "square"])):
+        for c in classes:
+            folder = workspace / "mydata" / split / c
+            folder.mkdir(parents=True)
+            (folder / "a.png").write_bytes(b"png")
+    with pytest.raises(DataError, match=r"different classes \(only in train/: cross; only in val/: square\)"):
+        resolve_data("mydata", "classify", workspace)
 
 
 def test_a_key_added_later_stays_out_of_the_cache_key_at_its_default():

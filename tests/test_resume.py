@@ -74,6 +74,8 @@ def test_killed_training_resumes_from_epoch_checkpoint(workspace: Path):
     assert steps == list(range(resumed_epoch + 1, 9))  # finished with the same total number of epochs
     killed = client.get_run(train.data.tags[T.PREFIX + "resumed_from"])
     assert killed.info.status == "KILLED"  # the cut-off attempt no longer shows as running
+    # and neither does the recipe run it belonged to (kill -9 left it RUNNING for good)
+    assert client.get_run(killed.data.tags["mlflow.parentRunId"]).info.status == "KILLED"
     assert runs["finetune"].info.status == "FINISHED"
 
 

@@ -29,8 +29,10 @@ def _image_folder(root: Path) -> list[str]:
         for c in classes:
             if next(_layout.class_images(folder / c), None) is None:
                 raise DataError(f"{folder / c}: no images")
-        if names is not None and classes != names:
-            raise DataError(f"{root}: train/ and val/ have different classes")
+        if names is not None and classes != names:  # say which: class indices are assigned by sorted name
+            only = [f"only in {sp}/: {', '.join(sorted(c))}" for sp, c in
+                    (("train", set(names) - set(classes)), ("val", set(classes) - set(names))) if c]
+            raise DataError(f"{root}: train/ and val/ have different classes ({'; '.join(only)})")
         names = classes
     return names
 

@@ -12,8 +12,7 @@ from typing import Any, Optional
 from . import lease
 from . import tracking as T
 from .config_base import ConfigProblem
-from .data import DataError, fingerprint_data, resolve_data
-from .data._resolve import cache_root
+from .data import DataError, cache_root, fingerprint_data, resolve_data
 from .graph import StageGraph, StageNode, compile_graph
 from .models import FAMILIES
 from .offline import configure_offline

@@ -77,7 +77,7 @@ def test_a_changed_image_or_label_under_path_changes_the_key(detect_data: Path, 
 
 def test_touching_files_keeps_the_key_and_a_rerun_reads_no_file(detect_data: Path):
     from recipe_runner.data._fingerprint import fingerprint_path
-    from recipe_runner.data._resolve import cache_root
+    from recipe_runner.data import cache_root
 
     key, count, read = fingerprint_path(detect_data, cache_root())
     assert count == 7 and read == 12  # the yaml + 6 images; 6 images and 6 labels hashed

@@ -20,7 +20,7 @@ _INTEGRATIONS = ("clearml", "comet", "dvc", "hub", "mlflow", "neptune", "raytune
 @lru_cache(maxsize=None)
 def ultralytics_ready() -> None:
     """Configure the environment, import Ultralytics once, switch its integrations off."""
-    from ..data._resolve import cache_root
+    from ..data import cache_root
     from ..offline import configure_offline
 
     configure_offline(cache_root())
@@ -73,7 +73,7 @@ def resolved_data_yaml(data: Any) -> str:
     content.pop("download", None)
     if "names" not in content and "nc" not in content:
         content["names"] = list(data.names)
-    from ..data._resolve import cache_root
+    from ..data import cache_root
 
     folder = cache_root() / "yolo-data"
     folder.mkdir(parents=True, exist_ok=True)

@@ -134,7 +134,8 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
                 typer.echo(f"error: {exc}  (set RECIPE_RUNNER_DEBUG=1 for the traceback)", err=True)
                 raise typer.Exit(1)
             except KeyboardInterrupt as exc:
-                typer.echo("interrupted: finished stages are kept; run again to resume from the last epoch checkpoint", err=True)
+                typer.echo("interrupted: finished stages are kept; run again: the unfinished stage resumes from its last "
+                           "epoch (or prune step) checkpoint, or starts over if it saved none yet", err=True)
                 raise typer.Exit(143 if str(exc) == "SIGTERM" else 130)
     table = Table(title=f"{p.recipe.name}: done")
     keys = ["top1", "mAP50", "mAP50-95", "macs", "params", "size_mb", "epochs_trained"]

@@ -221,10 +221,14 @@ class Engine:
             raise StageFailed(node.id, exc) from exc
         finally:
             claim.release()
+        # attempts that were cut off (their leases were stale when we claimed the key, lease.py): the one we
+        # continued, and any that died before writing an epoch checkpoint
+        cut_off = list(claim.dead)
         if planned.action == "resume" and planned.source.status == "RUNNING":
-            # the attempt we continued was cut off: its lease was stale when we claimed it (lease.py)
-            self.tracker.finish(planned.source.run_id, "KILLED")
-            self._finish_dead_recipe_run(planned.source.tags.get("mlflow.parentRunId"), parent_id)
+            cut_off.append(planned.source)
+        for dead in cut_off:
+            self.tracker.finish(dead.run_id, "KILLED")
+            self._finish_dead_recipe_run(dead.tags.get("mlflow.parentRunId"), parent_id)
         self.outputs[node.id], self.metrics[node.id] = result, metrics
         return StageReport(node.id, planned.action, run_id, metrics, time.time() - started)
 

@@ -117,6 +117,9 @@ def is_live(run: T.StageRun, now: float, pid_space: Optional[str] = None,
 class Decision:
     action: str  # reuse | wait | claim | withdraw
     run: Optional[T.StageRun] = None  # reuse: the finished run; wait/withdraw: the live lease; claim: what to resume
+    # claim: other RUNNING runs of the key whose owner is gone (killed before, or without, an epoch checkpoint);
+    # the claimer marks them KILLED once its stage is done, else they show as running forever
+    dead: tuple[T.StageRun, ...] = ()
 
 
 def decide(runs: list[T.StageRun], now: float, mine: Optional[str] = None, forced: bool = False,
@@ -134,7 +137,9 @@ def decide(runs: list[T.StageRun], now: float, mine: Optional[str] = None, force
             return Decision("withdraw" if mine else "wait", live[-1])  # the oldest: the one most likely to win
     resumable = None if forced else next(
         (r for r in runs if r.run_id != mine and r.status != "FINISHED" and T.EPOCH_SHA in r.tags), None)
-    return Decision("claim", resumable)
+    dead = tuple(r for r in runs if r.run_id != mine and r.status == "RUNNING" and r is not resumable
+                 and not is_live(r, now, pid_space, alive))
+    return Decision("claim", resumable, dead)
 
 
 class Heartbeat:
@@ -173,6 +178,7 @@ class Claim:
     run_id: Optional[str] = None
     resume: Optional[T.StageRun] = None
     heartbeat: Optional[Heartbeat] = None
+    dead: tuple[T.StageRun, ...] = ()  # cut-off attempts with nothing to resume (see Decision.dead)
 
     def release(self) -> None:
         if self.heartbeat is not None:
@@ -201,7 +207,8 @@ def acquire(tracker: T.Tracker, name: str, cache_key: str, tags: dict[str, str],
         try:
             decision = decide(tracker.runs_for(cache_key), time.time(), mine=run_id, forced=forced, done=done)
             if decision.action == "claim":
-                return Claim(run_id=run_id, resume=decision.run, heartbeat=Heartbeat(tracker, run_id).start())
+                return Claim(run_id=run_id, resume=decision.run, heartbeat=Heartbeat(tracker, run_id).start(),
+                             dead=decision.dead)
         except BaseException:
             tracker.delete(run_id)
             raise

@@ -206,7 +206,7 @@ def test_sigterm_stops_like_ctrl_c_and_marks_the_runs_killed(workspace: Path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
-    assert "run again to resume" in err
+    assert "run again: the unfinished stage resumes" in err
     client = MlflowClient(local_uri(workspace))
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert runs and {r.info.status for r in runs} == {"KILLED"}  # the parent and the cut-off stage: nothing RUNNING

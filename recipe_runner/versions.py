@@ -60,12 +60,13 @@ def recorded(tags: dict[str, str]) -> dict[str, str]:
 
 
 def differences(tags: dict[str, str]) -> list[str]:
-    """'torch 2.13.0 (installed 2.14.1)' for each version recorded on a run that differs from this environment.
-    A run made before versions were recorded has none, and yields no difference."""
+    """'torch 2.13.0 (installed 2.14.1)' for each package version recorded on a run that differs from this
+    environment. A run made before versions were recorded has none, and yields no difference. The runner's git
+    commit is recorded but not called out: it changes with every commit while developing, and the runner's
+    released version (`recipe-runner`) is compared."""
     notes, here = [], installed()
     for key, value in sorted(recorded(tags).items()):
         name = key[len(TAG_PREFIX):]
-        if here.get(name) != value:
-            short = (lambda v: v[:10]) if name == COMMIT else (lambda v: v)
-            notes.append(f"{name} {short(value)} (installed {short(here[name]) if name in here else 'none'})")
+        if name != COMMIT and here.get(name) != value:
+            notes.append(f"{name} {value} (installed {here.get(name, 'none')})")
     return notes

@@ -144,7 +144,8 @@ def compare(client: Any, runs: list[RecipeRun], extra_metrics: list[str] = ()) -
     for recipe_run in runs:
         children = client.search_runs([recipe_run.experiment_id], f"tags.`{PARENT_ID}` = '{recipe_run.run_id}'",
                                       order_by=["attributes.start_time ASC"], max_results=5000)
-        for child in children:
+        # a stage that failed (e.g. quantize's accuracy guard) or was cut off is not a result to compare or plot
+        for child in (c for c in children if c.info.status == "FINISHED"):
             logged.update(child.data.metrics)
             row = _stage_row(client, recipe_run, child, extra_metrics)
             sweep_keys += [k for k in row if k.startswith("sweep.") and k not in sweep_keys]

@@ -162,7 +162,7 @@ class Engine:
         if planned.action != "reuse":
             # decided now, not at plan time: another process may have finished or started this key meanwhile
             claim = lease.acquire(self.tracker, node.id, node.cache_key, {**tags, **V.version_tags()}, parent_id,
-                                  planned.forced, self.announce, done=T.done_tag(STAGES.get(node.type).gives))
+                                  planned.forced, self.announce, done=T.done_tag(self.plan.graph.gives(node.id)))
             source = claim.reuse or claim.resume
             planned = PlannedStage(node, "reuse" if claim.reuse else "resume" if claim.resume else "run", source)
             tags[T.PREFIX + "action"] = planned.action
@@ -184,9 +184,12 @@ class Engine:
             return StageReport(node.id, "reuse", run_id, metrics, time.time() - started)
 
         run_id = claim.run_id
+        # attempts that were cut off (their leases were stale when we claimed the key, lease.py): the one we
+        # continue (or fail to), and any that died before writing an epoch checkpoint
+        cut_off = list(claim.dead)
+        if planned.action == "resume" and planned.source.status == "RUNNING":
+            cut_off.append(planned.source)
         try:
-            # the claim run was created before the action was known
-            self.tracker.set_tags(run_id, {T.PREFIX + "action": planned.action})
             self.tracker.log_params(run_id, _params(node))
             self.tracker.log_dataset(run_id, R.dataset_input(self.data, node.type))
             resume_state = None
@@ -196,6 +199,8 @@ class Engine:
                 except (CheckpointError, OSError, MlflowException) as exc:  # not verified: not trusted; start over
                     self.announce(f"[warn]   {node.id}: cannot resume run {planned.source.run_id[:8]} ({exc}); starting over")
                     planned = PlannedStage(node, "run")
+            # the claim run was created before the action was final
+            self.tracker.set_tags(run_id, {T.PREFIX + "action": planned.action})
             if resume_state is not None:
                 self.tracker.set_tags(run_id, {T.PREFIX + "resumed_from": planned.source.run_id,
                                                T.PREFIX + "resumed_epoch": resume_state["epoch"]})
@@ -221,11 +226,6 @@ class Engine:
             raise StageFailed(node.id, exc) from exc
         finally:
             claim.release()
-        # attempts that were cut off (their leases were stale when we claimed the key, lease.py): the one we
-        # continued, and any that died before writing an epoch checkpoint
-        cut_off = list(claim.dead)
-        if planned.action == "resume" and planned.source.status == "RUNNING":
-            cut_off.append(planned.source)
         for dead in cut_off:
             self.tracker.finish(dead.run_id, "KILLED")
             self._finish_dead_recipe_run(dead.tags.get("mlflow.parentRunId"), parent_id)
@@ -263,7 +263,9 @@ class Engine:
         path = Path(output.file)
         metrics["size_mb"] = path.stat().st_size / 1e6
         model_id = None
-        if path.suffix == ".onnx":  # also an MLflow model (ONNX flavour): MLflow's model views list it, with metrics
+        # a stage that makes an .onnx file also logs it as an MLflow model (ONNX flavour), listed in MLflow's model
+        # views with its metrics; a pass-through stage (evaluate, benchmark) hands on its parent's, logged there
+        if path.suffix == ".onnx" and STAGES.get(node.type).gives == "file":
             model_id = self.tracker.log_onnx_model(run_id, path, node.stage_id, output.final_step)
         self.tracker.log_metrics(run_id, metrics, output.final_step, model_id)
         self.tracker.log_artifact(run_id, path, "output")

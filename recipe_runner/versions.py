@@ -14,7 +14,8 @@ from typing import Optional
 
 # name -> the distributions that provide it (Ultralytics also ships as ultralytics-opencv-headless)
 TRACKED = {"recipe-runner": ("recipe-runner",), "torch": ("torch",), "torch-pruning": ("torch-pruning",),
-           "ultralytics": ("ultralytics", "ultralytics-opencv-headless"), "onnxruntime": ("onnxruntime",)}
+           "ultralytics": ("ultralytics", "ultralytics-opencv-headless"), "onnxruntime": ("onnxruntime",),
+           "onnx": ("onnx",), "openvino": ("openvino",), "nncf": ("nncf",)}
 TAG_PREFIX = "recipe_runner.version."
 COMMIT = "git_commit"  # the runner's own commit, when it runs from a git checkout
 

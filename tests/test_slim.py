@@ -153,19 +153,22 @@ def test_slim_prunes_yolo_end_to_end(workspace: Path):
     assert runs["onnx"].data.metrics["onnx_max_abs_diff"] < 1e-3
 
 
-@pytest.mark.parametrize("keys, key, words", [
-    ("method: slim", "method", "method: slim needs BatchNorm layers"),
-    ("method: depgraph\n    importance: bn-scale", "importance", "importance: bn-scale needs BatchNorm layers"),
+@pytest.mark.parametrize("stage, keys, key, words", [
+    ("prune", "type: prune\n    method: slim", "method", "method: slim needs BatchNorm layers"),
+    ("prune", "type: prune\n    method: depgraph\n    importance: bn-scale", "importance",
+     "importance: bn-scale needs BatchNorm layers"),
+    # refused before the train stage before it trains for nothing
+    ("sparse", "type: sparse-train\n    penalty: bn-l1", "penalty", "penalty bn-l1 needs BatchNorm layers"),
 ])
-def test_batchnorm_methods_refuse_a_model_without_batchnorm_before_anything_runs(workspace: Path, keys: str, key: str,
-                                                                                 words: str):
-    recipe = write_recipe(workspace, f"  train:\n    type: train\n  prune:\n    type: prune\n    {keys}\n")
+def test_batchnorm_methods_refuse_a_model_without_batchnorm_before_anything_runs(workspace: Path, stage: str,
+                                                                                 keys: str, key: str, words: str):
+    recipe = write_recipe(workspace, f"  train:\n    type: train\n  {stage}:\n    {keys}\n")
     recipe.write_text(recipe.read_text().replace("model: lenet", "model: vgg11"))  # vgg11: no BatchNorm
     line = next(n for n, text in enumerate(recipe.read_text().splitlines(), 1) if text.startswith(f"    {key}:"))
     for command in ("plan", "run"):
         result = cli(command, recipe)
         assert result.exit_code == 2, result.output
-        assert f"{recipe}:{line}:" in result.stderr and f"stages.prune.{key}: {words}" in result.stderr, result.stderr
+        assert f"{recipe}:{line}:" in result.stderr and f"stages.{stage}.{key}: {words}" in result.stderr, result.stderr
     assert count_runs(workspace / "mlflow.db") == 0
 
 

@@ -1,5 +1,6 @@
 """Pruning methods, registered by name in METHODS (importing this stays torch-free)."""
 from ._base import METHODS, PruneConfigBase, PruningMethod, StepPlan, plan_steps
+from ._graph import has_batchnorm
 from . import depgraph, slim, unstructured  # noqa: F401  (registration)
 
-__all__ = ["METHODS", "PruneConfigBase", "PruningMethod", "StepPlan", "plan_steps"]
+__all__ = ["METHODS", "PruneConfigBase", "PruningMethod", "StepPlan", "has_batchnorm", "plan_steps"]

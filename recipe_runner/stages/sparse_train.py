@@ -2,12 +2,13 @@
 prune stage removes channels that already carry almost nothing. Resumable per epoch, like train."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 from pydantic import Field, model_validator
 
 from ._base import STAGES, StageContext, StageOutput, StageType
 from .train import TrainConfig
+from ..config_base import ConfigProblem
 
 # torch-pruning's benchmark settings (benchmarks/main.py): --reg 1e-5 for slim, 5e-4 for group_norm; 1e-5 is also
 # network slimming's lambda for ResNet/DenseNet on CIFAR
@@ -94,5 +95,15 @@ def _histogram(before, after):
     return fig
 
 
+def check_model(config: SparseTrainConfig, skeleton: Callable[[], Any]) -> None:
+    """bn-l1 penalises BatchNorm scales: refuse a model without BatchNorm before a parent stage trains for nothing."""
+    from ..pruning import has_batchnorm
+
+    if config.penalty == "bn-l1" and not has_batchnorm(skeleton()):
+        raise ConfigProblem("penalty", "penalty bn-l1 needs BatchNorm layers and this model has none; "
+                            "use penalty: group-l2")
+
+
 STAGES.register("sparse-train")(StageType(SparseTrainConfig, run_sparse_train, needs_parent=False,
+                                          check=check_model,
                                           description="train with a sparsity penalty before pruning"))

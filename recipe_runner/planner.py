@@ -68,15 +68,11 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
         elif node.id in forced:
             stages.append(PlannedStage(node, "run", forced=True))
         else:
-            finished, resumable = tracker.lookup(node.cache_key, T.done_tag(graph.gives(node.id)))
-            if finished is not None:
-                stages.append(PlannedStage(node, "reuse", finished))
-            elif resumable is not None:
-                # a run another process is training now is waited for, not resumed (the engine decides again)
-                live = lease.is_live(resumable, time.time())
-                stages.append(PlannedStage(node, "wait" if live else "resume", resumable))
-            else:
-                stages.append(PlannedStage(node, "run"))
+            # the rule the engine applies when it reaches the stage (it decides again then: others may have moved)
+            decision = lease.decide(tracker.stage_runs(node.cache_key), time.time(),
+                                    done=T.done_tag(graph.gives(node.id)))
+            action = {"reuse": "reuse", "wait": "wait"}.get(decision.action, "resume" if decision.run else "run")
+            stages.append(PlannedStage(node, action, decision.run))
     return Plan(recipe, graph, tracker, stages, family, data)
 
 

@@ -186,15 +186,12 @@ class Tracker:
         return Path(self.client.download_artifacts(run_id, artifact, str(dest)))
 
     # -- lookup by cache key ----------------------------------------------
-    def lookup(self, cache_key: str, done: str = CHECKPOINT_SHA) -> tuple[Optional[StageRun], Optional[StageRun]]:
-        """(newest FINISHED run with its output recorded under the `done` tag, newest unfinished run with an epoch
-        checkpoint) for a cache key, searched across every experiment of the store, in one query."""
+    def stage_runs(self, cache_key: str) -> list[StageRun]:
+        """Every stage run with this cache key, newest first, across every experiment of the store, in one query
+        (the experiments are listed once per Tracker: planning asks once per stage)."""
         if self._all_experiments is None:
             self._all_experiments = [e.experiment_id for e in self.client.search_experiments()]
-        runs = self._search(self._all_experiments, cache_key)
-        finished = next((r for r in runs if r.info.status == "FINISHED" and done in r.data.tags), None)
-        resumable = next((r for r in runs if r.info.status != "FINISHED" and EPOCH_SHA in r.data.tags), None)
-        return (_stage_run(finished) if finished else None, _stage_run(resumable) if resumable else None)
+        return [_stage_run(r) for r in self._search(self._all_experiments, cache_key)]
 
     def runs_for(self, cache_key: str) -> list[StageRun]:
         """Every stage run with this cache key, newest first, read fresh (experiments too: a colleague's recipe may

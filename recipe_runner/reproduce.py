@@ -47,6 +47,7 @@ class Original:
     recipe_path: Path  # the downloaded recipe file
     lock: dict[str, Any]
     stages: dict[str, dict[str, float]]  # node id -> metrics, in the order the stages ran
+    salted: bool = False  # itself a reproduction: its lock records salted cache keys
 
 
 @dataclass
@@ -104,7 +105,7 @@ def fetch_original(client: Any, ref: str, workdir: Path) -> Original:
                                   order_by=["attributes.start_time ASC"], max_results=5000)
     stages = {c.data.tags[T.NODE_ID]: dict(c.data.metrics) for c in children if T.NODE_ID in c.data.tags}
     experiment = client.get_experiment(run.info.experiment_id).name
-    return Original(run_id, experiment, recipe_path, lock, stages)
+    return Original(run_id, experiment, recipe_path, lock, stages, REPRODUCTION_OF in run.data.tags)
 
 
 def installed_versions(names: list[str]) -> dict[str, str]:
@@ -167,7 +168,8 @@ def prepare_reproduction(original: Original, uri: str, run_nodes: Optional[set[s
     notes = []
     locked = {nid: s.get("cache_key") for nid, s in original.lock.get("stages", {}).items()}
     changed = [n.id for n in plan.graph.nodes.values() if locked.get(n.id) != n.cache_key]
-    if changed:
+    # a reproduction's lock holds its salted keys, which never equal the keys computed here
+    if changed and not original.salted:
         notes.append(f"cache keys here differ from the lock's for {', '.join(changed)} (the model file, the runner's "
                      "key format or a stage default changed): the reproduction may not be the same work")
     salt = f"{original.run_id}:{uuid.uuid4().hex}"

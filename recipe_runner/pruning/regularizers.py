@@ -8,6 +8,7 @@ Detect head) keep their size when pruned, so they are never penalised and never 
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -47,7 +48,7 @@ def gamma_stats(gammas: torch.Tensor) -> dict[str, float]:
     return stats
 
 
-class SparsityPenalty(TrainHook):
+class SparsityPenalty(TrainHook, ABC):
     """A penalty added to the gradients at every optimizer step, with a per-epoch strength schedule.
 
     `linear` decay: strength * (1 - epoch / epochs), strong early while the network is plastic, nearly off at
@@ -79,8 +80,9 @@ class SparsityPenalty(TrainHook):
             self.penalise(model, self.current)
         self.steps += 1
 
+    @abstractmethod
     def penalise(self, model: nn.Module, strength: float) -> None:
-        raise NotImplementedError
+        """Add this step's penalty, at `strength`, to the (unscaled) gradients."""
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> dict[str, float]:
         return {**gamma_stats(gamma_magnitudes(self.batchnorms)), "penalty_strength": self.current,

@@ -152,9 +152,21 @@ class Tracker:
     def log_figure(self, run_id: str, figure: Any, name: str) -> None:
         self.client.log_figure(run_id, figure, name)
 
-    def log_dataset(self, run_id: str, dataset_input: Any) -> None:
-        """A DatasetInput (records.dataset_input): MLflow's Dataset column and run page show it; no upload."""
-        self.client.log_inputs(run_id, datasets=[dataset_input])
+    def log_dataset(self, run_id: str, dataset_input: Any, attempts: int = 4) -> None:
+        """A DatasetInput (records.dataset_input): MLflow's Dataset column and run page show it; no upload.
+
+        The server looks the dataset up and inserts it if new, not atomically: two runs logging the same new
+        dataset at once make one of them fail a UNIQUE constraint. By the retry the dataset exists and is linked."""
+        from mlflow.exceptions import MlflowException
+
+        for attempt in range(attempts):
+            try:
+                self.client.log_inputs(run_id, datasets=[dataset_input])
+                return
+            except MlflowException:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def log_onnx_model(self, run_id: str, path: Path, name: str, step: int = 0) -> str:
         """Log an .onnx file as an MLflow model (ONNX flavour) of `run_id`, so it shows in MLflow's model views;

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -175,3 +176,35 @@ def test_a_stale_lease_is_taken_over_by_exactly_one_of_two_processes(mlflow_serv
     assert train.data.metrics["epochs_trained"] == 2  # the rest, not from epoch 0
     assert client.get_run(stale.info.run_id).info.status == "KILLED"  # marked only once taken over
     assert sum("[resume] train" in o for o in outputs) == 1
+
+
+def test_runs_logging_the_same_new_dataset_at_once_all_get_it(mlflow_server: str):
+    """The server inserts a new dataset without a lock: concurrent first logs hit its UNIQUE constraint. Every run
+    must still end up with the dataset input (the second process of a pair used to die on this)."""
+    from mlflow.entities import Dataset, DatasetInput
+
+    trackers = [T.Tracker(mlflow_server, "same-dataset") for _ in range(8)]
+    trackers[0].experiment_id  # create the experiment once, so only the dataset insert races
+    client, errors = MlflowClient(mlflow_server), []
+    # a few rounds, each with a new dataset: the race window is a few milliseconds
+    for round in range(5):
+        run_ids = [t.start_run(f"r{round}.{i}", {}) for i, t in enumerate(trackers)]
+        dataset = DatasetInput(Dataset(name="shapes", digest=f"{round}-{time.time():.6f}", source_type="code",
+                                       source="{}"))
+        barrier = threading.Barrier(len(trackers))
+
+        def log(tracker: T.Tracker, run_id: str) -> None:
+            barrier.wait()
+            try:
+                tracker.log_dataset(run_id, dataset)
+            except Exception as exc:  # a thread's exception would only be printed: collect it for the assert
+                errors.append(exc)
+
+        threads = [threading.Thread(target=log, args=pair) for pair in zip(trackers, run_ids)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert errors == []
+        digests = [[d.dataset.digest for d in client.get_run(r).inputs.dataset_inputs] for r in run_ids]
+        assert digests == [[dataset.dataset.digest]] * len(run_ids)

@@ -33,6 +33,17 @@ UriOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (overrid
 
 
 @contextmanager
+def _timings_written() -> Iterator[None]:
+    """$RECIPE_RUNNER_TIMINGS gets the run's time sections (bench/overhead.py), also when the run fails."""
+    from . import timing
+
+    try:
+        yield
+    finally:
+        timing.write_if_asked()
+
+
+@contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """`kill` or a scheduler's timeout takes Ctrl-C's path: stage and parent runs marked KILLED, checkpoints kept."""
 
@@ -112,11 +123,13 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
     """Run a recipe: reuse finished stages, resume unfinished ones, run the rest; log everything to MLflow."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from . import timing
     from .engine import Engine, StageFailed
     from .planner import RunOptions, prepare
 
-    with _sigterm_as_interrupt(), _exit_codes():
-        p = prepare(recipe, RunOptions(set_ or [], force or [], only or [], tracking_uri))
+    with _sigterm_as_interrupt(), _exit_codes(), _timings_written():
+        with timing.section("plan"):
+            p = prepare(recipe, RunOptions(set_ or [], force or [], only or [], tracking_uri))
         console.print(f"tracking: {p.tracker.uri}  experiment: {p.tracker.experiment_name}", markup=False, highlight=False)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=False) as progress:

@@ -24,6 +24,7 @@ from . import lease
 from . import records as R
 from . import tracking as T
 from . import versions as V
+from .timing import section, timed
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_of
 from .graph import StageNode
 from .planner import Plan, PlannedStage
@@ -67,6 +68,7 @@ class RunningStage:
     def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
         self.engine.tracker.log_metrics(self.run_id, {self.prefix + k: v for k, v in metrics.items()}, step)
 
+    @timed("epoch checkpoints")
     def save_epoch_state(self, state: dict, epoch: int) -> None:
         if self.prefix:  # fine-tuning inside a multi-step stage: the stage checkpoints per step instead
             return
@@ -84,6 +86,7 @@ class RunningStage:
         self.engine.announce(f"[warn]   {self.stage_id}: {message}")
         self.engine.tracker.set_tags(self.run_id, {T.PREFIX + "warning": message[:5000]})
 
+    @timed("plots")
     def log_plot(self, figure: Any, name: str) -> None:
         self.engine.tracker.log_figure(self.run_id, figure, name)
         import matplotlib.pyplot as plt
@@ -249,7 +252,8 @@ class Engine:
         if output.evaluate_output:
             metrics.update(self.evaluate(output.model, node.config))
         path = workdir / "checkpoint" / "model.pt"
-        sha = save_checkpoint({"cache_key": node.cache_key, "model": self.family.describe(output.model)}, path)
+        with section("stage checkpoints"):
+            sha = save_checkpoint({"cache_key": node.cache_key, "model": self.family.describe(output.model)}, path)
         metrics["size_mb"] = path.stat().st_size / 1e6
         self.tracker.log_metrics(run_id, metrics, output.final_step)
         self.tracker.log_artifact(run_id, path, "checkpoint")
@@ -288,6 +292,7 @@ class Engine:
         metrics["sparsity"] = weight_sparsity(model)
         return metrics
 
+    @timed("stage inputs")
     def input_of(self, node_id: str, workdir: Path) -> StageInput:
         """A stage's output for its child: in memory if it ran here, else fetched from MLflow and verified."""
         gives = self.plan.graph.gives(node_id)

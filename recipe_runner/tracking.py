@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from .timing import timed
+
 PREFIX = "recipe_runner."
 ROLE, CACHE_KEY, STAGE_ID, NODE_ID, STAGE_TYPE = (PREFIX + k for k in ("role", "cache_key", "stage_id", "node_id", "stage_type"))
 CHECKPOINT_SHA, EPOCH, EPOCH_SHA = PREFIX + "checkpoint_sha256", PREFIX + "epoch", PREFIX + "epoch_sha256"
@@ -71,6 +73,7 @@ class Tracker:
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
+    @timed("mlflow", per_function=True)
     def check(self) -> None:
         """Fail fast, before anything trains, when the store cannot be reached."""
         if self.uri.startswith(("http://", "https://")):
@@ -86,6 +89,7 @@ class Tracker:
             raise TrackingError(f"cannot use MLflow tracking URI {self.uri}: {exc}") from None
 
     @property
+    @timed("mlflow", per_function=True)
     def experiment_id(self) -> str:
         if self._experiment_id is None:
             found = self.client.get_experiment_by_name(self.experiment_name)
@@ -103,6 +107,7 @@ class Tracker:
         return self._experiment_id
 
     # -- runs -------------------------------------------------------------
+    @timed("mlflow", per_function=True)
     def start_run(self, name: str, tags: dict[str, str], parent_id: Optional[str] = None) -> str:
         """A run named `name`, unless `tags` carry a RUN_NAME (the name for people, records.run_name)."""
         tags = {RUN_NAME: name, **tags}
@@ -110,6 +115,7 @@ class Tracker:
             tags["mlflow.parentRunId"] = parent_id
         return self.client.create_run(self.experiment_id, tags=tags, run_name=tags[RUN_NAME]).info.run_id
 
+    @timed("mlflow", per_function=True)
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
 
@@ -117,6 +123,7 @@ class Tracker:
         """Soft-delete: searches no longer see the run (a withdrawn lease claim)."""
         self.client.delete_run(run_id)
 
+    @timed("mlflow", per_function=True)
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -125,6 +132,7 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
 
+    @timed("mlflow", per_function=True)
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: Optional[int] = None,
                     model_id: Optional[str] = None) -> None:
         """`model_id`: the MLflow model these metrics measure (its model views show them)."""
@@ -136,6 +144,7 @@ class Tracker:
         for i in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[i:i + 500])
 
+    @timed("mlflow", per_function=True)
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         """All tags in one batch: one transaction in a SQL store, one request to a server. A crash can never leave
         half of them written (e.g. a new epoch sha next to the old epoch slot, which would fail verification)."""
@@ -143,15 +152,19 @@ class Tracker:
 
         self.client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
+    @timed("mlflow", per_function=True)
     def log_artifact(self, run_id: str, path: Path, folder: Optional[str] = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)
 
+    @timed("mlflow", per_function=True)
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
 
+    @timed("mlflow", per_function=True)
     def log_figure(self, run_id: str, figure: Any, name: str) -> None:
         self.client.log_figure(run_id, figure, name)
 
+    @timed("mlflow", per_function=True)
     def log_dataset(self, run_id: str, dataset_input: Any, attempts: int = 4) -> None:
         """A DatasetInput (records.dataset_input): MLflow's Dataset column and run page show it; no upload.
 
@@ -168,6 +181,7 @@ class Tracker:
                     raise
                 time.sleep(0.2 * (attempt + 1))
 
+    @timed("mlflow", per_function=True)
     def log_onnx_model(self, run_id: str, path: Path, name: str, step: int = 0) -> str:
         """Log an .onnx file as an MLflow model (ONNX flavour) of `run_id`, so it shows in MLflow's model views;
         returns the model id. `mlflow.onnx.log_model` would read the global tracking URI and experiment, so this
@@ -193,11 +207,13 @@ class Tracker:
         self.client.finalize_logged_model(logged.model_id, "READY")
         return logged.model_id
 
+    @timed("mlflow", per_function=True)
     def download(self, run_id: str, artifact: str, dest: Path) -> Path:
         dest.mkdir(parents=True, exist_ok=True)
         return Path(self.client.download_artifacts(run_id, artifact, str(dest)))
 
     # -- lookup by cache key ----------------------------------------------
+    @timed("mlflow", per_function=True)
     def stage_runs(self, cache_key: str) -> list[StageRun]:
         """Every stage run with this cache key, newest first, across every experiment of the store, in one query
         (the experiments are listed once per Tracker: planning asks once per stage)."""
@@ -205,6 +221,7 @@ class Tracker:
             self._all_experiments = [e.experiment_id for e in self.client.search_experiments()]
         return [_stage_run(r) for r in self._search(self._all_experiments, cache_key)]
 
+    @timed("mlflow", per_function=True)
     def runs_for(self, cache_key: str) -> list[StageRun]:
         """Every stage run with this cache key, newest first, read fresh (experiments too: a colleague's recipe may
         have created its experiment after this process started)."""

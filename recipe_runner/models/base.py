@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..timing import timed
+
 if TYPE_CHECKING:
     from ..data import DataSource
     from .hooks import TrainHook
@@ -171,9 +173,11 @@ class ModelFamily(ABC):
         `after_backward`, if given, runs after each batch's backward pass."""
         raise NotImplementedError(f"{self.name} does not support gradient-based importance")
 
+    @timed("latency")
     def latency(self, model: nn.Module, imgsz: int) -> float:
         return median_latency_ms(model, self.example_inputs(model, imgsz))
 
+    @timed("MACs")
     def cost(self, model: nn.Module, imgsz: int) -> dict[str, float]:
         """MACs and parameter count at `imgsz`, through torch-pruning's counter."""
         import torch_pruning as tp

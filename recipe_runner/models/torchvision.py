@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..timing import timed
 from ._shapes import apply_shapes, module_attributes
 from .base import EvalKnobs, Keep, ModelFamily, TrainContext, TrainKnobs, TrainResult, torch_device
 from .hooks import training_hooks
@@ -163,6 +164,7 @@ class TorchvisionFamily(ModelFamily):
         model.cpu().eval()  # stages hand models around on the CPU; each trainer moves them where it needs
         return TrainResult(model, metrics, trained, start + trained)
 
+    @timed("evaluations")
     def evaluate(self, model: nn.Module, data: DataSource, knobs: EvalKnobs) -> dict[str, float]:
         model.eval()
         home = next(model.parameters()).device

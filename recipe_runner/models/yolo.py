@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from ..timing import timed
 from ._shapes import apply_shapes, module_attributes
 from ._yolo_arch import check_architecture, check_description
 from ._yolo_env import device_string, resolved_data_yaml, strip_integration_callbacks, ultralytics_ready
@@ -124,6 +125,7 @@ class YoloFamily(ModelFamily):
     def evaluate(self, model: nn.Module, data: DataSource, knobs: EvalKnobs) -> dict[str, float]:
         return self._validate(copy.deepcopy(model).float().eval(), data, knobs)
 
+    @timed("evaluations")
     def _validate(self, model: Any, data, knobs, batch: int | None = None) -> dict[str, float]:
         """Ultralytics' validator on the val split; `model` is a module or an exported file's path."""
         ultralytics_ready()

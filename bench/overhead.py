@@ -1,0 +1,138 @@
+"""Benchmark: the runner's overhead against the same workflow written by hand (bench/overhead_reference.py).
+
+YOLOv8n on builtin:shapes at 160 px: train, DepGraph group-l2 to ratio 0.5 in 2 steps with fine-tuning and
+validation around each, fine-tune, ONNX export. Both sides start cold (a new process, a new MLflow store) and
+run alternately, ROUNDS times each, so a slow spell of the machine hits both. The runner writes its own time
+sections ($RECIPE_RUNNER_TIMINGS, recipe_runner/timing.py); then a fully cached re-run and `recipe plan` are
+timed, and whether they imported Ultralytics. Prints a table and writes bench/results/overhead.json.
+
+    python bench/overhead.py [--rounds 2] [--epochs 20 --step-epochs 5 --final-epochs 10]   # ~8 min on 2 cores
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RECIPE = """\
+version: 1
+name: overhead
+seed: 0
+model: yolov8n.yaml
+data: {data}
+defaults: {{imgsz: 160, batch: 16, device: cpu, args: {{nbs: 16}}}}
+stages:
+  train: {{type: train, epochs: {epochs}}}
+  prune: {{type: prune, method: depgraph, importance: group-l2, ratio: 0.5, steps: 2, finetune_epochs: {step_epochs},
+          args: {{nbs: 16, warmup_epochs: 0}}}}
+  finetune: {{type: finetune, epochs: {final_epochs}, args: {{nbs: 16, warmup_epochs: 0}}}}
+  onnx: {{type: export, format: onnx}}
+"""
+# Is Ultralytics (or torch) imported by a command? Checked in the child process itself, at exit.
+PROBE = """\
+import atexit, json, os, sys
+atexit.register(lambda: open(os.environ["RR_PROBE"], "w").write(json.dumps(
+    {m: m in sys.modules for m in ("ultralytics", "torch", "torch_pruning", "mlflow")})))
+sys.argv = ["recipe", *sys.argv[1:]]
+from recipe_runner.cli import main
+main()
+"""
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd[:4])} failed ({done.returncode}):\n{done.stdout[-3000:]}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--step-epochs", type=int, default=5)
+    parser.add_argument("--final-epochs", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "overhead.json")
+    args = parser.parse_args()
+
+    from recipe_runner.data import cache_root, resolve_data
+    from recipe_runner.offline import configure_offline
+
+    # the same data.yaml for both sides (generated once, outside the timings); the reference gets the runner's
+    # offline Ultralytics settings folder (fonts in place), nothing else of the runner
+    data_yaml = str(resolve_data("builtin:shapes", "detect").path)
+    configure_offline(cache_root())
+    env = {**os.environ, "YOLO_CONFIG_DIR": os.environ["YOLO_CONFIG_DIR"], "PYTHONUNBUFFERED": "1"}
+    work = Path(tempfile.mkdtemp(prefix="rr-overhead-"))
+    recipe_text = RECIPE.format(data=data_yaml, epochs=args.epochs, step_epochs=args.step_epochs,
+                                final_epochs=args.final_epochs)
+    reference_cmd = [sys.executable, str(HERE / "overhead_reference.py"), "--data", data_yaml, "--epochs",
+                     str(args.epochs), "--steps", "2", "--step-epochs", str(args.step_epochs), "--final-epochs",
+                     str(args.final_epochs)]
+    runs: list[dict] = []
+    for round_ in range(args.rounds):
+        ref_dir, run_dir = work / f"ref{round_}", work / f"run{round_}"
+        ref_dir.mkdir()
+        run_dir.mkdir()
+        (run_dir / "recipe.yaml").write_text(recipe_text)
+        reference = timed([*reference_cmd, "--out", str(ref_dir)], ref_dir, env)
+        sections = run_dir / "timings.json"
+        runner = timed([sys.executable, "-m", "recipe_runner.cli", "run", "recipe.yaml"], run_dir,
+                       {**env, "RECIPE_RUNNER_TIMINGS": str(sections)})
+        runs.append({"reference_s": reference, "runner_s": runner, "ratio": runner / reference,
+                     "sections": json.loads(sections.read_text())})
+        print(f"round {round_ + 1}: reference {reference:.1f} s, runner {runner:.1f} s ({runner / reference:.3f}x)",
+              flush=True)
+
+    # nothing left to do: a re-run and a plan of the last round's recipe, in its store
+    last = work / f"run{args.rounds - 1}"
+    probes = {}
+    for verb in ("run", "plan"):
+        probe = last / f"probe-{verb}.json"
+        seconds = timed([sys.executable, "-c", PROBE, verb, "recipe.yaml"], last, {**env, "RR_PROBE": str(probe)})
+        probes[verb] = {"seconds": seconds, "imported": json.loads(probe.read_text())}
+    import_s = timed([sys.executable, "-c", "import torch, ultralytics, torch_pruning"], last, env)
+
+    result = summarize(runs, probes, import_s, vars(args))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str))
+    print_table(result)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def summarize(runs: list[dict], probes: dict, import_s: float, settings: dict) -> dict:
+    names = sorted({name for r in runs for name in r["sections"]})
+    sections = {name: statistics.mean(r["sections"].get(name, {}).get("seconds", 0.0) for r in runs) for name in names}
+    reference = statistics.mean(r["reference_s"] for r in runs)
+    runner = statistics.mean(r["runner_s"] for r in runs)
+    return {"settings": {k: v for k, v in settings.items() if k != "out"}, "cores": os.cpu_count(), "runs": runs,
+            "reference_s": reference, "runner_s": runner, "ratio": runner / reference,
+            "extra_s": runner - reference, "sections_s": sections, "cached_rerun": probes["run"],
+            "plan": probes["plan"], "import_stack_s": import_s}
+
+
+def print_table(r: dict) -> None:
+    print(f"\n{'':34}{'seconds':>9}")
+    print(f"{'hand-written reference':34}{r['reference_s']:9.1f}")
+    print(f"{'recipe run':34}{r['runner_s']:9.1f}   {r['ratio']:.3f}x, +{r['extra_s']:.1f} s")
+    print("runner time sections (mean; the training itself is not a section):")
+    for name, seconds in sorted(r["sections_s"].items(), key=lambda kv: -kv[1]):
+        print(f"  {name:32}{seconds:9.2f}")
+    for verb in ("cached_rerun", "plan"):
+        p = r[verb]
+        print(f"{verb.replace('_', ' '):34}{p['seconds']:9.1f}   imports Ultralytics: {p['imported']['ultralytics']}")
+    print(f"{'import torch+ultralytics+tp':34}{r['import_stack_s']:9.1f}")
+
+
+if __name__ == "__main__":
+    main()

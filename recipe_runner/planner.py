@@ -81,6 +81,42 @@ def _load_family_and_data(recipe: Recipe, base: Path) -> tuple[Any, Any]:
     configure_offline(cache_root())
     entry = FAMILIES.get(recipe.model.family)
     family = entry.load()
+    # the family's checks import its libraries (Ultralytics and torch: seconds); a recipe that passed them with
+    # the same libraries need not pay that again to plan, or to find that every stage is cached
+    memo = cache_root() / "checked" / _checks_key(recipe)
+    if not memo.exists():
+        _check_model_and_stages(recipe, family)
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        memo.touch()
+    try:
+        data = resolve_data(recipe.data, entry.task, base)
+    except (DataError, OSError) as exc:
+        raise recipe.located(("data",), str(exc)) from None
+    return family, data
+
+
+def _checks_key(recipe: Recipe) -> str:
+    """What the family's checks read: the model, every stage config, this machine, and the versions that judge."""
+    import json
+    import platform
+    from importlib import metadata
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "-"
+
+    stages = {sid: [config.model_dump(mode="json", by_alias=True) for _, config in decl.variants]
+              for sid, decl in recipe.stages.items()}
+    facts = {"model": recipe.model.model_dump(mode="json"), "model_file": model_identity(recipe)["source"],
+             "stages": stages, "host": platform.node(),
+             "versions": [version(n) for n in ("recipe-runner", "ultralytics", "torch", "torch-pruning", "torchvision")]}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _check_model_and_stages(recipe: Recipe, family: Any) -> None:
+    """The family's own checks of the model source, and each stage's checks, devices and trainer arguments."""
     try:
         family.check_source(recipe.model.source)
     except ValueError as exc:
@@ -103,11 +139,6 @@ def _load_family_and_data(recipe: Recipe, base: Path) -> tuple[Any, Any]:
                 family.check_args(dict(getattr(config, "args", None) or {}))
             except ValueError as exc:
                 raise recipe.located(("stages", sid, "args"), str(exc)) from None
-    try:
-        data = resolve_data(recipe.data, entry.task, base)
-    except (DataError, OSError) as exc:
-        raise recipe.located(("data",), str(exc)) from None
-    return family, data
 
 
 def model_identity(recipe: Recipe) -> dict[str, str]:

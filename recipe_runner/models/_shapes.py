@@ -7,10 +7,11 @@ resize it to match.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 _PLAIN = (int, float, bool, str)
 
@@ -34,6 +35,9 @@ def module_attributes(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 def apply_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor], attrs: dict[str, dict[str, Any]]) -> nn.Module:
     """Resize `model`'s parameters/buffers to the saved tensors' shapes, set saved attributes, load weights."""
+    import torch
+    from torch import nn
+
     modules = dict(model.named_modules())
     for key, tensor in state_dict.items():
         owner, _, leaf = key.rpartition(".")

@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Protocol, Sequence
 
-import numpy as np
-import torch
-from torch import nn
-
 from ..timing import timed
 
+# torch is imported where it is used: planning a recipe (and a fully cached re-run) loads the family without it
 if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
     from ..data import DataSource
     from .hooks import TrainHook
 
@@ -146,6 +147,8 @@ class ModelFamily(ABC):
         for d in devices:
             if str(d) == "cpu":
                 continue
+            import torch
+
             if str(d) == "mps":
                 if not torch.backends.mps.is_available():
                     raise ValueError("device mps is not available on this machine; use device: cpu")
@@ -180,6 +183,7 @@ class ModelFamily(ABC):
     @timed("MACs")
     def cost(self, model: nn.Module, imgsz: int) -> dict[str, float]:
         """MACs and parameter count at `imgsz`, through torch-pruning's counter."""
+        import torch
         import torch_pruning as tp
 
         was_training = model.training
@@ -193,6 +197,8 @@ class ModelFamily(ABC):
 
 def torch_device(device: Any) -> torch.device:
     """The recipe's `device:` (cpu | 0 | cuda:0 | mps | [0]) as a torch.device."""
+    import torch
+
     if isinstance(device, (list, tuple)):
         device = device[0] if device else "cpu"
     text = str(device)
@@ -204,6 +210,8 @@ def torch_device(device: Any) -> torch.device:
 def median_latency_ms(model: nn.Module, example: torch.Tensor, runs: int = 10) -> float:
     """CPU latency of one forward pass at batch 1 (median of `runs`, after one warm-up)."""
     import time
+
+    import torch
 
     model.eval()
     times = []

@@ -8,9 +8,6 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
-import torch
-from torch import nn
-
 from ..timing import timed
 from ._shapes import apply_shapes, module_attributes
 from ._yolo_arch import check_architecture, check_description
@@ -18,6 +15,9 @@ from ._yolo_env import device_string, resolved_data_yaml, strip_integration_call
 from .base import EvalKnobs, Keep, ModelFamily, TrainContext, TrainKnobs, TrainResult
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
     from ..data import DataSource
     from .hooks import TrainHook
 
@@ -84,6 +84,8 @@ class YoloFamily(ModelFamily):
     def build(self, source: str, data, seed: int) -> nn.Module:
         ultralytics_ready()
         from ultralytics.nn.tasks import DetectionModel
+
+        import torch
 
         torch.manual_seed(seed)
         nc = data.num_classes
@@ -176,6 +178,8 @@ class YoloFamily(ModelFamily):
 
     # -- structure --------------------------------------------------------
     def example_inputs(self, model: nn.Module, imgsz: int) -> torch.Tensor:
+        import torch
+
         stride = int(max(getattr(model, "stride", torch.tensor([32.0])).max().item(), 32))
         size = _round_to_stride(imgsz, stride)
         return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))

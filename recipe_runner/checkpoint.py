@@ -4,8 +4,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 FORMAT = 1
 
@@ -58,3 +59,32 @@ def load_checkpoint(path: Path, expected_sha256: str | None) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a recipe-runner checkpoint (format {FORMAT})")
     return payload
+
+
+class EpochCadence:
+    """When a training stage writes its resumable epoch checkpoint (model, EMA, optimizer: for a big model on a
+    remote store, hundreds of MB per upload).
+
+    `every=N`: every N-th epoch. `every="auto"`: after any epoch at which the time since the last checkpoint is
+    at least `1/share` times what that checkpoint took, so checkpoints cost about `share` of the training time:
+    a small model on a local store still checkpoints every epoch, a big one on a slow link every few minutes.
+    The first epoch is always written (it measures the cost). A kill loses the epochs since the last one.
+    """
+
+    def __init__(self, every: int | str = "auto", share: float = 0.03, clock: Callable[[], float] = time.monotonic):
+        self.every, self.share, self.clock = every, share, clock
+        self.last_epoch: Optional[int] = None
+        self.last_end = 0.0
+        self.last_cost = 0.0
+
+    def due(self, epoch: int) -> bool:
+        if self.last_epoch is None:
+            return True
+        if self.every != "auto":
+            return epoch - self.last_epoch >= int(self.every)
+        return self.clock() - self.last_end >= self.last_cost / self.share
+
+    def written(self, epoch: int, started: float) -> None:
+        """Record a checkpoint of `epoch` that began at `started` (this cadence's clock) and has just finished."""
+        self.last_epoch, self.last_end = epoch, self.clock()
+        self.last_cost = self.last_end - started

@@ -1,7 +1,7 @@
 """Pydantic building blocks shared by the stage configs (no torch here: validation stays fast)."""
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,7 +33,7 @@ class StageConfig(StrictModel):
                                               "(a list of GPUs is refused)")
 
     # Keys that do not change a stage's result, so they stay out of its cache key.
-    NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset({"from_", "device", "workers"})
+    NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset({"from_", "device", "workers", "checkpoint_every"})
     # Keys added to an existing stage type later: at their default they stay out of the cache key, so adding a
     # key never changes the keys (and the reuse) of stages recorded before it existed. List new keys here.
     KEY_ONLY_WHEN_SET: ClassVar[frozenset[str]] = frozenset()
@@ -58,4 +58,8 @@ class TrainingKnobs(StrictModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0, lt=1)
     workers: int = Field(0, ge=0, le=64, description="data-loader worker processes")
+    checkpoint_every: Union[Literal["auto"], Annotated[int, Field(ge=1, le=10000)]] = Field(
+        "auto", description="epochs between resumable epoch checkpoints written to the tracking store; auto: every "
+                            "epoch while writing them costs under 3% of the training time, else as often as that "
+                            "allows (not part of the cache key)")
     args: dict[str, Any] = Field(default_factory=dict, description="extra trainer arguments passed through to the family (e.g. Ultralytics train args)")

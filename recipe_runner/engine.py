@@ -25,7 +25,8 @@ from . import records as R
 from . import tracking as T
 from . import versions as V
 from .timing import section, timed
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_of
+from .checkpoint import CheckpointError, EpochCadence, load_checkpoint, save_checkpoint, sha256_of
+from .config_base import TrainingKnobs
 from .graph import StageNode
 from .planner import Plan, PlannedStage
 from .pruning.unstructured import sparsity as weight_sparsity
@@ -64,20 +65,30 @@ class RunningStage:
         self.parent_model, self.parent_file, self.parent_metrics = parent.model, parent.file, parent.metrics
         self.parent_cache_key = engine.plan.graph.nodes[node.parent].cache_key if node.parent else ""
         self.resume_state, self.prefix = resume_state, prefix
+        every = node.config.checkpoint_every if isinstance(node.config, TrainingKnobs) else 1
+        self.cadence = EpochCadence(every)
 
     def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
         self.engine.tracker.log_metrics(self.run_id, {self.prefix + k: v for k, v in metrics.items()}, step)
 
+    def epoch_state_due(self, epoch: int) -> bool:
+        """Should the trainer build and save its epoch state now (the stage's `checkpoint_every`)?"""
+        # fine-tuning inside a multi-step stage: the stage checkpoints per step instead
+        return not self.prefix and self.cadence.due(epoch)
+
     @timed("epoch checkpoints")
     def save_epoch_state(self, state: dict, epoch: int) -> None:
-        if self.prefix:  # fine-tuning inside a multi-step stage: the stage checkpoints per step instead
+        """Upload a resumable state of `epoch` (a trainer asks epoch_state_due first; prune saves every step)."""
+        if self.prefix:
             return
+        started = self.cadence.clock()
         slot = epoch % 2
         path = self.workdir / "epoch" / str(slot) / "state.pt"
         sha = save_checkpoint({"cache_key": self.node.cache_key, **state}, path)
         self.engine.tracker.log_artifact(self.run_id, path, f"epoch/{slot}")
         # after the upload, never before: a crash in between leaves the tags on the other, intact slot
         self.engine.tracker.set_tags(self.run_id, {T.EPOCH: epoch, T.EPOCH_SHA: sha, T.EPOCH_SLOT: slot})
+        self.cadence.written(epoch, started)
 
     def log_artifact(self, path: Path, folder: Optional[str] = None) -> None:
         self.engine.tracker.log_artifact(self.run_id, path, folder)

@@ -20,7 +20,7 @@ version: 1
 name: resume
 model: lenet
 data: builtin:shapes-cls?train=768&val=32&imgsz=32
-defaults: {imgsz: 32, batch: 16}
+defaults: {imgsz: 32, batch: 16, checkpoint_every: 1}  # these tests kill at chosen epochs
 stages:
   train:
     type: train

@@ -137,6 +137,9 @@ class _Ctx:
     def log_metrics(self, metrics, step=None):
         self.logged.append((step, dict(metrics)))
 
+    def epoch_state_due(self, epoch):
+        return True
+
     def save_epoch_state(self, state, epoch):
         self.states.append(state)
 
@@ -321,6 +324,7 @@ RESUME = """\
     lr: 0.1
     strength: 0.5
     strength_decay: linear
+    checkpoint_every: 1  # the test kills it after a chosen epoch
 """
 
 

@@ -175,6 +175,12 @@ class EpochCallbacks:
         if trainer.fitness is not None and trainer.best_fitness is not None and trainer.fitness >= trainer.best_fitness:
             self.best_state = {k: v.detach().clone() for k, v in ema.state_dict().items()}
             self.best_epoch = epoch
+        if self.ctx.epoch_state_due(epoch):
+            self.save(trainer, epoch)
+        self.advance(1)
+
+    def save(self, trainer: Any, epoch: int) -> None:
+        ema = trainer.ema.ema
         self.ctx.save_epoch_state({
             "model": self.describe(trainer.unwrapped()),
             "ema": {k: v.detach().clone() for k, v in ema.state_dict().items()},
@@ -188,7 +194,6 @@ class EpochCallbacks:
             "best_epoch": self.best_epoch,
             "hooks": self.hooks.state_dict(),
         }, epoch)
-        self.advance(1)
 
 
 def finished_model(ema: nn.Module, best_state: Optional[dict], keep: Keep) -> nn.Module:

@@ -156,8 +156,10 @@ class TorchvisionFamily(ModelFamily):
                 best, since_best = metrics["top1"], 0
             else:
                 since_best += 1
-            ctx.save_epoch_state({"model": self.describe(model), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                                  "best": best, "since_best": since_best, "hooks": chain.state_dict()}, epoch + 1)
+            if ctx.epoch_state_due(epoch + 1):
+                ctx.save_epoch_state({"model": self.describe(model), "optimizer": optimizer.state_dict(),
+                                      "epoch": epoch + 1, "best": best, "since_best": since_best,
+                                      "hooks": chain.state_dict()}, epoch + 1)
             advance(1)
             if knobs.patience and since_best >= knobs.patience:
                 break

@@ -261,7 +261,7 @@ class Engine:
         if output.model is None:
             raise TypeError(f"stage type '{node.type}' gives a model but its run returned none")
         if output.evaluate_output:
-            metrics.update(self.evaluate(output.model, node.config))
+            metrics.update(self.evaluate(output.model, node.config, output.evaluation))
         path = workdir / "checkpoint" / "model.pt"
         with section("stage checkpoints"):
             sha = save_checkpoint({"cache_key": node.cache_key, "model": self.family.describe(output.model)}, path)
@@ -295,8 +295,9 @@ class Engine:
         table = R.stage_table(rows, self.family.primary_metric)
         self.tracker.set_tags(parent_id, {T.NOTE: R.description(self.plan.recipe.description, table, status)})
 
-    def evaluate(self, model: Any, config: Any) -> dict[str, float]:
-        metrics = dict(self.family.evaluate(model, self.data, config))
+    def evaluate(self, model: Any, config: Any, measured: Optional[dict[str, float]] = None) -> dict[str, float]:
+        """The standard evaluation; `measured`: the family's accuracy metrics of this model, already taken."""
+        metrics = dict(measured) if measured is not None else dict(self.family.evaluate(model, self.data, config))
         metrics.update(self.family.cost(model, config.imgsz))
         metrics["gflops"] = 2 * metrics["macs"] / 1e9  # Ultralytics' convention: one MAC is two FLOPs
         metrics["latency_ms"] = self.family.latency(model, config.imgsz)

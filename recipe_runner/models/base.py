@@ -61,6 +61,9 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     epochs_trained: int = 0  # epochs run in this process (not counting resumed ones)
     last_epoch: int = 0  # the epoch the model is at, counting resumed ones; final metrics are logged at this step
+    # evaluate(model, data, knobs) of exactly the returned weights with the same knobs, where the trainer already
+    # ran it (its last epoch): the engine need not evaluate the same model again. None: not measured
+    evaluation: Optional[dict[str, float]] = None
 
 
 class ModelFamily(ABC):

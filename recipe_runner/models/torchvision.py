@@ -130,6 +130,7 @@ class TorchvisionFamily(ModelFamily):
         advance = ctx.progress("epochs", epochs)
         advance(start)
         metrics: dict[str, float] = {}
+        evaluation: Optional[dict[str, float]] = None
         trained = 0
         for epoch in range(start, epochs):
             for group in optimizer.param_groups:  # cosine schedule, computed so a resumed run matches
@@ -148,8 +149,9 @@ class TorchvisionFamily(ModelFamily):
                 optimizer.step()
                 chain.after_step(model)
                 total, count = total + loss.item() * len(labels), count + len(labels)
+            evaluation = self.evaluate(model, data, knobs)
             metrics = {"train_loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"],
-                       **chain.on_epoch_end(model, epoch), **self.evaluate(model, data, knobs)}
+                       **chain.on_epoch_end(model, epoch), **evaluation}
             ctx.log_metrics(metrics, step=epoch + 1)
             trained += 1
             if metrics["top1"] > best:
@@ -164,7 +166,7 @@ class TorchvisionFamily(ModelFamily):
             if knobs.patience and since_best >= knobs.patience:
                 break
         model.cpu().eval()  # stages hand models around on the CPU; each trainer moves them where it needs
-        return TrainResult(model, metrics, trained, start + trained)
+        return TrainResult(model, metrics, trained, start + trained, evaluation)
 
     @timed("evaluations")
     def evaluate(self, model: nn.Module, data: DataSource, knobs: EvalKnobs) -> dict[str, float]:

@@ -51,6 +51,9 @@ class StageOutput:
     epochs_trained: int = 0
     final_step: int = 0  # MLflow step of the final evaluation (the last epoch, for training stages)
     evaluate_output: bool = True  # the engine adds the family's standard evaluation (modules only)
+    # family.evaluate(model, data, this stage's config) of exactly the output model, where the stage already has
+    # it: the engine then adds only cost, latency and sparsity (no second pass over the validation set)
+    evaluation: Optional[dict[str, float]] = None
     file: Optional[Path] = None  # the output file, for stage types that give "file"
 
 

@@ -6,7 +6,7 @@ comes from the pruning-method registry. Progress is checkpointed after every ste
 from __future__ import annotations
 
 import copy
-from typing import Annotated, Any, Callable, Union
+from typing import Annotated, Any, Callable, Optional, Union
 
 from pydantic import Field
 
@@ -26,13 +26,16 @@ def run_prune(ctx: StageContext, config) -> StageOutput:
     primary = family.primary_metric
     start_step, history = 0, []
     baseline = None
+    # family.evaluate of the model held in `model` with this config, when this process measured it: the engine
+    # then does not evaluate the output again
+    evaluation: Optional[dict[str, float]] = None
     if ctx.resume_state is not None:
         model = family.rebuild(ctx.resume_state["model"])
         start_step = int(ctx.resume_state["epoch"])
         history = list(ctx.resume_state["history"])
         baseline = float(ctx.resume_state["baseline"])
     if baseline is None:
-        base_eval = family.evaluate(model, ctx.data, config)
+        base_eval = evaluation = family.evaluate(model, ctx.data, config)
         baseline = base_eval[primary]
         history.append({"step": 0, **_shape_metrics(family, model, config), "metric_before_ft": baseline, "metric_after_ft": baseline})
         ctx.log_metrics({f"step/{primary}": baseline, "step/macs": history[0]["macs"], "step/params": history[0]["params"]}, step=0)
@@ -42,14 +45,16 @@ def run_prune(ctx: StageContext, config) -> StageOutput:
     advance = ctx.progress(f"prune {config.method}", len(plans))
     advance(start_step)
     for plan in plans[start_step:]:
-        previous = copy.deepcopy(model)
+        previous, previous_evaluation = copy.deepcopy(model), evaluation
         model = method.prune_step(model, family, ctx.data, config, plan)
-        before = family.evaluate(model, ctx.data, config)[primary]
-        after = before
+        evaluation = family.evaluate(model, ctx.data, config)
+        before = after = evaluation[primary]
         if config.finetune_epochs:
             result = family.train(model, ctx.data, config, config.finetune_epochs, ctx.nested(f"step{plan.step}"))
             model, epochs_trained = result.model, epochs_trained + result.epochs_trained
-            after = family.evaluate(model, ctx.data, config)[primary]
+            # the trainer's own last evaluation of these weights where it has one (torchvision), else one pass
+            evaluation = result.evaluation or family.evaluate(model, ctx.data, config)
+            after = evaluation[primary]
         row = {"step": plan.step, **_shape_metrics(family, model, config), "metric_before_ft": before, "metric_after_ft": after}
         ctx.log_metrics(
             {f"step/{primary}_before_ft": before, f"step/{primary}": after, "step/macs": row["macs"], "step/params": row["params"],
@@ -57,7 +62,7 @@ def run_prune(ctx: StageContext, config) -> StageOutput:
             step=plan.step,
         )
         if config.max_map_drop is not None and baseline - after > config.max_map_drop:
-            model, stopped_early = previous, True
+            model, evaluation, stopped_early = previous, previous_evaluation, True
             row["rejected"] = True
             history.append(row)
             break
@@ -76,7 +81,7 @@ def run_prune(ctx: StageContext, config) -> StageOutput:
     elif method.structured and kept[-1]["macs"] >= history[0]["macs"] and kept[-1]["params"] >= history[0]["params"]:
         ctx.warn("pruning removed nothing (ratio too small for these widths, or round_to too large?)")
     metrics = {"steps_done": float(kept[-1]["step"]), "stopped_early": float(stopped_early), f"baseline_{primary}": baseline}
-    return StageOutput(model=model, metrics=metrics, epochs_trained=epochs_trained)
+    return StageOutput(model=model, metrics=metrics, epochs_trained=epochs_trained, evaluation=evaluation)
 
 
 def _shape_metrics(family, model, config) -> dict[str, float]:

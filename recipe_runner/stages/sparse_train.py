@@ -64,7 +64,7 @@ def run_sparse_train(ctx: StageContext, config: SparseTrainConfig) -> StageOutpu
     if before.numel():
         ctx.log_plot(_histogram(before, after), "bn_gamma_hist.png")
     return StageOutput(model=result.model, metrics=gamma_stats(after), epochs_trained=result.epochs_trained,
-                       final_step=result.last_epoch)
+                       final_step=result.last_epoch, evaluation=result.evaluation)
 
 
 def _histogram(before, after):

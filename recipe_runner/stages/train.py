@@ -29,7 +29,8 @@ def run_training(ctx: StageContext, config: TrainConfig) -> StageOutput:
     model = ctx.parent_model if ctx.parent_model is not None else ctx.family.build(ctx.model_source, ctx.data, ctx.seed)
     result = ctx.family.train(model, ctx.data, config, config.epochs, ctx)
     # per-epoch metrics are already logged; the engine adds the final evaluation at the last epoch's step
-    return StageOutput(model=result.model, epochs_trained=result.epochs_trained, final_step=result.last_epoch)
+    return StageOutput(model=result.model, epochs_trained=result.epochs_trained, final_step=result.last_epoch,
+                       evaluation=result.evaluation)
 
 
 STAGES.register("train")(StageType(TrainConfig, run_training, needs_parent=False, description="train a model"))

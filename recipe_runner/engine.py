@@ -27,6 +27,7 @@ from . import versions as V
 from .timing import section, timed
 from .checkpoint import CheckpointError, EpochCadence, load_checkpoint, save_checkpoint, sha256_of
 from .config_base import TrainingKnobs
+from .data import cache_root
 from .graph import StageNode
 from .planner import Plan, PlannedStage
 from .pruning.unstructured import sparsity as weight_sparsity
@@ -83,7 +84,8 @@ class RunningStage:
             return
         started = self.cadence.clock()
         slot = epoch % 2
-        path = self.workdir / "epoch" / str(slot) / "state.pt"
+        # kept on this machine after a crash (not in the run's scratch folder): a resume here needs no download
+        path = local_epoch_state(self.node.cache_key, slot)
         sha = save_checkpoint({"cache_key": self.node.cache_key, **state}, path)
         self.engine.tracker.log_artifact(self.run_id, path, f"epoch/{slot}")
         # after the upload, never before: a crash in between leaves the tags on the other, intact slot
@@ -231,6 +233,8 @@ class Engine:
             else:
                 result = self._record_model(node, run_id, workdir, output, metrics)
             self.tracker.finish(run_id)
+            # finished: nothing will resume from its epoch checkpoints (the store keeps them)
+            shutil.rmtree(local_epoch_state(node.cache_key, 0).parent.parent, ignore_errors=True)
         except KeyboardInterrupt:
             self.tracker.finish(run_id, "KILLED")
             raise
@@ -330,9 +334,14 @@ class Engine:
         return path
 
     def _load_epoch_state(self, source: T.StageRun, workdir: Path) -> dict:
-        slot = int(source.tags.get(T.EPOCH_SLOT, 0))
+        """The epoch checkpoint the tags name: this machine's copy if its sha256 matches, else the store's."""
+        slot, expected = int(source.tags.get(T.EPOCH_SLOT, 0)), source.tags.get(T.EPOCH_SHA)
+        local = local_epoch_state(source.tags.get(T.CACHE_KEY, ""), slot)
+        if expected and local.is_file() and sha256_of(local) == expected:
+            self.announce(f"[resume] {source.tags.get(T.NODE_ID, '')}: epoch checkpoint found on this machine")
+            return load_checkpoint(local, expected)
         path = self.tracker.download(source.run_id, T.epoch_artifact(slot), workdir / "resume")
-        return load_checkpoint(path, source.tags.get(T.EPOCH_SHA))
+        return load_checkpoint(path, expected)
 
     def lock(self) -> dict[str, Any]:
         """Everything needed to reproduce this run: resolved configs, keys, versions, data, seed, git commit."""
@@ -351,6 +360,11 @@ class Engine:
                               "config": n.config.model_dump(mode="json", by_alias=True)} for n in graph.nodes.values()},
             "versions": versions, "git_commit": _git_commit(recipe.path.parent), "runner_git_commit": V.runner_commit(),
         }
+
+
+def local_epoch_state(cache_key: str, slot: int) -> Path:
+    """Where a stage's epoch checkpoints are written before their upload, and stay until the stage finishes."""
+    return cache_root() / "epochs" / cache_key / str(slot) / "state.pt"
 
 
 def _params(node: StageNode) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import tracking as T
+from recipe_runner.engine import local_epoch_state
 
 from conftest import cli, local_uri, stage_runs
 
@@ -109,16 +110,38 @@ def test_crashed_stage_resumes_and_a_corrupt_epoch_checkpoint_is_not_trusted(wor
     crashed = stage_runs(uri)[0]
     assert crashed.info.status == "FAILED" and crashed.data.tags[T.EPOCH] == "3"
 
-    # corrupt the slot the tags point to: the next run must refuse it and train from scratch
+    # corrupt the slot the tags point to, in the store and in this machine's copy: the next run must refuse it
+    # and train from scratch
     slot = crashed.data.tags[T.EPOCH_SLOT]
     artifact = Path(crashed.info.artifact_uri.replace("file://", "")) / T.epoch_artifact(int(slot))
-    artifact.write_bytes(artifact.read_bytes()[:-20] + b"x" * 20)
+    local = local_epoch_state(crashed.data.tags[T.CACHE_KEY], int(slot))
+    for path in (artifact, local):
+        path.write_bytes(path.read_bytes()[:-20] + b"x" * 20)
     result = cli("run", recipe)
     assert result.exit_code == 0, result.output
     assert "cannot resume" in result.output and "corrupt" in result.output
     train = {r.data.tags[T.NODE_ID]: r for r in stage_runs(uri)}["train"]
     assert train.data.metrics["epochs_trained"] == 8
     assert T.PREFIX + "resumed_from" not in train.data.tags
+    assert not local.parent.parent.exists()  # the finished stage leaves no local epoch checkpoints behind
+
+
+def test_a_crashed_stage_resumes_from_this_machines_copy_without_the_store_copy(workspace: Path, monkeypatch):
+    recipe = workspace / "recipe.yaml"
+    recipe.write_text(FAILING)
+    with monkeypatch.context() as patch:
+        _crash_at_epoch(patch, 3)
+        assert cli("run", recipe).exit_code == 1
+    crashed = stage_runs(local_uri(workspace))[0]
+    slot = int(crashed.data.tags[T.EPOCH_SLOT])
+    # the store's copy is gone (say, a remote server that is slow to reach): this machine's copy is verified
+    (Path(crashed.info.artifact_uri.replace("file://", "")) / T.epoch_artifact(slot)).unlink()
+    assert local_epoch_state(crashed.data.tags[T.CACHE_KEY], slot).is_file()
+    result = cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    assert "epoch checkpoint found on this machine" in result.output and "[resume] train  from epoch 3" in result.output
+    train = {r.data.tags[T.NODE_ID]: r for r in stage_runs(local_uri(workspace))}["train"]
+    assert train.data.metrics["epochs_trained"] == 5
 
 
 def test_resumed_training_matches_uninterrupted_training(workspace: Path, monkeypatch, tmp_path_factory):

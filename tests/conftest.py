@@ -73,3 +73,28 @@ def local_uri(folder: Path) -> str:
 
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+class RecordingContext:
+    """The parts of the engine's RunningStage a family's train() uses, recording what it is given."""
+
+    def __init__(self, workdir: Path, resume_state=None):
+        self.workdir, self.resume_state, self.seed = workdir, resume_state, 0
+        self.states: list[dict] = []
+        self.logged: list[tuple] = []
+
+    def log_metrics(self, metrics, step=None):
+        self.logged.append((step, dict(metrics)))
+
+    def epoch_state_due(self, epoch):
+        return True
+
+    def save_epoch_state(self, state, epoch):
+        import torch
+
+        path = self.workdir / f"state{epoch}.pt"
+        torch.save(state, path)
+        self.states.append(torch.load(path, weights_only=True))  # what the engine will hand back on resume
+
+    def progress(self, description, total):
+        return lambda n: None

@@ -22,7 +22,7 @@ from recipe_runner.models.hooks import HookChain, TrainHook
 from recipe_runner.pruning.regularizers import (BatchNormL1, gamma_magnitudes, gamma_stats, make_penalty,
                                                 prunable_batchnorms)
 
-from conftest import cli, local_uri, stage_runs, write_recipe
+from conftest import RecordingContext, cli, local_uri, stage_runs, write_recipe
 
 YOLO_DATA = "builtin:shapes?train=64&val=8&imgsz=64"
 
@@ -121,30 +121,9 @@ def test_group_l2_shrinks_classifier_groups(workspace: Path):
     config = SparseTrainConfig(penalty="group-l2", strength=0.5, imgsz=32, batch=16, lr=0.1, epochs=1)
     stats = {}
     for name, hooks in (("plain", []), ("group", [make_penalty("group-l2", family, 0.5, "none", 32)])):
-        result = family.train(family.build("lenet", data, seed=0), data, config, 1, _Ctx(workspace), hooks=hooks)
+        result = family.train(family.build("lenet", data, seed=0), data, config, 1, RecordingContext(workspace), hooks=hooks)
         stats[name] = gamma_stats(gamma_magnitudes(prunable_batchnorms(result.model, family)))
     assert stats["group"]["bn_gamma_mean_abs"] < stats["plain"]["bn_gamma_mean_abs"]
-
-
-class _Ctx:
-    """The parts of the engine's RunningStage a family's train() uses, keeping the epoch states it is given."""
-
-    def __init__(self, workdir: Path, resume_state=None):
-        self.workdir, self.resume_state, self.seed = workdir, resume_state, 0
-        self.states: list[dict] = []
-        self.logged: list[tuple] = []
-
-    def log_metrics(self, metrics, step=None):
-        self.logged.append((step, dict(metrics)))
-
-    def epoch_state_due(self, epoch):
-        return True
-
-    def save_epoch_state(self, state, epoch):
-        self.states.append(state)
-
-    def progress(self, description, total):
-        return lambda n: None
 
 
 class _CountingL1(BatchNormL1):
@@ -177,7 +156,7 @@ def test_yolo_penalty_runs_once_per_optimizer_step_and_the_last_ema_is_returned(
     steps = []
     # every optimizer step in the process, counted by torch itself (independent of the runner's override)
     handle = register_optimizer_step_post_hook(lambda *a: steps.append(1))
-    ctx = _Ctx(workspace)
+    ctx = RecordingContext(workspace)
     try:
         model = family.build("yolov8n.yaml", data, seed=0)
         result = family.train(model, data, config, 1, ctx, hooks=[hook], keep="last")

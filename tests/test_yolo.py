@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from recipe_runner import tracking as T
 from recipe_runner.checkpoint import load_checkpoint
 
-from conftest import cli, local_uri, stage_runs
+from conftest import RecordingContext, cli, local_uri, stage_runs
 
 TINY_DATA = "builtin:shapes?train=16&val=8&imgsz=64"
 
@@ -324,29 +324,6 @@ def test_data_yaml_mistakes_are_caught_before_training(workspace: Path, tiny_dat
         resolve_data("ds/data.yaml", "detect", workspace)
 
 
-class _Ctx:
-    """The parts of the engine's RunningStage a family's train() uses, recording what it is given."""
-
-    def __init__(self, workdir: Path, resume_state=None):
-        self.workdir, self.resume_state, self.seed = workdir, resume_state, 0
-        self.states: list[dict] = []
-        self.logged: list[tuple] = []
-
-    def log_metrics(self, metrics, step=None):
-        self.logged.append((step, dict(metrics)))
-
-    def epoch_state_due(self, epoch):
-        return True
-
-    def save_epoch_state(self, state, epoch):
-        path = self.workdir / f"state{epoch}.pt"
-        torch.save(state, path)
-        self.states.append(torch.load(path, weights_only=True))  # what the engine will hand back on resume
-
-    def progress(self, description, total):
-        return lambda n: None
-
-
 def test_training_keeps_pruned_shapes_and_resumes_from_plain_state(family, tiny_data, tmp_path: Path):
     from recipe_runner.pruning import METHODS, plan_steps
     from recipe_runner.stages.train import TrainConfig
@@ -357,14 +334,14 @@ def test_training_keeps_pruned_shapes_and_resumes_from_plain_state(family, tiny_
                               plan_steps(0.5, 1)[0])
     pruned = family.cost(model, 64)
     knobs = TrainConfig(epochs=2, imgsz=64, batch=8)
-    first = _Ctx(tmp_path)
+    first = RecordingContext(tmp_path)
     result = family.train(model, tiny_data, knobs, 2, first)
     assert (result.epochs_trained, result.last_epoch) == (2, 2)
     assert family.cost(result.model, 64) == pruned  # Ultralytics' trainer did not rebuild the yaml
     assert [step for step, _ in first.logged] == [1, 2] and "mAP50-95" in first.logged[0][1]
     assert [s["epoch"] for s in first.states] == [1, 2]
     resumed = family.train(family.build("yolov8n.yaml", tiny_data, seed=0), tiny_data, knobs, 2,
-                           _Ctx(tmp_path, resume_state=first.states[0]))
+                           RecordingContext(tmp_path, resume_state=first.states[0]))
     assert (resumed.epochs_trained, resumed.last_epoch) == (1, 2)
     assert family.cost(resumed.model, 64) == pruned
 

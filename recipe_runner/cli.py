@@ -33,15 +33,18 @@ UriOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (overrid
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """`kill` or a scheduler's timeout takes Ctrl-C's path: stage and parent runs marked KILLED, checkpoints kept."""
+def _sigterm_as_interrupt() -> Iterator[list[str]]:
+    """`kill` or a scheduler's timeout takes Ctrl-C's path: stage and parent runs marked KILLED, checkpoints kept.
+    Yields the names of the signals received: Ray's waits re-raise a bare KeyboardInterrupt without our message."""
+    received: list[str] = []
 
     def interrupt(signum: int, frame) -> None:
+        received.append(signal.Signals(signum).name)
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        yield
+        yield received
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -123,7 +126,7 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
     from .planner import RunOptions, prepare
 
     failure: Optional[RunFailed] = None
-    with _sigterm_as_interrupt(), _exit_codes():
+    with _sigterm_as_interrupt() as signals, _exit_codes():
         try:
             runner = executors.make(executor, address)  # before anything is planned: a missing extra starts nothing
             p = prepare(recipe, RunOptions(set_ or [], force or [], only or [], tracking_uri))
@@ -153,7 +156,7 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
                     except KeyboardInterrupt as exc:
                         typer.echo("interrupted: finished stages are kept; run again: the unfinished stage resumes from its "
                                    "last epoch (or prune step) checkpoint, or starts over if it saved none yet", err=True)
-                        raise typer.Exit(143 if str(exc) == "SIGTERM" else 130)
+                        raise typer.Exit(143 if "SIGTERM" in (str(exc), *signals) else 130)
         except executors.ExecutorUnavailable as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2)

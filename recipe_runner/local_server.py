@@ -50,6 +50,8 @@ class LocalServer:
              "--backend-store-uri", self.backend_uri, "--default-artifact-root", self.artifact_root.as_uri(),
              "--no-serve-artifacts", "--workers", "1"],
             stdout=open(self._log, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            # the job runner (GenAI jobs, its own worker processes) is not needed to log runs
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             start_new_session=True,  # Ctrl-C reaches the driver, which stops the server after its stages
         )
         self.uri = f"http://127.0.0.1:{port}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -76,7 +78,8 @@ def test_branches_run_in_parallel_workers_and_match_the_sequential_run(local_ray
     # the two branches ran in two worker processes at the same time
     a, b = (par[n] for n in BRANCHES)
     assert a.data.tags[L.PID] != b.data.tags[L.PID]
-    assert a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time, "branch runs did not overlap"
+    intervals = {n: (par[n].info.start_time, par[n].info.end_time, par[n].data.tags[L.PID]) for n in BRANCHES}
+    assert a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time, intervals
     # the finetune stages got their parents' checkpoints through the store: the pruned shapes arrived
     assert par["finetune[prune.ratio=0.5]"].data.metrics["macs"] == par["prune[prune.ratio=0.5]"].data.metrics["macs"]
 
@@ -108,3 +111,57 @@ def test_keep_going_on_ray_finishes_the_other_branch(local_ray, workspace: Path,
     assert parent.info.status == "FAILED"
     assert "error: stage 'finetune[prune.ratio=0.5]' failed: CheckpointError" in result.output
     assert "skipped (an ancestor failed): check[prune.ratio=0.5]" in result.output
+
+
+LONG_TRAIN = """\
+version: 1
+name: cancel
+seed: 0
+model: lenet
+data: builtin:shapes-cls?train=512&val=16&imgsz=32
+defaults: {imgsz: 32, batch: 16}
+stages:
+  train:
+    type: train
+    epochs: 12
+"""
+
+
+def test_sigterm_cancels_the_ray_task_its_run_ends_killed_and_a_rerun_resumes(local_ray, workspace: Path):
+    recipe = workspace / "recipe.yaml"
+    recipe.write_text(LONG_TRAIN)
+    uri = local_uri(workspace)
+    signalled = threading.Event()
+
+    def terminate_once_training() -> None:
+        """SIGTERM to this process (the driver) as soon as the stage, in its worker, has saved an epoch checkpoint."""
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            try:
+                runs = MlflowClient(uri).search_runs(["1"], f"tags.`{T.EPOCH}` = '1'") if Path(workspace / "mlflow.db").exists() else []
+            except Exception:  # the server is writing the same sqlite file: read again
+                runs = []
+            if runs:
+                signalled.set()
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=terminate_once_training, daemon=True)
+    watcher.start()
+    result = cli("run", recipe, "--executor", "ray")
+    watcher.join(timeout=10)
+    assert signalled.is_set() and result.exit_code == 143, result.output
+    client = MlflowClient(uri)
+    killed = by_node(stage_runs(uri))["train"]
+    assert killed.info.status == "KILLED", killed.info.status  # cancelled, not left RUNNING or FAILED
+    assert int(killed.data.tags[T.EPOCH]) >= 1
+    assert int(killed.data.tags[L.PID]) != os.getpid()
+    assert client.get_run(killed.data.tags["mlflow.parentRunId"]).info.status == "KILLED"
+    assert {r.info.status for r in client.search_runs(["1"])} == {"KILLED"}  # nothing left RUNNING
+
+    resumed = cli("run", recipe)  # sequential: any executor resumes what another one left
+    assert resumed.exit_code == 0, resumed.output
+    train = by_node(stage_runs(uri))["train"]
+    assert train.data.tags[T.PREFIX + "resumed_from"] == killed.info.run_id
+    assert train.data.metrics["epochs_trained"] == 12 - int(train.data.tags[T.PREFIX + "resumed_epoch"])

@@ -96,7 +96,7 @@ class RayExecutor(Executor):
                                       "sqlite:/// URI (a local mlflow server is then started for the run) or an "
                                       "`mlflow server` (--tracking-uri http://host:port)")
         if local_server.needs_server(uri):
-            if self.address and not _local_address(self.address):
+            if not _all_tasks_here(self.address):
                 raise ExecutorUnavailable(f"tasks on the Ray cluster {self.address} cannot reach the local store {uri}: "
                                           "run an `mlflow server` they can reach and pass --tracking-uri http://host:port")
             self._server = local_server.LocalServer(uri)
@@ -186,8 +186,14 @@ def resources(config: Any) -> dict[str, float]:
     return out
 
 
-def _local_address(address: str) -> bool:
-    return address == "auto" or address.startswith(("127.", "localhost", "ray://127.", "ray://localhost"))
+def _all_tasks_here(address: Optional[str]) -> bool:
+    """Whether every task runs on this machine (so a server on 127.0.0.1 and ./mlruns reach them): a local Ray, or a
+    one-node cluster that is not behind Ray Client on another host."""
+    import ray
+
+    if address and address.startswith("ray://") and not address.startswith(("ray://127.", "ray://localhost")):
+        return False
+    return sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
 
 
 def _run_stage_task(plan: "Plan", planned: "PlannedStage", parent_run_id: str, tracking_uri: str, experiment: str,

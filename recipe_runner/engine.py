@@ -4,6 +4,9 @@ For each node, in topological order:
   reuse   a FINISHED run with the same cache key holds a verified checkpoint: record it, train nothing
   resume  an unfinished run with the same key saved an epoch checkpoint: continue from that epoch
   run     otherwise: load the parent's output, run the stage, evaluate, checkpoint, log
+
+A node starts once its parent is done; an executor (executors/) runs it, in this process by default. A failure
+stops the run, or with on_error='keep-going' skips only the failed node's descendants.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from recipe_runner import lease as L
 from recipe_runner import tracking as T
 
 from conftest import cli, local_uri, stage_runs, write_recipe
-from test_keep_going import SWEEP, by_node, corrupt_checkpoint
+from test_executors import SWEEP, by_node, corrupt_checkpoint
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 

@@ -45,6 +45,9 @@ class RayExecutor(Executor):
     name = "ray"
 
     def __init__(self, address: Optional[str] = None):
+        # read by Ray when it is imported
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # every stage's own [run]/[reuse] line, not "repeated 2x"
         try:
             import ray  # noqa: F401
         except ImportError:
@@ -60,8 +63,6 @@ class RayExecutor(Executor):
     def __enter__(self) -> "RayExecutor":
         import ray
 
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
-        os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # every stage's own [run]/[reuse] line, not "repeated 2x"
         if not ray.is_initialized():  # a caller (or a test) that started Ray keeps its own
             try:
                 if self.address:

@@ -91,3 +91,19 @@ def test_unknown_executor_and_address_without_ray_are_usage_errors(workspace: Pa
     address = cli("run", recipe, "--address", "auto")
     assert address.exit_code == 2 and "--address needs --executor ray" in address.stderr
     assert not (workspace / "mlflow.db").exists()
+
+
+def test_resources_key_sets_what_a_ray_task_reserves_and_stays_out_of_the_cache_key(workspace: Path):
+    from recipe_runner.executors.ray_executor import resources
+    from recipe_runner.graph import compile_graph
+    from recipe_runner.recipe import load_recipe
+
+    recipe = write_recipe(workspace, SWEEP)
+    plain = compile_graph(load_recipe(recipe, []))
+    sized = compile_graph(load_recipe(recipe, ["stages.finetune.resources={cpus: 2, gpus: 0.5}", "stages.train.device=0"]))
+    assert {n: node.cache_key for n, node in sized.nodes.items()} == {n: node.cache_key for n, node in plain.nodes.items()}
+    assert resources(plain.nodes["train"].config) == {"num_cpus": 1.0, "num_gpus": 0.0}
+    assert resources(sized.nodes["train"].config) == {"num_cpus": 1.0, "num_gpus": 1.0}  # a GPU stage: one GPU
+    assert resources(sized.nodes["finetune[prune.ratio=0.3]"].config) == {"num_cpus": 2.0, "num_gpus": 0.5}
+    bad = cli("validate", recipe, "--set", "stages.finetune.resources={cpus: 0}")
+    assert bad.exit_code == 2 and "resources.cpus" in bad.output

@@ -219,7 +219,8 @@ class Engine:
                 done.add(node_id)
                 reports.append(report)
                 # one step per stage, in run order: the parent run's own chart of the pipeline
-                self.tracker.log_metrics(parent_id, R.pipeline_metrics(report.metrics, self.family.primary_metric), steps)
+                pipeline = R.pipeline_metrics(report.metrics, self.family.primary_metric)
+                self.tracker.log_metrics(parent_id, pipeline, steps)
                 steps += 1
 
     def run_stage(self, planned: PlannedStage, parent_id: str, workdir: Path) -> StageReport:

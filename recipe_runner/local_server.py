@@ -68,7 +68,8 @@ class LocalServer:
                 pass
             time.sleep(0.3)
         self.stop()
-        raise LocalServerError(f"mlflow server for {self.backend_uri} did not answer in {START_TIMEOUT_S} s:\n{self._tail()}")
+        raise LocalServerError(f"mlflow server for {self.backend_uri} did not answer in {START_TIMEOUT_S} s:\n"
+                               f"{self._tail()}")
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

@@ -100,7 +100,8 @@ def test_resources_key_sets_what_a_ray_task_reserves_and_stays_out_of_the_cache_
 
     recipe = write_recipe(workspace, SWEEP)
     plain = compile_graph(load_recipe(recipe, []))
-    sized = compile_graph(load_recipe(recipe, ["stages.finetune.resources={cpus: 2, gpus: 0.5}", "stages.train.device=0"]))
+    overrides = ["stages.finetune.resources={cpus: 2, gpus: 0.5}", "stages.train.device=0"]
+    sized = compile_graph(load_recipe(recipe, overrides))
     assert {n: node.cache_key for n, node in sized.nodes.items()} == {n: node.cache_key for n, node in plain.nodes.items()}
     assert resources(plain.nodes["train"].config) == {"num_cpus": 1.0, "num_gpus": 0.0}
     assert resources(sized.nodes["train"].config) == {"num_cpus": 1.0, "num_gpus": 1.0}  # a GPU stage: one GPU

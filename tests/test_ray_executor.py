@@ -28,8 +28,10 @@ COMPARED = ("top1", "macs", "params", "size_mb", "epochs_trained", "latency_ms")
 def local_ray(tmp_path_factory):
     """One local Ray (2 CPUs, as this machine has) for every test here; two workers warmed up (torch and the runner
     imported), so that the two branches meet two ready processes."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ["RECIPE_RUNNER_CACHE"] = str(tmp_path_factory.getbasetemp() / "rr-cache")  # as `workspace` sets it
+    saved = {k: os.environ.get(k) for k in ("RAY_USAGE_STATS_ENABLED", "RECIPE_RUNNER_CACHE")}
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # the workers inherit the environment Ray starts with: the dataset cache that `workspace` gives each test
+    os.environ["RECIPE_RUNNER_CACHE"] = str(tmp_path_factory.getbasetemp() / "rr-cache")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
 
     @ray.remote(num_cpus=1)
@@ -42,6 +44,11 @@ def local_ray(tmp_path_factory):
     assert len(set(ray.get([warm.remote(), warm.remote()]))) == 2
     yield
     ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _run(folder: Path, monkeypatch: pytest.MonkeyPatch, *args: str):
@@ -138,7 +145,8 @@ def test_sigterm_cancels_the_ray_task_its_run_ends_killed_and_a_rerun_resumes(lo
         deadline = time.time() + 240
         while time.time() < deadline:
             try:
-                runs = MlflowClient(uri).search_runs(["1"], f"tags.`{T.EPOCH}` = '1'") if Path(workspace / "mlflow.db").exists() else []
+                started = (workspace / "mlflow.db").exists()
+                runs = MlflowClient(uri).search_runs(["1"], f"tags.`{T.EPOCH}` = '1'") if started else []
             except Exception:  # the server is writing the same sqlite file: read again
                 runs = []
             if runs:

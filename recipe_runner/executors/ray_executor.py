@@ -58,6 +58,7 @@ class RayExecutor(Executor):
         self._plan_ref: Any = None
         self._tasks: dict[Any, tuple["PlannedStage", str]] = {}  # ObjectRef -> (stage, parent run id)
         self._tracker: Any = None
+        self._remote: Any = None  # _run_stage_task as a Ray remote function, made once per run
 
     # -- lifecycle ----------------------------------------------------------
     def __enter__(self) -> "RayExecutor":
@@ -98,8 +99,9 @@ class RayExecutor(Executor):
                                       "`mlflow server` (--tracking-uri http://host:port)")
         if local_server.needs_server(uri):
             if not _all_tasks_here(self.address):
-                raise ExecutorUnavailable(f"tasks on the Ray cluster {self.address} cannot reach the local store {uri}: "
-                                          "run an `mlflow server` they can reach and pass --tracking-uri http://host:port")
+                raise ExecutorUnavailable(f"tasks on the Ray cluster {self.address} cannot reach the local store "
+                                          f"{uri}: run an `mlflow server` they can reach and pass --tracking-uri "
+                                          "http://host:port")
             self._server = local_server.LocalServer(uri)
             try:
                 served = self._server.start()
@@ -118,11 +120,13 @@ class RayExecutor(Executor):
             # once per run, into Ray's object store; the MLflow client stays here (each task makes its own)
             self._plan_ref = ray.put(dataclasses.replace(engine.plan, tracker=None))
             self._tracker = engine.tracker
+            self._remote = ray.remote(_run_stage_task)
         node = planned.node
         parent = node.parent
-        task = ray.remote(_run_stage_task).options(name=f"stage:{node.id}", max_retries=0, **resources(node.config))
+        task = self._remote.options(name=f"stage:{node.id}", max_retries=0, **resources(node.config))
+        source, metrics = (engine.sources.get(parent), engine.metrics.get(parent, {})) if parent else (None, {})
         ref = task.remote(self._plan_ref, planned, parent_run_id, engine.tracker.uri, engine.tracker.experiment_name,
-                          engine.sources.get(parent) if parent else None, engine.metrics.get(parent, {}) if parent else {})
+                          source, metrics)
         self._tasks[ref] = (planned, parent_run_id)
 
     def wait(self) -> list[Done]:
@@ -140,7 +144,8 @@ class RayExecutor(Executor):
                 outcome = ray.get(ref)
             except Exception as exc:  # the task died (worker crash, out of memory): the stage failed
                 cause = getattr(exc, "cause", None) or exc
-                error = RemoteError(type(cause).__name__, str(cause).strip().splitlines()[-1] if str(cause).strip() else "")
+                last_line = (str(cause).strip().splitlines() or [""])[-1]
+                error = RemoteError(type(cause).__name__, last_line)
                 out.append(Done(planned, error=StageFailed(planned.node.id, error)))
                 continue
             if outcome[0] == "failed":

@@ -48,6 +48,8 @@ class RayExecutor(Executor):
         # read by Ray when it is imported
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # every stage's own [run]/[reuse] line, not "repeated 2x"
+        # MLflow prints two links per finished run on an http store: with a task per stage, they drown the output
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         try:
             import ray  # noqa: F401
         except ImportError:
@@ -58,6 +60,7 @@ class RayExecutor(Executor):
         self._plan_ref: Any = None
         self._tasks: dict[Any, tuple["PlannedStage", str]] = {}  # ObjectRef -> (stage, parent run id)
         self._tracker: Any = None
+        self._announce: Any = print
         self._remote: Any = None  # _run_stage_task as a Ray remote function, made once per run
 
     # -- lifecycle ----------------------------------------------------------
@@ -119,7 +122,7 @@ class RayExecutor(Executor):
         if self._plan_ref is None:
             # once per run, into Ray's object store; the MLflow client stays here (each task makes its own)
             self._plan_ref = ray.put(dataclasses.replace(engine.plan, tracker=None))
-            self._tracker = engine.tracker
+            self._tracker, self._announce = engine.tracker, engine.announce
             self._remote = ray.remote(_run_stage_task)
         node = planned.node
         parent = node.parent
@@ -170,6 +173,7 @@ class RayExecutor(Executor):
             ray.cancel(ref)
         _, stuck = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_S)
         for ref in stuck:
+            self._announce(f"[cancel] {self._tasks[ref][0].node.id}: still running after {CANCEL_GRACE_S:g} s, killed")
             ray.cancel(ref, force=True)
         self._tasks.clear()
         if self._tracker is not None:

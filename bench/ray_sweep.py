@@ -6,7 +6,7 @@ empty store (nothing reused). The Ray wall time includes everything `recipe run 
 local Ray and a local `mlflow server` in front of the sqlite store, and the workers importing torch. Prints a
 table and writes bench/results/ray_sweep.json.
 
-    python bench/ray_sweep.py [WORKDIR]   # about 4 minutes on 2 CPU cores; needs the ray extra
+    python bench/ray_sweep.py [WORKDIR]   # 2 to 4 minutes on 2 CPU cores; needs the ray extra
 
 WORKDIR (default: a new temporary folder) must not hold an earlier run's stores: both executors start empty.
 """

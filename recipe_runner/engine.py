@@ -200,8 +200,10 @@ class Engine:
                     waiting.remove(planned)
                     self.executor.submit(self, planned, parent_id, scratch / node.cache_key)
                     running += 1
-            if not running:  # unreachable for a graph in topological order; never wait on nothing
-                raise RuntimeError(f"no stage can start: {[s.node.id for s in waiting]}")
+            if not running:
+                if waiting:  # unreachable for a graph in topological order; never wait on nothing
+                    raise RuntimeError(f"no stage can start: {[s.node.id for s in waiting]}")
+                break  # the last stages left were skipped
             for finished in self.executor.wait():
                 running -= 1
                 node_id = finished.planned.node.id

@@ -74,6 +74,11 @@ def test_keep_going_finishes_the_other_branch_and_skips_the_failed_ones_descenda
     summary = going.output[going.output.index("kg: FAILED"):]
     assert "│ skipped " in summary and "│ failed " in summary
 
+    # the failed stage was the last to run and only its descendant is left: skipped, and the run ends
+    last = cli("run", recipe, "--keep-going", "--only", "check[prune.ratio=0.5]")
+    assert last.exit_code == 1, last.output
+    assert "skipped (an ancestor failed): check[prune.ratio=0.5]" in last.output
+
 
 def test_ray_executor_without_ray_is_one_clear_line_and_starts_nothing(workspace: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed: `import ray` fails

@@ -45,15 +45,18 @@ def _timings_written() -> Iterator[None]:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """`kill` or a scheduler's timeout takes Ctrl-C's path: stage and parent runs marked KILLED, checkpoints kept."""
+def _sigterm_as_interrupt() -> Iterator[list[str]]:
+    """`kill` or a scheduler's timeout takes Ctrl-C's path: stage and parent runs marked KILLED, checkpoints kept.
+    Yields the names of the signals received: Ray's waits re-raise a bare KeyboardInterrupt without our message."""
+    received: list[str] = []
 
     def interrupt(signum: int, frame) -> None:
+        received.append(signal.Signals(signum).name)
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        yield
+        yield received
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -120,46 +123,72 @@ def plan(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_
 @app.command()
 def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_uri: Optional[str] = UriOpt,
         force: Optional[List[str]] = typer.Option(None, "--force", help="rerun this stage and its descendants even if cached"),
-        only: Optional[List[str]] = typer.Option(None, "--only", help="run only this stage (and the ancestors it needs)")) -> None:
+        only: Optional[List[str]] = typer.Option(None, "--only", help="run only this stage (and the ancestors it needs)"),
+        keep_going: bool = typer.Option(False, "--keep-going", help="a failed stage skips its descendants and the other "
+                                                                    "branches finish (exit code 1)"),
+        executor: str = typer.Option("sequential", "--executor", help="sequential (this process) | ray (a Ray task per "
+                                                                      "stage, branches in parallel; extra: recipe-runner[ray])"),
+        address: Optional[str] = typer.Option(None, "--address", help="with --executor ray: the cluster to join, auto | "
+                                                                      "ray://host:port (default: start a local Ray)")) -> None:
     """Run a recipe: reuse finished stages, resume unfinished ones, run the rest; log everything to MLflow."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from . import timing
-    from .engine import Engine, StageFailed
+    from . import executors, timing
+    from .engine import Engine, RunFailed, StageFailed
     from .planner import RunOptions, prepare
 
-    with _sigterm_as_interrupt(), _exit_codes(), _timings_written():
-        with timing.section("plan"):
-            p = prepare(recipe, RunOptions(set_ or [], force or [], only or [], tracking_uri))
-        console.print(f"tracking: {p.tracker.uri}  experiment: {p.tracker.experiment_name}", markup=False, highlight=False)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=False) as progress:
+    failure: Optional[RunFailed] = None
+    with _sigterm_as_interrupt() as signals, _exit_codes(), _timings_written():
+        try:
+            runner = executors.make(executor, address)  # before anything is planned: a missing extra starts nothing
+            with timing.section("plan"):
+                p = prepare(recipe, RunOptions(set_ or [], force or [], only or [], tracking_uri))
+            with runner:
+                p = runner.prepare(p)
+                console.print(f"tracking: {p.tracker.uri}  experiment: {p.tracker.experiment_name}"
+                              + (f"  executor: {runner.name}" if runner.name != "sequential" else ""),
+                              markup=False, highlight=False)
+                with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                              console=console, transient=False) as progress:
 
-            def factory(description: str, total: int):
-                task = progress.add_task(description, total=total)
-                return lambda n: progress.advance(task, n)
+                    def factory(description: str, total: int):
+                        task = progress.add_task(description, total=total)
+                        return lambda n: progress.advance(task, n)
 
-            engine = Engine(p, factory, announce=lambda line: progress.console.print(line, markup=False, highlight=False))
-            try:
-                reports = engine.run()
-            except StageFailed as exc:
-                if os.environ.get("RECIPE_RUNNER_DEBUG"):
-                    raise
-                typer.echo(f"error: {exc}  (set RECIPE_RUNNER_DEBUG=1 for the traceback)", err=True)
-                raise typer.Exit(1)
-            except KeyboardInterrupt as exc:
-                typer.echo("interrupted: finished stages are kept; run again: the unfinished stage resumes from its last "
-                           "epoch (or prune step) checkpoint, or starts over if it saved none yet", err=True)
-                raise typer.Exit(143 if str(exc) == "SIGTERM" else 130)
-    table = Table(title=f"{p.recipe.name}: done")
+                    engine = Engine(p, factory, announce=lambda line: progress.console.print(line, markup=False, highlight=False),
+                                    on_error="keep-going" if keep_going else "stop", executor=runner)
+                    try:
+                        reports = engine.run()
+                    except RunFailed as exc:
+                        failure, reports = exc, exc.reports
+                    except StageFailed as exc:
+                        if os.environ.get("RECIPE_RUNNER_DEBUG"):
+                            raise
+                        typer.echo(f"error: {exc}  (set RECIPE_RUNNER_DEBUG=1 for the traceback)", err=True)
+                        raise typer.Exit(1)
+                    except KeyboardInterrupt as exc:
+                        typer.echo("interrupted: finished stages are kept; run again: the unfinished stage resumes from its "
+                                   "last epoch (or prune step) checkpoint, or starts over if it saved none yet", err=True)
+                        raise typer.Exit(143 if "SIGTERM" in (str(exc), *signals) else 130)
+        except executors.ExecutorUnavailable as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
+    table = Table(title=f"{p.recipe.name}: " + ("FAILED" if failure else "done"))
     keys = ["top1", "mAP50", "mAP50-95", "macs", "params", "size_mb", "epochs_trained"]
     shown = [k for k in keys if any(k in r.metrics for r in reports)]
     table.add_column("stage", overflow="fold", min_width=min(40, max((len(r.node_id) for r in reports), default=5)))
     for column in ["action", *shown, "seconds"]:
         table.add_column(column)
     for r in reports:
-        table.add_row(escape(r.node_id), r.action, *[_fmt(r.metrics.get(k)) for k in shown], f"{r.seconds:.1f}")
+        action = {"failed": "[red]failed[/]", "skipped": "[dim]skipped[/]"}.get(r.action, r.action)
+        table.add_row(escape(r.node_id), action, *[_fmt(r.metrics.get(k)) for k in shown], f"{r.seconds:.1f}")
     console.print(table)
+    if failure:
+        for r in failure.failed:
+            typer.echo(f"error: {r.error}", err=True)
+        if failure.skipped:
+            typer.echo(f"skipped (an ancestor failed): {', '.join(r.node_id for r in failure.skipped)}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -23,6 +23,13 @@ class ConfigProblem(ValueError):
         self.key = key
 
 
+class Resources(StrictModel):
+    """What one stage's Ray task reserves (--executor ray); the sequential executor ignores it."""
+
+    cpus: Optional[float] = Field(None, gt=0, description="CPUs to reserve (default 1)")
+    gpus: Optional[float] = Field(None, ge=0, description="GPUs to reserve (default: 1 when device is a GPU, else 0)")
+
+
 class StageConfig(StrictModel):
     """Keys every stage has. `from` names the parent stage (default: the previous stage in the file)."""
 
@@ -31,9 +38,11 @@ class StageConfig(StrictModel):
     # The editor's hint must not promise multi-GPU: every family's check_device refuses a list
     device: Device = Field("cpu", description="cpu, a GPU index (0), cuda:N or mps; one device per stage "
                                               "(a list of GPUs is refused)")
+    resources: Optional[Resources] = Field(None, description="with --executor ray: what this stage's task reserves "
+                                                             "(cpus, gpus); default: 1 GPU for a GPU device, else 1 CPU")
 
     # Keys that do not change a stage's result, so they stay out of its cache key.
-    NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset({"from_", "device", "workers", "checkpoint_every"})
+    NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset({"from_", "device", "workers", "checkpoint_every", "resources"})
     # Keys added to an existing stage type later: at their default they stay out of the cache key, so adding a
     # key never changes the keys (and the reuse) of stages recorded before it existed. List new keys here.
     KEY_ONLY_WHEN_SET: ClassVar[frozenset[str]] = frozenset()

@@ -4,6 +4,9 @@ For each node, in topological order:
   reuse   a FINISHED run with the same cache key holds a verified checkpoint: record it, train nothing
   resume  an unfinished run with the same key saved an epoch checkpoint: continue from that epoch
   run     otherwise: load the parent's output, run the stage, evaluate, checkpoint, log
+
+A node starts once its parent is done; an executor (executors/) runs it, in this process by default. A failure
+stops the run, or with on_error='keep-going' skips only the failed node's descendants.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
 from mlflow.exceptions import MlflowException
 
@@ -33,23 +36,46 @@ from .planner import Plan, PlannedStage
 from .pruning.unstructured import sparsity as weight_sparsity
 from .stages import STAGES, StageOutput
 
+if TYPE_CHECKING:
+    from .executors import Executor
+
 PACKAGES = ["recipe-runner", "torch", "torchvision", "torch-pruning", "ultralytics-opencv-headless", "ultralytics", "mlflow",
             "onnx", "onnxruntime", "pydantic", "openvino", "nncf"]
 
 
 class StageFailed(RuntimeError):
-    def __init__(self, node_id: str, error: BaseException):
-        self.node_id, self.error = node_id, error
-        super().__init__(f"stage '{node_id}' failed: {type(error).__name__}: {error}")
+    def __init__(self, node_id: str, error: BaseException, run_id: str = ""):
+        self.node_id, self.error, self.run_id = node_id, error, run_id
+        # an error raised in another process travels by name (executors.RemoteError): its class may not exist here
+        kind = getattr(error, "kind", None) or type(error).__name__
+        super().__init__(f"stage '{node_id}' failed: {kind}: {error}")
+
+
+class RunFailed(RuntimeError):
+    """Under on_error='keep-going': the run went on past failed stages and ended FAILED; `reports` has every stage,
+    the failed ones (action 'failed') and their descendants (action 'skipped', no run started) included."""
+
+    def __init__(self, reports: list["StageReport"]):
+        self.reports = reports
+        self.failed = [r for r in reports if r.action == "failed"]
+        self.skipped = [r for r in reports if r.action == "skipped"]
+        super().__init__(f"{len(self.failed)} stage(s) failed, {len(self.skipped)} skipped: "
+                         + "; ".join(r.error for r in self.failed))
+
+
+#: what a stage failure does to the rest of the run (like DVC's on_error): stop at once, or finish every stage
+#: that does not depend on the failed one
+OnError = Literal["stop", "keep-going"]
 
 
 @dataclass
 class StageReport:
     node_id: str
-    action: str
+    action: str  # reuse | resume | run, or under keep-going: failed | skipped
     run_id: str
     metrics: dict[str, float]
     seconds: float
+    error: str = ""  # failed: the error; skipped: which failed stage it depends on
 
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -123,8 +149,12 @@ class StageInput:
 
 
 class Engine:
-    def __init__(self, plan: Plan, progress: ProgressFactory, announce: Callable[[str], None] = print):
+    def __init__(self, plan: Plan, progress: ProgressFactory, announce: Callable[[str], None] = print,
+                 on_error: OnError = "stop", executor: Optional["Executor"] = None):
+        from .executors.sequential import SequentialExecutor
+
         self.plan, self.tracker, self.progress, self.announce = plan, plan.tracker, progress, announce
+        self.on_error, self.executor = on_error, executor or SequentialExecutor()
         self.outputs: dict[str, Any] = {}  # node id -> model or file, for stages that ran in this process
         self.sources: dict[str, T.StageRun] = {}  # node id -> the finished run holding its checkpoint or file
         self.metrics: dict[str, dict[str, float]] = {}  # node id -> the metrics its run logged
@@ -146,18 +176,14 @@ class Engine:
         reports: list[StageReport] = []
         status = "FAILED"
         try:
-            advance = self.progress("stages", sum(1 for s in self.plan.stages if s.action != "skip"))
-            for planned in self.plan.stages:
-                if planned.action == "skip":
-                    continue
-                reports.append(self._stage(planned, parent_id, scratch / planned.node.cache_key))
-                # one step per stage, in run order: the parent run's own chart of the pipeline
-                self.tracker.log_metrics(parent_id, R.pipeline_metrics(reports[-1].metrics, self.family.primary_metric),
-                                         len(reports) - 1)
-                advance(1)
-            status = "FINISHED"
+            self._schedule(parent_id, scratch, reports)
+            status = "FAILED" if any(r.action == "failed" for r in reports) else "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
+            self.executor.cancel()
+            raise
+        except BaseException:
+            self.executor.cancel()  # on_error='stop': stages running elsewhere end KILLED, resumable
             raise
         finally:
             try:
@@ -165,9 +191,58 @@ class Engine:
             finally:
                 self.tracker.finish(parent_id, status)
             shutil.rmtree(scratch, ignore_errors=True)
+        if status == "FAILED":
+            raise RunFailed(reports)
         return reports
 
-    def _stage(self, planned: PlannedStage, parent_id: str, workdir: Path) -> StageReport:
+    def _schedule(self, parent_id: str, scratch: Path, reports: list[StageReport]) -> None:
+        """Hand every stage whose parent is done to the executor, until none is left; apply the error policy."""
+        waiting = [s for s in self.plan.stages if s.action != "skip"]
+        advance = self.progress("stages", len(waiting))
+        done: set[str] = set()
+        blocked: dict[str, str] = {}  # node id -> the failed stage it depends on (itself, if it failed)
+        running = 0
+        steps = 0
+        while waiting or running:
+            for planned in list(waiting):  # plan order is topological: a parent is judged before its children
+                node = planned.node
+                if node.parent in blocked:
+                    waiting.remove(planned)
+                    blocked[node.id] = blocked[node.parent]
+                    reports.append(StageReport(node.id, "skipped", "", {}, 0.0, f"after failed {blocked[node.id]}"))
+                    self.announce(f"[skip]   {node.id}  (its ancestor {blocked[node.id]} failed)")
+                    advance(1)
+                elif node.parent is None or node.parent in done:
+                    waiting.remove(planned)
+                    self.executor.submit(self, planned, parent_id, scratch / node.cache_key)
+                    running += 1
+            if not running:
+                if waiting:  # unreachable for a graph in topological order; never wait on nothing
+                    raise RuntimeError(f"no stage can start: {[s.node.id for s in waiting]}")
+                break  # the last stages left were skipped
+            for finished in self.executor.wait():
+                running -= 1
+                node_id = finished.planned.node.id
+                advance(1)
+                if finished.error is not None:
+                    if self.on_error == "stop":
+                        raise finished.error
+                    blocked[node_id] = node_id
+                    reports.append(StageReport(node_id, "failed", finished.error.run_id, {}, 0.0, str(finished.error)))
+                    self.announce(f"[fail]   {finished.error}")
+                    continue
+                report = finished.report
+                if finished.source is not None:  # ran in another process: children fetch its output from the store
+                    self.sources[node_id], self.metrics[node_id] = finished.source, report.metrics
+                done.add(node_id)
+                reports.append(report)
+                # one step per stage, in run order: the parent run's own chart of the pipeline
+                pipeline = R.pipeline_metrics(report.metrics, self.family.primary_metric)
+                self.tracker.log_metrics(parent_id, pipeline, steps)
+                steps += 1
+
+    def run_stage(self, planned: PlannedStage, parent_id: str, workdir: Path) -> StageReport:
+        """Reuse, resume or run one stage whose parent is done, in this process (an executor calls it)."""
         node, started = planned.node, time.time()
         workdir.mkdir(parents=True, exist_ok=True)
         tags = {T.ROLE: "stage", T.CACHE_KEY: node.cache_key, T.STAGE_ID: node.stage_id, T.NODE_ID: node.id,
@@ -241,7 +316,7 @@ class Engine:
         except Exception as exc:
             self.tracker.set_tags(run_id, {T.PREFIX + "error": f"{type(exc).__name__}: {exc}"[:5000]})
             self.tracker.finish(run_id, "FAILED")
-            raise StageFailed(node.id, exc) from exc
+            raise StageFailed(node.id, exc, run_id) from exc
         finally:
             claim.release()
         for dead in cut_off:

@@ -228,6 +228,16 @@ class Tracker:
         experiments = [e.experiment_id for e in self.client.search_experiments()]
         return [_stage_run(r) for r in self._search(experiments, cache_key)]
 
+    def stage_run(self, run_id: str) -> StageRun:
+        return _stage_run(self.client.get_run(run_id))
+
+    def kill_running_children(self, parent_id: str) -> None:
+        """Mark KILLED every stage run of this recipe run that is still RUNNING (its task was killed)."""
+        runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+        for run in runs:
+            if run.info.status == "RUNNING":
+                self.finish(run.info.run_id, "KILLED")
+
     def _search(self, experiments: list[str], cache_key: str) -> list:
         return self.client.search_runs(
             experiments, filter_string=f"tags.`{CACHE_KEY}` = '{cache_key}' and tags.`{ROLE}` = 'stage'",

@@ -1,0 +1,89 @@
+"""Executors: where the engine's ready stages run. The engine schedules (parents first, the error policy); an
+executor only runs what it is given and reports what is done.
+
+    sequential  in this process, one stage at a time, in plan order (the default; no extra dependency)
+    ray         each stage a Ray task, branches in parallel (`pip install "recipe-runner[ray]"`)
+
+Registered here and nowhere else: `make(name, address)` is what the CLI calls.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional
+
+if TYPE_CHECKING:
+    from ..engine import Engine, StageFailed, StageReport
+    from ..planner import Plan, PlannedStage
+    from ..tracking import StageRun
+
+
+class ExecutorUnavailable(RuntimeError):
+    """An executor cannot be used here (its extra is not installed, its cluster cannot be reached): a usage error."""
+
+
+@dataclass
+class Done:
+    """One stage the executor finished: its report, or the failure (never both)."""
+
+    planned: "PlannedStage"
+    report: Optional["StageReport"] = None
+    error: Optional["StageFailed"] = None
+    # the finished run that holds the stage's output, when the stage ran in another process: its children
+    # fetch the checkpoint (or file) from the tracking store through it, never from driver memory
+    source: Optional["StageRun"] = None
+
+
+class Executor(ABC):
+    """Runs ready stages. Used as a context manager around Engine.run: entering may start things (a cluster,
+    a tracking server) and may give the plan a tracker that takes concurrent writers; leaving stops them."""
+
+    name = ""
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def prepare(self, plan: "Plan") -> "Plan":
+        """The plan the engine should run (default: as it is)."""
+        return plan
+
+    @abstractmethod
+    def submit(self, engine: "Engine", planned: "PlannedStage", parent_run_id: str, workdir: Path) -> None:
+        """Start (or queue) one stage whose parent is done."""
+
+    @abstractmethod
+    def wait(self) -> list[Done]:
+        """Block until at least one submitted stage is done; return every stage done since the last call."""
+
+    @abstractmethod
+    def cancel(self) -> None:
+        """Stop every submitted stage (Ctrl-C, SIGTERM, or a failure under on_error='stop'): their stage runs end
+        KILLED, so a re-run resumes them."""
+
+
+def _sequential(address: Optional[str]) -> Executor:
+    from .sequential import SequentialExecutor
+
+    if address:
+        raise ExecutorUnavailable("--address needs --executor ray")
+    return SequentialExecutor()
+
+
+def _ray(address: Optional[str]) -> Executor:
+    from .ray_executor import RayExecutor
+
+    return RayExecutor(address)
+
+
+EXECUTORS: dict[str, Callable[[Optional[str]], Executor]] = {"sequential": _sequential, "ray": _ray}
+
+
+def make(name: str, address: Optional[str] = None) -> Executor:
+    """The executor registered under `name`; ExecutorUnavailable (one line for the user) if it cannot be used."""
+    if name not in EXECUTORS:
+        raise ExecutorUnavailable(f"unknown executor '{name}' (choose from: {', '.join(EXECUTORS)})")
+    return EXECUTORS[name](address)

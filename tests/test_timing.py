@@ -31,6 +31,9 @@ def test_nested_sections_keep_exclusive_time_and_other_threads_do_not_count(tmp_
 def test_a_recipe_run_writes_its_sections(workspace, monkeypatch):
     from conftest import cli, write_recipe
 
+    # the sections are per process: count only this run's
+    monkeypatch.setattr(timing, "_totals", type(timing._totals)(float))
+    monkeypatch.setattr(timing, "_counts", type(timing._counts)(int))
     recipe = write_recipe(workspace, "  train: {type: train, epochs: 1}")
     out = workspace / "timings.json"
     monkeypatch.setenv(timing.ENV, str(out))

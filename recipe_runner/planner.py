@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import lease
+from . import lease, versions
 from . import tracking as T
 from .config_base import ConfigProblem
 from .data import DataError, cache_root, fingerprint_data, resolve_data
@@ -55,10 +55,11 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
         fingerprint = fingerprint_data(recipe.data, base)
     except (DataError, OSError) as exc:
         raise recipe.located(("data",), str(exc)) from None
-    graph = compile_graph(recipe, fingerprint, model_identity(recipe))
+    identity = model_identity(recipe)  # hashes a local model file: once per plan
+    graph = compile_graph(recipe, fingerprint, identity)
     selected = _select(graph, recipe, options)
     forced = {d for name in options.force for nid in _ids(graph, name) for d in [nid, *graph.descendants(nid)]}
-    family, data = _load_family_and_data(recipe, base)
+    family, data = _load_family_and_data(recipe, base, identity)
     tracker = T.Tracker(T.resolve_uri(options.tracking_uri, recipe.tracking.uri), recipe.tracking.experiment or recipe.name)
     tracker.check()
     stages = []
@@ -76,14 +77,14 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
     return Plan(recipe, graph, tracker, stages, family, data)
 
 
-def _load_family_and_data(recipe: Recipe, base: Path) -> tuple[Any, Any]:
+def _load_family_and_data(recipe: Recipe, base: Path, identity: dict[str, str]) -> tuple[Any, Any]:
     """Import the model family and make sure model and data are usable, before MLflow is touched."""
     configure_offline(cache_root())
     entry = FAMILIES.get(recipe.model.family)
     family = entry.load()
     # the family's checks import its libraries (Ultralytics and torch: seconds); a recipe that passed them with
     # the same libraries need not pay that again to plan, or to find that every stage is cached
-    memo = cache_root() / "checked" / _checks_key(recipe)
+    memo = cache_root() / "checked" / _checks_key(recipe, identity)
     if not memo.exists():
         _check_model_and_stages(recipe, family)
         memo.parent.mkdir(parents=True, exist_ok=True)
@@ -95,23 +96,15 @@ def _load_family_and_data(recipe: Recipe, base: Path) -> tuple[Any, Any]:
     return family, data
 
 
-def _checks_key(recipe: Recipe) -> str:
-    """What the family's checks read: the model, every stage config, this machine, and the versions that judge."""
+def _checks_key(recipe: Recipe, identity: dict[str, str]) -> str:
+    """What the family's checks read: the model, every stage config, this machine, and the versions that judge
+    (the tracked packages and the runner's own commit)."""
     import json
     import platform
-    from importlib import metadata
-
-    def version(name: str) -> str:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return "-"
 
     stages = {sid: [config.model_dump(mode="json", by_alias=True) for _, config in decl.variants]
               for sid, decl in recipe.stages.items()}
-    facts = {"model": recipe.model.model_dump(mode="json"), "model_file": model_identity(recipe)["source"],
-             "stages": stages, "host": platform.node(),
-             "versions": [version(n) for n in ("recipe-runner", "ultralytics", "torch", "torch-pruning", "torchvision")]}
+    facts = {"model": identity, "stages": stages, "host": platform.node(), "versions": versions.installed()}
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 

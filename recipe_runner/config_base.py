@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Device = Union[Literal["cpu"], int, str, list[int]]
 
@@ -35,9 +35,9 @@ class StageConfig(StrictModel):
 
     type: str
     from_: Optional[str] = Field(None, alias="from", description="parent stage id; default: the previous stage in the file")
-    # The editor's hint must not promise multi-GPU: every family's check_device refuses a list
-    device: Device = Field("cpu", description="cpu, a GPU index (0), cuda:N or mps; one device per stage "
-                                              "(a list of GPUs is refused)")
+    device: Device = Field("cpu", description="cpu, a GPU index (0), cuda:N, mps, or a list of GPU indices ([0, 1]): "
+                                              "the yolo family trains on all of them with DDP (validation uses the "
+                                              "first); the torchvision family takes one device")
     resources: Optional[Resources] = Field(None, description="with --executor ray: what this stage's task reserves "
                                                              "(cpus, gpus); default: 1 GPU for a GPU device, else 1 CPU")
 
@@ -56,6 +56,15 @@ class StageConfig(StrictModel):
                 dump.pop(info.alias or name, None)
         return dump
 
+    @model_validator(mode="after")
+    def _distinct_gpus(self) -> "StageConfig":
+        if isinstance(self.device, list):
+            if not self.device:
+                raise ValueError("device: an empty list; write cpu, a GPU index, or a list of GPU indices")
+            if len(set(self.device)) != len(self.device):
+                raise ValueError(f"device: {self.device} names a GPU twice")
+        return self
+
 
 class TrainingKnobs(StrictModel):
     """How a model is (re)trained; used by train, finetune and the fine-tuning inside prune."""
@@ -72,3 +81,15 @@ class TrainingKnobs(StrictModel):
                             "epoch while writing them costs under 3% of the training time, else as often as that "
                             "allows (not part of the cache key)")
     args: dict[str, Any] = Field(default_factory=dict, description="extra trainer arguments passed through to the family (e.g. Ultralytics train args)")
+
+
+class TrainingStageConfig(StageConfig, TrainingKnobs):
+    """A stage that trains (train, finetune, sparse-train, prune): its batch is split over its devices."""
+
+    @model_validator(mode="after")
+    def _batch_covers_devices(self) -> "TrainingStageConfig":
+        # DDP gives each GPU batch // len(device) images; zero would fail only once the workers start
+        if isinstance(self.device, list) and self.batch < len(self.device):
+            raise ValueError(f"batch {self.batch} is split over {len(self.device)} GPUs (device: {self.device}): "
+                             f"use batch >= {len(self.device)}, ideally a multiple of it")
+        return self

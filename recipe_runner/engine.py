@@ -32,6 +32,7 @@ from .checkpoint import CheckpointError, EpochCadence, load_checkpoint, save_che
 from .config_base import TrainingKnobs
 from .data import cache_root
 from .graph import StageNode
+from .models import handoff_problems
 from .planner import Plan, PlannedStage
 from .pruning.unstructured import sparsity as weight_sparsity
 from .stages import STAGES, StageOutput
@@ -339,6 +340,10 @@ class Engine:
         """Evaluate the output module, checkpoint it as plain data, log both; the sha256 tag goes last."""
         if output.model is None:
             raise TypeError(f"stage type '{node.type}' gives a model but its run returned none")
+        problems = handoff_problems(output.model)
+        if problems:
+            raise TypeError(f"stage type '{node.type}' returned a model that is not on the CPU in fp32, as stages hand "
+                            f"models over: {'; '.join(problems)}")
         if output.evaluate_output:
             metrics.update(self.evaluate(output.model, node.config, output.evaluation))
         path = workdir / "checkpoint" / "model.pt"

@@ -200,7 +200,7 @@ def test_yolo_optimizer_step_penalises_unscaled_gradients_under_a_grad_scaler():
     torch.manual_seed(0)
     start = LeNet(num_classes=3)
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
-    step = make_trainer_class().optimizer_step
+    step = make_trainer_class(HookChain([]), None).optimizer_step
 
     def one_step(scaled: bool, penalty: bool):
         model = copy.deepcopy(start).train()

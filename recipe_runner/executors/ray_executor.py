@@ -182,11 +182,9 @@ class RayExecutor(Executor):
 
 
 def resources(config: Any) -> dict[str, float]:
-    """Ray resources of one stage: one GPU if its device is a GPU, else one CPU; the stage's `resources:` key
-    overrides either."""
-    device = config.device
-    gpu = isinstance(device, int) or isinstance(device, str) and (device.isdigit() or device.startswith("cuda"))
-    out = {"num_cpus": 1.0, "num_gpus": 1.0 if gpu else 0.0}
+    """Ray resources of one stage: one GPU per GPU its device names (a list: all of them), else one CPU; the
+    stage's `resources:` key overrides either."""
+    out = {"num_cpus": 1.0, "num_gpus": float(_gpu_count(config.device))}
     extra = getattr(config, "resources", None)
     if extra is not None:
         if extra.cpus is not None:
@@ -194,6 +192,12 @@ def resources(config: Any) -> dict[str, float]:
         if extra.gpus is not None:
             out["num_gpus"] = extra.gpus
     return out
+
+
+def _gpu_count(device: Any) -> int:
+    if isinstance(device, list):
+        return len(device)
+    return 1 if isinstance(device, int) or isinstance(device, str) and (device.isdigit() or device.startswith("cuda")) else 0
 
 
 def _all_tasks_here(address: Optional[str]) -> bool:
@@ -236,10 +240,13 @@ def _run_stage_task(plan: "Plan", planned: "PlannedStage", parent_run_id: str, t
 
 
 def _on_assigned_gpu(planned: "PlannedStage") -> "PlannedStage":
-    """Ray shows a task only the GPU(s) it assigned (CUDA_VISIBLE_DEVICES): a GPU stage runs on the first of them."""
+    """Ray shows a task only the GPUs it assigned (CUDA_VISIBLE_DEVICES, renumbered from 0): a GPU stage runs on
+    the first of them, a stage with a device list on as many."""
     import ray
 
-    if resources(planned.node.config)["num_gpus"] >= 1 and ray.get_gpu_ids():
-        node = dataclasses.replace(planned.node, config=planned.node.config.model_copy(update={"device": 0}))
+    wanted = _gpu_count(planned.node.config.device)
+    if wanted and resources(planned.node.config)["num_gpus"] >= 1 and ray.get_gpu_ids():
+        device: Any = list(range(wanted)) if isinstance(planned.node.config.device, list) else 0
+        node = dataclasses.replace(planned.node, config=planned.node.config.model_copy(update={"device": device}))
         planned = dataclasses.replace(planned, node=node)
     return planned

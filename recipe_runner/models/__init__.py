@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..registry import Registry
+from .base import handoff_problems
+
+__all__ = ["FAMILIES", "FamilyEntry", "family_for", "handoff_problems"]
 
 
 @dataclass(frozen=True)

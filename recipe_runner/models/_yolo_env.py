@@ -48,12 +48,17 @@ def _is_integration(func: Any) -> bool:
 
 
 def device_string(device: Any) -> str:
-    """The recipe's device (cpu | 0 | "0" | [0]) as Ultralytics spells it."""
+    """The recipe's device (cpu | 0 | "0" | cuda:0 | [0, 1]) as Ultralytics spells it: "0,1" trains with DDP."""
     if isinstance(device, (list, tuple)):
-        if len(device) > 1:
-            raise ValueError("multi-GPU (DDP) training is not supported by the yolo family yet; use one device")
-        return str(device[0]) if device else "cpu"
+        return ",".join(str(d).removeprefix("cuda:") for d in device) if device else "cpu"
     return str(device)
+
+
+def first_device_string(device: Any) -> str:
+    """One device for work that does not spread over GPUs (validation): the first of a list."""
+    if isinstance(device, (list, tuple)):
+        return device_string(device[:1])
+    return device_string(device)
 
 
 def resolved_data_yaml(data: Any) -> str:

@@ -4,20 +4,26 @@ Why a DetectionTrainer subclass: `Model.train()` rebuilds the network from its y
 which silently undoes pruning. Our trainer is handed the module itself, never saves
 Ultralytics pickles (the runner checkpoints plain data through ctx.save_epoch_state
 each epoch) and resumes from that plain-data state instead of last.pt.
+
+Device contract: whatever device trains, what leaves training (the returned model, the
+epoch states, the best weights) is on the CPU in fp32, so the next stage's cost, latency,
+pruning and export (which build CPU inputs) get what they expect.
 """
 from __future__ import annotations
 
 import copy
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
 
-from .hooks import HookChain, training_hooks
+from ._yolo_amp import offline_amp_check
 from ._yolo_env import device_string, strip_integration_callbacks, ultralytics_ready
+from .hooks import HookChain, training_hooks
 
 _OPTIMIZERS = {"auto": "auto", "sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 # The trainer's own arguments: users' `args:` may not override these.
@@ -68,7 +74,7 @@ def train_args(knobs: TrainKnobs, epochs: int, data_yaml: str, save_dir: Path, s
         "pretrained": False,
     })
     if device == "cpu":
-        args["amp"] = False  # AMP's check downloads weights, and CPU has no use for it
+        args["amp"] = False  # CPU has no use for it (on a GPU the trainer's offline_amp_check judges it)
     return args
 
 
@@ -92,30 +98,36 @@ def epoch_metrics(trainer: Any) -> dict[str, float]:
     return metrics
 
 
-def make_trainer_class():
-    """Defined lazily so importing this module does not import Ultralytics."""
+def make_trainer_class(hooks: HookChain, resume: Optional[dict]) -> type:
+    """A DetectionTrainer subclass for one training run, made here so importing this module does not import
+    Ultralytics.
+
+    Its hooks and resume state are class attributes, not instance ones: Ultralytics' DDP launcher pickles the
+    trainer's class (by value, with cloudpickle), its args, model and callbacks into the file its worker processes
+    load, never the instance. The model is the trainer's `model`, set before `train()`: a module, so
+    Ultralytics' setup_model keeps it instead of building one from the yaml (which would undo pruning).
+    """
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils.torch_utils import unwrap_model
 
     class RunnerTrainer(DetectionTrainer):
         """DetectionTrainer that trains the module it is given and resumes from the runner's plain-data state."""
 
-        rr_model: nn.Module
-        rr_resume: Optional[dict] = None
-        rr_hooks: HookChain
+        rr_hooks: HookChain = hooks
+        rr_resume: Optional[dict] = resume
 
         def get_model(self, cfg=None, weights=None, verbose=True):
-            return self.rr_model
-
-        def setup_model(self):
-            self.model = self.rr_model
-            return None
+            raise RuntimeError("the runner's trainer is handed its model; it never builds one from a yaml")
 
         def save_model(self):  # the runner checkpoints each epoch itself, as plain data
             return False
 
         def final_eval(self):  # the engine evaluates the returned model itself
             return None
+
+        def _setup_train(self):
+            with offline_amp_check():
+                super()._setup_train()
 
         def resume_training(self, ckpt):
             state = self.rr_resume
@@ -132,7 +144,8 @@ def make_trainer_class():
         def optimizer_step(self):
             """Ultralytics' step with the hooks in it: its only callback near the step (on_train_batch_end) fires
             after the gradients are zeroed, and it accumulates nbs / batch batches per step, so penalties act here,
-            once per optimizer step, on unscaled gradients (AMP-safe), before clipping."""
+            once per optimizer step, on unscaled gradients (AMP-safe), before clipping. Under DDP the gradients
+            are already averaged over the ranks, so every rank applies the same penalty."""
             self.scaler.unscale_(self.optimizer)
             self.rr_hooks.on_gradients(self.unwrapped())
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
@@ -149,41 +162,82 @@ def make_trainer_class():
     return RunnerTrainer
 
 
-class EpochCallbacks:
-    """Ultralytics callbacks: run the training hooks' start/epoch calls, log each epoch to the stage run, keep the
-    best EMA weights, save resumable state."""
+class EpochSink(Protocol):
+    """Where the epoch callbacks send what training produced: the stage run in this process (ContextSink), or in
+    a DDP worker the files its launching process relays there (_yolo_workers.SpoolSink)."""
 
-    def __init__(self, ctx: TrainContext, describe: Callable[[nn.Module], dict], advance: Callable[[int], None],
-                 hooks: HookChain, best_state: Optional[dict], best_epoch: int):
-        self.ctx, self.describe, self.advance, self.hooks = ctx, describe, advance, hooks
+    def epoch_end(self, epoch: int, metrics: dict[str, float], state: Callable[[], dict]) -> None:
+        """Epoch `epoch` (counting from 1) finished; `state()` builds its resumable state if wanted."""
+
+    def finish(self, model: nn.Module, metrics: dict[str, float], epoch: int) -> None:
+        """Training ended at `epoch` with `model` (on the CPU) and its last epoch's metrics."""
+
+
+@dataclass
+class Trained:
+    model: nn.Module
+    metrics: dict[str, float]
+    epoch: int
+
+
+class ContextSink:
+    """Log each epoch to the stage run, save its state when the stage's cadence says so, keep the result."""
+
+    def __init__(self, ctx: TrainContext, advance: Callable[[int], None]):
+        self.ctx, self.advance = ctx, advance
+        self.result: Optional[Trained] = None
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float], state: Callable[[], dict]) -> None:
+        self.ctx.log_metrics(metrics, step=epoch)
+        if self.ctx.epoch_state_due(epoch):
+            self.ctx.save_epoch_state(state(), epoch)
+        self.advance(1)
+
+    def finish(self, model: nn.Module, metrics: dict[str, float], epoch: int) -> None:
+        self.result = Trained(model, metrics, epoch)
+
+
+def cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors handed out of training live on the CPU: checkpoints load anywhere, the GPU keeps its memory."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+class EpochCallbacks:
+    """Ultralytics callbacks: run the training hooks' start/epoch calls, keep the best EMA weights, send each epoch
+    and the result to the sink. Picklable when its sink is (it travels to DDP workers with the trainer)."""
+
+    def __init__(self, sink: EpochSink, describe: Callable[[nn.Module], dict], keep: Keep,
+                 best_state: Optional[dict], best_epoch: int):
+        self.sink, self.describe, self.keep = sink, describe, keep
         self.best_state, self.best_epoch = best_state, best_epoch
         self.last_metrics: dict[str, float] = {}
 
     def train_start(self, trainer: Any) -> None:
         # here the model is on the training device and a resumed optimizer/EMA is restored
-        self.hooks.on_start(trainer.unwrapped(), int(trainer.start_epoch), int(trainer.epochs))
+        trainer.rr_hooks.on_start(trainer.unwrapped(), int(trainer.start_epoch), int(trainer.epochs))
 
     def epoch_start(self, trainer: Any) -> None:
-        self.hooks.on_epoch_start(trainer.unwrapped(), int(trainer.epoch))
+        trainer.rr_hooks.on_epoch_start(trainer.unwrapped(), int(trainer.epoch))
 
     def fit_epoch_end(self, trainer: Any) -> None:
         epoch = trainer.epoch + 1
-        metrics = {**epoch_metrics(trainer), **self.hooks.on_epoch_end(trainer.unwrapped(), int(trainer.epoch))}
+        hooks = trainer.rr_hooks
+        metrics = {**epoch_metrics(trainer), **hooks.on_epoch_end(trainer.unwrapped(), int(trainer.epoch))}
         self.last_metrics = metrics
-        self.ctx.log_metrics(metrics, step=epoch)
-        ema = trainer.ema.ema
         if trainer.fitness is not None and trainer.best_fitness is not None and trainer.fitness >= trainer.best_fitness:
-            self.best_state = {k: v.detach().clone() for k, v in ema.state_dict().items()}
+            self.best_state = cpu_copy(trainer.ema.ema.state_dict())
             self.best_epoch = epoch
-        if self.ctx.epoch_state_due(epoch):
-            self.save(trainer, epoch)
-        self.advance(1)
+        self.sink.epoch_end(epoch, metrics, lambda: self.state(trainer, epoch))
 
-    def save(self, trainer: Any, epoch: int) -> None:
+    def train_end(self, trainer: Any) -> None:
+        model = finished_model(trainer.ema.ema, self.best_state, self.keep)
+        self.sink.finish(model, self.last_metrics, int(trainer.epoch) + 1)
+
+    def state(self, trainer: Any, epoch: int) -> dict:
         ema = trainer.ema.ema
-        self.ctx.save_epoch_state({
+        return {
             "model": self.describe(trainer.unwrapped()),
-            "ema": {k: v.detach().clone() for k, v in ema.state_dict().items()},
+            "ema": cpu_copy(ema.state_dict()),
             "ema_updates": int(trainer.ema.updates),
             "optimizer": trainer.optimizer.state_dict(),
             "epoch": epoch,
@@ -192,14 +246,14 @@ class EpochCallbacks:
             "stopper_best_epoch": int(trainer.stopper.best_epoch),
             "best_state": self.best_state,
             "best_epoch": self.best_epoch,
-            "hooks": self.hooks.state_dict(),
-        }, epoch)
+            "hooks": trainer.rr_hooks.state_dict(),
+        }
 
 
 def finished_model(ema: nn.Module, best_state: Optional[dict], keep: Keep) -> nn.Module:
-    """The trained EMA as a trainable fp32 module: the best epoch's (Ultralytics' best.pt) for keep="best", the
-    last epoch's (last.pt) for keep="last"."""
-    model = copy.deepcopy(ema).float()
+    """The trained EMA as a trainable fp32 module on the CPU (how stages hand models over): the best epoch's
+    (Ultralytics' best.pt) for keep="best", the last epoch's (last.pt) for keep="last"."""
+    model = copy.deepcopy(ema).float().to("cpu")
     if keep == "best" and best_state is not None:
         model.load_state_dict(best_state)
     for p in model.parameters():
@@ -211,7 +265,10 @@ def finished_model(ema: nn.Module, best_state: Optional[dict], keep: Keep) -> nn
 def run_training(model: nn.Module, rebuild: Callable[[dict], nn.Module], describe: Callable[[nn.Module], dict],
                  data_yaml: str, knobs: TrainKnobs, epochs: int, ctx: TrainContext, source: str,
                  hooks: Sequence[TrainHook] = (), keep: Keep = "best") -> tuple[nn.Module, dict[str, float], int, int]:
-    """Train `model` for `epochs`; returns (model, last epoch metrics, epochs run here, epoch reached)."""
+    """Train `model` for `epochs`, here or in DDP worker processes (`device: [0, 1]`); returns (model on the CPU,
+    last epoch metrics, epochs run here, epoch reached)."""
+    from ._yolo_workers import SpoolRelay, SpoolSink, launches_workers, train_in_workers
+
     ultralytics_ready()
     state = ctx.resume_state
     best_state, best_epoch, start = None, 0, 0
@@ -230,21 +287,29 @@ def run_training(model: nn.Module, rebuild: Callable[[dict], nn.Module], describ
         chain.load_state_dict(state.get("hooks", {}))
     save_dir = Path(tempfile.mkdtemp(prefix="yolo-train-", dir=ctx.workdir))
     try:
-        cls = make_trainer_class()
+        cls = make_trainer_class(chain, state)
         trainer = cls(overrides=train_args(knobs, epochs, data_yaml, save_dir, ctx.seed, source))
         strip_integration_callbacks(trainer)
-        trainer.rr_model, trainer.rr_resume, trainer.rr_hooks = model, state, chain
         trainer.model = model
         advance = ctx.progress("epochs", epochs)
         advance(start)
-        callbacks = EpochCallbacks(ctx, describe, advance, chain, best_state, best_epoch)
+        here = ContextSink(ctx, advance)
+        workers = launches_workers(trainer)
+        spool = save_dir.parent / f"{save_dir.name}-spool"
+        sink: EpochSink = SpoolSink(spool, describe) if workers else here
+        callbacks = EpochCallbacks(sink, describe, keep, best_state, best_epoch)
         trainer.add_callback("on_train_start", callbacks.train_start)
         trainer.add_callback("on_train_epoch_start", callbacks.epoch_start)
         trainer.add_callback("on_fit_epoch_end", callbacks.fit_epoch_end)
-        trainer.train()
-        epoch_reached = int(trainer.epoch) + 1
-        result = finished_model(trainer.ema.ema, callbacks.best_state, keep)
-        return result, callbacks.last_metrics, epoch_reached - start, epoch_reached
+        trainer.add_callback("on_train_end", callbacks.train_end)
+        if workers:
+            train_in_workers(trainer, SpoolRelay(spool, here, rebuild))
+        else:
+            trainer.train()
+        if here.result is None:
+            raise RuntimeError("Ultralytics' trainer ended without finishing its last epoch")
+        result = here.result
+        return result.model, result.metrics, result.epoch - start, result.epoch
     finally:
         shutil.rmtree(save_dir, ignore_errors=True)
         torch.use_deterministic_algorithms(False)

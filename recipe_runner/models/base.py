@@ -84,6 +84,9 @@ class ModelFamily(ABC):
               hooks: Sequence[TrainHook] = (), keep: Keep = "best") -> TrainResult:
         """Train for `epochs` (resuming from ctx.resume_state if set), saving state through ctx each epoch.
 
+        Whatever `knobs.device` trains on, the returned model and the saved states are on the CPU in fp32
+        (see handoff_problems): the engine checks the model at every stage boundary.
+
         `hooks` run at the points models/hooks.py documents, after the always-on KeepZeros; their
         state is saved in the epoch checkpoints and restored on resume. `keep` picks the returned
         weights: "best" lets a family that tracks a best-fitness epoch return it (yolo: the best EMA,
@@ -136,7 +139,7 @@ class ModelFamily(ABC):
         return []
 
     bench_imgsz: int = 224  # the benchmark's default second input size (the family's usual deployment size)
-    max_devices: int = 1  # how many devices one stage may use
+    max_devices: int = 1  # how many GPUs one stage may train on (a `device:` list; more than 1: DDP)
 
     def check_args(self, args: dict[str, Any]) -> None:
         """Raise ValueError for `args:` this family would not use (checked before anything runs)."""
@@ -147,7 +150,7 @@ class ModelFamily(ABC):
         """Raise ValueError if this machine or family cannot honour `device:` (checked before anything runs)."""
         devices = list(device) if isinstance(device, (list, tuple)) else [device]
         if len(devices) > self.max_devices:
-            raise ValueError(f"the {self.name} family trains on one device; got {len(devices)}")
+            raise ValueError(f"the {self.name} family trains on one device; got a list of {len(devices)}")
         for d in devices:
             if str(d) == "cpu":
                 continue
@@ -226,3 +229,19 @@ def median_latency_ms(model: nn.Module, example: torch.Tensor, runs: int = 10) -
             model(example)
             times.append((time.perf_counter() - start) * 1000)
     return sorted(times)[len(times) // 2]
+
+
+def handoff_problems(model: nn.Module) -> list[str]:
+    """How `model` breaks the contract between stages: every parameter and buffer on the CPU, every floating one in
+    fp32. Stages hand models over on the CPU because cost, latency, pruning and export build CPU inputs, and each
+    trainer or evaluator moves a copy where its `device:` says. Empty: the model is fine."""
+    import torch
+
+    problems: dict[str, list[str]] = {}
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    for name, tensor in tensors:
+        if tensor.device.type != "cpu":
+            problems.setdefault(f"on {tensor.device}", []).append(name)
+        elif tensor.is_floating_point() and tensor.dtype != torch.float32:
+            problems.setdefault(f"in {tensor.dtype}", []).append(name)
+    return [f"{len(names)} tensor(s) {where} (e.g. {names[0]})" for where, names in problems.items()]

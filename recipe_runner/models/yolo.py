@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 from ..timing import timed
 from ._shapes import apply_shapes, module_attributes
 from ._yolo_arch import check_architecture, check_description
-from ._yolo_env import device_string, resolved_data_yaml, strip_integration_callbacks, ultralytics_ready
+from ._yolo_env import first_device_string, resolved_data_yaml, strip_integration_callbacks, ultralytics_ready
 from .base import EvalKnobs, Keep, ModelFamily, TrainContext, TrainKnobs, TrainResult
 
 if TYPE_CHECKING:
@@ -43,6 +43,8 @@ class YoloFamily(ModelFamily):
     name = "yolo"
     primary_metric = "mAP50-95"
     accuracy_metrics = ("mAP50", "mAP50-95", "precision", "recall")
+    # a list of GPUs trains with Ultralytics' DDP (models/_yolo_workers.py); check_device checks each exists
+    max_devices = 1024
 
     # -- building ---------------------------------------------------------
     def check_source(self, source: str) -> None:
@@ -136,7 +138,7 @@ class YoloFamily(ModelFamily):
         save_dir = Path(tempfile.mkdtemp(prefix="yolo-val-"))
         try:
             args = {"data": resolved_data_yaml(data), "imgsz": knobs.imgsz, "batch": batch or knobs.batch, "plots": False,
-                    "save_json": False, "verbose": False, "device": device_string(knobs.device),
+                    "save_json": False, "verbose": False, "device": first_device_string(knobs.device),
                     "workers": knobs.workers, "half": False, "save_dir": str(save_dir), "task": "detect",
                     "mode": "val", "split": "val"}
             validator = DetectionValidator(args=args, save_dir=save_dir)

@@ -7,10 +7,10 @@ from typing import Any, Callable, ClassVar, Literal, Optional
 from pydantic import Field
 
 from ..registry import Registry
-from ..config_base import StageConfig, TrainingKnobs
+from ..config_base import TrainingStageConfig
 
 
-class PruneConfigBase(StageConfig, TrainingKnobs):
+class PruneConfigBase(TrainingStageConfig):
     """Keys every pruning method has: the target, the iterative schedule and the accuracy guard."""
 
     type: Literal["prune"] = "prune"

@@ -6,10 +6,10 @@ from typing import Literal
 from pydantic import Field
 
 from ._base import STAGES, StageContext, StageOutput, StageType
-from ..config_base import StageConfig, TrainingKnobs
+from ..config_base import TrainingStageConfig
 
 
-class TrainConfig(StageConfig, TrainingKnobs):
+class TrainConfig(TrainingStageConfig):
     """Train the model from its initial weights (or continue training the parent stage's model)."""
 
     type: Literal["train"] = "train"

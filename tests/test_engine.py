@@ -203,8 +203,8 @@ def test_committed_json_schema_is_current():
     assert committed == recipe_json_schema(), "regenerate it: recipe schema > recipe.schema.json"
 
 
-def test_the_schema_does_not_promise_a_list_of_gpus_the_families_refuse():
-    """Editors show this description; it said a list of GPUs works where a family supports it: none does."""
+def test_the_schema_promises_a_list_of_gpus_only_where_a_family_takes_one():
+    """Editors show this description: a GPU list trains yolo with DDP, torchvision refuses it."""
     import pytest
 
     from recipe_runner.models import FAMILIES
@@ -212,10 +212,16 @@ def test_the_schema_does_not_promise_a_list_of_gpus_the_families_refuse():
 
     device = recipe_json_schema()["$defs"]["TrainConfig"]["properties"]["device"]
     description = device["anyOf"][0]["description"]
-    assert "one device per stage" in description and "multi-GPU" not in description
-    for name, entry in FAMILIES.items():
-        with pytest.raises(ValueError, match="one device"):
-            entry.load().check_device([0, 1])
+    assert "yolo family trains on all of them with DDP" in description
+    assert "torchvision family takes one device" in description
+    with pytest.raises(ValueError, match="trains on one device; got a list of 2"):
+        FAMILIES.get("torchvision").load().check_device([0, 1])
+    # past the count, yolo checks each GPU exists
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        with pytest.raises(ValueError, match="needs a CUDA GPU|this machine has"):
+            FAMILIES.get("yolo").load().check_device([0, 1])
 
 
 def test_a_device_this_machine_lacks_is_a_located_error_before_anything_runs(workspace: Path):

@@ -197,9 +197,16 @@ class ContextSink:
         self.result = Trained(model, metrics, epoch)
 
 
-def cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Tensors handed out of training live on the CPU: checkpoints load anywhere, the GPU keeps its memory."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+def cpu_copy(value: Any) -> Any:
+    """Tensors handed out of training live on the CPU: checkpoints load anywhere, the GPU keeps its memory.
+    `value`: a tensor, or dicts and lists of them (a state_dict, an optimizer's state)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(cpu_copy(v) for v in value)
+    return value
 
 
 class EpochCallbacks:
@@ -239,7 +246,7 @@ class EpochCallbacks:
             "model": self.describe(trainer.unwrapped()),
             "ema": cpu_copy(ema.state_dict()),
             "ema_updates": int(trainer.ema.updates),
-            "optimizer": trainer.optimizer.state_dict(),
+            "optimizer": cpu_copy(trainer.optimizer.state_dict()),
             "epoch": epoch,
             "best_fitness": None if trainer.best_fitness is None else float(trainer.best_fitness),
             "stopper_best_fitness": None if trainer.stopper.best_fitness is None else float(trainer.stopper.best_fitness),
@@ -286,6 +293,8 @@ def run_training(model: nn.Module, rebuild: Callable[[dict], nn.Module], describ
     if state is not None:
         chain.load_state_dict(state.get("hooks", {}))
     save_dir = Path(tempfile.mkdtemp(prefix="yolo-train-", dir=ctx.workdir))
+    # beside save_dir, not in it: Ultralytics' DDP launcher empties save_dir
+    spool = save_dir.parent / f"{save_dir.name}-spool"
     try:
         cls = make_trainer_class(chain, state)
         trainer = cls(overrides=train_args(knobs, epochs, data_yaml, save_dir, ctx.seed, source))
@@ -295,7 +304,6 @@ def run_training(model: nn.Module, rebuild: Callable[[dict], nn.Module], describ
         advance(start)
         here = ContextSink(ctx, advance)
         workers = launches_workers(trainer)
-        spool = save_dir.parent / f"{save_dir.name}-spool"
         sink: EpochSink = SpoolSink(spool, describe) if workers else here
         callbacks = EpochCallbacks(sink, describe, keep, best_state, best_epoch)
         trainer.add_callback("on_train_start", callbacks.train_start)
@@ -312,4 +320,5 @@ def run_training(model: nn.Module, rebuild: Callable[[dict], nn.Module], describ
         return result.model, result.metrics, result.epoch - start, result.epoch
     finally:
         shutil.rmtree(save_dir, ignore_errors=True)
+        shutil.rmtree(spool, ignore_errors=True)
         torch.use_deterministic_algorithms(False)

@@ -210,7 +210,7 @@ class YoloFamily(ModelFamily):
             "yaml": copy.deepcopy(model.yaml), "nc": int(model.nc if hasattr(model, "nc") else model.yaml["nc"]),
             "names": [str(v) for _, v in sorted(dict(getattr(model, "names", {}) or {}).items())],
             "split_c2f": bool(getattr(model, "_rr_split_c2f", False)),
-            "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
             "attributes": module_attributes(model),
         }
 

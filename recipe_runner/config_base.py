@@ -57,12 +57,17 @@ class StageConfig(StrictModel):
         return dump
 
     @model_validator(mode="after")
-    def _distinct_gpus(self) -> "StageConfig":
+    def _gpu_list_is_usable(self) -> "StageConfig":
         if isinstance(self.device, list):
             if not self.device:
                 raise ValueError("device: an empty list; write cpu, a GPU index, or a list of GPU indices")
             if len(set(self.device)) != len(self.device):
                 raise ValueError(f"device: {self.device} names a GPU twice")
+            # a Ray task sees only the GPUs it reserved
+            if self.resources is not None and self.resources.gpus is not None and \
+                    self.resources.gpus < len(self.device):
+                raise ValueError(f"resources.gpus {self.resources.gpus:g} is fewer than the {len(self.device)} GPUs "
+                                 f"device: {self.device} trains on")
         return self
 
 

@@ -116,6 +116,8 @@ def test_handoff_problems_name_the_devices_and_dtypes_that_break_the_contract():
     assert handoff_problems(on_meta) == ["7 tensor(s) on meta (e.g. 0.weight)"]
     half = nn.Sequential(nn.Linear(2, 2)).half()
     assert handoff_problems(half) == ["2 tensor(s) in torch.float16 (e.g. 0.weight)"]
+    channels_last = nn.Sequential(nn.Conv2d(3, 4, 3)).to(memory_format=torch.channels_last)
+    assert handoff_problems(channels_last) == ["1 tensor(s) not contiguous (channels_last?) (e.g. 0.weight)"]
 
 
 def test_a_stage_returning_a_model_off_contract_fails_and_says_why(workspace: Path, monkeypatch):
@@ -287,18 +289,58 @@ def test_training_in_a_worker_process_relays_epochs_and_resumes(family, tiny_dat
     assert family.cost(resumed.model, 64) == pruned
 
 
-def test_only_rank_zero_spools(tmp_path: Path, monkeypatch, family):
-    from recipe_runner.models._yolo_workers import SpoolSink
+def test_only_rank_zero_spools_and_builds_states_only_when_asked(tmp_path: Path, monkeypatch, family):
+    from recipe_runner.models._yolo_workers import WANT_STATE, SpoolSink
 
     sink = SpoolSink(tmp_path, family.describe)
     built = []
+
+    def state():
+        built.append(1)
+        return {"x": torch.zeros(1)}
+
+    (tmp_path / WANT_STATE).touch()
     monkeypatch.setenv("RANK", "1")
-    sink.epoch_end(1, {"loss": 1.0}, lambda: built.append(1) or {})
+    sink.epoch_end(1, {"loss": 1.0}, state)
     sink.finish(nn.Linear(1, 1), {}, 1)
-    assert list(tmp_path.iterdir()) == [] and built == []  # not even the state is built on other ranks
+    assert [p.name for p in tmp_path.iterdir()] == [WANT_STATE] and built == []  # other ranks write and build nothing
     monkeypatch.setenv("RANK", "0")
-    sink.epoch_end(1, {"loss": 1.0}, lambda: {"x": torch.zeros(1)})
-    assert [p.name for p in tmp_path.iterdir()] == ["epoch-000001.pt"]
+    sink.epoch_end(1, {"loss": 1.0}, state)
+    (tmp_path / WANT_STATE).unlink()
+    sink.epoch_end(2, {"loss": 0.5}, state)  # the launching process's cadence did not ask for epoch 2's state
+    assert built == [1]
+    first, second = (torch.load(tmp_path / f"epoch-00000{e}.pt", weights_only=True) for e in (1, 2))
+    assert first["state"] is not None and second["state"] is None and second["metrics"] == {"loss": 0.5}
+
+
+def test_the_relay_asks_for_states_on_the_stage_cadence(tmp_path: Path, family):
+    """checkpoint_every: 2 (the first epoch is always written, then every second): the want-state flag is up for
+    epochs 1 and 3 only, and a state that arrives for an epoch the cadence does not want is not saved."""
+    from recipe_runner.checkpoint import EpochCadence, save_checkpoint
+    from recipe_runner.models._yolo_train import ContextSink
+    from recipe_runner.models._yolo_workers import WANT_STATE, SpoolRelay
+
+    class EverySecond(RecordingContext):
+        cadence = EpochCadence(2)
+
+        def epoch_state_due(self, epoch):
+            return self.cadence.due(epoch)
+
+        def save_epoch_state(self, state, epoch):
+            self.cadence.written(epoch, 0.0)
+            self.states.append({"epoch": epoch, **state})
+
+    ctx = EverySecond(tmp_path)
+    spool = tmp_path / "spool"
+    relay = SpoolRelay(spool, ContextSink(ctx, lambda n: None), family.rebuild, start_epoch=0)
+    flags = []
+    for epoch in (1, 2, 3):
+        flags.append((spool / WANT_STATE).exists())
+        save_checkpoint({"epoch": epoch, "metrics": {"loss": 1.0 / epoch}, "state": {"w": torch.ones(1)}},
+                        spool / f"epoch-{epoch:06d}.pt")
+        assert relay.pump() == 1
+    assert flags == [True, False, True] and not (spool / WANT_STATE).exists()  # not for epoch 4 either
+    assert [s["epoch"] for s in ctx.states] == [1, 3] and [step for step, _ in ctx.logged] == [1, 2, 3]
 
 
 def test_a_failing_worker_fails_the_stage_and_keeps_its_finished_epochs(family, tiny_data, tmp_path: Path,
@@ -337,10 +379,13 @@ def test_device_lists_are_checked_where_they_are_written(workspace: Path):
     assert twice.exit_code == 2 and "stages.train" in twice.output and "names a GPU twice" in twice.output
     small = cli("validate", recipe, "--set", "stages.finetune.device=[0, 1, 2]", "--set", "stages.finetune.batch=2")
     assert small.exit_code == 2 and "stages.finetune" in small.output and "batch >= 3" in small.output
-    # a list of GPUs is a yolo training device, but this machine has none: refused at plan time, located
-    planned = cli("plan", recipe, "--set", "stages.train.device=[0, 1]")
-    assert planned.exit_code == 2 and "stages.train.device" in planned.output
-    assert "needs a CUDA GPU" in planned.output
+    ray = cli("validate", recipe, "--set", "stages.train.device=[0, 1]", "--set", "stages.train.resources={gpus: 1}")
+    assert ray.exit_code == 2 and "resources.gpus 1 is fewer than the 2 GPUs" in ray.output
+    if torch.cuda.device_count() < 2:
+        # a list of GPUs is a yolo training device, but this machine lacks them: refused at plan time, located
+        planned = cli("plan", recipe, "--set", "stages.train.device=[0, 1]")
+        assert planned.exit_code == 2 and "stages.train.device" in planned.output
+        assert "needs a CUDA GPU" in planned.output or "this machine has" in planned.output
     classifier = write_recipe(workspace, "  train: {type: train, epochs: 1, device: [0, 1]}\n", filename="cls.yaml")
     refused = cli("plan", classifier)
     assert refused.exit_code == 2 and "trains on one device; got a list of 2" in refused.output
@@ -353,3 +398,17 @@ def test_ray_reserves_one_gpu_per_listed_device(workspace: Path):
     assert resources(TrainConfig(device=[0, 1, 2], batch=16))["num_gpus"] == 3.0
     assert resources(TrainConfig(device=0))["num_gpus"] == 1.0
     assert resources(TrainConfig())["num_gpus"] == 0.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_on_a_gpu_training_hands_back_cpu_fp32_contiguous_tensors(family, tiny_data, tmp_path: Path):
+    """The real GPU path (device: 0, AMP on, channels_last): run where a GPU is; skipped on the CPU-only CI."""
+    from recipe_runner.models import handoff_problems
+
+    ctx = RecordingContext(tmp_path)
+    model = _pruned(family, tiny_data)
+    result = family.train(model, tiny_data, _knobs(device=0), 2, ctx)
+    assert handoff_problems(result.model) == []
+    assert all(t.device.type == "cpu" for state in ctx.states for t in _tensors(state))
+    assert family.cost(result.model, 64) == family.cost(model, 64)
+    assert family.evaluate(result.model, tiny_data, _knobs(device=0))["mAP50-95"] >= 0.0

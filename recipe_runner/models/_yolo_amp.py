@@ -21,12 +21,19 @@ _LOG = logging.getLogger("recipe_runner")
 # Ultralytics compares boxes in pixels with this absolute tolerance (ultralytics.utils.checks.check_amp)
 ATOL = 0.5
 CHECK_IMGSZ = 128
+# GPUs on which fp16 training gives NaN losses, which one forward pass does not show; Ultralytics' check_amp
+# refuses AMP on the same models
+UNSAFE_GPUS = ("1630", "1650", "1660", "t400", "t550", "t600", "t1000", "t1200", "t2000", "k40m")
 
 
 def amp_is_safe(model: nn.Module) -> bool:
     """Ultralytics' `check_amp(model)` contract: True to train with AMP. Only CUDA uses AMP."""
     device = next(model.parameters()).device
     if device.type != "cuda":
+        return False
+    name = torch.cuda.get_device_name(device).lower()
+    if any(model in name for model in UNSAFE_GPUS):
+        _LOG.warning("AMP is off on %s (fp16 training there gives NaN losses); training in fp32", name)
         return False
     example = torch.rand(1, 3, CHECK_IMGSZ, CHECK_IMGSZ, generator=torch.Generator().manual_seed(0)).to(device)
     if outputs_agree(model, example, torch.float16):

@@ -116,6 +116,12 @@ def make_trainer_class(hooks: HookChain, resume: Optional[dict]) -> type:
         rr_hooks: HookChain = hooks
         rr_resume: Optional[dict] = resume
 
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # Ultralytics adds its integrations (platform, analytics) in every process that builds a trainer,
+            # DDP workers included; the runner owns the records
+            strip_integration_callbacks(self)
+
         def get_model(self, cfg=None, weights=None, verbose=True):
             raise RuntimeError("the runner's trainer is handed its model; it never builds one from a yaml")
 
@@ -166,7 +172,7 @@ class EpochSink(Protocol):
     """Where the epoch callbacks send what training produced: the stage run in this process (ContextSink), or in
     a DDP worker the files its launching process relays there (_yolo_workers.SpoolSink)."""
 
-    def epoch_end(self, epoch: int, metrics: dict[str, float], state: Callable[[], dict]) -> None:
+    def epoch_end(self, epoch: int, metrics: dict[str, float], state: Callable[[], Optional[dict]]) -> None:
         """Epoch `epoch` (counting from 1) finished; `state()` builds its resumable state if wanted."""
 
     def finish(self, model: nn.Module, metrics: dict[str, float], epoch: int) -> None:
@@ -187,21 +193,26 @@ class ContextSink:
         self.ctx, self.advance = ctx, advance
         self.result: Optional[Trained] = None
 
-    def epoch_end(self, epoch: int, metrics: dict[str, float], state: Callable[[], dict]) -> None:
+    def epoch_end(self, epoch: int, metrics: dict[str, float], state: Callable[[], Optional[dict]]) -> None:
         self.ctx.log_metrics(metrics, step=epoch)
         if self.ctx.epoch_state_due(epoch):
-            self.ctx.save_epoch_state(state(), epoch)
+            built = state()
+            if built is not None:  # None: a DDP worker was not asked for it in time (see _yolo_workers)
+                self.ctx.save_epoch_state(built, epoch)
         self.advance(1)
+
+    def state_due(self, epoch: int) -> bool:
+        return self.ctx.epoch_state_due(epoch)
 
     def finish(self, model: nn.Module, metrics: dict[str, float], epoch: int) -> None:
         self.result = Trained(model, metrics, epoch)
 
 
 def cpu_copy(value: Any) -> Any:
-    """Tensors handed out of training live on the CPU: checkpoints load anywhere, the GPU keeps its memory.
-    `value`: a tensor, or dicts and lists of them (a state_dict, an optimizer's state)."""
+    """Tensors handed out of training live on the CPU, contiguous: checkpoints load anywhere, the GPU keeps its
+    memory. `value`: a tensor, or dicts and lists of them (a state_dict, an optimizer's state)."""
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
+        return value.detach().to("cpu", copy=True).contiguous()
     if isinstance(value, dict):
         return {k: cpu_copy(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -260,7 +271,9 @@ class EpochCallbacks:
 def finished_model(ema: nn.Module, best_state: Optional[dict], keep: Keep) -> nn.Module:
     """The trained EMA as a trainable fp32 module on the CPU (how stages hand models over): the best epoch's
     (Ultralytics' best.pt) for keep="best", the last epoch's (last.pt) for keep="last"."""
-    model = copy.deepcopy(ema).float().to("cpu")
+    # Ultralytics trains channels_last on CUDA: back to the layout a rebuilt or CPU-trained model has, so CPU
+    # latency does not depend on where the model was trained
+    model = copy.deepcopy(ema).float().to("cpu", memory_format=torch.contiguous_format)
     if keep == "best" and best_state is not None:
         model.load_state_dict(best_state)
     for p in model.parameters():
@@ -298,7 +311,6 @@ def run_training(model: nn.Module, rebuild: Callable[[dict], nn.Module], describ
     try:
         cls = make_trainer_class(chain, state)
         trainer = cls(overrides=train_args(knobs, epochs, data_yaml, save_dir, ctx.seed, source))
-        strip_integration_callbacks(trainer)
         trainer.model = model
         advance = ctx.progress("epochs", epochs)
         advance(start)
@@ -311,7 +323,7 @@ def run_training(model: nn.Module, rebuild: Callable[[dict], nn.Module], describ
         trainer.add_callback("on_fit_epoch_end", callbacks.fit_epoch_end)
         trainer.add_callback("on_train_end", callbacks.train_end)
         if workers:
-            train_in_workers(trainer, SpoolRelay(spool, here, rebuild))
+            train_in_workers(trainer, SpoolRelay(spool, here, rebuild, start))
         else:
             trainer.train()
         if here.result is None:
@@ -322,3 +334,14 @@ def run_training(model: nn.Module, rebuild: Callable[[dict], nn.Module], describ
         shutil.rmtree(save_dir, ignore_errors=True)
         shutil.rmtree(spool, ignore_errors=True)
         torch.use_deterministic_algorithms(False)
+
+
+def release_gpu_memory() -> None:
+    """After run_training has returned (its frame held the trainer): the trainer holds reference cycles (its
+    scheduler's lambda), so collect them now, or a prune stage's fine-tuning steps pile up models, optimizers and
+    EMAs on the GPU."""
+    if torch.cuda.is_available():
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()

@@ -232,8 +232,8 @@ def median_latency_ms(model: nn.Module, example: torch.Tensor, runs: int = 10) -
 
 
 def handoff_problems(model: nn.Module) -> list[str]:
-    """How `model` breaks the contract between stages: every parameter and buffer on the CPU, every floating one in
-    fp32. Stages hand models over on the CPU because cost, latency, pruning and export build CPU inputs, and each
+    """How `model` breaks the contract between stages: every parameter and buffer on the CPU and contiguous, every
+    floating one in fp32. Stages hand models over on the CPU because cost, latency, pruning and export build CPU inputs, and each
     trainer or evaluator moves a copy where its `device:` says. Empty: the model is fine."""
     import torch
 
@@ -244,4 +244,6 @@ def handoff_problems(model: nn.Module) -> list[str]:
             problems.setdefault(f"on {tensor.device}", []).append(name)
         elif tensor.is_floating_point() and tensor.dtype != torch.float32:
             problems.setdefault(f"in {tensor.dtype}", []).append(name)
+        elif not tensor.is_contiguous():  # channels_last from a GPU trainer: CPU latency would depend on it
+            problems.setdefault("not contiguous (channels_last?)", []).append(name)
     return [f"{len(names)} tensor(s) {where} (e.g. {names[0]})" for where, names in problems.items()]

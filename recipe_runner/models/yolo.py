@@ -119,11 +119,12 @@ class YoloFamily(ModelFamily):
     # -- training ---------------------------------------------------------
     def train(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, epochs: int, ctx: TrainContext,
               hooks: Sequence[TrainHook] = (), keep: Keep = "best") -> TrainResult:
-        from ._yolo_train import run_training
+        from ._yolo_train import release_gpu_memory, run_training
 
         source = str(getattr(model, "yaml", {}).get("yaml_file", "yolov8n.yaml"))
         model, metrics, trained, reached = run_training(model, self.rebuild, self.describe, resolved_data_yaml(data),
                                                         knobs, epochs, ctx, source, hooks, keep)
+        release_gpu_memory()
         return TrainResult(model, metrics, trained, reached)
 
     def evaluate(self, model: nn.Module, data: DataSource, knobs: EvalKnobs) -> dict[str, float]:

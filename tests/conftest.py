@@ -74,6 +74,24 @@ def local_uri(folder: Path) -> str:
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+# the YOLO tests' dataset: 16 train and 8 val images at 64 px
+TINY_DATA = "builtin:shapes?train=16&val=8&imgsz=64"
+
+
+@pytest.fixture(scope="module")
+def family():
+    """The yolo family (the YOLO test modules' `family`)."""
+    from recipe_runner.models.yolo import YoloFamily
+
+    return YoloFamily()
+
+
+@pytest.fixture
+def tiny_data(workspace: Path):
+    from recipe_runner.data import resolve_data
+
+    return resolve_data(TINY_DATA, "detect")
+
 
 class RecordingContext:
     """The parts of the engine's RunningStage a family's train() uses, recording what it is given."""

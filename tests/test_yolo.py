@@ -18,9 +18,8 @@ from mlflow.tracking import MlflowClient
 from recipe_runner import tracking as T
 from recipe_runner.checkpoint import load_checkpoint
 
-from conftest import RecordingContext, cli, local_uri, stage_runs
+from conftest import TINY_DATA, RecordingContext, cli, local_uri, stage_runs
 
-TINY_DATA = "builtin:shapes?train=16&val=8&imgsz=64"
 
 YOLO_RECIPE = f"""\
 version: 1
@@ -48,20 +47,6 @@ stages:
     type: export
     format: onnx
 """
-
-
-@pytest.fixture(scope="module")
-def family():
-    from recipe_runner.models.yolo import YoloFamily
-
-    return YoloFamily()
-
-
-@pytest.fixture
-def tiny_data(workspace: Path):
-    from recipe_runner.data import resolve_data
-
-    return resolve_data(TINY_DATA, "detect")
 
 
 def _randomise_batchnorm(model: torch.nn.Module) -> None:

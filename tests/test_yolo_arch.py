@@ -22,13 +22,6 @@ SHIPPED = Path(__import__("ultralytics").__file__).parent / "cfg" / "models"
 
 
 @pytest.fixture(scope="module")
-def family():
-    from recipe_runner.models.yolo import YoloFamily
-
-    return YoloFamily()
-
-
-@pytest.fixture(scope="module")
 def description(family):
     """A real stage-checkpoint description of yolov8n (2 classes)."""
     from recipe_runner.models._yolo_env import ultralytics_ready

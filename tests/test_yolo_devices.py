@@ -21,23 +21,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import RecordingContext, cli, local_uri, stage_runs, write_recipe
+from conftest import TINY_DATA, RecordingContext, cli, write_recipe
 
-TINY_DATA = "builtin:shapes?train=16&val=8&imgsz=64"
-
-
-@pytest.fixture(scope="module")
-def family():
-    from recipe_runner.models.yolo import YoloFamily
-
-    return YoloFamily()
-
-
-@pytest.fixture
-def tiny_data(workspace: Path):
-    from recipe_runner.data import resolve_data
-
-    return resolve_data(TINY_DATA, "detect")
 
 
 def _pruned(family, data) -> nn.Module:
@@ -398,6 +383,23 @@ def test_ray_reserves_one_gpu_per_listed_device(workspace: Path):
     assert resources(TrainConfig(device=[0, 1, 2], batch=16))["num_gpus"] == 3.0
     assert resources(TrainConfig(device=0))["num_gpus"] == 1.0
     assert resources(TrainConfig())["num_gpus"] == 0.0
+
+
+def test_a_ray_task_trains_on_the_gpus_ray_assigned_it(monkeypatch):
+    """Ray shows a task only its GPUs, renumbered from 0: a device list becomes [0, 1, ...], one GPU becomes 0."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    from recipe_runner.executors.ray_executor import _on_assigned_gpu
+    from recipe_runner.graph import StageNode
+    from recipe_runner.planner import PlannedStage
+    from recipe_runner.stages.train import TrainConfig
+
+    def planned(device):
+        return PlannedStage(StageNode("train", "train", "train", TrainConfig(device=device, batch=16), None, {}), "run")
+
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: ["3", "5"])
+    assert _on_assigned_gpu(planned([3, 5])).node.config.device == [0, 1]
+    assert _on_assigned_gpu(planned(3)).node.config.device == 0
+    assert _on_assigned_gpu(planned("cpu")).node.config.device == "cpu"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")

@@ -213,3 +213,21 @@ def test_yolo_low_rank_step_fine_tunes_reloads_and_exports(workspace: Path, fami
     assert not any(isinstance(m, LowRankConv2d) for m in head.modules())
     assert isinstance(model.model[1], LowRankConv2d) and model.model[1].i == 1  # Ultralytics' routing kept
     assert family.cost(model, 64)["macs"] == prune["macs"]
+
+
+def test_a_tampered_decomposition_record_is_refused():
+    from recipe_runner.checkpoint import CheckpointError
+
+    family = TorchvisionFamily()
+    description = family.describe(_lowrank(family.build("lenet", SimpleNamespace(num_classes=3), seed=0), family))
+    assert family.rebuild(description) is not None
+    tampered = [
+        {**description["decomposed"][0], "name": "features.9"},  # no such layer
+        {**description["decomposed"][0], "name": "features.0.1"},  # a BatchNorm, not a convolution
+        {**description["decomposed"][0], "ranks": [0, 3]},
+        {**description["decomposed"][0], "kind": "eval"},
+        {**description["decomposed"][0], "extra": 1},
+    ]
+    for record in tampered:
+        with pytest.raises(CheckpointError):
+            family.rebuild({**description, "decomposed": [record]})

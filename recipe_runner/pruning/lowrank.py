@@ -31,6 +31,8 @@ class LowRankConfig(PruneConfigBase):
     (or 1 - energy), the fraction of rank (or energy) removed, which the prune loop logs as step/ratio."""
 
     method: Literal["low-rank"] = "low-rank"
+    ratio: float = Field(0.5, gt=0, lt=1, description="not a key of low-rank (an error if it differs): set to "
+                                                       "1 - rank_ratio, or 1 - energy, the fraction removed")
     rank_ratio: Optional[float] = Field(
         None, gt=0, lt=1,
         description=f"keep this fraction of each layer's rank (default {DEFAULT_RANK_RATIO} unless energy is given)",

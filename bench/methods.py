@@ -90,7 +90,8 @@ def method_rows(plan: Any, reports: list, recipe: dict[str, Any]) -> list[dict[s
         while parent in stages and stages[parent]["type"] != "train":
             before_prune += _seconds(_source_run(client, by_id[parent].run_id))
             parent = stages[parent].get("from")
-        label = stage["method"] + (f" {stage['importance']}" if "importance" in stage else "")
+        label = stage["method"] + (f" {stage['importance']}" if "importance" in stage else "") \
+            + (f" {stage['rank_ratio']}" if "rank_ratio" in stage else "")
         rows.append({
             "branch": sid.removeprefix("prune_"), "method": label, "macs": after["macs"], "params": after["params"],
             f"{PRIMARY}_baseline": prune.data.metrics.get(f"baseline_{PRIMARY}"),

@@ -38,7 +38,7 @@ CASES: dict[str, tuple[int, str]] = {
     "missing_stage_type": (6, "missing required key 'type' (known: benchmark, evaluate, export, prune, quantize, "
                               "train, finetune, sparse-train)"),
     "prune_method_typo": (10, "unknown method 'depgraf'; did you mean 'depgraph'?"),
-    "prune_missing_method": (8, "missing required key 'method' (known: depgraph, slim, l1-unstructured)"),
+    "prune_missing_method": (8, "missing required key 'method' (known: depgraph, slim, l1-unstructured, low-rank)"),
     "importance_typo": (11, "(got 'grop-l2'); did you mean 'group-l2'?"),
     "epochs_wrong_type": (8, "stages.train.epochs: Input should be a valid integer"),
     "ratio_too_big": (11, "stages.prune.ratio: Input should be less than 1 (got 1.5)"),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..checkpoint import CheckpointError
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -63,4 +65,65 @@ def apply_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor], attrs: d
                 raise ValueError(f"checkpoint sets attribute '{name}.{key}', which is not a plain attribute of the model")
             setattr(module, key, tuple(value) if isinstance(current, tuple) else value)
     model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+# Bounds for a decomposition record read from a checkpoint (someone else's store): far above any real layer
+_MAX_RECORDS, _MAX_RANK = 100_000, 1 << 20
+
+
+class DecompositionError(CheckpointError, ValueError):
+    """A checkpoint's low-rank layer records do not fit the model: not trusted, nothing built from them."""
+
+
+def decomposed_layers(model: nn.Module) -> list[dict[str, Any]]:
+    """Every low-rank layer of `model` as plain data: where it sits, what it replaced and its ranks.
+
+    Shapes and weights come from the state dict; this says which structure to put in place first."""
+    from .lowrank_layers import LowRankConv2d, LowRankLinear
+
+    records: list[dict[str, Any]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, LowRankConv2d):
+            records.append({"name": name, "kind": "conv", "ranks": module.ranks, "wrapped": module.wrapped})
+        elif isinstance(module, LowRankLinear):
+            records.append({"name": name, "kind": "linear", "ranks": module.ranks, "wrapped": False})
+    return records
+
+
+def restore_decomposed(model: nn.Module, records: Any) -> nn.Module:
+    """Replace the layers `records` (from decomposed_layers) name with empty low-rank layers, in place, so that
+    apply_shapes can load the checkpoint's factors. Refuses anything but records of the expected form."""
+    from torch import nn
+
+    from .lowrank_layers import LowRankConv2d, LowRankLinear, carry_graph_attributes
+
+    if not isinstance(records, list) or len(records) > _MAX_RECORDS:
+        raise DecompositionError("checkpoint: 'decomposed' must be a list of low-rank layer records")
+    for record in records:
+        if not (isinstance(record, dict) and set(record) == {"name", "kind", "ranks", "wrapped"}
+                and isinstance(record["name"], str) and record["kind"] in ("conv", "linear")
+                and isinstance(record["wrapped"], bool) and isinstance(record["ranks"], list)
+                and 1 <= len(record["ranks"]) <= 2
+                and all(type(r) is int and 1 <= r <= _MAX_RANK for r in record["ranks"])):
+            raise DecompositionError(f"checkpoint: malformed low-rank layer record {str(record)[:120]}")
+        modules = dict(model.named_modules())
+        name, ranks = record["name"], record["ranks"]
+        owner, _, leaf = name.rpartition(".")
+        current, parent = modules.get(name), modules.get(owner)
+        if current is None or parent is None or not leaf:
+            raise DecompositionError(f"checkpoint decomposes '{name}', which is not a layer of the model")
+        if record["kind"] == "linear" and type(current) is nn.Linear and len(ranks) == 1:
+            new: nn.Module = LowRankLinear.empty(current, ranks[0])
+        elif record["kind"] == "conv":
+            conv = current.conv if record["wrapped"] and isinstance(current._modules.get("conv"), nn.Conv2d) \
+                else current
+            if type(conv) is not nn.Conv2d or len(ranks) != (1 if tuple(conv.kernel_size) == (1, 1) else 2):
+                raise DecompositionError(f"checkpoint decomposes '{name}' as a convolution, which it is not")
+            new = LowRankConv2d.empty(conv, ranks[0], ranks[-1], wrapper=current if record["wrapped"] else None)
+        else:
+            raise DecompositionError(f"checkpoint decomposes '{name}' as a {record['kind']} layer, which it is not")
+        carry_graph_attributes(current, new)
+        new.train(current.training)
+        setattr(parent, leaf, new)
     return model

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..timing import timed
-from ._shapes import apply_shapes, module_attributes
+from ._shapes import apply_shapes, decomposed_layers, module_attributes, restore_decomposed
 from .base import EvalKnobs, Keep, ModelFamily, TrainContext, TrainKnobs, TrainResult, torch_device
 from .hooks import training_hooks
 from .small_cnn import SMALL_MODELS
@@ -207,12 +207,17 @@ class TorchvisionFamily(ModelFamily):
         return [linears[-1]] if linears else convs[-1:]
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
-        return {"family": self.name, "source": model._rr_source, "num_classes": model._rr_num_classes,
-                "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                "attributes": module_attributes(model)}
+        description = {"family": self.name, "source": model._rr_source, "num_classes": model._rr_num_classes,
+                       "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                       "attributes": module_attributes(model)}
+        decomposed = decomposed_layers(model)
+        if decomposed:  # only then: every other description stays as it was
+            description["decomposed"] = decomposed
+        return description
 
     def rebuild(self, description: dict[str, Any]) -> nn.Module:
         model = self._construct(description["source"], int(description["num_classes"]))
+        restore_decomposed(model, description.get("decomposed", []))
         apply_shapes(model, description["state_dict"], description["attributes"])
         return model.eval()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from ..timing import timed
-from ._shapes import apply_shapes, module_attributes
+from ._shapes import apply_shapes, decomposed_layers, module_attributes, restore_decomposed
 from ._yolo_arch import check_architecture, check_description
 from ._yolo_env import first_device_string, resolved_data_yaml, strip_integration_callbacks, ultralytics_ready
 from .base import EvalKnobs, Keep, ModelFamily, TrainContext, TrainKnobs, TrainResult
@@ -206,7 +206,7 @@ class YoloFamily(ModelFamily):
         return model
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
-        return {
+        description = {
             "family": self.name, "format": DESCRIPTION_FORMAT,
             "yaml": copy.deepcopy(model.yaml), "nc": int(model.nc if hasattr(model, "nc") else model.yaml["nc"]),
             "names": [str(v) for _, v in sorted(dict(getattr(model, "names", {}) or {}).items())],
@@ -214,6 +214,10 @@ class YoloFamily(ModelFamily):
             "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
             "attributes": module_attributes(model),
         }
+        decomposed = decomposed_layers(model)
+        if decomposed:  # only then: every other description stays as it was
+            description["decomposed"] = decomposed
+        return description
 
     def rebuild(self, description: dict[str, Any]) -> nn.Module:
         """Only from an allow-listed architecture: the description may come from someone else's checkpoint."""
@@ -224,6 +228,7 @@ class YoloFamily(ModelFamily):
         model = DetectionModel(copy.deepcopy(description["yaml"]), nc=int(description["nc"]), verbose=False)
         if description.get("split_c2f"):
             self.prepare_for_pruning(model)
+        restore_decomposed(model, description.get("decomposed", []))
         apply_shapes(model, description["state_dict"], description["attributes"])
         model.nc = int(description["nc"])
         if description.get("names"):

@@ -2,5 +2,6 @@
 from ._base import METHODS, PruneConfigBase, PruningMethod, StepPlan, plan_steps
 from ._graph import has_batchnorm
 from . import depgraph, slim, unstructured  # noqa: F401  (registration)
+from . import lowrank  # noqa: F401,E402  (registered last: `known:` lists stay in the order users met them)
 
 __all__ = ["METHODS", "PruneConfigBase", "PruningMethod", "StepPlan", "has_batchnorm", "plan_steps"]

@@ -57,6 +57,8 @@ class PruningMethod:
     structured: bool
     description: str = ""
     check: Optional[ModelCheck] = None  # run by the planner: refuse a model the method cannot prune
+    # model -> rows: a per-layer table the prune stage logs after each step (e.g. low-rank's ranks); None: none
+    layer_table: Optional[Callable[[Any], list[dict[str, Any]]]] = None
 
 
 METHODS: Registry[PruningMethod] = Registry("pruning method")

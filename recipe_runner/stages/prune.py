@@ -47,6 +47,8 @@ def run_prune(ctx: StageContext, config) -> StageOutput:
     for plan in plans[start_step:]:
         previous, previous_evaluation = copy.deepcopy(model), evaluation
         model = method.prune_step(model, family, ctx.data, config, plan)
+        if method.layer_table is not None:
+            _log_table(ctx, method.layer_table(model), f"layers_step{plan.step}.json")
         evaluation = family.evaluate(model, ctx.data, config)
         before = after = evaluation[primary]
         if config.finetune_epochs:
@@ -82,6 +84,15 @@ def run_prune(ctx: StageContext, config) -> StageOutput:
         ctx.warn("pruning removed nothing (ratio too small for these widths, or round_to too large?)")
     metrics = {"steps_done": float(kept[-1]["step"]), "stopped_early": float(stopped_early), f"baseline_{primary}": baseline}
     return StageOutput(model=model, metrics=metrics, epochs_trained=epochs_trained, evaluation=evaluation)
+
+
+def _log_table(ctx: StageContext, rows: list[dict], name: str) -> None:
+    """The method's per-layer table (e.g. low-rank's ranks) as a JSON artifact in the stage's `layers/` folder."""
+    import json
+
+    path = ctx.workdir / name
+    path.write_text(json.dumps(rows, indent=1))
+    ctx.log_artifact(path, "layers")
 
 
 def _shape_metrics(family, model, config) -> dict[str, float]:

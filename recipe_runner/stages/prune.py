@@ -95,7 +95,8 @@ def run_prune(ctx: StageContext, config) -> StageOutput:
     return StageOutput(model=model, metrics=metrics, epochs_trained=epochs_trained, evaluation=evaluation)
 
 
-def _target_metrics(ctx: StageContext, target: CostTarget, last: dict, start: dict, stopped: bool) -> dict[str, float]:
+def _target_metrics(ctx: StageContext, target: CostTarget, last: dict, start: dict,
+                    stopped: bool) -> dict[str, float]:
     """The channel ratio chosen for a MACs/params target and the fraction of the parent's cost kept; warns when
     the layer widths (or round_to) allowed nothing near the target."""
     reached = last[target.metric] / start[target.metric]

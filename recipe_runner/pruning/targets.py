@@ -30,7 +30,7 @@ RESOLUTION = 1e-3
 
 
 class TargetUnreachable(ValueError):
-    """Even the largest step ratio leaves more than the goal (layers capped by max_layer_ratio, or ignored)."""
+    """No step ratio of the grid reaches the goal (layers capped by max_layer_ratio, or ignored)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,6 @@ class Reached:
     model: Any
     step_ratio: float  # 0 when the model was already under the goal
     cost: float  # the target's metric of `model`
-    probes: int  # pruned copies measured
 
 
 # (a copy of the model, step ratio) -> that copy pruned
@@ -72,11 +71,11 @@ def bisect_ratio(model: Any, goal: float, measure: Callable[[Any], float], prune
     step ratio from above, then bisection closes in from there."""
     current = measure(model)
     if current <= goal:
-        return Reached(model, 0.0, current, 0)
+        return Reached(model, 0.0, current)
 
     def attempt(ratio: float) -> Reached:
         pruned = prune(copy.deepcopy(model), ratio)
-        return Reached(pruned, ratio, measure(pruned), 0)
+        return Reached(pruned, ratio, measure(pruned))
 
     low, best, probes, least = 0.0, None, 0, current
     for ratio in GRID:
@@ -99,7 +98,7 @@ def bisect_ratio(model: Any, goal: float, measure: Callable[[Any], float], prune
             best = tried if tried.cost > best.cost else best
         else:
             low = middle
-    return replace(best, probes=probes)
+    return best
 
 
 def reach_target(model: Any, family: Any, data: Any, config: PruneConfigBase, method: PruningMethod,

@@ -122,4 +122,4 @@ def _generate(builtin: Builtin, options: dict[str, int], folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-from . import builtin_shapes  # noqa: E402,F401  (registration)
+from . import builtin_hard, builtin_shapes  # noqa: E402,F401  (registration)

@@ -79,9 +79,7 @@ def generate_detection(folder: Path, options: dict) -> list[str]:
 
     names = SHAPES[: _check_classes(options)]
     size = options["imgsz"]
-    for split in ("train", "val"):
-        (folder / "images" / split).mkdir(parents=True)
-        (folder / "labels" / split).mkdir(parents=True)
+    write_detection_layout(folder, names)
     for split, i, rng, image in _images(options):
         draw = ImageDraw.Draw(image)
         lines, boxes = [], []
@@ -90,7 +88,7 @@ def generate_detection(folder: Path, options: dict) -> list[str]:
                 r = rng.uniform(0.08, 0.22) * size
                 cx, cy = rng.uniform(r + 1, size - r - 1, size=2)
                 box = (cx - r, cy - r, cx + r, cy + r)
-                if all(_iou(box, b) < 0.1 for b in boxes):
+                if all(iou(box, b) < 0.1 for b in boxes):
                     break
             else:
                 continue
@@ -100,12 +98,19 @@ def generate_detection(folder: Path, options: dict) -> list[str]:
             lines.append(f"{label} {cx / size:.6f} {cy / size:.6f} {2 * r / size:.6f} {2 * r / size:.6f}")
         image.save(folder / "images" / split / f"{i:05d}.png")
         (folder / "labels" / split / f"{i:05d}.txt").write_text("\n".join(lines) + "\n")
-    names_yaml = "\n".join(f"  {i}: {n}" for i, n in enumerate(names))
-    (folder / "data.yaml").write_text(f"train: images/train\nval: images/val\nnames:\n{names_yaml}\n")
     return names
 
 
-def _iou(a: tuple, b: tuple) -> float:
+def write_detection_layout(folder: Path, names: list[str]) -> None:
+    """The Ultralytics layout a generator fills: images/ and labels/ per split, and data.yaml naming the classes."""
+    for split in ("train", "val"):
+        (folder / "images" / split).mkdir(parents=True)
+        (folder / "labels" / split).mkdir(parents=True)
+    names_yaml = "\n".join(f"  {i}: {n}" for i, n in enumerate(names))
+    (folder / "data.yaml").write_text(f"train: images/train\nval: images/val\nnames:\n{names_yaml}\n")
+
+
+def iou(a: tuple, b: tuple) -> float:
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = w * h

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..registry import Registry
 from ..config_base import TrainingStageConfig
@@ -13,9 +13,18 @@ from ..config_base import TrainingStageConfig
 class PruneConfigBase(TrainingStageConfig):
     """Keys every pruning method has: the target, the iterative schedule and the accuracy guard."""
 
+    # added after prune stages were recorded: unset, they stay out of the cache key
+    KEY_ONLY_WHEN_SET: ClassVar[frozenset[str]] = frozenset({"target_macs", "target_params"})
+
     type: Literal["prune"] = "prune"
     method: str
-    ratio: float = Field(0.5, gt=0, lt=1, description="fraction removed in total: channels (structured) or weights (unstructured)")
+    ratio: float = Field(0.5, gt=0, lt=1, description="fraction removed in total: channels (structured) or weights "
+                                                      "(unstructured); not with target_macs or target_params")
+    target_macs: Optional[float] = Field(
+        None, gt=0, lt=1, description="instead of ratio: keep at most this fraction of the parent's MACs (the "
+                                      "runner finds the channel ratio that reaches it; channel-removing methods)")
+    target_params: Optional[float] = Field(
+        None, gt=0, lt=1, description="instead of ratio: keep at most this fraction of the parent's parameters")
     steps: int = Field(1, ge=1, le=100, description="reach `ratio` in this many prune steps")
     finetune_epochs: int = Field(0, ge=0, le=10_000, description="fine-tuning epochs after each step")
     lr: float = Field(0.001, gt=0, le=10, description="learning rate of the fine-tuning between steps")
@@ -28,6 +37,18 @@ class PruneConfigBase(TrainingStageConfig):
 
     # the fine-tuning between prune steps never stops early (a class constant, so not a recipe key)
     patience: ClassVar[int] = 0
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "PruneConfigBase":
+        values = {"ratio": self.ratio, "target_macs": self.target_macs, "target_params": self.target_params}
+        given = [k for k, v in values.items() if k in self.model_fields_set and v is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of ratio, target_macs and target_params (got {' and '.join(given)})")
+        if given and given[0] != "ratio" and self.method in METHODS and not METHODS.get(self.method).structured:
+            shrinking = ", ".join(name for name, entry in METHODS.items() if entry.structured)
+            raise ValueError(f"{given[0]} needs a method that removes channels ({shrinking}): method {self.method} "
+                             "only zeroes weights, which leaves MACs and parameters as they are; use ratio")
+        return self
 
 
 @dataclass(frozen=True)
@@ -52,6 +73,11 @@ ModelCheck = Callable[[Any, Callable[[], Any]], None]
 
 @dataclass(frozen=True)
 class PruningMethod:
+    """A registered method. `structured`: its step shrinks the architecture and a larger `plan.step_ratio` never
+    leaves more MACs or parameters; such a method also prunes to target_macs/target_params (pruning/targets.py
+    searches step_ratio on copies with this same prune_step). A method whose own knob is not a channel ratio
+    (a rank fraction, say) maps step_ratio onto it and gets targets for free."""
+
     config: type[PruneConfigBase]
     prune_step: Callable[[Any, Any, Any, Any, StepPlan], Any]  # (model, family, data, config, plan) -> model
     structured: bool

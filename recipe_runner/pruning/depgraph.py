@@ -17,7 +17,7 @@ class DepgraphConfig(PruneConfigBase):
     """Remove whole channels; every layer coupled to a removed channel shrinks with it."""
 
     # added after depgraph stages were recorded: at its default it stays out of the cache key
-    KEY_ONLY_WHEN_SET: ClassVar[frozenset[str]] = frozenset({"max_layer_ratio"})
+    KEY_ONLY_WHEN_SET: ClassVar[frozenset[str]] = PruneConfigBase.KEY_ONLY_WHEN_SET | {"max_layer_ratio"}
 
     method: Literal["depgraph"] = "depgraph"
     importance: Importance = Field("group-l2", description="how channels are scored")

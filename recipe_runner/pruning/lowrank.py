@@ -45,7 +45,11 @@ class LowRankConfig(PruneConfigBase):
     min_rank: int = Field(1, ge=1, le=65_536, description="no factor narrower than this")
 
     @model_validator(mode="after")
-    def _one_target(self) -> "LowRankConfig":
+    def _one_rank_target(self) -> "LowRankConfig":
+        # the target search varies a channel ratio; low-rank's knob is a rank fraction (not mapped yet)
+        if self.target_macs is not None or self.target_params is not None:
+            raise ValueError("target_macs and target_params are not supported by method: low-rank yet; "
+                             "use rank_ratio or energy")
         if self.rank_ratio is not None and self.energy is not None:
             raise ValueError("give rank_ratio or energy, not both")
         if self.rank_ratio is None and self.energy is None:

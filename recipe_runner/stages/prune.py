@@ -1,7 +1,9 @@
-"""prune: reach a target ratio in N steps, fine-tuning between steps, guarded by a maximum metric drop.
+"""prune: reach a target ratio (or a MACs/params target) in N steps, fine-tuning between steps, guarded by a
+maximum metric drop.
 
 The loop is method-independent (the reference workflow's loop); what one step does
-comes from the pruning-method registry. Progress is checkpointed after every step.
+comes from the pruning-method registry, and the step ratio that meets a MACs/params
+target from pruning/targets.py. Progress is checkpointed after every step.
 """
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from typing import Annotated, Any, Callable, Optional, Union
 
 from pydantic import Field
 
-from ..pruning import METHODS, plan_steps
+from ..pruning import METHODS, CostTarget, cost_target, plan_steps, reach_target
+from ..pruning.targets import REPORT_BELOW
 from ._base import STAGES, StageContext, StageOutput, StageType
 
 PruneConfig = Annotated[
@@ -21,6 +24,7 @@ PruneConfig = Annotated[
 
 def run_prune(ctx: StageContext, config) -> StageOutput:
     method = METHODS.get(config.method)
+    target = cost_target(config)
     family = ctx.family
     model = ctx.parent_model
     primary = family.primary_metric
@@ -46,7 +50,11 @@ def run_prune(ctx: StageContext, config) -> StageOutput:
     advance(start_step)
     for plan in plans[start_step:]:
         previous, previous_evaluation = copy.deepcopy(model), evaluation
-        model = method.prune_step(model, family, ctx.data, config, plan)
+        if target is None:
+            model = method.prune_step(model, family, ctx.data, config, plan)
+        else:
+            model, plan = reach_target(model, family, ctx.data, config, method, plan, target,
+                                       base_cost=history[0][target.metric], done=history[-1].get("ratio", 0.0))
         if method.layer_table is not None:
             _log_table(ctx, method.layer_table(model), f"layers_step{plan.step}.json")
         evaluation = family.evaluate(model, ctx.data, config)
@@ -57,7 +65,8 @@ def run_prune(ctx: StageContext, config) -> StageOutput:
             # the trainer's own last evaluation of these weights where it has one (torchvision), else one pass
             evaluation = result.evaluation or family.evaluate(model, ctx.data, config)
             after = evaluation[primary]
-        row = {"step": plan.step, **_shape_metrics(family, model, config), "metric_before_ft": before, "metric_after_ft": after}
+        row = {"step": plan.step, **_shape_metrics(family, model, config), "ratio": plan.cumulative,
+               "metric_before_ft": before, "metric_after_ft": after}
         ctx.log_metrics(
             {f"step/{primary}_before_ft": before, f"step/{primary}": after, "step/macs": row["macs"], "step/params": row["params"],
              "step/ratio": plan.cumulative},
@@ -83,6 +92,8 @@ def run_prune(ctx: StageContext, config) -> StageOutput:
     elif method.structured and kept[-1]["macs"] >= history[0]["macs"] and kept[-1]["params"] >= history[0]["params"]:
         ctx.warn("pruning removed nothing (ratio too small for these widths, or round_to too large?)")
     metrics = {"steps_done": float(kept[-1]["step"]), "stopped_early": float(stopped_early), f"baseline_{primary}": baseline}
+    if target is not None:
+        metrics.update(_target_metrics(ctx, target, kept[-1], history[0], stopped_early))
     return StageOutput(model=model, metrics=metrics, epochs_trained=epochs_trained, evaluation=evaluation)
 
 
@@ -93,6 +104,17 @@ def _log_table(ctx: StageContext, rows: list[dict], name: str) -> None:
     path = ctx.workdir / name
     path.write_text(json.dumps(rows, indent=1))
     ctx.log_artifact(path, "layers")
+
+
+def _target_metrics(ctx: StageContext, target: CostTarget, last: dict, start: dict,
+                    stopped: bool) -> dict[str, float]:
+    """The channel ratio chosen for a MACs/params target and the fraction of the parent's cost kept; warns when
+    the layer widths (or round_to) allowed nothing near the target."""
+    reached = last[target.metric] / start[target.metric]
+    if not stopped and reached < target.fraction * (1 - REPORT_BELOW):
+        ctx.warn(f"{target.key} {target.fraction:g}: reached {reached:.4f}, the nearest below it that these layer "
+                 "widths allow (is round_to large?)")
+    return {"chosen_ratio": last.get("ratio", 0.0), "target_reached": reached}
 
 
 def _shape_metrics(family, model, config) -> dict[str, float]:

@@ -1,0 +1,87 @@
+"""prune to target_macs / target_params: the step ratio is searched on copies with the method's own prune_step.
+
+Real torch-pruning on resnet18 (a whole recipe, fine-tuning between steps) and yolov8n (global ranking); the
+bracketing and bisection on a cost curve that turns up again near ratio 1, as torch-pruning's does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from recipe_runner import tracking as T
+from recipe_runner.pruning import METHODS, TargetUnreachable, cost_target, plan_steps, reach_target
+from recipe_runner.pruning.targets import bisect_ratio
+
+from conftest import cli, local_uri, stage_runs, write_recipe
+
+
+def _curve(ratio: float) -> float:
+    """MACs after a step: (1-r)^2, until round_to makes torch-pruning keep layers whole (cost rises again)."""
+    return (1 - ratio) ** 2 if ratio < 0.85 else 0.5
+
+
+def test_bisection_lands_just_under_the_goal_and_ignores_the_rising_tail():
+    reached = bisect_ratio(1.0, 0.3, measure=lambda m: m, prune=lambda m, r: m * _curve(r))
+    assert 0.3 * 0.995 <= reached.cost <= 0.3
+    assert reached.step_ratio == pytest.approx(1 - 0.3**0.5, abs=2e-3)
+    # already under the goal: nothing pruned
+    assert bisect_ratio(0.2, 0.3, measure=lambda m: m, prune=lambda m, r: m * _curve(r)).step_ratio == 0.0
+    with pytest.raises(TargetUnreachable, match="0.040 of the current cost is the least"):
+        bisect_ratio(1.0, 0.01, measure=lambda m: m, prune=lambda m, r: m * _curve(r))
+
+
+def test_target_keys_stay_out_of_existing_cache_keys_and_exclude_ratio():
+    depgraph, unstructured = METHODS.get("depgraph").config, METHODS.get("l1-unstructured").config
+    assert "target_macs" not in depgraph(method="depgraph").identity()
+    assert "max_layer_ratio" not in depgraph(method="depgraph").identity()  # still kept out when unset
+    assert depgraph(method="depgraph", target_macs=0.4).identity()["target_macs"] == 0.4
+    assert depgraph(method="depgraph").ratio == 0.5
+    with pytest.raises(ValueError, match="give one of ratio, target_macs and target_params"):
+        depgraph(method="depgraph", ratio=0.3, target_params=0.4)
+    with pytest.raises(ValueError, match="target_macs needs a method that removes channels"):
+        unstructured(method="l1-unstructured", target_macs=0.4)
+
+
+def test_target_macs_on_resnet18_through_a_recipe(workspace: Path):
+    """Two steps with fine-tuning between them: each step's goal is measured on the fine-tuned model, and the
+    last lands within 2% under the target; the chosen ratio and the reached fraction are logged."""
+    stages = """\
+  train:
+    type: train
+    epochs: 1
+  prune:
+    type: prune
+    method: depgraph
+    target_macs: 0.4
+    steps: 2
+    finetune_epochs: 1
+"""
+    path = write_recipe(workspace, stages)
+    path.write_text(path.read_text().replace("model: lenet", "model: resnet18"))
+    result = cli("run", path)
+    assert result.exit_code == 0, result.output
+    uri = local_uri(workspace)
+    runs = {r.data.tags[T.NODE_ID]: r.data.metrics for r in stage_runs(uri)}
+    prune, train = runs["prune"], runs["train"]
+    assert 0.4 * 0.98 <= prune["target_reached"] <= 0.4
+    assert prune["macs"] / train["macs"] == pytest.approx(prune["target_reached"], rel=1e-9)
+    run_id = next(r.info.run_id for r in stage_runs(uri) if r.data.tags[T.NODE_ID] == "prune")
+    ratios = MlflowClient(uri).get_metric_history(run_id, "step/ratio")
+    assert [m.step for m in ratios] == [1, 2]
+    assert ratios[-1].value == pytest.approx(prune["chosen_ratio"]) and 0.25 < prune["chosen_ratio"] < 0.5
+    assert "[warn]" not in result.output
+
+
+def test_target_params_on_yolov8n_with_global_pruning(family, tiny_data):
+    method = METHODS.get("depgraph")
+    config = method.config(method="depgraph", imgsz=64, target_params=0.4, global_pruning=True)
+    target = cost_target(config)
+    model = family.build("yolov8n.yaml", tiny_data, seed=0)
+    base = family.cost(model, 64)["params"]
+    model, plan = reach_target(model, family, tiny_data, config, method, plan_steps(config.ratio, 1)[0], target,
+                               base_cost=base, done=0.0)
+    reached = family.cost(model, 64)["params"] / base
+    assert 0.4 * 0.98 <= reached <= 0.4
+    assert plan.cumulative == plan.step_ratio and 0.2 < plan.step_ratio < 0.7

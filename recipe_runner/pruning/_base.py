@@ -44,8 +44,8 @@ class PruneConfigBase(TrainingStageConfig):
         given = [k for k, v in values.items() if k in self.model_fields_set and v is not None]
         if len(given) > 1:
             raise ValueError(f"give one of ratio, target_macs and target_params (got {' and '.join(given)})")
-        if given and given[0] != "ratio" and self.method in METHODS and not METHODS.get(self.method).structured:
-            shrinking = ", ".join(name for name, entry in METHODS.items() if entry.structured)
+        if given and given[0] != "ratio" and self.method in METHODS and not _takes_targets(METHODS.get(self.method)):
+            shrinking = ", ".join(name for name, entry in METHODS.items() if _takes_targets(entry))
             raise ValueError(f"{given[0]} needs a method that removes channels ({shrinking}): method {self.method} "
                              "only zeroes weights, which leaves MACs and parameters as they are; use ratio")
         return self
@@ -85,6 +85,12 @@ class PruningMethod:
     check: Optional[ModelCheck] = None  # run by the planner: refuse a model the method cannot prune
     # model -> rows: a per-layer table the prune stage logs after each step (e.g. low-rank's ranks); None: none
     layer_table: Optional[Callable[[Any], list[dict[str, Any]]]] = None
+    # whether target_macs/target_params apply (pruning/targets.py varies plan.step_ratio as a channel ratio)
+    cost_targets: bool = True
+
+
+def _takes_targets(method: PruningMethod) -> bool:
+    return method.structured and method.cost_targets
 
 
 METHODS: Registry[PruningMethod] = Registry("pruning method")

@@ -334,5 +334,6 @@ def layer_table(model) -> list[dict[str, Any]]:
 
 
 METHODS.register("low-rank")(PruningMethod(LowRankConfig, prune_step, structured=True, layer_table=layer_table,
+                                           cost_targets=False,
                                            description="low-rank decomposition: SVD (Linear, 1x1) and Tucker-2 "
                                                        "(k x k convolutions)"))

@@ -14,7 +14,8 @@ from . import tracking as T
 from .config_base import ConfigProblem
 from .data import DataError, cache_root, fingerprint_data, resolve_data
 from .graph import StageGraph, StageNode, compile_graph
-from .models import FAMILIES
+from .model_ref import model_identity, resolve_model
+from .models import FAMILIES, ModelRef
 from .offline import configure_offline
 from .recipe import Location, Problem, Recipe, RecipeError, load_recipe
 from .stages import STAGES
@@ -44,6 +45,7 @@ class Plan:
     stages: list[PlannedStage]
     family: Any  # models.base.ModelFamily
     data: Any  # data.DataSource
+    notes: list[str] = field(default_factory=list)  # what the user should know about the model ([note] lines)
 
 
 # -- planning --------------------------------------------------------------
@@ -55,11 +57,13 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
         fingerprint = fingerprint_data(recipe.data, base)
     except (DataError, OSError) as exc:
         raise recipe.located(("data",), str(exc)) from None
-    identity = model_identity(recipe)  # hashes a local model file: once per plan
+    model = resolve_model(recipe)
+    identity = model_identity(recipe, model)  # hashes the local model files: once per plan
     graph = compile_graph(recipe, fingerprint, identity)
     selected = _select(graph, recipe, options)
     forced = {d for name in options.force for nid in _ids(graph, name) for d in [nid, *graph.descendants(nid)]}
-    family, data = _load_family_and_data(recipe, base, identity)
+    family, data = _load_family_and_data(recipe, base, identity, model)
+    notes = _model_notes(recipe, family, data)
     tracker = T.Tracker(T.resolve_uri(options.tracking_uri, recipe.tracking.uri), recipe.tracking.experiment or recipe.name)
     tracker.check()
     stages = []
@@ -74,14 +78,15 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
                                     done=T.done_tag(graph.gives(node.id)))
             action = {"reuse": "reuse", "wait": "wait"}.get(decision.action, "resume" if decision.run else "run")
             stages.append(PlannedStage(node, action, decision.run))
-    return Plan(recipe, graph, tracker, stages, family, data)
+    return Plan(recipe, graph, tracker, stages, family, data, notes)
 
 
-def _load_family_and_data(recipe: Recipe, base: Path, identity: dict[str, str]) -> tuple[Any, Any]:
+def _load_family_and_data(recipe: Recipe, base: Path, identity: dict[str, Any], model: ModelRef) -> tuple[Any, Any]:
     """Import the model family and make sure model and data are usable, before MLflow is touched."""
     configure_offline(cache_root())
     entry = FAMILIES.get(recipe.model.family)
     family = entry.load()
+    family.bind(model)
     # the family's checks import its libraries (Ultralytics and torch: seconds); a recipe that passed them with
     # the same libraries need not pay that again to plan, or to find that every stage is cached
     memo = cache_root() / "checked" / _checks_key(recipe, identity)
@@ -96,7 +101,17 @@ def _load_family_and_data(recipe: Recipe, base: Path, identity: dict[str, str]) 
     return family, data
 
 
-def _checks_key(recipe: Recipe, identity: dict[str, str]) -> str:
+def _model_notes(recipe: Recipe, family: Any, data: Any) -> list[str]:
+    """The family's notes on fitting the model to the data (a replaced head), or a located error."""
+    try:
+        return family.model_notes(data)
+    except ConfigProblem as exc:
+        raise recipe.located(("model", exc.key), str(exc)) from None
+    except ValueError as exc:
+        raise recipe.located(("model",), str(exc)) from None
+
+
+def _checks_key(recipe: Recipe, identity: dict[str, Any]) -> str:
     """What the family's checks read: the model, every stage config, this machine, and the versions that judge
     (the tracked packages and the runner's own commit)."""
     import json
@@ -112,6 +127,8 @@ def _check_model_and_stages(recipe: Recipe, family: Any) -> None:
     """The family's own checks of the model source, and each stage's checks, devices and trainer arguments."""
     try:
         family.check_source(recipe.model.source)
+    except ConfigProblem as exc:
+        raise recipe.located(("model", exc.key), str(exc)) from None
     except ValueError as exc:
         raise recipe.located(("model",), str(exc)) from None
     # the architecture, built only if a stage's check asks for it, and then once
@@ -132,20 +149,6 @@ def _check_model_and_stages(recipe: Recipe, family: Any) -> None:
                 family.check_args(dict(getattr(config, "args", None) or {}))
             except ValueError as exc:
                 raise recipe.located(("stages", sid, "args"), str(exc)) from None
-
-
-def model_identity(recipe: Recipe) -> dict[str, str]:
-    """What the cache key knows of the model: a local file (yaml or .pt) by its content, so an edited file reruns
-    and `./net.yaml` equals `net.yaml`; a shipped name by its name."""
-    spec = recipe.model.model_dump()
-    path = Path(spec["source"]).expanduser()
-    if path.is_file():
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        spec["source"] = f"file-sha256:{digest.hexdigest()}"
-    return spec
 
 
 def _exists_relative(spec: str, base: Path) -> bool:

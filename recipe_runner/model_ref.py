@@ -6,20 +6,12 @@ paths are looked up as `data:` is: in the working directory, else in the recipe'
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Optional
 
+from .checkpoint import sha256_of
 from .models.base import ModelRef
 from .recipe import CUSTOM_SOURCE, WEIGHTS_NAME, Recipe
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def local_file(text: str, recipe: Recipe) -> Optional[Path]:
@@ -67,16 +59,16 @@ def model_identity(recipe: Recipe, ref: Optional[ModelRef] = None) -> dict[str, 
         module, _, name = ref.source.rpartition(":")
         spec["source"] = f"{_module_identity(module)}:{name}"
     elif path.is_file():
-        spec["source"] = f"file-sha256:{sha256_file(path)}"
+        spec["source"] = f"file-sha256:{sha256_of(path)}"
     if ref.weights is not None and not WEIGHTS_NAME.fullmatch(ref.weights):
-        spec["weights"] = f"file-sha256:{sha256_file(Path(ref.weights))}"
+        spec["weights"] = f"file-sha256:{sha256_of(Path(ref.weights))}"
     return spec
 
 
 def _module_identity(module: str) -> str:
     """A module file by its sha256; a package module by its file's sha256 and its distribution's version."""
     if module.endswith(".py"):
-        return f"file-sha256:{sha256_file(Path(module))}"
+        return f"file-sha256:{sha256_of(Path(module))}"
     import importlib.util
     from importlib import metadata
 
@@ -89,4 +81,4 @@ def _module_identity(module: str) -> str:
         return f"module:{module}"  # check_source reports it as a located error
     top = module.partition(".")[0]
     versions = sorted({f"{d}=={metadata.version(d)}" for d in metadata.packages_distributions().get(top, [])})
-    return f"module:{module}:sha256:{sha256_file(Path(found.origin))}" + (f":{','.join(versions)}" if versions else "")
+    return f"module:{module}:sha256:{sha256_of(Path(found.origin))}" + (f":{','.join(versions)}" if versions else "")

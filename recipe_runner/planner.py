@@ -63,7 +63,7 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
     selected = _select(graph, recipe, options)
     forced = {d for name in options.force for nid in _ids(graph, name) for d in [nid, *graph.descendants(nid)]}
     family, data = _load_family_and_data(recipe, base, identity, model)
-    notes = _model_notes(recipe, family, data)
+    notes = _model_notes(recipe, family, data, identity)
     tracker = T.Tracker(T.resolve_uri(options.tracking_uri, recipe.tracking.uri), recipe.tracking.experiment or recipe.name)
     tracker.check()
     stages = []
@@ -101,14 +101,30 @@ def _load_family_and_data(recipe: Recipe, base: Path, identity: dict[str, Any], 
     return family, data
 
 
-def _model_notes(recipe: Recipe, family: Any, data: Any) -> list[str]:
-    """The family's notes on fitting the model to the data (a replaced head), or a located error."""
+def _model_notes(recipe: Recipe, family: Any, data: Any, identity: dict[str, Any]) -> list[str]:
+    """The family's notes on fitting the model to the data (a replaced head), or a located error; remembered
+    like the checks, so a cached re-run does not load the weights again."""
+    import json
+
+    import os
+
+    # a torchvision weights name is found in $TORCH_HOME's hub cache: another cache is looked at again
+    facts = {"model": identity, "data": data.fingerprint, "versions": versions.installed(),
+             "torch_home": os.environ.get("TORCH_HOME")}
+    memo = cache_root() / "notes" / hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
+    if memo.is_file():
+        return list(json.loads(memo.read_text()))
     try:
-        return family.model_notes(data)
+        notes = family.model_notes(data)
     except ConfigProblem as exc:
         raise recipe.located(("model", exc.key), str(exc)) from None
     except ValueError as exc:
         raise recipe.located(("model",), str(exc)) from None
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    partial = memo.with_name(f".{memo.name}.{os.getpid()}")  # renamed into place: never read half-written
+    partial.write_text(json.dumps(notes))
+    os.replace(partial, memo)
+    return notes
 
 
 def _checks_key(recipe: Recipe, identity: dict[str, Any]) -> str:

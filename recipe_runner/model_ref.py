@@ -57,7 +57,7 @@ def model_identity(recipe: Recipe, ref: Optional[ModelRef] = None) -> dict[str, 
     path = Path(spec["source"]).expanduser()
     if ref.family == "custom":
         module, _, name = ref.source.rpartition(":")
-        spec["source"] = f"{_module_identity(module)}:{name}"
+        spec["source"] = f"{module_identity(module)}:{name}"
     elif path.is_file():
         spec["source"] = f"file-sha256:{sha256_of(path)}"
     if ref.weights is not None and not WEIGHTS_NAME.fullmatch(ref.weights):
@@ -65,7 +65,7 @@ def model_identity(recipe: Recipe, ref: Optional[ModelRef] = None) -> dict[str, 
     return spec
 
 
-def _module_identity(module: str) -> str:
+def module_identity(module: str) -> str:
     """A module file by its sha256; a package module by its file's sha256 and its distribution's version."""
     if module.endswith(".py"):
         return f"file-sha256:{sha256_of(Path(module))}"

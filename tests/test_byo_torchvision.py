@@ -93,7 +93,7 @@ def test_bad_weights_are_located_errors_before_anything_runs(workspace: Path):
     for weights, words in cases.items():
         result = cli("plan", _recipe(workspace, weights))
         assert result.exit_code == 2, result.output
-        assert f"recipe.yaml:6:" in result.stderr and words in result.stderr, result.stderr
+        assert "recipe.yaml:6:" in result.stderr and words in result.stderr, result.stderr
     assert not (workspace / "mlflow.db").exists()
 
 

@@ -11,7 +11,7 @@ import torch
 
 from recipe_runner import tracking as T
 
-from conftest import TINY_DATA, cli, local_uri, stage_runs
+from conftest import cli, local_uri, stage_runs
 
 
 @pytest.fixture

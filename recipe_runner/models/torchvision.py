@@ -122,8 +122,7 @@ class TorchvisionFamily(ModelFamily):
 
     def _check_fit(self, source: str, state: dict[str, torch.Tensor], classes: int) -> None:
         """Every tensor of the architecture (built with the weights' class count) has its weight, of its shape."""
-        with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in self._construct(source, classes).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in self._shapes_of(source, classes).state_dict().items()}
         given = {k: tuple(v.shape) for k, v in state.items() if not _auxiliary(k)}
         problems = [f"missing {k}" for k in expected if k not in given][:3]
         problems += [f"unexpected {k}" for k in given if k not in expected][:3]
@@ -167,6 +166,11 @@ class TorchvisionFamily(ModelFamily):
             model = torchvision.models.get_model(source, weights=None, num_classes=num_classes, **extra)
         model._rr_source, model._rr_num_classes = source, num_classes
         return model
+
+    def _shapes_of(self, source: str, num_classes: int) -> nn.Module:
+        """The architecture with `num_classes` outputs, for its tensor shapes only (on the meta device: cheap)."""
+        with torch.device("meta"):
+            return self._construct(source, num_classes)
 
     def skeleton(self, source: str) -> nn.Module:
         # on the meta device: no memory, no initialisation, so even a large architecture costs milliseconds

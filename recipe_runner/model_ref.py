@@ -75,7 +75,7 @@ def module_identity(module: str) -> str:
     try:
         # finding a submodule imports its parent packages: the recipe author's own code (see the README)
         found = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
+    except Exception:  # a parent package's own code may raise anything: check_source reports it, located
         found = None
     if found is None or not found.origin or not Path(found.origin).is_file():
         return f"module:{module}"  # check_source reports it as a located error

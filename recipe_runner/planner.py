@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,10 +106,6 @@ def _load_family_and_data(recipe: Recipe, base: Path, identity: dict[str, Any], 
 def _model_notes(recipe: Recipe, family: Any, data: Any, identity: dict[str, Any]) -> list[str]:
     """The family's notes on fitting the model to the data (a replaced head), or a located error; remembered
     like the checks, so a cached re-run does not load the weights again."""
-    import json
-
-    import os
-
     # a torchvision weights name is found in $TORCH_HOME's hub cache: another cache is looked at again
     facts = {"model": identity, "data": data.fingerprint, "versions": versions.installed(),
              "torch_home": os.environ.get("TORCH_HOME")}
@@ -116,10 +114,8 @@ def _model_notes(recipe: Recipe, family: Any, data: Any, identity: dict[str, Any
         return list(json.loads(memo.read_text()))
     try:
         notes = family.model_notes(data)
-    except ConfigProblem as exc:
-        raise recipe.located(("model", exc.key), str(exc)) from None
     except ValueError as exc:
-        raise recipe.located(("model",), str(exc)) from None
+        raise _model_problem(recipe, exc) from None
     memo.parent.mkdir(parents=True, exist_ok=True)
     partial = memo.with_name(f".{memo.name}.{os.getpid()}")  # renamed into place: never read half-written
     partial.write_text(json.dumps(notes))
@@ -127,10 +123,14 @@ def _model_notes(recipe: Recipe, family: Any, data: Any, identity: dict[str, Any
     return notes
 
 
+def _model_problem(recipe: Recipe, exc: ValueError) -> RecipeError:
+    """A family's complaint about `model:`, located at the key a ConfigProblem names (source, weights, args)."""
+    return recipe.located(("model", exc.key) if isinstance(exc, ConfigProblem) else ("model",), str(exc))
+
+
 def _checks_key(recipe: Recipe, identity: dict[str, Any]) -> str:
     """What the family's checks read: the model, every stage config, this machine, and the versions that judge
     (the tracked packages and the runner's own commit)."""
-    import json
     import platform
 
     stages = {sid: [config.model_dump(mode="json", by_alias=True) for _, config in decl.variants]
@@ -143,10 +143,8 @@ def _check_model_and_stages(recipe: Recipe, family: Any) -> None:
     """The family's own checks of the model source, and each stage's checks, devices and trainer arguments."""
     try:
         family.check_source(recipe.model.source)
-    except ConfigProblem as exc:
-        raise recipe.located(("model", exc.key), str(exc)) from None
     except ValueError as exc:
-        raise recipe.located(("model",), str(exc)) from None
+        raise _model_problem(recipe, exc) from None
     # the architecture, built only if a stage's check asks for it, and then once
     skeleton = functools.cache(lambda: family.skeleton(recipe.model.source))
     for sid, decl in recipe.stages.items():

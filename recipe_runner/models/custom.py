@@ -109,11 +109,9 @@ class CustomFamily(TorchvisionFamily):
         model._rr_source, model._rr_num_classes = source, num_classes
         return model
 
-    def skeleton(self, source: str) -> nn.Module:
-        # on the CPU (user code may compute with tensors while it builds): custom models are small as a rule
-        return self._construct(source, num_classes=2)
-
     def _shapes_of(self, source: str, num_classes: int) -> nn.Module:
+        # on the CPU, not the meta device (user code may compute with tensors while it builds): custom models are
+        # small as a rule
         return self._construct(source, num_classes)
 
     def rebuild(self, description: dict[str, Any]) -> nn.Module:

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from .hooks import TrainHook
 
 
-
 def _image_folder(base: type) -> type:
     """torchvision's ImageFolder, but hidden folders (.ipynb_checkpoints) are not classes and an unreadable image
     is named in the error."""
@@ -174,8 +173,7 @@ class TorchvisionFamily(ModelFamily):
 
     def skeleton(self, source: str) -> nn.Module:
         # on the meta device: no memory, no initialisation, so even a large architecture costs milliseconds
-        with torch.device("meta"):
-            return self._construct(source, num_classes=2)
+        return self._shapes_of(source, num_classes=2)
 
     def build(self, source: str, data, seed: int) -> nn.Module:
         """From scratch, or with the recipe's weights; a head of another class count than the data's is replaced

@@ -113,6 +113,8 @@ def plan(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_
         table.add_row(escape(s.node.id), s.node.type, escape(s.node.parent or "-"), f"[{colour[s.action]}]{s.action}[/]", s.node.cache_key[:12],
                       s.source.run_id[:12] if s.source else "-")
     console.print(table)
+    for note in p.notes:
+        console.print(f"[note] {note}", markup=False, highlight=False)
     for s in p.stages:
         other = versions.differences(s.source.tags) if s.action == "reuse" and s.source else []
         if other:

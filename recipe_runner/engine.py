@@ -173,6 +173,8 @@ class Engine:
         self.tracker.log_text(parent_id, json.dumps(self.lock(), indent=2, default=str), "recipe/recipe.lock.json")
         self.tracker.log_params(parent_id, {"recipe": recipe.name, "seed": recipe.seed, "model": recipe.model.source,
                                             "data": recipe.data, "overrides": " ".join(recipe.overrides)})
+        for note in self.plan.notes:
+            self.announce(f"[note]   {note}")
         scratch = self.tracker.scratch()
         reports: list[StageReport] = []
         status = "FAILED"
@@ -299,7 +301,7 @@ class Engine:
                 self.announce(f"[resume] {node.id}  from epoch {resume_state['epoch']} of run {planned.source.run_id[:8]}")
             else:
                 self.announce(f"[run]    {node.id}")
-            parent = self.input_of(node.parent, workdir) if node.parent else StageInput()
+            parent = self.input_of(node.parent, workdir) if node.parent else self.root_input()
             ctx = RunningStage(self, node, run_id, workdir, parent, resume_state)
             output = STAGES.get(node.type).run(ctx, node.config)
             metrics = dict(output.metrics)
@@ -388,6 +390,11 @@ class Engine:
         metrics["sparsity"] = weight_sparsity(model)
         return metrics
 
+    def root_input(self) -> StageInput:
+        """A first stage's parent: the model as given by `model:` (built, or loaded with its weights, by the family)."""
+        recipe = self.plan.recipe
+        return StageInput(model=self.family.build(recipe.model.source, self.data, recipe.seed))
+
     @timed("stage inputs")
     def input_of(self, node_id: str, workdir: Path) -> StageInput:
         """A stage's output for its child: in memory if it ran here, else fetched from MLflow and verified."""
@@ -435,6 +442,9 @@ class Engine:
         return {
             "recipe": recipe.name, "recipe_file": str(recipe.path), "recipe_sha256": recipe.sha256,
             "overrides": recipe.overrides, "seed": recipe.seed, "model": recipe.model.model_dump(),
+            # the local files by content (reproduce checks a custom module's file against it before importing it)
+            "model_identity": next(n.identity["parent"]["model"] for n in graph.nodes.values() if n.parent is None),
+            "model_notes": self.plan.notes, "preprocessing": self.family.preprocessing(),
             "data": {"spec": recipe.data, "fingerprint": self.data.fingerprint, "classes": self.data.names},
             "stages": {n.id: {"type": n.type, "parent": n.parent, "cache_key": n.cache_key, "sweep": n.sweep,
                               "config": n.config.model_dump(mode="json", by_alias=True)} for n in graph.nodes.values()},

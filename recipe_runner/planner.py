@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +16,8 @@ from . import tracking as T
 from .config_base import ConfigProblem
 from .data import DataError, cache_root, fingerprint_data, resolve_data
 from .graph import StageGraph, StageNode, compile_graph
-from .models import FAMILIES
+from .model_ref import model_identity, resolve_model
+from .models import FAMILIES, ModelRef
 from .offline import configure_offline
 from .recipe import Location, Problem, Recipe, RecipeError, load_recipe
 from .stages import STAGES
@@ -44,6 +47,7 @@ class Plan:
     stages: list[PlannedStage]
     family: Any  # models.base.ModelFamily
     data: Any  # data.DataSource
+    notes: list[str] = field(default_factory=list)  # what the user should know about the model ([note] lines)
 
 
 # -- planning --------------------------------------------------------------
@@ -55,11 +59,13 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
         fingerprint = fingerprint_data(recipe.data, base)
     except (DataError, OSError) as exc:
         raise recipe.located(("data",), str(exc)) from None
-    identity = model_identity(recipe)  # hashes a local model file: once per plan
+    model = resolve_model(recipe)
+    identity = model_identity(recipe, model)  # hashes the local model files: once per plan
     graph = compile_graph(recipe, fingerprint, identity)
     selected = _select(graph, recipe, options)
     forced = {d for name in options.force for nid in _ids(graph, name) for d in [nid, *graph.descendants(nid)]}
-    family, data = _load_family_and_data(recipe, base, identity)
+    family, data = _load_family_and_data(recipe, base, identity, model)
+    notes = _model_notes(recipe, family, data, identity)
     tracker = T.Tracker(T.resolve_uri(options.tracking_uri, recipe.tracking.uri), recipe.tracking.experiment or recipe.name)
     tracker.check()
     stages = []
@@ -74,14 +80,15 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
                                     done=T.done_tag(graph.gives(node.id)))
             action = {"reuse": "reuse", "wait": "wait"}.get(decision.action, "resume" if decision.run else "run")
             stages.append(PlannedStage(node, action, decision.run))
-    return Plan(recipe, graph, tracker, stages, family, data)
+    return Plan(recipe, graph, tracker, stages, family, data, notes)
 
 
-def _load_family_and_data(recipe: Recipe, base: Path, identity: dict[str, str]) -> tuple[Any, Any]:
+def _load_family_and_data(recipe: Recipe, base: Path, identity: dict[str, Any], model: ModelRef) -> tuple[Any, Any]:
     """Import the model family and make sure model and data are usable, before MLflow is touched."""
     configure_offline(cache_root())
     entry = FAMILIES.get(recipe.model.family)
     family = entry.load()
+    family.bind(model)
     # the family's checks import its libraries (Ultralytics and torch: seconds); a recipe that passed them with
     # the same libraries need not pay that again to plan, or to find that every stage is cached
     memo = cache_root() / "checked" / _checks_key(recipe, identity)
@@ -96,10 +103,34 @@ def _load_family_and_data(recipe: Recipe, base: Path, identity: dict[str, str]) 
     return family, data
 
 
-def _checks_key(recipe: Recipe, identity: dict[str, str]) -> str:
+def _model_notes(recipe: Recipe, family: Any, data: Any, identity: dict[str, Any]) -> list[str]:
+    """The family's notes on fitting the model to the data (a replaced head), or a located error; remembered
+    like the checks, so a cached re-run does not load the weights again."""
+    # a torchvision weights name is found in $TORCH_HOME's hub cache: another cache is looked at again
+    facts = {"model": identity, "data": data.fingerprint, "versions": versions.installed(),
+             "torch_home": os.environ.get("TORCH_HOME")}
+    memo = cache_root() / "notes" / hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
+    if memo.is_file():
+        return list(json.loads(memo.read_text()))
+    try:
+        notes = family.model_notes(data)
+    except ValueError as exc:
+        raise _model_problem(recipe, exc) from None
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    partial = memo.with_name(f".{memo.name}.{os.getpid()}")  # renamed into place: never read half-written
+    partial.write_text(json.dumps(notes))
+    os.replace(partial, memo)
+    return notes
+
+
+def _model_problem(recipe: Recipe, exc: ValueError) -> RecipeError:
+    """A family's complaint about `model:`, located at the key a ConfigProblem names (source, weights, args)."""
+    return recipe.located(("model", exc.key) if isinstance(exc, ConfigProblem) else ("model",), str(exc))
+
+
+def _checks_key(recipe: Recipe, identity: dict[str, Any]) -> str:
     """What the family's checks read: the model, every stage config, this machine, and the versions that judge
     (the tracked packages and the runner's own commit)."""
-    import json
     import platform
 
     stages = {sid: [config.model_dump(mode="json", by_alias=True) for _, config in decl.variants]
@@ -113,7 +144,7 @@ def _check_model_and_stages(recipe: Recipe, family: Any) -> None:
     try:
         family.check_source(recipe.model.source)
     except ValueError as exc:
-        raise recipe.located(("model",), str(exc)) from None
+        raise _model_problem(recipe, exc) from None
     # the architecture, built only if a stage's check asks for it, and then once
     skeleton = functools.cache(lambda: family.skeleton(recipe.model.source))
     for sid, decl in recipe.stages.items():
@@ -132,20 +163,6 @@ def _check_model_and_stages(recipe: Recipe, family: Any) -> None:
                 family.check_args(dict(getattr(config, "args", None) or {}))
             except ValueError as exc:
                 raise recipe.located(("stages", sid, "args"), str(exc)) from None
-
-
-def model_identity(recipe: Recipe) -> dict[str, str]:
-    """What the cache key knows of the model: a local file (yaml or .pt) by its content, so an edited file reruns
-    and `./net.yaml` equals `net.yaml`; a shipped name by its name."""
-    spec = recipe.model.model_dump()
-    path = Path(spec["source"]).expanduser()
-    if path.is_file():
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        spec["source"] = f"file-sha256:{digest.hexdigest()}"
-    return spec
 
 
 def _exists_relative(spec: str, base: Path) -> bool:

@@ -131,6 +131,9 @@ def check_model_file(lock: dict[str, Any]) -> None:
 
     spec = lock.get("model", {})
     source, family = str(spec.get("source", "")), spec.get("family", "")
+    if family == "custom":
+        check_custom_module(source, lock.get("model_identity", {}))
+        return
     path = Path(source).expanduser()
     if path.suffix not in (".yaml", ".yml", ".pt") or path.is_file():
         return
@@ -139,6 +142,26 @@ def check_model_file(lock: dict[str, Any]) -> None:
     except (KeyError, ValueError):
         raise ReproduceError(f"model file '{source}' is missing: the original run read it relative to its working "
                              f"directory; put the same file at {Path.cwd() / path}") from None
+
+
+def check_custom_module(source: str, identity: dict[str, Any]) -> None:
+    """A custom model's code is imported only if the module here is the one the original imported (by sha256):
+    a record in a shared store never makes the runner import code that is not already, unchanged, on this machine."""
+    from .model_ref import module_identity
+
+    module, _, name = source.rpartition(":")
+    if module.endswith(".py"):
+        path = Path(module).expanduser()
+        local = path if path.is_absolute() else Path.cwd() / path
+        if not local.is_file():
+            raise ReproduceError(f"custom model module '{module}' is missing: the original run imported it; put the "
+                                 f"same file at {local}")
+        module = str(local)
+    recorded = str(identity.get("source", ""))
+    here = f"{module_identity(module)}:{name}"
+    if here != recorded:
+        raise ReproduceError(f"custom model module '{module}' here ({here}) is not the one the original run imported "
+                             f"({recorded or 'not recorded'}): refusing to import it")
 
 
 def check_data_path(lock: dict[str, Any]) -> None:

@@ -67,7 +67,7 @@ CASES: dict[str, tuple[int, str]] = {
     "sweep_repeated": (11, "sweep lists 0.3 more than once"),
     "sweep_in_defaults": (6, "a sweep in defaults would sweep every stage on its own"),
     "sweep_out_of_range": (11, "stages.prune.ratio: Input should be less than 1 (got 1.2)"),
-    "first_stage_needs_parent": (6, "a 'finetune' stage needs a parent"),
+    "custom_source_without_name": (5, "custom source 'models/net.py' must be path/to/file.py:Name"),
     "bad_model_family": (4, "unknown model family 'torchvison'; did you mean 'torchvision'?"),
     "stage_not_mapping": (6, "a stage must be a mapping with at least 'type' (got 'train')"),
     "bad_stage_id": (8, "stage id 'prune 50%' must start with a letter or digit"),

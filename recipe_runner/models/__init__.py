@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..registry import Registry
-from .base import handoff_problems
+from .base import ModelRef, handoff_problems
 
-__all__ = ["FAMILIES", "FamilyEntry", "family_for", "handoff_problems"]
+__all__ = ["FAMILIES", "FamilyEntry", "ModelRef", "family_for", "handoff_problems"]
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,15 @@ def _is_ultralytics_source(source: str) -> bool:
     return source.lower().endswith((".yaml", ".yml", ".pt"))
 
 
+def _is_custom_source(source: str) -> bool:
+    """`file.py:Name` or `package.module:Name`: a user's own module (no torchvision or Ultralytics name has a ':')."""
+    return ":" in source and not _is_ultralytics_source(source)
+
+
 FAMILIES.register("yolo")(FamilyEntry(_is_ultralytics_source, ".yolo:YoloFamily", "detect"))
-FAMILIES.register("torchvision")(FamilyEntry(lambda s: not _is_ultralytics_source(s), ".torchvision:TorchvisionFamily", "classify"))
+FAMILIES.register("torchvision")(FamilyEntry(lambda s: not _is_ultralytics_source(s) and not _is_custom_source(s),
+                                             ".torchvision:TorchvisionFamily", "classify"))
+FAMILIES.register("custom")(FamilyEntry(_is_custom_source, ".custom:CustomFamily", "classify"))
 
 
 def family_for(source: str) -> str:

@@ -51,6 +51,16 @@ class TrainContext(Protocol):
     def progress(self, description: str, total: int) -> Callable[[int], None]: ...
 
 
+@dataclass(frozen=True)
+class ModelRef:
+    """The recipe's `model:` with its local files found (absolute paths), bound to the family at plan time."""
+
+    family: str
+    source: str  # as written (custom: `file.py:Name` with the file made absolute)
+    weights: Optional[str] = None  # an absolute state-dict file, or a torchvision weights name (IMAGENET1K_V1)
+    args: dict[str, Any] = field(default_factory=dict)  # custom: the factory's keyword arguments
+
+
 # which epoch's weights a family's train() returns (see ModelFamily.train)
 Keep = Literal["best", "last"]
 
@@ -71,9 +81,26 @@ class ModelFamily(ABC):
     primary_metric: str  # the accuracy metric guarded by prune's max_map_drop
     accuracy_metrics: tuple[str, ...]  # what evaluate() returns that measures accuracy (primary included)
 
+    model: Optional[ModelRef] = None  # the recipe's model, weights and arguments (bind)
+
+    def bind(self, model: ModelRef) -> None:
+        """Take the recipe's whole `model:` (weights, args), once at plan time before any other call; plain data
+        only, so the family still travels to other processes (Ray) by pickle."""
+        self.model = model
+
+    def model_notes(self, data: DataSource) -> list[str]:
+        """What the user should know, at plan time, about giving this data the model (e.g. a replaced head);
+        raise ValueError (config_base.ConfigProblem to name a `model:` key) when the two cannot fit."""
+        return []
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How images are prepared for the model (recorded with the run, in the recipe lock)."""
+        return {}
+
     @abstractmethod
     def check_source(self, source: str) -> None:
-        """Raise ValueError with a clear message if `source` cannot be built (before anything trains)."""
+        """Raise ValueError with a clear message if `source` cannot be built (before anything trains); a
+        config_base.ConfigProblem names the `model:` key to point at (source, weights, args)."""
 
     @abstractmethod
     def build(self, source: str, data: DataSource, seed: int) -> nn.Module:

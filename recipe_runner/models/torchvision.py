@@ -11,8 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config_base import ConfigProblem
 from ..timing import timed
 from ._shapes import apply_shapes, decomposed_layers, module_attributes, restore_decomposed
+from ._weights import Preprocess, hub_weights, load_state_file, weights_preprocess
 from .base import EvalKnobs, Keep, ModelFamily, TrainContext, TrainKnobs, TrainResult, torch_device
 from .hooks import training_hooks
 from .small_cnn import SMALL_MODELS
@@ -20,8 +22,6 @@ from .small_cnn import SMALL_MODELS
 if TYPE_CHECKING:
     from ..data import DataSource
     from .hooks import TrainHook
-
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _image_folder(base: type) -> type:
@@ -44,6 +44,11 @@ def _image_folder(base: type) -> type:
     return ImageFolder
 
 
+def _auxiliary(key: str) -> bool:
+    """googlenet / inception_v3 weights hold auxiliary classifiers, which the runner builds without."""
+    return key.startswith(("AuxLogits.", "aux1.", "aux2."))
+
+
 def _known_architectures() -> list[str]:
     import torchvision
 
@@ -64,6 +69,91 @@ class TorchvisionFamily(ModelFamily):
                 hint = f"; for an Ultralytics detector write '{source}.yaml'"
             raise ValueError(f"unknown torchvision classification model '{source}'{hint}")
 
+    def __getstate__(self) -> dict[str, Any]:
+        # loaded weights and imported code stay in their process (the family travels to Ray workers by pickle)
+        return {k: v for k, v in vars(self).items() if k != "_loaded"}
+
+    def _memo(self, key: str, make: Callable[[], Any]) -> Any:
+        """Loaded once per process: the weights (and, for custom, the imported factory)."""
+        loaded = self.__dict__.setdefault("_loaded", {})
+        if key not in loaded:
+            loaded[key] = make()
+        return loaded[key]
+
+    # -- trained weights --------------------------------------------------
+    def _named_weights(self) -> Optional[str]:
+        """A torchvision weights name (IMAGENET1K_V1), or None for none or a file."""
+        from ..recipe import WEIGHTS_NAME
+
+        weights = self.model.weights if self.model is not None else None
+        return weights if weights is not None and WEIGHTS_NAME.fullmatch(weights) else None
+
+    def _weights_state(self) -> Optional[dict[str, torch.Tensor]]:
+        """The recipe's weights as a state dict (loaded with weights_only=True), or None for none."""
+        if self.model is None or self.model.weights is None:
+            return None
+        name = self._named_weights()
+        if name is None:
+            return self._memo("weights", lambda: load_state_file(Path(self.model.weights)))
+        return self._memo("weights", lambda: load_state_file(hub_weights(self.model.source, name)[0]))
+
+    def preprocess(self) -> Preprocess:
+        """The default square resize with ImageNet statistics, or a named weights' own `transforms()`."""
+        name = self._named_weights()
+        if name is None:
+            return Preprocess()
+        return self._memo("preprocess", lambda: weights_preprocess(hub_weights(self.model.source, name)[1]))
+
+    def preprocessing(self) -> dict[str, Any]:
+        return self.preprocess().record()
+
+    def _head_name(self, model: nn.Module) -> str:
+        head = self.output_layers(model)[0]
+        return next(name for name, m in model.named_modules() if m is head)
+
+    def _weights_classes(self, source: str, state: dict[str, torch.Tensor]) -> int:
+        """How many classes the weights' head gives (the first dimension of its weight)."""
+        head = self._head_name(self.skeleton(source))
+        if f"{head}.weight" not in state:
+            raise ConfigProblem("weights", f"the weights have no '{head}.weight' (the head of {source}): are they "
+                                           f"weights of {source}?")
+        return int(state[f"{head}.weight"].shape[0])
+
+    def _check_fit(self, source: str, state: dict[str, torch.Tensor], classes: int) -> None:
+        """Every tensor of the architecture (built with the weights' class count) has its weight, of its shape."""
+        expected = {k: tuple(v.shape) for k, v in self._shapes_of(source, classes).state_dict().items()}
+        given = {k: tuple(v.shape) for k, v in state.items() if not _auxiliary(k)}
+        problems = [f"missing {k}" for k in expected if k not in given][:3]
+        problems += [f"unexpected {k}" for k in given if k not in expected][:3]
+        problems += [f"{k}: {given[k]} in the file, {shape} in {source}" for k, shape in expected.items()
+                     if k in given and given[k] != shape][:3]
+        if problems:
+            raise ConfigProblem("weights", f"the weights do not fit {source}: {'; '.join(problems)}")
+
+    def model_notes(self, data) -> list[str]:
+        state = self._weights_state()
+        if state is None:
+            return []
+        source = self.model.source
+        classes = self._weights_classes(source, state)
+        self._check_fit(source, state, classes)
+        if classes == data.num_classes:
+            return []
+        return [f"model: the weights' head gives {classes} classes and the data has {data.num_classes}: the head "
+                f"({self._head_name(self.skeleton(source))}) is replaced and initialised afresh, seeded by the "
+                "recipe's seed; every other layer keeps its weights"]
+
+    def _replace_head(self, model: nn.Module, num_classes: int) -> None:
+        """A fresh output layer for `num_classes` (the caller seeds the RNG), of the old one's kind and inputs."""
+        name = self._head_name(model)
+        old = model.get_submodule(name)
+        if isinstance(old, nn.Linear):
+            new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+        else:
+            new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding,
+                            bias=old.bias is not None)
+        model.set_submodule(name, new)
+
     def _construct(self, source: str, num_classes: int) -> nn.Module:
         if source in SMALL_MODELS:
             model = SMALL_MODELS[source](num_classes=num_classes)
@@ -76,24 +166,37 @@ class TorchvisionFamily(ModelFamily):
         model._rr_source, model._rr_num_classes = source, num_classes
         return model
 
+    def _shapes_of(self, source: str, num_classes: int) -> nn.Module:
+        """The architecture with `num_classes` outputs, for its tensor shapes only (on the meta device: cheap)."""
+        with torch.device("meta"):
+            return self._construct(source, num_classes)
+
     def skeleton(self, source: str) -> nn.Module:
         # on the meta device: no memory, no initialisation, so even a large architecture costs milliseconds
-        with torch.device("meta"):
-            return self._construct(source, num_classes=2)
+        return self._shapes_of(source, num_classes=2)
 
     def build(self, source: str, data, seed: int) -> nn.Module:
+        """From scratch, or with the recipe's weights; a head of another class count than the data's is replaced
+        by a fresh one (seeded), a head that fits keeps its weights."""
         torch.manual_seed(seed)
-        return self._construct(source, data.num_classes)
+        state = self._weights_state()
+        if state is None:
+            return self._construct(source, data.num_classes)
+        classes = self._weights_classes(source, state)
+        model = self._construct(source, classes)
+        model.load_state_dict({k: v for k, v in state.items() if not _auxiliary(k)}, strict=True)
+        if classes != data.num_classes:
+            torch.manual_seed(seed)
+            self._replace_head(model, data.num_classes)
+            model._rr_num_classes = data.num_classes
+        return model
 
     # -- data -------------------------------------------------------------
     def _loader(self, data, split: str, knobs, shuffle: bool, seed: int = 0):
-        from torchvision import datasets, transforms
+        from torchvision import datasets
 
-        steps = [transforms.Resize((knobs.imgsz, knobs.imgsz))]
-        if shuffle:
-            steps.append(transforms.RandomHorizontalFlip())
-        steps += [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
-        dataset = _image_folder(datasets.ImageFolder)(str(Path(data.path) / split), transform=transforms.Compose(steps))
+        transform = self.preprocess().transform(knobs.imgsz, train=shuffle)
+        dataset = _image_folder(datasets.ImageFolder)(str(Path(data.path) / split), transform=transform)
         generator = torch.Generator().manual_seed(seed)
         # a last training batch of one image breaks BatchNorm ("expected more than 1 value per channel"): drop it
         lone_last = shuffle and len(dataset) > 1 and len(dataset) % knobs.batch == 1
@@ -237,10 +340,9 @@ class TorchvisionFamily(ModelFamily):
     def calibration_batches(self, data, imgsz: int, count: int, seed: int = 0, split: str = "train") -> np.ndarray:
         """A seeded sample of a split's images (not the first ones: ImageFolder sorts by class), with the
         validation transform (no augmentation)."""
-        from torchvision import datasets, transforms
+        from torchvision import datasets
 
-        transform = transforms.Compose([transforms.Resize((imgsz, imgsz)), transforms.ToTensor(),
-                                        transforms.Normalize(MEAN, STD)])
+        transform = self.preprocess().transform(imgsz, train=False)
         dataset = _image_folder(datasets.ImageFolder)(str(Path(data.path) / split), transform=transform)
         if len(dataset) == 0:
             raise ValueError(f"no {split} images found to calibrate INT8 quantization on")

@@ -105,6 +105,18 @@ class YoloFamily(ModelFamily):
         model.nc, model.names = nc, dict(enumerate(data.names))
         return model
 
+    def model_notes(self, data) -> list[str]:
+        """A trained .pt whose class count differs from the data's: its class head starts fresh (Ultralytics
+        transfers every layer whose shape fits)."""
+        source = self.model.source if self.model is not None else ""
+        if not source.lower().endswith(".pt"):
+            return []
+        nc = int(self.skeleton(source).yaml.get("nc", 0))
+        if nc == data.num_classes:
+            return []
+        return [f"model: {Path(source).name} detects {nc} classes and the data has {data.num_classes}: the Detect "
+                "head's class branches are initialised afresh (seeded by the recipe's seed); the rest keeps its weights"]
+
     def skeleton(self, source: str) -> nn.Module:
         # built on the CPU (Ultralytics runs a forward pass to find the strides): a fraction of a second for yolov8n
         ultralytics_ready()

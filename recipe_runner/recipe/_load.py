@@ -258,7 +258,9 @@ class _Validator:
         if "from" in sweeps:
             self.problem(path + ("from",), "'from' cannot be swept")
             return None
-        if STAGES.get(stype).needs_parent and parent is None:
+        stage = STAGES.get(stype)
+        # a first stage's parent is the model as given by `model:`: fine for every stage that takes a model
+        if parent is None and (stage.needs_parent or "model" not in stage.takes):
             self.problem(path, f"a '{stype}' stage needs a parent: add 'from:' or put a stage before it")
             return None
         return StageDecl(sid, stype, parent, variants, self.where(path),

@@ -4,24 +4,65 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, Optional, Union
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from ..models import FAMILIES
 from ..registry import did_you_mean
 from ..config_base import StrictModel
 
 
+# `path/to/file.py:Name` or `package.module:Name` (the custom family's source)
+CUSTOM_SOURCE = re.compile(r"^(?P<module>[^:]+\.py|[A-Za-z_]\w*(\.[A-Za-z_]\w*)*):(?P<name>[A-Za-z_]\w*)$")
+# a torchvision weights name (IMAGENET1K_V1, DEFAULT), as opposed to a file path
+WEIGHTS_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+_TAKES_WEIGHTS = ("torchvision", "custom")
+
+
 class ModelSpec(StrictModel):
     """Long form of `model:`. The short form is a string whose family is inferred."""
 
     family: str = Field(description="model family: " + ", ".join(FAMILIES.names()))
-    source: str = Field(min_length=1, description="architecture name, Ultralytics yaml, or a local checkpoint")
+    source: str = Field(min_length=1, description="architecture name, Ultralytics yaml, a local .pt, or for the custom "
+                                                  "family path/to/file.py:Name or package.module:Name")
+    weights: Optional[str] = Field(None, min_length=1, description="torchvision and custom: a local state-dict file "
+                                   "(relative to the working directory, else the recipe), or a torchvision weights "
+                                   "name such as IMAGENET1K_V1 taken from the local torch hub cache")
+    args: dict[str, Any] = Field(default_factory=dict, description="custom: keyword arguments of the source's factory")
+    task: Literal["classify"] = Field("classify", description="custom: what the module does (classify)")
 
     @field_validator("family")
     @classmethod
     def _known_family(cls, value: str) -> str:
         if value not in FAMILIES:
             raise ValueError(f"unknown model family '{value}'{did_you_mean(value, FAMILIES.names())}")
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _custom_source(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("family") == "custom" and not CUSTOM_SOURCE.fullmatch(value):
+            raise ValueError(f"custom source '{value}' must be path/to/file.py:Name or package.module:Name "
+                             "(a class or factory returning a torch.nn.Module)")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: Optional[str], info: ValidationInfo) -> Optional[str]:
+        family = info.data.get("family")
+        if value is not None and family not in _TAKES_WEIGHTS:
+            raise ValueError(f"the {family} family takes no 'weights' (a trained YOLO model is its source: "
+                             "model: path/to/best.pt)")
+        if value is not None and family == "custom" and WEIGHTS_NAME.fullmatch(value):
+            raise ValueError(f"custom weights '{value}' must be a local file (a torchvision weights name "
+                             "fits only the torchvision family)")
+        return value
+
+    @field_validator("args", "task")
+    @classmethod
+    def _custom_only(cls, value: Any, info: ValidationInfo) -> Any:
+        family = info.data.get("family")
+        if family is not None and family != "custom" and value != cls.model_fields[info.field_name].get_default(call_default_factory=True):
+            raise ValueError(f"'{info.field_name}' is a key of the custom family only (family: {family})")
         return value
 
 

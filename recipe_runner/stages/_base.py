@@ -29,7 +29,7 @@ class StageContext(Protocol):
     seed: int
     model_source: str  # the recipe's model: source, for root stages
     workdir: Path
-    parent_model: Any  # torch.nn.Module, or None for a root stage or a parent whose output is a file
+    parent_model: Any  # torch.nn.Module (for a root stage: the model as given by `model:`), or None for a file
     parent_file: Optional[Path]  # the parent's output file (verified by sha256), when it gives a file
     parent_metrics: dict[str, float]  # what the parent's run logged (for "before vs after" metrics)
     parent_cache_key: str  # the parent stage's cache key ("" for a root stage): names what its output is
@@ -64,7 +64,9 @@ Kind = Literal["model", "file", "parent"]  # "parent": whatever the stage's pare
 class StageType:
     config: Any  # a StageConfig subclass, or an Annotated union of them
     run: Callable[[StageContext, Any], StageOutput]
-    needs_parent: bool = True
+    # True: the stage cannot be a recipe's first stage. By default a first stage's parent is the model as given
+    # by `model:` (built, or loaded with its weights, by the family), so any stage that takes a model may start
+    needs_parent: bool = False
     description: str = ""
     gives: Kind = "model"  # what the stage hands its children
     takes: frozenset[str] = frozenset({"model"})  # what it accepts from its parent

@@ -104,6 +104,7 @@ def plan(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_
 
     with _exit_codes():
         p = prepare(recipe, RunOptions(set_ or [], force or [], only or [], tracking_uri))
+    found = _print_search(p) if p.recipe.search is not None else None
     table = Table(title=f"{p.recipe.name}  (tracking: {p.tracker.uri}, experiment: {p.tracker.experiment_name})")
     table.add_column("stage", overflow="fold", min_width=min(40, max((len(s.node.id) for s in p.stages), default=5)))
     for column in ("type", "from", "action", "cache key", "source run"):
@@ -118,6 +119,35 @@ def plan(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_
         if other:
             console.print(f"note: {s.node.id} would be reused from a run made with {', '.join(other)}",
                           markup=False, highlight=False)
+    if found is not None:
+        console.print(found, markup=False, highlight=False)
+
+
+def _print_search(p) -> str:
+    """The search space, and the trials MLflow holds (replayed without running anything); returns the summary
+    line printed under the stage table (whose rows the replay added)."""
+    from .search import preview
+
+    shown = preview(p)
+    study = shown.study
+    table = Table(title=f"search: {study.config.sampler}, {study.total} trials, "
+                        + ", ".join(f"{o.direction} {o.name}" for o in study.objectives)
+                        + (f", subject to {'; '.join(study.config.constraints)}" if study.config.constraints else ""))
+    table.add_column("key")
+    table.add_column("space")
+    for name, space in study.spaces.items():
+        table.add_row(escape(name), escape(space.describe()))
+    console.print(table)
+    for record in shown.found:
+        values = ", ".join(f"{k}={v}" for k, v in {**record.params, **record.values}.items())
+        console.print(f"trial {record.number}: finished ({values})" + ("" if record.feasible else ", infeasible"),
+                      markup=False, highlight=False)
+    for record in shown.asked:
+        console.print(f"trial {record.number}: to run ({', '.join(f'{k}={v}' for k, v in record.params.items())})",
+                      markup=False, highlight=False)
+    later = study.total - len(shown.found) - len(shown.asked)
+    return (f"search: {len(shown.found)} of {study.total} trials finished, {len(shown.asked)} asked next"
+            + (f", {later} more chosen as results arrive" if later else ""))
 
 
 @app.command()
@@ -136,6 +166,7 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
     from . import executors, timing
     from .engine import Engine, RunFailed, StageFailed
     from .planner import RunOptions, prepare
+    from .search import SearchFailed
 
     failure: Optional[RunFailed] = None
     with _sigterm_as_interrupt() as signals, _exit_codes(), _timings_written():
@@ -165,6 +196,9 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
                         if os.environ.get("RECIPE_RUNNER_DEBUG"):
                             raise
                         typer.echo(f"error: {exc}  (set RECIPE_RUNNER_DEBUG=1 for the traceback)", err=True)
+                        raise typer.Exit(1)
+                    except SearchFailed as exc:
+                        typer.echo(f"error: {exc}", err=True)
                         raise typer.Exit(1)
                     except KeyboardInterrupt as exc:
                         typer.echo("interrupted: finished stages are kept; run again: the unfinished stage resumes from its "

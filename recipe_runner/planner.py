@@ -69,12 +69,16 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
         elif node.id in forced:
             stages.append(PlannedStage(node, "run", forced=True))
         else:
-            # the rule the engine applies when it reaches the stage (it decides again then: others may have moved)
-            decision = lease.decide(tracker.stage_runs(node.cache_key), time.time(),
-                                    done=T.done_tag(graph.gives(node.id)))
-            action = {"reuse": "reuse", "wait": "wait"}.get(decision.action, "resume" if decision.run else "run")
-            stages.append(PlannedStage(node, action, decision.run))
+            stages.append(plan_stage(tracker, graph, node))
     return Plan(recipe, graph, tracker, stages, family, data)
+
+
+def plan_stage(tracker: T.Tracker, graph: StageGraph, node: StageNode) -> PlannedStage:
+    """Reuse, resume, wait or run: the rule the engine applies when it reaches the stage (it decides again then:
+    others may have moved). Search trials are planned with it as they are asked."""
+    decision = lease.decide(tracker.stage_runs(node.cache_key), time.time(), done=T.done_tag(graph.gives(node.id)))
+    action = {"reuse": "reuse", "wait": "wait"}.get(decision.action, "resume" if decision.run else "run")
+    return PlannedStage(node, action, decision.run)
 
 
 def _load_family_and_data(recipe: Recipe, base: Path, identity: dict[str, str]) -> tuple[Any, Any]:

@@ -86,7 +86,9 @@ def validate(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt) -> No
     with _exit_codes():
         loaded = load_recipe(recipe, set_ or [])
         graph = compile_graph(loaded)
-    console.print(f"{recipe}: ok ({len(graph.nodes)} stages)", markup=False, highlight=False)
+    searched = len(loaded.stages) - len({n.stage_id for n in graph.nodes.values()})
+    trials = f"; search: {searched} stage(s) copied per trial, {loaded.search.trials} trials" if loaded.search else ""
+    console.print(f"{recipe}: ok ({len(graph.nodes)} stages{trials})", markup=False, highlight=False)
 
 
 @app.command()

@@ -63,15 +63,9 @@ class SearchRange(StrictModel):
 
 
 class SearchChoice(StrictModel):
-    choices: list[Scalar] = Field(min_length=1)
+    """A choice among distinct scalars (parse_space checks them: its messages name the recipe's words)."""
 
-    @field_validator("choices")
-    @classmethod
-    def _distinct(cls, values: list) -> list:
-        repeated = sorted({repr(v) for v in values if values.count(v) > 1})
-        if repeated:
-            raise ValueError(f"the choice list names {', '.join(repeated)} more than once")
-        return values
+    choices: list[Scalar] = Field(min_length=1)
 
     def describe(self) -> str:
         return "one of " + ", ".join(map(str, self.choices))
@@ -94,6 +88,9 @@ def parse_space(value: Any) -> tuple[Optional[SearchSpace], Optional[str]]:
         bad = [v for v in body if not isinstance(v, (bool, int, float, str, type(None)))]
         if bad:
             return None, f"search: choices must be numbers, strings, booleans or null (got {bad[0]!r})"
+        repeated = sorted({repr(v) for v in body if body.count(v) > 1})
+        if repeated:
+            return None, f"search: the choice list names {', '.join(repeated)} more than once"
         return SearchChoice(choices=body), None
     if not isinstance(body, dict):
         return None, "search: a choice list [a, b, ...] or a range {low, high, step, log}"

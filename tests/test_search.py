@@ -157,7 +157,7 @@ stages:
   prune:
     type: prune
     method: depgraph
-    ratio: {{search: {{low: 0.1, high: 0.9}}}}
+    ratio: {{search: {{low: 0.1, high: 0.9, step: 0.05}}}}
     importance: {{search: [group-l2, lamp, random]}}
     round_to: {{search: {{low: 1, high: 16, step: 1}}}}
 """
@@ -177,13 +177,26 @@ def _replay(sampler: str, parallel: int) -> list[dict]:
     return asked
 
 
-@pytest.mark.parametrize("sampler,parallel", [("tpe", 1), ("tpe", 3), ("nsga2", 1), ("random", 2)])
+@pytest.mark.parametrize("sampler,parallel", [("tpe", 1), ("tpe", 3), ("nsga2", 1), ("random", 2), ("grid", 1)])
 def test_the_same_seed_replays_the_same_suggestions(sampler: str, parallel: int):
     """What a re-run relies on to find its finished trials by cache key; 16 trials take TPE past its 10 random
     start-up trials, so its model of the results is replayed too."""
     first, second = _replay(sampler, parallel), _replay(sampler, parallel)
     assert first == second
     assert len({json.dumps(p, sort_keys=True) for p in first}) > 10  # it did search, not repeat one point
+
+
+def test_a_grid_runs_each_point_once_and_no_more_than_its_points():
+    text = SPACE.format(sampler="grid", parallel=2).replace("{search: {low: 0.1, high: 0.9, step: 0.05}}", "0.5")
+    study = Study(parse_recipe(text.replace("{search: {low: 1, high: 16, step: 1}}", "{search: [1, 8]}"), "grid.yaml"))
+    assert study.total == 6  # 3 importances x 2 round_to, not the 16 trials asked
+    seen = []
+    for _ in range(study.total):
+        record = study.ask()
+        study.judge(record, {"prune": {"top1": 0.5, "macs": 0.1}}, {"prune": "prune"})
+        study.tell(record)  # the last point too: Optuna's GridSampler would stop the study here (optimize() only)
+        seen.append(tuple(record.params.values()))
+    assert len(set(seen)) == 6
 
 
 def test_a_failed_trial_is_told_as_failed():

@@ -56,11 +56,20 @@ def make_sampler(config: SearchConfig, seed: int, found: dict[str, SearchSpace])
         return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "grid":
         grid = {name: space.choices if isinstance(space, SearchChoice) else space.grid() for name, space in found.items()}
-        return optuna.samplers.GridSampler(grid, seed=seed)  # type: ignore[arg-type]
+        return _Grid(grid, seed=seed)  # type: ignore[arg-type]
     if config.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     # with parallel asks, a trial still running counts as a bad result (constant liar): the batch spreads out
     return optuna.samplers.TPESampler(seed=seed, constant_liar=config.parallel > 1)
+
+
+class _Grid(optuna.samplers.GridSampler):
+    """GridSampler stops the study from after_trial once every point was asked, which only study.optimize allows
+    (ask/tell raises); the driver asks no more trials than the grid has points (Study.total)."""
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState,
+                    values: Any) -> None:
+        return None
 
 
 @dataclass

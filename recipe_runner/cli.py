@@ -265,6 +265,8 @@ def compare(targets: Optional[List[str]] = typer.Argument(None, metavar="RECIPE|
             for cells in rows:
                 table.add_row(*map(escape, cells))
             console.print(table)
+            for run in result.runs:
+                _print_trials(client, run)
         else:
             sys.stdout.write(C.FORMATS[format_](result))
         if not no_plot:
@@ -324,6 +326,22 @@ def reproduce(run_ref: str = typer.Argument(..., metavar="RUN", help="a recipe r
     else:
         (folder / "reproduction.json").write_text(R.report_json(original, outcome, tolerance, versions))
     raise typer.Exit(0 if outcome.ok else 1)
+
+
+def _print_trials(client, run) -> None:
+    """A search's trials, one row each with its sampled values and objectives (from the run's trials table)."""
+    from .search.report import read_table
+
+    trials = read_table(client, run.run_id)
+    if not trials:
+        return
+    hidden = ("actions", "runs")
+    table = Table(title=f"{len(trials)} search trial(s) of {run.name} {run.run_id[:8]}")
+    for column in (c for c in trials[0] if c not in hidden):
+        table.add_column(column, overflow="fold")
+    for row in trials:
+        table.add_row(*(escape(_fmt(v) if isinstance(v, float) else str(v)) for k, v in row.items() if k not in hidden))
+    console.print(table)
 
 
 def _run_quietly(plan) -> list:

@@ -6,6 +6,7 @@ logged, and NSGA-II with two objectives.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from conftest import cli, local_uri, stage_runs
 from recipe_runner.recipe import parse_recipe
 from recipe_runner.search.study import Study, TrialRecord
+from recipe_runner.stages import STAGES
 
 RECIPE = """\
 version: 1
@@ -124,6 +126,30 @@ def test_search_runs_trials_as_cached_branches_and_records_the_best(workspace: P
     assert result.exit_code == 1
     assert "logged no metric 'top5'" in result.output and "top1" in result.output
     assert result.output.count("FAILED: prune[trial=") == 4
+
+    # a trial whose stage fails is told as failed and the search goes on to a feasible best
+    prune = STAGES.get("prune")
+    calls = []
+
+    def fails_once(ctx, config):
+        calls.append(config.ratio)
+        if len(calls) == 1:
+            raise RuntimeError("injected failure")
+        return prune.run(ctx, config)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(STAGES._entries, "prune", dataclasses.replace(prune, run=fails_once))
+        result = cli("run", recipe, "--set", "search.seed=11", "--set", "search.trials=2")
+    assert result.exit_code == 0, result.output
+    assert "FAILED: stage 'prune[trial=0]' failed" in result.output and "injected failure" in result.output
+    client, parent = _parent(uri)
+    assert parent.info.status == "FINISHED" and parent.data.tags["recipe_runner.best_trial"] == "1"
+    assert [row["state"] for row in _table(client, parent.info.run_id)] == ["FAIL", "COMPLETE"]
+
+    # recipe compare: the stage rows carry the sampled values, and a table has one row per trial
+    shown = cli("compare", recipe, "--no-plot")
+    assert shown.exit_code == 0, shown.output
+    assert "2 search trial(s) of tiny-search" in shown.output and "sweep.prune.ratio" in shown.output
 
     # NSGA-II, two objectives: the recorded front is exactly the non-dominated feasible trials
     result = cli("run", recipe, "--set", "search.sampler=nsga2", "--set", "search.minimize=prune.macs")

@@ -3,6 +3,7 @@ search.png, and one console line per trial."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from .. import tracking as T
@@ -74,6 +75,19 @@ def table(records: list[TrialRecord], leaders: list[TrialRecord]) -> dict[str, l
         columns["runs"].append(json.dumps(r.runs))
         columns["error"].append(r.error)
     return columns
+
+
+def read_table(client: Any, run_id: str) -> list[dict[str, Any]]:
+    """The trials table a search left on a recipe run, one dict per trial; [] for a run without a search."""
+    from mlflow.exceptions import MlflowException
+
+    if not any(a.path == TABLE for a in client.list_artifacts(run_id, "search")):
+        return []
+    try:
+        data = json.loads(Path(client.download_artifacts(run_id, TABLE)).read_text())
+    except (MlflowException, OSError, ValueError):
+        return []
+    return [dict(zip(data["columns"], row)) for row in data["data"]]
 
 
 def figure(records: list[TrialRecord], leaders: list[TrialRecord], objectives: list[Objective]) -> Any:

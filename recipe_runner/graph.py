@@ -12,7 +12,7 @@ import graphlib
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 from .recipe import Problem, Recipe, RecipeError, StageDecl, search_subtree
 
@@ -121,7 +121,7 @@ def compile_graph(recipe: Recipe, data_fingerprint: str = "", model_identity: Op
 
 
 def _node(sid: str, decl: StageDecl, config: Any, parent: Optional[StageNode], sweep: dict[str, Any],
-          root: dict[str, Any], hidden: set[str] = frozenset()) -> StageNode:
+          root: dict[str, Any], hidden: Collection[str] = ()) -> StageNode:
     """One copy of a stage: its id names the sweep values (minus `hidden` ones: a trial's sampled values would make
     ids unreadable), its key hashes its config and its parent's key."""
     shown = {k: v for k, v in sweep.items() if k not in hidden}

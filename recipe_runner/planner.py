@@ -44,6 +44,8 @@ class Plan:
     stages: list[PlannedStage]
     family: Any  # models.base.ModelFamily
     data: Any  # data.DataSource
+    # search trials are planned as they are asked (search/): --force and --only as given, for them
+    options: RunOptions = field(default_factory=RunOptions)
 
 
 # -- planning --------------------------------------------------------------
@@ -70,7 +72,7 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
             stages.append(PlannedStage(node, "run", forced=True))
         else:
             stages.append(plan_stage(tracker, graph, node))
-    return Plan(recipe, graph, tracker, stages, family, data)
+    return Plan(recipe, graph, tracker, stages, family, data, options)
 
 
 def plan_stage(tracker: T.Tracker, graph: StageGraph, node: StageNode) -> PlannedStage:
@@ -157,6 +159,9 @@ def _exists_relative(spec: str, base: Path) -> bool:
 
 
 def _ids(graph: StageGraph, name: str) -> list[str]:
+    stage = name.split("[", 1)[0]
+    if stage in graph.recipe.stages and not any(n.stage_id == stage for n in graph.nodes.values()):
+        return []  # a searched stage (or one below it): its trial copies do not exist before the search asks them
     try:
         return graph.select(name)
     except KeyError as exc:

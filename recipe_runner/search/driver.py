@@ -27,6 +27,10 @@ def run_search(engine: "Engine", parent_id: str, scratch: Path, reports: list["S
     engine.schedule(parent_id, scratch, reports)  # the stages above the search, shared by every trial
     if any(r.action == "failed" for r in reports):
         return  # --keep-going: the shared stages failed, so no trial can run; the engine reports the run FAILED
+    searched = {n.stage_id for n in plan.graph.nodes.values()} ^ set(plan.recipe.stages)
+    if plan.options.only and not searched & set(plan.options.only):
+        engine.announce("[search] --only names no searched stage (or one below it): no trials run")
+        return
     study = Study(plan.recipe)
     records: list[TrialRecord] = []
     shared = {n.stage_id: n.id for n in plan.graph.nodes.values() if "trial" not in n.sweep}
@@ -62,8 +66,18 @@ def run_search(engine: "Engine", parent_id: str, scratch: Path, reports: list["S
 
 
 def _plan_trials(plan: Plan, batch: list[TrialRecord]) -> list[PlannedStage]:
+    """Plan a batch's new trial nodes; `--force` reaches them through a forced stage above or a searched stage
+    named (with everything below it)."""
     nodes = plan.graph.add_trials({record.number: record.params for record in batch})
-    stages = [plan_stage(plan.tracker, plan.graph, node) for node in nodes]
+    forced = {s.node.id for s in plan.stages if s.forced}
+    named = set(plan.options.force)
+    stages = []
+    for node in nodes:  # parents first
+        if node.parent in forced or node.stage_id in named or node.id in named:
+            forced.add(node.id)
+            stages.append(PlannedStage(node, "run", forced=True))
+        else:
+            stages.append(plan_stage(plan.tracker, plan.graph, node))
     plan.stages.extend(stages)
     return stages
 

@@ -111,6 +111,12 @@ def test_search_runs_trials_as_cached_branches_and_records_the_best(workspace: P
     assert [r.data.tags["recipe_runner.action"] for r in six] == ["reuse"] * 4 + ["run"] * 2
     assert [float(r.data.params["sweep.prune.ratio"]) for r in six[:4]] == ratios
 
+    # --force on a searched stage reaches every trial; --only on a shared stage runs no trial
+    forced = cli("plan", recipe, "--set", "search.trials=6", "--force", "prune")
+    assert forced.exit_code == 0 and "0 of 6 trials finished, 1 asked next" in forced.output, forced.output
+    only = cli("run", recipe, "--only", "train")
+    assert only.exit_code == 0 and "no trials run" in only.output, only.output
+
     # a constraint no trial meets: exit 1, a clear message, every trial kept (and reused: nothing trains)
     result = cli("run", recipe, "--set", 'search.constraints=["prune.macs <= 1"]')
     assert result.exit_code == 1

@@ -263,3 +263,59 @@ def test_bad_search_input_is_a_located_error_and_starts_nothing(workspace: Path,
     line = next(line for line in result.output.splitlines() if message in line)
     assert line.startswith(f"{recipe}:") and line.split(":")[1].isdigit()
     assert not (workspace / "mlflow.db").exists()
+
+
+CUT = """\
+version: 1
+name: cut-search
+seed: 0
+model: lenet
+data: builtin:shapes-cls?train=64&val=32&imgsz=32
+defaults:
+  imgsz: 32
+  batch: 16
+search:
+  trials: 1
+  sampler: grid
+  maximize: finetune.top1
+stages:
+  train:
+    type: train
+    epochs: 1
+  prune:
+    type: prune
+    method: depgraph
+    ratio: {search: [0.3, 0.5]}
+  finetune:
+    type: finetune
+    epochs: 2
+    checkpoint_every: 1
+"""
+
+
+def test_a_trial_cut_off_mid_way_resumes_on_the_next_run(workspace: Path):
+    from recipe_runner.engine import RunningStage
+
+    recipe = workspace / "recipe.yaml"
+    recipe.write_text(CUT)
+    original = RunningStage.save_epoch_state
+    cut: list[str] = []
+
+    def save_then_cut(self, state, epoch):
+        original(self, state, epoch)
+        if self.node.id == "finetune[trial=0]" and not cut:
+            cut.append(self.node.id)
+            raise KeyboardInterrupt  # Ctrl-C right after the trial's first epoch checkpoint
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RunningStage, "save_epoch_state", save_then_cut)
+        result = cli("run", recipe)
+    assert result.exit_code == 130 and cut, result.output
+    result = cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    runs = {r.data.tags["recipe_runner.node_id"]: r for r in stage_runs(local_uri(workspace))}
+    assert [runs[n].data.tags["recipe_runner.action"] for n in ("train", "prune[trial=0]")] == ["reuse"] * 2
+    resumed = runs["finetune[trial=0]"]
+    assert resumed.data.tags["recipe_runner.action"] == "resume"
+    assert "recipe_runner.resumed_from" in resumed.data.tags
+    assert resumed.data.metrics["epochs_trained"] == 1  # only the epoch the cut-off attempt had not finished

@@ -27,13 +27,13 @@ def run_search(engine: "Engine", parent_id: str, scratch: Path, reports: list["S
     engine.schedule(parent_id, scratch, reports)  # the stages above the search, shared by every trial
     if any(r.action == "failed" for r in reports):
         return  # --keep-going: the shared stages failed, so no trial can run; the engine reports the run FAILED
-    searched = {n.stage_id for n in plan.graph.nodes.values()} ^ set(plan.recipe.stages)
-    if plan.options.only and not searched & set(plan.options.only):
+    shared = {n.stage_id: n.id for n in plan.graph.nodes.values() if "trial" not in n.sweep}
+    searched = set(plan.recipe.stages) - set(shared)  # the stages each trial copies
+    if plan.options.only and not searched & {name.split("[", 1)[0] for name in plan.options.only}:
         engine.announce("[search] --only names no searched stage (or one below it): no trials run")
         return
     study = Study(plan.recipe)
     records: list[TrialRecord] = []
-    shared = {n.stage_id: n.id for n in plan.graph.nodes.values() if "trial" not in n.sweep}
     run_ids = {r.node_id: r.run_id for r in reports}
     total = study.total
     if total < study.config.trials:

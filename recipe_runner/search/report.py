@@ -112,6 +112,16 @@ def figure(records: list[TrialRecord], leaders: list[TrialRecord], objectives: l
         ax.set_ylabel(f"{names[1]} ({objectives[1].direction})")
     ax.scatter(*xy(feasible), color="C0", label="feasible", zorder=2)
     ax.scatter(*xy(infeasible), facecolors="none", edgecolors="C3", label="infeasible", zorder=2)
+    if len(objectives) == 1 and feasible:
+        # the best feasible value so far, trial by trial: how the search converged
+        sign = 1.0 if objectives[0].direction == "maximize" else -1.0
+        steps, running = [], None
+        for r in feasible:
+            value = r.values[names[0]]
+            running = value if running is None or sign * value > sign * running else running
+            steps.append((r.number, running))
+        ax.step([s[0] for s in steps], [s[1] for s in steps], where="post", color="C0", alpha=0.5, lw=1,
+                label="best so far")
     front = sorted(leaders, key=lambda r: xy([r])[0][0])
     if front:
         style = "k--" if len(objectives) > 1 else "k"

@@ -86,7 +86,9 @@ def validate(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt) -> No
     with _exit_codes():
         loaded = load_recipe(recipe, set_ or [])
         graph = compile_graph(loaded)
-    console.print(f"{recipe}: ok ({len(graph.nodes)} stages)", markup=False, highlight=False)
+    searched = len(loaded.stages) - len({n.stage_id for n in graph.nodes.values()})
+    trials = f"; search: {searched} stage(s) copied per trial, {loaded.search.trials} trials" if loaded.search else ""
+    console.print(f"{recipe}: ok ({len(graph.nodes)} stages{trials})", markup=False, highlight=False)
 
 
 @app.command()
@@ -104,6 +106,7 @@ def plan(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_
 
     with _exit_codes():
         p = prepare(recipe, RunOptions(set_ or [], force or [], only or [], tracking_uri))
+    found = _print_search(p) if p.recipe.search is not None else None
     table = Table(title=f"{p.recipe.name}  (tracking: {p.tracker.uri}, experiment: {p.tracker.experiment_name})")
     table.add_column("stage", overflow="fold", min_width=min(40, max((len(s.node.id) for s in p.stages), default=5)))
     for column in ("type", "from", "action", "cache key", "source run"):
@@ -120,6 +123,35 @@ def plan(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_
         if other:
             console.print(f"note: {s.node.id} would be reused from a run made with {', '.join(other)}",
                           markup=False, highlight=False)
+    if found is not None:
+        console.print(found, markup=False, highlight=False)
+
+
+def _print_search(p) -> str:
+    """The search space, and the trials MLflow holds (replayed without running anything); returns the summary
+    line printed under the stage table (whose rows the replay added)."""
+    from .search import preview
+
+    shown = preview(p)
+    study = shown.study
+    table = Table(title=f"search: {study.config.sampler}, {study.total} trials, "
+                        + ", ".join(f"{o.direction} {o.name}" for o in study.objectives)
+                        + (f", subject to {'; '.join(study.config.constraints)}" if study.config.constraints else ""))
+    table.add_column("key")
+    table.add_column("space")
+    for name, space in study.spaces.items():
+        table.add_row(escape(name), escape(space.describe()))
+    console.print(table)
+    for record in shown.found:
+        values = ", ".join(f"{k}={v}" for k, v in {**record.params, **record.values}.items())
+        console.print(f"trial {record.number}: finished ({values})" + ("" if record.feasible else ", infeasible"),
+                      markup=False, highlight=False)
+    for record in shown.asked:
+        console.print(f"trial {record.number}: to run ({', '.join(f'{k}={v}' for k, v in record.params.items())})",
+                      markup=False, highlight=False)
+    later = study.total - len(shown.found) - len(shown.asked)
+    return (f"search: {len(shown.found)} of {study.total} trials finished, {len(shown.asked)} asked next"
+            + (f", {later} more chosen as results arrive" if later else ""))
 
 
 @app.command()
@@ -138,6 +170,7 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
     from . import executors, timing
     from .engine import Engine, RunFailed, StageFailed
     from .planner import RunOptions, prepare
+    from .search import SearchFailed
 
     failure: Optional[RunFailed] = None
     with _sigterm_as_interrupt() as signals, _exit_codes(), _timings_written():
@@ -167,6 +200,9 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
                         if os.environ.get("RECIPE_RUNNER_DEBUG"):
                             raise
                         typer.echo(f"error: {exc}  (set RECIPE_RUNNER_DEBUG=1 for the traceback)", err=True)
+                        raise typer.Exit(1)
+                    except SearchFailed as exc:
+                        typer.echo(f"error: {exc}", err=True)
                         raise typer.Exit(1)
                     except KeyboardInterrupt as exc:
                         typer.echo("interrupted: finished stages are kept; run again: the unfinished stage resumes from its "
@@ -231,6 +267,8 @@ def compare(targets: Optional[List[str]] = typer.Argument(None, metavar="RECIPE|
             for cells in rows:
                 table.add_row(*map(escape, cells))
             console.print(table)
+            for run in result.runs:
+                _print_trials(client, run)
         else:
             sys.stdout.write(C.FORMATS[format_](result))
         if not no_plot:
@@ -290,6 +328,22 @@ def reproduce(run_ref: str = typer.Argument(..., metavar="RUN", help="a recipe r
     else:
         (folder / "reproduction.json").write_text(R.report_json(original, outcome, tolerance, versions))
     raise typer.Exit(0 if outcome.ok else 1)
+
+
+def _print_trials(client, run) -> None:
+    """A search's trials, one row each with its sampled values and objectives (from the run's trials table)."""
+    from .search.report import read_table
+
+    trials = read_table(client, run.run_id)
+    if not trials:
+        return
+    hidden = ("actions", "runs")
+    table = Table(title=f"{len(trials)} search trial(s) of {run.name} {run.run_id[:8]}")
+    for column in (c for c in trials[0] if c not in hidden):
+        table.add_column(column, overflow="fold")
+    for row in trials:
+        table.add_row(*(escape(_fmt(v) if isinstance(v, float) else str(v)) for k, v in row.items() if k not in hidden))
+    console.print(table)
 
 
 def _run_quietly(plan) -> list:

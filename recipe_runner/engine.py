@@ -161,6 +161,7 @@ class Engine:
         self.metrics: dict[str, dict[str, float]] = {}  # node id -> the metrics its run logged
         self.family = plan.family
         self.data = plan.data
+        self.steps = 0  # the parent run's pipeline chart: one step per finished stage, across schedule() calls
 
     def run(self) -> list[StageReport]:
         recipe = self.plan.recipe
@@ -179,7 +180,12 @@ class Engine:
         reports: list[StageReport] = []
         status = "FAILED"
         try:
-            self._schedule(parent_id, scratch, reports)
+            if recipe.search is not None:
+                from .search import run_search
+
+                run_search(self, parent_id, scratch, reports)  # the shared stages, then the trials as asked
+            else:
+                self.schedule(parent_id, scratch, reports)
             status = "FAILED" if any(r.action == "failed" for r in reports) else "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
@@ -198,14 +204,17 @@ class Engine:
             raise RunFailed(reports)
         return reports
 
-    def _schedule(self, parent_id: str, scratch: Path, reports: list[StageReport]) -> None:
-        """Hand every stage whose parent is done to the executor, until none is left; apply the error policy."""
-        waiting = [s for s in self.plan.stages if s.action != "skip"]
-        advance = self.progress("stages", len(waiting))
-        done: set[str] = set()
+    def schedule(self, parent_id: str, scratch: Path, reports: list[StageReport],
+                 stages: Optional[list[PlannedStage]] = None, on_error: Optional[OnError] = None,
+                 label: str = "stages") -> None:
+        """Hand every stage (of `stages`, default the plan's) whose parent is done to the executor, until none is
+        left; apply the error policy (default the engine's). A parent outside `stages` must be done already."""
+        on_error = on_error or self.on_error
+        waiting = [s for s in (self.plan.stages if stages is None else stages) if s.action != "skip"]
+        advance = self.progress(label, len(waiting))
+        done: set[str] = set(self.outputs) | set(self.sources)
         blocked: dict[str, str] = {}  # node id -> the failed stage it depends on (itself, if it failed)
         running = 0
-        steps = 0
         while waiting or running:
             for planned in list(waiting):  # plan order is topological: a parent is judged before its children
                 node = planned.node
@@ -228,7 +237,7 @@ class Engine:
                 node_id = finished.planned.node.id
                 advance(1)
                 if finished.error is not None:
-                    if self.on_error == "stop":
+                    if on_error == "stop":
                         raise finished.error
                     blocked[node_id] = node_id
                     reports.append(StageReport(node_id, "failed", finished.error.run_id, {}, 0.0, str(finished.error)))
@@ -241,8 +250,8 @@ class Engine:
                 reports.append(report)
                 # one step per stage, in run order: the parent run's own chart of the pipeline
                 pipeline = R.pipeline_metrics(report.metrics, self.family.primary_metric)
-                self.tracker.log_metrics(parent_id, pipeline, steps)
-                steps += 1
+                self.tracker.log_metrics(parent_id, pipeline, self.steps)
+                self.steps += 1
 
     def run_stage(self, planned: PlannedStage, parent_id: str, workdir: Path) -> StageReport:
         """Reuse, resume or run one stage whose parent is done, in this process (an executor calls it)."""

@@ -1,4 +1,5 @@
-"""Compile a validated recipe into a stage graph: `from:` edges, sweep copies, topological order, cache keys.
+"""Compile a validated recipe into a stage graph: `from:` edges, sweep copies, search-trial copies, topological
+order, cache keys.
 
 A stage's cache key hashes its resolved config (minus keys that do not change
 the result, like `device`), its parent's key, and for a root stage the model,
@@ -11,9 +12,9 @@ import graphlib
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
-from .recipe import Problem, Recipe, RecipeError
+from .recipe import Problem, Recipe, RecipeError, StageDecl, search_subtree
 
 KEY_FORMAT = 1
 
@@ -38,6 +39,30 @@ class StageNode:
 class StageGraph:
     recipe: Recipe
     nodes: dict[str, StageNode]  # in topological order
+    root: dict[str, Any] = field(default_factory=dict)  # what a root stage's key hashes in place of a parent's key
+
+    def add_trials(self, trials: dict[int, dict[str, Any]]) -> list[StageNode]:
+        """Copy the searched stages and their descendants once per trial, exactly like sweep copies: trial k's copy
+        of `prune` is `prune[trial=k]`, its `sweep` holds {"trial": k, "<stage>.<key>": value, ...}, and its cache key
+        comes from the sampled values (not from k: a trial that samples what another ran reuses it)."""
+        recipe = self.recipe
+        inside = search_subtree({sid: d.parent for sid, d in recipe.stages.items()},
+                                {sid for sid, d in recipe.stages.items() if d.search})
+        added: list[StageNode] = []
+        for k, values in sorted(trials.items()):
+            copies: dict[str, StageNode] = {}
+            for sid in (s for s in _topological_order(recipe) if s in inside):
+                decl = recipe.stages[sid]
+                own = {key: values[f"{sid}.{key}"] for key in decl.search}
+                config = decl.trial_config(own) if own else decl.variants[0][1]
+                parent = copies.get(decl.parent) if decl.parent else None
+                if parent is None and decl.parent is not None:
+                    # a shared stage above the search: one node, as a recipe with search: has no sweeps
+                    parent = next(n for n in self.nodes.values() if n.stage_id == decl.parent)
+                node = _node(sid, decl, config, parent, {"trial": k, **values}, self.root, hidden=set(values))
+                copies[sid] = self.nodes[node.id] = node
+                added.append(node)
+        return added
 
     def children(self, node_id: str) -> list[StageNode]:
         return [n for n in self.nodes.values() if n.parent == node_id]
@@ -76,9 +101,12 @@ def compile_graph(recipe: Recipe, data_fingerprint: str = "", model_identity: Op
     order = _topological_order(recipe)
     model = model_identity if model_identity is not None else recipe.model.model_dump()
     root = {"model": model, "data": data_fingerprint, "seed": recipe.seed}
+    # searched stages and their descendants exist only as trial copies (StageGraph.add_trials)
+    searched = set(search_subtree({sid: d.parent for sid, d in recipe.stages.items()},
+                                  {sid for sid, d in recipe.stages.items() if d.search}))
     nodes: dict[str, StageNode] = {}
     copies: dict[str, list[StageNode]] = {}
-    for sid in order:
+    for sid in (s for s in order if s not in searched):
         decl = recipe.stages[sid]
         parents = copies[decl.parent] if decl.parent is not None else [None]
         copies[sid] = []
@@ -86,20 +114,29 @@ def compile_graph(recipe: Recipe, data_fingerprint: str = "", model_identity: Op
             for assignment, config in decl.variants:
                 sweep = dict(parent.sweep) if parent else {}
                 sweep.update({f"{sid}.{k}": v for k, v in assignment.items()})
-                node = StageNode(
-                    id=sid + (f"[{','.join(f'{k}={v}' for k, v in sweep.items())}]" if sweep else ""),
-                    stage_id=sid, type=decl.type, config=config, parent=parent.id if parent else None, sweep=sweep,
-                )
-                node.identity = {
-                    "format": KEY_FORMAT,
-                    "type": decl.type,
-                    "config": config.identity(),
-                    "parent": parent.cache_key if parent else root,
-                }
-                node.cache_key = hashlib.sha256(json.dumps(node.identity, sort_keys=True).encode()).hexdigest()[:32]
+                node = _node(sid, decl, config, parent, sweep, root)
                 nodes[node.id] = node
                 copies[sid].append(node)
-    return StageGraph(recipe, nodes)
+    return StageGraph(recipe, nodes, root)
+
+
+def _node(sid: str, decl: StageDecl, config: Any, parent: Optional[StageNode], sweep: dict[str, Any],
+          root: dict[str, Any], hidden: Collection[str] = ()) -> StageNode:
+    """One copy of a stage: its id names the sweep values (minus `hidden` ones: a trial's sampled values would make
+    ids unreadable), its key hashes its config and its parent's key."""
+    shown = {k: v for k, v in sweep.items() if k not in hidden}
+    node = StageNode(
+        id=sid + (f"[{','.join(f'{k}={v}' for k, v in shown.items())}]" if shown else ""),
+        stage_id=sid, type=decl.type, config=config, parent=parent.id if parent else None, sweep=sweep,
+    )
+    node.identity = {
+        "format": KEY_FORMAT,
+        "type": decl.type,
+        "config": config.identity(),
+        "parent": parent.cache_key if parent else root,
+    }
+    node.cache_key = hashlib.sha256(json.dumps(node.identity, sort_keys=True).encode()).hexdigest()[:32]
+    return node
 
 
 def _topological_order(recipe: Recipe) -> list[str]:

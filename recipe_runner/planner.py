@@ -48,6 +48,8 @@ class Plan:
     family: Any  # models.base.ModelFamily
     data: Any  # data.DataSource
     notes: list[str] = field(default_factory=list)  # what the user should know about the model ([note] lines)
+    # search trials are planned as they are asked (search/): --force and --only as given, for them
+    options: RunOptions = field(default_factory=RunOptions)
 
 
 # -- planning --------------------------------------------------------------
@@ -75,12 +77,16 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
         elif node.id in forced:
             stages.append(PlannedStage(node, "run", forced=True))
         else:
-            # the rule the engine applies when it reaches the stage (it decides again then: others may have moved)
-            decision = lease.decide(tracker.stage_runs(node.cache_key), time.time(),
-                                    done=T.done_tag(graph.gives(node.id)))
-            action = {"reuse": "reuse", "wait": "wait"}.get(decision.action, "resume" if decision.run else "run")
-            stages.append(PlannedStage(node, action, decision.run))
-    return Plan(recipe, graph, tracker, stages, family, data, notes)
+            stages.append(plan_stage(tracker, graph, node))
+    return Plan(recipe, graph, tracker, stages, family, data, notes, options)
+
+
+def plan_stage(tracker: T.Tracker, graph: StageGraph, node: StageNode) -> PlannedStage:
+    """Reuse, resume, wait or run: the rule the engine applies when it reaches the stage (it decides again then:
+    others may have moved). Search trials are planned with it as they are asked."""
+    decision = lease.decide(tracker.stage_runs(node.cache_key), time.time(), done=T.done_tag(graph.gives(node.id)))
+    action = {"reuse": "reuse", "wait": "wait"}.get(decision.action, "resume" if decision.run else "run")
+    return PlannedStage(node, action, decision.run)
 
 
 def _load_family_and_data(recipe: Recipe, base: Path, identity: dict[str, Any], model: ModelRef) -> tuple[Any, Any]:
@@ -170,6 +176,9 @@ def _exists_relative(spec: str, base: Path) -> bool:
 
 
 def _ids(graph: StageGraph, name: str) -> list[str]:
+    stage = name.split("[", 1)[0]
+    if stage in graph.recipe.stages and not any(n.stage_id == stage for n in graph.nodes.values()):
+        return []  # a searched stage (or one below it): its trial copies do not exist before the search asks them
     try:
         return graph.select(name)
     except KeyError as exc:

@@ -182,3 +182,31 @@ def test_sigterm_cancels_the_ray_task_its_run_ends_killed_and_a_rerun_resumes(lo
     train = by_node(stage_runs(uri))["train"]
     assert train.data.tags[T.PREFIX + "resumed_from"] == killed.info.run_id
     assert train.data.metrics["epochs_trained"] == 12 - int(train.data.tags[T.PREFIX + "resumed_epoch"])
+
+
+SEARCH = """\
+  train:
+    type: train
+    epochs: 1
+  prune:
+    type: prune
+    method: depgraph
+    ratio: {search: [0.3, 0.6]}
+"""
+
+
+def test_search_with_parallel_runs_a_batch_of_trials_at_once(local_ray, workspace: Path):
+    """search.parallel: 2 asks two trials before telling either; Ray runs both at once, each worker given the plan
+    with the trial nodes the search added after the run began."""
+    path = write_recipe(workspace, SEARCH, name="par-search")
+    path.write_text(path.read_text().replace("stages:\n", "search:\n  trials: 2\n  parallel: 2\n  sampler: grid\n"
+                                             "  maximize: prune.top1\nstages:\n"))
+    result = cli("run", path, "--executor", "ray")
+    assert result.exit_code == 0, result.output
+    prunes = [r for r in stage_runs(local_uri(workspace)) if r.data.tags[T.STAGE_ID] == "prune"]
+    assert sorted(float(r.data.params["ratio"]) for r in prunes) == [0.3, 0.6]  # the grid, each point once
+    a, b = prunes
+    assert a.data.tags[L.PID] != b.data.tags[L.PID]
+    assert a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time
+    assert "recipe_runner.best_trial" in MlflowClient(local_uri(workspace)).get_run(
+        prunes[0].data.tags["mlflow.parentRunId"]).data.tags

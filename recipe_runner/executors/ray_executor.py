@@ -58,6 +58,8 @@ class RayExecutor(Executor):
         self._started_ray = False
         self._server: Any = None  # local_server.LocalServer, when the run needs one
         self._plan_ref: Any = None
+        self._plan_nodes = 0  # graph nodes in the plan put into Ray: a search adds trial nodes as it asks them
+        self._warming: list[Any] = []  # warm-up tasks (kept referenced until the run ends)
         self._tasks: dict[Any, tuple["PlannedStage", str]] = {}  # ObjectRef -> (stage, parent run id)
         self._tracker: Any = None
         self._announce: Any = print
@@ -120,10 +122,14 @@ class RayExecutor(Executor):
         import ray
 
         if self._plan_ref is None:
-            # once per run, into Ray's object store; the MLflow client stays here (each task makes its own)
-            self._plan_ref = ray.put(dataclasses.replace(engine.plan, tracker=None))
             self._tracker, self._announce = engine.tracker, engine.announce
             self._remote = ray.remote(_run_stage_task)
+            self._warm(engine)
+        if self._plan_ref is None or len(engine.plan.graph.nodes) != self._plan_nodes:
+            # into Ray's object store once per run (again when a search added trials); the MLflow client stays
+            # here (each task makes its own)
+            self._plan_ref = ray.put(dataclasses.replace(engine.plan, tracker=None))
+            self._plan_nodes = len(engine.plan.graph.nodes)
         node = planned.node
         parent = node.parent
         task = self._remote.options(name=f"stage:{node.id}", max_retries=0, **resources(node.config))
@@ -131,6 +137,18 @@ class RayExecutor(Executor):
         ref = task.remote(self._plan_ref, planned, parent_run_id, engine.tracker.uri, engine.tracker.experiment_name,
                           source, metrics)
         self._tasks[ref] = (planned, parent_run_id)
+
+    def _warm(self, engine: "Engine") -> None:
+        """A fresh local Ray's workers import torch and the stage code only when their first task arrives (seconds):
+        a search's parallel trials then start one after another. Warm the idle workers while the first stages run."""
+        import ray
+
+        if not (self._started_ray and not self.address and engine.plan.recipe.search is not None):
+            return
+        idle = int(ray.cluster_resources().get("CPU", 1)) - 1
+        modules = ["recipe_runner.engine", "recipe_runner.stages", type(engine.family).__module__]
+        warm = ray.remote(_import_modules).options(num_cpus=1, max_retries=0)
+        self._warming = [warm.remote(modules) for _ in range(max(0, idle))]
 
     def wait(self) -> list[Done]:
         import ray
@@ -208,6 +226,14 @@ def _all_tasks_here(address: Optional[str]) -> bool:
     if address and address.startswith("ray://") and not address.startswith(("ray://127.", "ray://localhost")):
         return False
     return sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
+
+
+def _import_modules(modules: list[str]) -> None:
+    """In a Ray worker: import what a stage will, so the worker's first stage starts at once."""
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
 
 
 def _run_stage_task(plan: "Plan", planned: "PlannedStage", parent_run_id: str, tracking_uri: str, experiment: str,

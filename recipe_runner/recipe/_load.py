@@ -17,6 +17,7 @@ from ..registry import did_you_mean
 from ..stages import STAGES, output_kind
 from ._errors import Location, Problem, RecipeError
 from ._models import ModelSpec, RecipeHeader, TrackingConfig
+from ._search import SearchConfig, SearchRange, SearchSpace, is_search, parse_space, search_subtree
 from ._yaml import Path as KeyPath
 from ._yaml import parse_yaml
 
@@ -31,6 +32,12 @@ class StageDecl:
     variants: list[tuple[dict[str, Any], Any]]  # (sweep assignment, validated config)
     location: Location
     from_location: Optional[Location] = None
+    search: dict[str, SearchSpace] = field(default_factory=dict)  # key -> the space each search trial samples
+    body: dict[str, Any] = field(default_factory=dict)  # as written, defaults merged: a trial's values go in here
+
+    def trial_config(self, values: dict[str, Any]) -> Any:
+        """This stage's config with one trial's sampled values (the ends of every range were validated at load)."""
+        return TypeAdapter(STAGES.get(self.type).config).validate_python({**copy.deepcopy(self.body), **values})
 
 
 @dataclass
@@ -46,6 +53,7 @@ class Recipe:
     tracking: TrackingConfig
     stages: dict[str, StageDecl]
     overrides: list[str] = field(default_factory=list)
+    search: Optional[SearchConfig] = None
     locations: dict = field(default_factory=dict, repr=False)  # key path -> Location, for later errors
 
     def located(self, path: tuple, message: str) -> RecipeError:
@@ -82,7 +90,7 @@ def parse_recipe(text: str, source: str, overrides: list[str] = ()) -> Recipe:
     return Recipe(
         path=Path(source), text=text, sha256=hashlib.sha256(text.encode()).hexdigest(), name=header.name,
         description=header.description, seed=header.seed, model=model, data=header.data,
-        tracking=header.tracking, stages=stages, overrides=list(overrides), locations=locations,
+        tracking=header.tracking, stages=stages, overrides=list(overrides), locations=locations, search=header.search,
     )
 
 
@@ -179,9 +187,12 @@ class _Validator:
 
     def stages(self, header: RecipeHeader) -> dict[str, StageDecl]:
         accepted = _keys_accepted_by_any_stage()
-        for key in header.defaults:
+        for key, value in header.defaults.items():
             if key not in accepted:
                 self.problem(("defaults", key), f"no stage type accepts this key{did_you_mean(key, accepted)}")
+            elif is_search(value):
+                self.problem(("defaults", key), "a {search: ...} value in defaults would search every stage's key on "
+                             "its own; search the key on one stage: its descendants follow each trial")
         decls: dict[str, StageDecl] = {}
         previous: Optional[str] = None
         for sid in header.stages:
@@ -197,7 +208,45 @@ class _Validator:
             previous = sid
         for decl in decls.values():
             self._check_edge(decl, decls)
+        if not self.problems:
+            self._check_search(header.search, decls)
         return decls
+
+    def _check_search(self, search: Optional[SearchConfig], decls: dict[str, StageDecl]) -> None:
+        """The search section against the stages: something is searched, objectives lie below a searched stage,
+        constraints name existing stages, no sweep, grid sampling only over finite spaces."""
+        searched = {sid: decl for sid, decl in decls.items() if decl.search}
+        if search is None:
+            for sid, decl in searched.items():
+                self.problem(("stages", sid, next(iter(decl.search))), "a {search: ...} value needs a recipe-level "
+                             "search: section (trials, maximize: or minimize:)")
+            return
+        if not searched:
+            self.problem(("search",), "no stage key holds a {search: ...} value: nothing to search")
+            return
+        for sid, decl in decls.items():
+            for key in (decl.variants[0][0] if len(decl.variants) > 1 else {}):
+                self.problem(("stages", sid, key), "a recipe with search: cannot also sweep (a trial would be several "
+                             "branches); make it a choice instead: {search: [...]}")
+        subtree = search_subtree({sid: d.parent for sid, d in decls.items()}, set(searched))
+        for field_name in ("maximize", "minimize"):
+            for i, objective in enumerate(getattr(search, field_name)):
+                stage = objective.split(".", 1)[0]
+                where = ("search", field_name, i) if ("search", field_name, i) in self.locations else ("search", field_name)
+                if stage not in decls:
+                    self.problem(where, f"no stage '{stage}' in the recipe{did_you_mean(stage, list(decls))}")
+                elif stage not in subtree:
+                    self.problem(where, f"'{stage}' is neither searched nor below a searched stage ({', '.join(searched)}): "
+                                 "its value is the same in every trial")
+        for i, constraint in enumerate(search.parsed_constraints()):
+            if constraint.stage not in decls:
+                self.problem(("search", "constraints", i),
+                             f"no stage '{constraint.stage}' in the recipe{did_you_mean(constraint.stage, list(decls))}")
+        if search.sampler == "grid":
+            for sid, decl in searched.items():
+                for key, space in decl.search.items():
+                    if isinstance(space, SearchRange) and space.grid() is None:
+                        self.problem(("stages", sid, key), "sampler: grid needs a step on a float range (or a choice list)")
 
     def _check_edge(self, decl: StageDecl, decls: dict[str, StageDecl]) -> None:
         """A stage must take what its parent gives: no training or pruning `from:` an exported/quantized file."""
@@ -229,7 +278,7 @@ class _Validator:
         fields = _fields_of(stype, body)
         merged = dict(body)
         for key, value in defaults.items():
-            if key in fields and key not in merged:
+            if key in fields and key not in merged and not is_search(value):
                 if _is_sweep(value):
                     self.problem(("defaults", key), "a sweep in defaults would sweep every stage on its own (a product of "
                                  "copies); sweep the key on one stage: its descendants follow each branch")
@@ -247,6 +296,17 @@ class _Validator:
                 return None
         config_type = STAGES.get(stype).config
         adapter, tags = TypeAdapter(config_type), list(_union_members(config_type)[1])
+        spaces = self._spaces(path, merged)
+        if spaces is None:
+            return None
+        body_only = {k: v for k, v in merged.items() if k not in spaces}
+        for key, space in spaces.items():
+            # every end of a range and every choice must be a value this stage accepts
+            for candidate in (space.choices if not isinstance(space, SearchRange) else (space.low, space.high)):
+                if self.validate(adapter, {**copy.deepcopy(body_only), key: candidate}, path, lambda loc: sorted(fields), tags) is None:
+                    return None
+        # the placeholder each trial replaces: the first value of every space
+        merged = {**body_only, **{k: s.low if isinstance(s, SearchRange) else s.choices[0] for k, s in spaces.items()}}
         variants = []
         for combo in itertools.product(*sweeps.values()) if sweeps else [()]:
             assignment = dict(zip(sweeps, combo))
@@ -264,7 +324,28 @@ class _Validator:
             self.problem(path, f"a '{stype}' stage needs a parent: add 'from:' or put a stage before it")
             return None
         return StageDecl(sid, stype, parent, variants, self.where(path),
-                         self.locations.get(path + ("from",)) if "from" in body else None)
+                         self.locations.get(path + ("from",)) if "from" in body else None, spaces, body_only)
+
+    def _spaces(self, path: KeyPath, merged: dict) -> Optional[dict[str, SearchSpace]]:
+        """The stage's `{search: ...}` values as spaces, or None after recording a problem."""
+        spaces: dict[str, SearchSpace] = {}
+        for key, value in merged.items():
+            if not is_search(value):
+                continue
+            if key in ("type", "from", "method"):
+                self.problem(path + (key,), f"'{key}' cannot be searched")
+                return None
+            space, message = parse_space(value)
+            if message:
+                self.problem(path + (key,), message)
+                return None
+            if space is None:
+                space = self.validate(TypeAdapter(SearchRange), value["search"], path + (key, "search"),
+                                      lambda loc: _model_keys(SearchRange, loc))
+                if space is None:
+                    return None
+            spaces[key] = space
+        return spaces
 
 
 def _union_members(config: Any) -> tuple[Optional[str], dict[str, type[BaseModel]]]:

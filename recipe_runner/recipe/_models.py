@@ -9,6 +9,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from ..models import FAMILIES
 from ..registry import did_you_mean
 from ..config_base import StrictModel
+from ._search import SearchConfig
 
 
 # `path/to/file.py:Name` or `package.module:Name` (the custom family's source)
@@ -86,6 +87,7 @@ class RecipeHeader(StrictModel):
     data: str = Field(min_length=1, description="builtin:<name>[?options] or a dataset path")
     defaults: dict[str, Any] = Field(default_factory=dict, description="keys inherited by every stage that accepts them")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    search: Optional[SearchConfig] = Field(None, description="search stage keys written {search: ...} toward objectives")
     # bodies and ids are checked stage by stage, each at its own line (see _load._Validator.stages)
     stages: dict[str, Any] = Field(min_length=1, description="stage id -> stage; order is file order")
 

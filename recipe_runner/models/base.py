@@ -112,7 +112,7 @@ class ModelFamily(ABC):
     def rebuild(self, description: dict[str, Any]) -> nn.Module: ...
 
     @abstractmethod
-    def export_onnx(self, model: nn.Module, data, config, path: Path) -> dict[str, float]:
+    def export_onnx(self, model: nn.Module, data: DataSource, config: Any, path: Path) -> dict[str, float]:
         """Write ONNX to `path`, compare ONNX Runtime with PyTorch, and return check metrics."""
 
     @abstractmethod

@@ -318,13 +318,12 @@ def ui(target: Optional[str] = typer.Argument(None, metavar="[RECIPE|EXPERIMENT|
                 if server is None:
                     return  # a tracking server: nothing of ours to keep running
                 console.print("Ctrl-C stops the server", markup=False, highlight=False)
-                try:
-                    while server.running():
-                        time.sleep(0.5)
-                except KeyboardInterrupt:
-                    return
+                while server.running():
+                    time.sleep(0.5)
                 typer.echo("error: the mlflow server stopped", err=True)
                 raise typer.Exit(1)
+        except KeyboardInterrupt:
+            return  # Ctrl-C is how this command ends, also while the server starts (served() stops it)
         except (C.CompareError, U.UiError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2)

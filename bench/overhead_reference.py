@@ -94,7 +94,7 @@ def main() -> None:
     yolo = YOLO("yolov8n.yaml")
     yolo.train(**common, epochs=args.epochs, project=str(out), name="train")
     model = copy.deepcopy(yolo.trainer.ema.ema).float()
-    for name, child in list(model.named_modules()):
+    for child in list(model.modules()):
         for attr, sub in list(child.named_children()):
             if isinstance(sub, C2f):
                 setattr(child, attr, C2fTwoConvs(sub))

@@ -1,4 +1,4 @@
-"""The `recipe` command: run, validate, plan, schema.
+"""The `recipe` command: run, validate, plan, schema, compare, reproduce, ui.
 
 Exit codes: 0 success, 1 a stage or the tracking store failed, 2 the recipe or the command line is wrong.
 """
@@ -344,6 +344,48 @@ def _print_trials(client, run) -> None:
     for row in trials:
         table.add_row(*(escape(_fmt(v) if isinstance(v, float) else str(v)) for k, v in row.items() if k not in hidden))
     console.print(table)
+
+
+@app.command()
+def ui(target: Optional[str] = typer.Argument(None, metavar="[RECIPE|EXPERIMENT|RUN]", show_default=False,
+                                             help="a recipe file, experiment name or recipe run id (none: the newest "
+                                                  "recipe run in the store)"),
+       tracking_uri: Optional[str] = UriOpt,
+       no_browser: bool = typer.Option(False, "--no-browser", help="print the link only")) -> None:
+    """MLflow's web UI on a recipe's runs, their stage metrics charted side by side; Ctrl-C stops it."""
+    import time
+
+    from . import compare as C
+    from . import ui as U
+    from .local_server import LocalServerError
+
+    with _sigterm_as_interrupt(), _exit_codes():
+        uri = C.tracking_uri_for([target] if target else [], tracking_uri)
+        try:
+            client = C.open_store(uri)
+            # read and tag before a local server starts: one writer at a time on a sqlite file
+            where = U.landing(client, C.resolve(client, [target] if target else [], every_run=True))
+            with U.served(uri) as (base, server):
+                link = where.link(base)
+                console.print(f"MLflow UI for {uri}:\n{link}", markup=False, highlight=False, soft_wrap=True)
+                sys.stdout.flush()  # a program reading the link through a pipe gets it now
+                if not no_browser:
+                    U.open_browser(link)
+                if server is None:
+                    return  # a tracking server: nothing of ours to keep running
+                console.print("Ctrl-C stops the server", markup=False, highlight=False)
+                while server.running():
+                    time.sleep(0.5)
+                typer.echo("error: the mlflow server stopped", err=True)
+                raise typer.Exit(1)
+        except KeyboardInterrupt:
+            return  # Ctrl-C is how this command ends, also while the server starts (served() stops it)
+        except (C.CompareError, U.UiError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
+        except LocalServerError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1)
 
 
 def _run_quietly(plan) -> list:

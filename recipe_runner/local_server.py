@@ -82,6 +82,9 @@ class LocalServer:
                 self._proc.wait(timeout=30)
         self._proc = None
 
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def _tail(self) -> str:
         try:
             return self._log.read_text()[-3000:]

@@ -3,7 +3,7 @@ families are added by registering them in one place instead of editing if-chains
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -37,7 +37,7 @@ class Registry(Generic[T]):
         return isinstance(name, str) and name in self._entries  # a list or dict from YAML is simply not a name
 
 
-def did_you_mean(word: str, candidates) -> str:
+def did_you_mean(word: object, candidates: Iterable[object]) -> str:
     """'; did you mean 'x'?' for the closest candidate, or '' when nothing is close."""
     close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""

@@ -84,7 +84,7 @@ class Tracker:
             except requests.RequestException as exc:
                 raise TrackingError(f"cannot reach the MLflow tracking server at {self.uri}: {type(exc).__name__}") from None
         try:
-            self.experiment_id
+            self.experiment_id  # noqa: B018  (looked up, or created, for its failure)
         except Exception as exc:
             raise TrackingError(f"cannot use MLflow tracking URI {self.uri}: {exc}") from None
 

@@ -184,7 +184,7 @@ def test_runs_logging_the_same_new_dataset_at_once_all_get_it(mlflow_server: str
     from mlflow.entities import Dataset, DatasetInput
 
     trackers = [T.Tracker(mlflow_server, "same-dataset") for _ in range(8)]
-    trackers[0].experiment_id  # create the experiment once, so only the dataset insert races
+    assert trackers[0].experiment_id  # create the experiment once, so only the dataset insert races
     client, errors = MlflowClient(mlflow_server), []
     # a few rounds, each with a new dataset: the race window is a few milliseconds
     for round in range(5):
@@ -193,7 +193,8 @@ def test_runs_logging_the_same_new_dataset_at_once_all_get_it(mlflow_server: str
                                        source="{}"))
         barrier = threading.Barrier(len(trackers))
 
-        def log(tracker: T.Tracker, run_id: str) -> None:
+        def log(tracker: T.Tracker, run_id: str, barrier: threading.Barrier = barrier,
+                dataset: DatasetInput = dataset) -> None:
             barrier.wait()
             try:
                 tracker.log_dataset(run_id, dataset)

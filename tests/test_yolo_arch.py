@@ -81,7 +81,7 @@ def test_unpatched_ultralytics_would_run_the_payload(description, tmp_path: Path
     marker = tmp_path / "PWNED"
     cfg = copy.deepcopy(description["yaml"])
     cfg["activation"] = _payload(marker)
-    with pytest.raises(Exception):  # the payload returns None, which is no activation module
+    with pytest.raises(Exception):  # noqa: B017  the payload returns None, which is no activation module
         DetectionModel(cfg, nc=2, verbose=False)
     assert marker.exists()
 

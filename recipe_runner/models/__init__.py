@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..registry import Registry
-from .base import ModelRef, handoff_problems
+from .base import CUSTOM_SOURCE, WEIGHTS_NAME, ModelRef, handoff_problems
 
-__all__ = ["FAMILIES", "FamilyEntry", "ModelRef", "family_for", "handoff_problems"]
+__all__ = ["CUSTOM_SOURCE", "FAMILIES", "WEIGHTS_NAME", "FamilyEntry", "ModelRef", "family_for",
+           "handoff_problems"]
 
 
 @dataclass(frozen=True)

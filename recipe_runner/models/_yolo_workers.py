@@ -83,7 +83,7 @@ class SpoolRelay:
             epoch = int(payload["epoch"])
             # a state the cadence no longer wants (one was just saved) is dropped; one it wants but the worker
             # was not asked for in time comes with a later epoch
-            self.sink.epoch_end(epoch, dict(payload["metrics"]), lambda: payload["state"])
+            self.sink.epoch_end(epoch, dict(payload["metrics"]), lambda: payload["state"])  # noqa: B023  (called at once)
             path.unlink()
             self.next_epoch = epoch + 1
             relayed += 1

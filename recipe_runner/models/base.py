@@ -1,6 +1,7 @@
 """The interface every model family implements; stages and pruning methods use only this."""
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,11 @@ if TYPE_CHECKING:
 
     from ..data import DataSource
     from .hooks import TrainHook
+
+# `path/to/file.py:Name` or `package.module:Name` (the custom family's source)
+CUSTOM_SOURCE = re.compile(r"^(?P<module>[^:]+\.py|[A-Za-z_]\w*(\.[A-Za-z_]\w*)*):(?P<name>[A-Za-z_]\w*)$")
+# a torchvision weights name (IMAGENET1K_V1, DEFAULT), as opposed to a file path
+WEIGHTS_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 class EvalKnobs(Protocol):
@@ -139,7 +145,7 @@ class ModelFamily(ABC):
     def rebuild(self, description: dict[str, Any]) -> nn.Module: ...
 
     @abstractmethod
-    def export_onnx(self, model: nn.Module, data, config, path: Path) -> dict[str, float]:
+    def export_onnx(self, model: nn.Module, data: DataSource, config: Any, path: Path) -> dict[str, float]:
         """Write ONNX to `path`, compare ONNX Runtime with PyTorch, and return check metrics."""
 
     @abstractmethod

@@ -83,7 +83,7 @@ class TorchvisionFamily(ModelFamily):
     # -- trained weights --------------------------------------------------
     def _named_weights(self) -> Optional[str]:
         """A torchvision weights name (IMAGENET1K_V1), or None for none or a file."""
-        from ..recipe import WEIGHTS_NAME
+        from .base import WEIGHTS_NAME
 
         weights = self.model.weights if self.model is not None else None
         return weights if weights is not None and WEIGHTS_NAME.fullmatch(weights) else None

@@ -204,7 +204,6 @@ def _targets(model, family, config: LowRankConfig) -> list[tuple[str, Any, str]]
     from ..models.lowrank_layers import LowRankConv2d, LowRankLinear
 
     skipped = {id(m) for layer in ignored_layers(model, family, config.ignored) for m in layer.modules()}
-    wrapper_type = _conv_wrapper_type()
     found: list[tuple[str, Any, str]] = []
     inside: set[int] = set()
     for name, module in model.named_modules():
@@ -212,7 +211,7 @@ def _targets(model, family, config: LowRankConfig) -> list[tuple[str, Any, str]]
             continue
         if isinstance(module, (LowRankConv2d, LowRankLinear)):
             kind = "conv" if isinstance(module, LowRankConv2d) else "linear"
-        elif wrapper_type is not None and type(module) is wrapper_type and type(module.conv) is nn.Conv2d:
+        elif _is_conv_wrapper(module):
             kind = "wrapped"
         elif type(module) is nn.Conv2d:
             kind = "conv"
@@ -225,14 +224,17 @@ def _targets(model, family, config: LowRankConfig) -> list[tuple[str, Any, str]]
     return found
 
 
-def _conv_wrapper_type():
-    """Ultralytics' Conv (conv + bn + act) when Ultralytics is installed: its subclasses (DWConv, Conv2, ...)
-    differ in forward and are not decomposed."""
-    try:
-        from ultralytics.nn.modules.conv import Conv
-    except ImportError:  # the torchvision family runs without Ultralytics
-        return None
-    return Conv
+# Ultralytics' Conv (conv + bn + act), known by its class's qualified name so that this module (imported when a
+# recipe is validated) never imports Ultralytics; its subclasses (DWConv, Conv2, ...) differ in forward and are not
+# decomposed
+_CONV_WRAPPER = ("ultralytics.nn.modules.conv", "Conv")
+
+
+def _is_conv_wrapper(module) -> bool:
+    from torch import nn
+
+    kind = type(module)
+    return (kind.__module__, kind.__qualname__) == _CONV_WRAPPER and type(module.conv) is nn.Conv2d
 
 
 def _plain_conv(module, kind: str):

@@ -4,9 +4,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ._request import QuantizeRequest
 
 
 @dataclass(frozen=True)
@@ -16,7 +19,7 @@ class Backend:
     extra: str = ""  # the pip extra that installs them
     modes: tuple[str, ...] = ("int8-static", "int8-dynamic", "fp16")
 
-    def quantize(self, request) -> None:
+    def quantize(self, request: QuantizeRequest) -> None:
         module, _, function = self.implementation.partition(":")
         getattr(importlib.import_module(module, __package__), function)(request)
 

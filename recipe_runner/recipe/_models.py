@@ -6,16 +6,12 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from ..models import FAMILIES
+from ..models import CUSTOM_SOURCE, FAMILIES, WEIGHTS_NAME
 from ..registry import did_you_mean
 from ..config_base import StrictModel
 from ._search import SearchConfig
 
 
-# `path/to/file.py:Name` or `package.module:Name` (the custom family's source)
-CUSTOM_SOURCE = re.compile(r"^(?P<module>[^:]+\.py|[A-Za-z_]\w*(\.[A-Za-z_]\w*)*):(?P<name>[A-Za-z_]\w*)$")
-# a torchvision weights name (IMAGENET1K_V1, DEFAULT), as opposed to a file path
-WEIGHTS_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _TAKES_WEIGHTS = ("torchvision", "custom")
 
 

@@ -20,7 +20,7 @@ SEARCH_VALUE = {"anyOf": [
 
 def recipe_json_schema() -> dict[str, Any]:
     members = []
-    for name, entry in STAGES.items():
+    for _name, entry in STAGES.items():
         members.append(entry.config)
     AnyStage = Annotated[Union[tuple(members)], Field(discriminator="type")]  # type: ignore[misc]
     Recipe = create_model(

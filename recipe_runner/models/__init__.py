@@ -11,8 +11,9 @@ from typing import Callable
 
 from ..registry import Registry
 from .base import handoff_problems
+from .distill import Distillation
 
-__all__ = ["FAMILIES", "FamilyEntry", "family_for", "handoff_problems"]
+__all__ = ["FAMILIES", "Distillation", "FamilyEntry", "family_for", "handoff_problems"]
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..data import DataSource
+    from .distill import Distillation
     from .hooks import TrainHook
 
 
@@ -81,8 +82,13 @@ class ModelFamily(ABC):
 
     @abstractmethod
     def train(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, epochs: int, ctx: TrainContext,
-              hooks: Sequence[TrainHook] = (), keep: Keep = "best") -> TrainResult:
+              hooks: Sequence[TrainHook] = (), keep: Keep = "best",
+              distill: Optional[Distillation] = None) -> TrainResult:
         """Train for `epochs` (resuming from ctx.resume_state if set), saving state through ctx each epoch.
+
+        `distill`: learn from a frozen teacher too (the family's own way); log the distillation and the task loss
+        per epoch as train_distill_loss / train_task_loss (yolo: train/distill_loss, train/task_loss). The
+        returned model and the saved model states never hold the teacher.
 
         Whatever `knobs.device` trains on, the returned model and the saved states are on the CPU in fp32
         (see handoff_problems): the engine checks the model at every stage boundary.

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..registry import Registry
 from ..config_base import TrainingStageConfig
@@ -28,6 +28,13 @@ class PruneConfigBase(TrainingStageConfig):
 
     # the fine-tuning between prune steps never stops early (a class constant, so not a recipe key)
     patience: ClassVar[int] = 0
+
+    @model_validator(mode="after")
+    def _distill_needs_finetuning(self) -> "PruneConfigBase":
+        # distillation acts in the fine-tuning between steps: without it the teacher would teach nothing
+        if self.distill is not None and not self.finetune_epochs:
+            raise ValueError("distill: acts in the fine-tuning between prune steps; set finetune_epochs >= 1")
+        return self
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,8 @@ class ModelFamily(ABC):
         return []
 
     bench_imgsz: int = 224  # the benchmark's default second input size (the family's usual deployment size)
+    # module-name parts whose layers quantization-aware training leaves float (those float_nodes keeps float)
+    qat_float_layers: tuple[str, ...] = ()
     max_devices: int = 1  # how many GPUs one stage may train on (a `device:` list; more than 1: DDP)
 
     def check_args(self, args: dict[str, Any]) -> None:

@@ -275,3 +275,4 @@ class YoloFamily(ModelFamily):
         return [n.name for n in model.graph.node if n.name.startswith(head) and not n.name.startswith(branches)]
 
     bench_imgsz = 640
+    qat_float_layers = ("dfl",)  # the head's DFL convolution: part of the decode that stays float

@@ -109,3 +109,34 @@ def test_training_keys_leave_ptq_keys_alone(mode: str):
     plain = QuantizeConfig(mode=mode).identity()
     assert QuantizeConfig(mode=mode, epochs=3, lr=0.5, distill={"teacher": "x"}).identity() == plain
     assert "epochs" not in plain and "lr" not in plain
+
+
+
+def test_qat_of_a_pruned_yolo_keeps_only_the_decode_float(family, tiny_data, tmp_path: Path):
+    """The stage's steps, without the recipe around them (the lenet test runs those): fine-tune with fake
+    quantization, snap, export, quantize as int8-static does."""
+    import onnx
+
+    from recipe_runner.pruning import METHODS, plan_steps
+    from recipe_runner.quantization import BACKENDS, QuantizeRequest
+    from recipe_runner.stages.quantize import QuantizeConfig
+
+    method = METHODS.get("depgraph")
+    model = method.prune_step(family.build("yolov8n.yaml", tiny_data, seed=0), family, tiny_data,
+                              method.config(method="depgraph", imgsz=64, ratio=0.5), plan_steps(0.5, 1)[0])
+    cost = family.cost(model, 64)
+    config = QuantizeConfig(mode="int8-qat", epochs=1, imgsz=64, batch=8)
+    hook = qat.FakeQuant(family.qat_float_layers)
+    result = family.train(model, tiny_data, config, 1, RecordingContext(tmp_path), hooks=[hook], keep="last")
+    assert hook.state_dict()["ranges"] and not any("dfl" in name for name in hook.state_dict()["ranges"])
+    tuned = qat.finish(result.model, family.qat_float_layers)
+    assert family.cost(tuned, 64) == cost
+    fp32 = family.write_onnx(tuned, tmp_path / "fp32.onnx", 64)
+    request = QuantizeRequest(fp32, tmp_path / "int8.onnx", "int8-static",
+                              calibration=family.calibration_batches(tiny_data, 64, 4))
+    request.keep_float = family.float_nodes(onnx.load(str(fp32)))
+    BACKENDS.get("onnxruntime").quantize(request)
+    precision = layer_precision(request.target)
+    # every convolution on INT8 weights but the DFL's (the head's decode, float as in PTQ)
+    assert precision["int8_layers"] >= 60 and precision["float_layers"] == 1
+    assert family.evaluate_file(request.target, tiny_data, config)["mAP50-95"] >= 0

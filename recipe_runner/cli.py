@@ -112,8 +112,8 @@ def plan(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_
     for s in p.stages:
         # an input (a distillation teacher) is an edge too: shown beside the parent
         edges = [s.node.parent or "-", *(f"{role}: {nid}" for role, nid in s.node.inputs.items())]
-        table.add_row(escape(s.node.id), s.node.type, escape(", ".join(edges)), f"[{colour[s.action]}]{s.action}[/]", s.node.cache_key[:12],
-                      s.source.run_id[:12] if s.source else "-")
+        table.add_row(escape(s.node.id), s.node.type, escape(", ".join(edges)), f"[{colour[s.action]}]{s.action}[/]",
+                      s.node.cache_key[:12], s.source.run_id[:12] if s.source else "-")
     console.print(table)
     for s in p.stages:
         other = versions.differences(s.source.tags) if s.action == "reuse" and s.source else []

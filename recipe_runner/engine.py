@@ -104,7 +104,8 @@ class RunningStage:
         the stage returns."""
         if role not in self._inputs:
             if role not in self.node.inputs:
-                raise KeyError(f"stage '{self.node.id}' has no input '{role}' (it has: {', '.join(self.node.inputs) or 'none'})")
+                have = ", ".join(self.node.inputs) or "none"
+                raise KeyError(f"stage '{self.node.id}' has no input '{role}' (it has: {have})")
             given = self.engine.input_of(self.node.inputs[role], self.workdir / "inputs" / role)
             if given.model is None:
                 raise TypeError(f"input '{role}' of stage '{self.node.id}' gives a file, not a PyTorch model")
@@ -155,7 +156,8 @@ class RunningStage:
         return self.engine.progress(f"{self.node.id}: {self.prefix}{description}", total)
 
     def nested(self, prefix: str) -> "RunningStage":
-        child = RunningStage(self.engine, self.node, self.run_id, self.workdir, StageInput(), None, f"{self.prefix}{prefix}/")
+        child = RunningStage(self.engine, self.node, self.run_id, self.workdir, StageInput(), None,
+                             f"{self.prefix}{prefix}/")
         child._inputs = self._inputs  # a teacher is loaded once per stage, not once per prune step
         return child
 

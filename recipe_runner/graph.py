@@ -132,7 +132,8 @@ def _input_copy(recipe: Recipe, decl: Any, role: str, candidates: list[StageNode
         stage = candidates[0].stage_id if candidates else "?"
         copies = ", ".join(c.id for c in candidates)
         raise RecipeError([Problem(recipe.locations.get(("stages", decl.id, "distill", role)) or decl.location,
-                                   f"stages.{decl.id}.distill.{role}: '{stage}' has {len(candidates)} copies ({copies}) "
+                                   f"stages.{decl.id}.distill.{role}: '{stage}' has {len(candidates)} copies "
+                                   f"({copies}) "
                                    f"and {len(fitting)} of them follow the sweep values of {node.id}: make the "
                                    f"{role} a stage this one descends from, or one that is not swept")])
     return fitting[0]

@@ -57,7 +57,8 @@ KD_STAGES = """\
 
 
 def test_the_teacher_is_an_input_in_the_cache_key_and_follows_its_sweep_copy():
-    plain = compile_graph(_recipe(KD_STAGES.replace("    distill: {teacher: train, weight: 0.5, temperature: 4}\n", "")))
+    plain = compile_graph(_recipe(KD_STAGES.replace("    distill: {teacher: train, weight: 0.5, temperature: 4}\n",
+                                                    "")))
     taught = compile_graph(_recipe(KD_STAGES))
     assert taught.nodes["finetune"].inputs == {"teacher": "train"}
     assert taught.nodes["finetune"].identity["inputs"] == {"teacher": taught.nodes["train"].cache_key}

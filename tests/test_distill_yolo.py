@@ -58,7 +58,8 @@ def test_a_pruned_yolo_student_learns_from_its_teacher_and_exports_alone(family,
     from ultralytics.utils.torch_utils import unwrap_model
 
     def spy(trainer):
-        restored.update({k: v.detach().cpu().clone() for k, v in unwrap_model(trainer.model).projector.state_dict().items()})
+        projector = unwrap_model(trainer.model).projector
+        restored.update({k: v.detach().cpu().clone() for k, v in projector.state_dict().items()})
 
     import recipe_runner.models._yolo_train as yolo_train
 

@@ -94,7 +94,8 @@ def test_qat_of_a_pruned_lenet_gives_an_int8_file_ort_runs_and_a_rerun_reuses_it
 
 
 def test_qat_needs_epochs_and_a_backend_that_does_it(workspace: Path):
-    for body, words in (("    mode: int8-qat\n    epochs: 0\n", "stages.int8.epochs: Input should be greater than or equal to 1"),
+    for body, words in (("    mode: int8-qat\n    epochs: 0\n",
+                         "stages.int8.epochs: Input should be greater than or equal to 1"),
                         ("    mode: int8-qat\n", "mode int8-qat fine-tunes the model: set epochs"),
                         ("    backend: openvino\n    mode: int8-qat\n    epochs: 1\n", "backend openvino does mode")):
         path = write_recipe(workspace, f"  train:\n    type: train\n  int8:\n    type: quantize\n{body}")

@@ -37,7 +37,8 @@ def weight_scale(weight: torch.Tensor) -> torch.Tensor:
 def fake_quant_weight(weight: torch.Tensor) -> torch.Tensor:
     scale = weight_scale(weight).float()
     zero = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
-    return torch.fake_quantize_per_channel_affine(weight.float(), scale, zero, 0, -WEIGHT_QMAX, WEIGHT_QMAX).to(weight.dtype)
+    quantized = torch.fake_quantize_per_channel_affine(weight.float(), scale, zero, 0, -WEIGHT_QMAX, WEIGHT_QMAX)
+    return quantized.to(weight.dtype)
 
 
 def _activation_qparams(low: float, high: float) -> tuple[float, int]:

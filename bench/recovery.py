@@ -9,7 +9,9 @@ benchmark stage, the recipe's imgsz for the classifier, whose export has a fixed
 A second table checks the claim QAT rests on: its file has the shape and speed of the PTQ file of the same
 model (resnet18 at 224 px, ONNX Runtime, 1 thread), where Model Optimizer's Q/DQ export was slower than FP32.
 
-    python bench/recovery.py [WORKDIR] [--small]   # --small: what the busy shared machine allowed (see the JSON)
+    python bench/recovery.py [WORKDIR] [--small] [--family=resnet18|yolov8n]
+        --small: what the busy shared machine allowed (see the JSON); --family: one family only (the JSON of
+        that run holds that family and the shape check)
 """
 from __future__ import annotations
 
@@ -139,6 +141,7 @@ def main() -> None:
     size_name = "small" if "--small" in sys.argv else "full"
     size = SIZES[size_name]
     work = Path(args[0]).resolve() if args else Path(tempfile.mkdtemp(prefix="bench-recovery-"))
+    only = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--family=")), None)
     started = time.time()
     shape = shape_check(work / "shape")
     print(f"{'file (resnet18 224px)':22} {'ms 1 thread':>11} {'int8 layers':>11}")
@@ -147,6 +150,8 @@ def main() -> None:
     results = {"size": size_name, "machine": "2 shared CPU cores, busy with other jobs while measured",
                "shape_check": shape, "families": {}}
     for name, model in (("resnet18", "resnet18"), ("yolov8n", "yolov8n.yaml")):
+        if only and name != only:
+            continue
         out = family_rows(name, model, size, work / name)
         results["families"][name] = out
         primary = out["primary"]
@@ -156,7 +161,8 @@ def main() -> None:
             lat = f"{r['latency_ms_t1']:7.1f}" if "latency_ms_t1" in r else f"{'':7}"
             print(f"{r['stage']:12} {r['macs'] / 1e6:8.1f}M {r[primary]:9.3f} {lat} {r['seconds']:6.0f}")
     results["wall_seconds"] = time.time() - started
-    out_path = Path(__file__).resolve().parent / "results" / f"recovery_{size_name}.json"
+    suffix = f"_{only}" if only else ""
+    out_path = Path(__file__).resolve().parent / "results" / f"recovery_{size_name}{suffix}.json"
     out_path.write_text(json.dumps(results, indent=2))
     print(f"wrote {out_path} ({results['wall_seconds']:.0f} s)")
 

@@ -39,9 +39,10 @@ def test_a_pruned_yolo_student_learns_from_its_teacher_and_exports_alone(family,
     pruned_cost = family.cost(student, 64)
     knobs = TrainConfig(epochs=2, imgsz=64, batch=8)
     first = RecordingContext(tmp_path)
-    result = family.train(student, tiny_data, knobs, 2, first, distill=Distillation(teacher, 0.5, 4.0))
+    # one epoch here; the resume below trains the second
+    result = family.train(student, tiny_data, knobs, 1, first, distill=Distillation(teacher, 0.5, 4.0))
 
-    assert [step for step, _ in first.logged] == [1, 2]
+    assert [step for step, _ in first.logged] == [1]
     for _, metrics in first.logged:
         assert metrics["train/distill_loss"] > 0 and metrics["train/task_loss"] > 0
     assert family.cost(result.model, 64) == pruned_cost

@@ -85,7 +85,23 @@ def test_the_teacher_is_an_input_in_the_cache_key_and_follows_its_sweep_copy():
         student, teacher = f"finetune[train.epochs={epochs}]", f"big[train.epochs={epochs}]"
         assert late.nodes[student].inputs == {"teacher": teacher}
         assert order.index(teacher) < order.index(student)
-        assert student in late.descendants(teacher)
+        assert student in late.descendants(teacher) and teacher in late.requires(student)  # --force / --only
+
+
+def test_a_teacher_with_copies_off_the_students_branch_is_a_located_error(workspace: Path):
+    path = write_recipe(workspace, """\
+  big:
+    type: train
+    epochs: {sweep: [1, 2]}
+  small:
+    type: train
+    from: null
+    distill: {teacher: big}
+""")
+    result = cli("validate", path)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "distill:" in text)
+    assert result.exit_code == 2 and f"recipe.yaml:{line}:" in result.output, result.output
+    assert "'big' has 2 copies" in result.output
 
 
 @pytest.mark.parametrize("teacher, words", [

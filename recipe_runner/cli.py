@@ -113,8 +113,10 @@ def plan(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_
         table.add_column(column, overflow="fold")
     colour = {"reuse": "green", "resume": "yellow", "wait": "magenta", "run": "cyan", "skip": "dim"}
     for s in p.stages:
-        table.add_row(escape(s.node.id), s.node.type, escape(s.node.parent or "-"), f"[{colour[s.action]}]{s.action}[/]", s.node.cache_key[:12],
-                      s.source.run_id[:12] if s.source else "-")
+        # an input (a distillation teacher) is an edge too: shown beside the parent
+        edges = [s.node.parent or "-", *(f"{role}: {nid}" for role, nid in s.node.inputs.items())]
+        table.add_row(escape(s.node.id), s.node.type, escape(", ".join(edges)), f"[{colour[s.action]}]{s.action}[/]",
+                      s.node.cache_key[:12], s.source.run_id[:12] if s.source else "-")
     console.print(table)
     for note in p.notes:
         console.print(f"[note] {note}", markup=False, highlight=False)

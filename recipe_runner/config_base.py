@@ -30,6 +30,21 @@ class Resources(StrictModel):
     gpus: Optional[float] = Field(None, ge=0, description="GPUs to reserve (default: 1 when device is a GPU, else 0)")
 
 
+class Distill(StrictModel):
+    """Knowledge distillation from another stage's model while this stage trains."""
+
+    teacher: str = Field(description="the stage whose model teaches: any stage giving a PyTorch model that is not "
+                                     "this stage or one of its descendants (its cache key joins this stage's key)")
+    weight: float = Field(0.5, ge=0, le=1, description="share of the distillation loss: loss = (1 - weight) * task + "
+                                                       "weight * distillation (yolo: see the README)")
+    temperature: float = Field(4.0, gt=0, le=100, description="softmax temperature of the logits (classifiers; Hinton "
+                                                              "KD, scaled by T^2)")
+
+
+# keys naming other stages (graph inputs): out of the cache key at their default, so older keys stay as they were
+INPUT_KEYS: frozenset[str] = frozenset({"distill"})
+
+
 class StageConfig(StrictModel):
     """Keys every stage has. `from` names the parent stage (default: the previous stage in the file)."""
 
@@ -50,11 +65,20 @@ class StageConfig(StrictModel):
     def identity(self) -> dict[str, Any]:
         """The config as it enters the cache key."""
         dump = self.model_dump(mode="json", by_alias=True, exclude=set(self.NOT_IDENTITY))
-        for name in self.KEY_ONLY_WHEN_SET:
-            info = type(self).model_fields[name]
-            if getattr(self, name) == info.get_default(call_default_factory=True):
+        fields = type(self).model_fields
+        for name in self.KEY_ONLY_WHEN_SET | INPUT_KEYS:
+            info = fields.get(name)
+            if info is not None and getattr(self, name) == info.get_default(call_default_factory=True):
                 dump.pop(info.alias or name, None)
+        # the stage an input names enters the key as that stage's own cache key (graph.py), not by its id: renaming
+        # the teacher stage keeps the student's key
+        if isinstance(dump.get("distill"), dict):
+            dump["distill"].pop("teacher", None)
         return dump
+
+    def inputs(self) -> dict[str, str]:
+        """Extra graph inputs besides the parent: role -> the stage id it reads (a distillation teacher)."""
+        return {}
 
     @model_validator(mode="after")
     def _gpu_list_is_usable(self) -> "StageConfig":
@@ -86,10 +110,17 @@ class TrainingKnobs(StrictModel):
                             "epoch while writing them costs under 3% of the training time, else as often as that "
                             "allows (not part of the cache key)")
     args: dict[str, Any] = Field(default_factory=dict, description="extra trainer arguments passed through to the family (e.g. Ultralytics train args)")
+    distill: Optional[Distill] = Field(None, description="learn from a teacher stage's model too: {teacher: <stage>, "
+                                                         "weight: 0.5, temperature: 4}")
+
+    def inputs(self) -> dict[str, str]:
+        return {"teacher": self.distill.teacher} if self.distill is not None else {}
 
 
 class TrainingStageConfig(StageConfig, TrainingKnobs):
     """A stage that trains (train, finetune, sparse-train, prune): its batch is split over its devices."""
+
+    inputs = TrainingKnobs.inputs  # StageConfig's (none) comes first in the bases
 
     @model_validator(mode="after")
     def _batch_covers_devices(self) -> "TrainingStageConfig":

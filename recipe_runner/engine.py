@@ -95,6 +95,25 @@ class RunningStage:
         self.resume_state, self.prefix = resume_state, prefix
         every = node.config.checkpoint_every if isinstance(node.config, TrainingKnobs) else 1
         self.cadence = EpochCadence(every)
+        self._inputs: dict[str, Any] = {}  # role -> the loaded input model (shared with nested contexts)
+
+    def input_model(self, role: str) -> Any:
+        """The model of the stage input `role` (the distillation "teacher"): loaded as a parent is (in memory if it
+        ran here, else from the store, sha256-verified, weights_only), on the CPU in fp32, frozen (eval mode, no
+        gradients). It is this stage's to read, never part of its output: the engine checkpoints only the model
+        the stage returns."""
+        if role not in self._inputs:
+            if role not in self.node.inputs:
+                have = ", ".join(self.node.inputs) or "none"
+                raise KeyError(f"stage '{self.node.id}' has no input '{role}' (it has: {have})")
+            given = self.engine.input_of(self.node.inputs[role], self.workdir / "inputs" / role)
+            if given.model is None:
+                raise TypeError(f"input '{role}' of stage '{self.node.id}' gives a file, not a PyTorch model")
+            model = given.model.float().eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self._inputs[role] = model
+        return self._inputs[role]
 
     def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
         self.engine.tracker.log_metrics(self.run_id, {self.prefix + k: v for k, v in metrics.items()}, step)
@@ -137,7 +156,10 @@ class RunningStage:
         return self.engine.progress(f"{self.node.id}: {self.prefix}{description}", total)
 
     def nested(self, prefix: str) -> "RunningStage":
-        return RunningStage(self.engine, self.node, self.run_id, self.workdir, StageInput(), None, f"{self.prefix}{prefix}/")
+        child = RunningStage(self.engine, self.node, self.run_id, self.workdir, StageInput(), None,
+                             f"{self.prefix}{prefix}/")
+        child._inputs = self._inputs  # a teacher is loaded once per stage, not once per prune step
+        return child
 
 
 @dataclass
@@ -158,6 +180,7 @@ class Engine:
         self.on_error, self.executor = on_error, executor or SequentialExecutor()
         self.outputs: dict[str, Any] = {}  # node id -> model or file, for stages that ran in this process
         self.sources: dict[str, T.StageRun] = {}  # node id -> the finished run holding its checkpoint or file
+        self.run_ids: dict[str, str] = {}  # node id -> the run that made its output in this process
         self.metrics: dict[str, dict[str, float]] = {}  # node id -> the metrics its run logged
         self.family = plan.family
         self.data = plan.data
@@ -218,13 +241,14 @@ class Engine:
         while waiting or running:
             for planned in list(waiting):  # plan order is topological: a parent is judged before its children
                 node = planned.node
-                if node.parent in blocked:
+                failed = [n for n in node.upstream() if n in blocked]
+                if failed:
                     waiting.remove(planned)
-                    blocked[node.id] = blocked[node.parent]
+                    blocked[node.id] = blocked[failed[0]]
                     reports.append(StageReport(node.id, "skipped", "", {}, 0.0, f"after failed {blocked[node.id]}"))
                     self.announce(f"[skip]   {node.id}  (its ancestor {blocked[node.id]} failed)")
                     advance(1)
-                elif node.parent is None or node.parent in done:
+                elif all(n in done for n in node.upstream()):
                     waiting.remove(planned)
                     self.executor.submit(self, planned, parent_id, scratch / node.cache_key)
                     running += 1
@@ -261,6 +285,8 @@ class Engine:
                 T.STAGE_TYPE: node.type, T.PREFIX + "recipe_name": self.plan.recipe.name,
                 T.PREFIX + "recipe_sha256": self.plan.recipe.sha256, T.PREFIX + "action": planned.action,
                 T.RUN_NAME: R.run_name(node.stage_id, node.sweep)}
+        for role, input_id in node.inputs.items():  # e.g. the teacher: which stage, and which run holds its model
+            tags.update({T.PREFIX + f"{role}_stage": input_id, T.PREFIX + f"{role}_run_id": self.output_run(input_id)})
         claim = lease.Claim()
         if planned.action != "reuse":
             # decided now, not at plan time: another process may have finished or started this key meanwhile
@@ -334,8 +360,13 @@ class Engine:
         for dead in cut_off:
             self.tracker.finish(dead.run_id, "KILLED")
             self._finish_dead_recipe_run(dead.tags.get("mlflow.parentRunId"), parent_id)
-        self.outputs[node.id], self.metrics[node.id] = result, metrics
+        self.outputs[node.id], self.metrics[node.id], self.run_ids[node.id] = result, metrics, run_id
         return StageReport(node.id, planned.action, run_id, metrics, time.time() - started)
+
+    def output_run(self, node_id: str) -> str:
+        """The id of the finished run that holds a done node's output ("" if unknown)."""
+        source = self.sources.get(node_id)
+        return source.run_id if source is not None else self.run_ids.get(node_id, "")
 
     def _finish_dead_recipe_run(self, run_id: Optional[str], own_id: str) -> None:
         """Mark KILLED the recipe run of a cut-off attempt we took over, else it shows as running forever.
@@ -455,7 +486,8 @@ class Engine:
             "model_identity": next(n.identity["parent"]["model"] for n in graph.nodes.values() if n.parent is None),
             "model_notes": self.plan.notes, "preprocessing": self.family.preprocessing(),
             "data": {"spec": recipe.data, "fingerprint": self.data.fingerprint, "classes": self.data.names},
-            "stages": {n.id: {"type": n.type, "parent": n.parent, "cache_key": n.cache_key, "sweep": n.sweep,
+            "stages": {n.id: {"type": n.type, "parent": n.parent, **({"inputs": n.inputs} if n.inputs else {}),
+                              "cache_key": n.cache_key, "sweep": n.sweep,
                               "config": n.config.model_dump(mode="json", by_alias=True)} for n in graph.nodes.values()},
             "versions": versions, "git_commit": _git_commit(recipe.path.parent), "runner_git_commit": V.runner_commit(),
         }

@@ -29,6 +29,12 @@ class StageNode:
     sweep: dict[str, Any]
     cache_key: str = ""
     identity: dict[str, Any] = field(default_factory=dict)
+    # extra inputs besides the parent: role ("teacher") -> the node id it reads; ordered before this node
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    def upstream(self) -> list[str]:
+        """The nodes this one reads: its parent, then its inputs."""
+        return ([self.parent] if self.parent else []) + [n for n in self.inputs.values() if n != self.parent]
 
     def params(self) -> dict[str, Any]:
         """The resolved config, flattened for MLflow params."""
@@ -59,7 +65,11 @@ class StageGraph:
                 if parent is None and decl.parent is not None:
                     # a shared stage above the search: one node, as a recipe with search: has no sweeps
                     parent = next(n for n in self.nodes.values() if n.stage_id == decl.parent)
-                node = _node(sid, decl, config, parent, {"trial": k, **values}, self.root, hidden=set(values))
+                # a teacher is this trial's copy of its stage, or the one shared node above the search
+                inputs = {role: copies.get(stage) or next(n for n in self.nodes.values() if n.stage_id == stage)
+                          for role, stage in config.inputs().items()}
+                node = _node(sid, decl, config, parent, {"trial": k, **values}, self.root, hidden=set(values),
+                             inputs=inputs)
                 copies[sid] = self.nodes[node.id] = node
                 added.append(node)
         return added
@@ -82,7 +92,19 @@ class StageGraph:
         return output_kind([self.nodes[n].type for n in reversed(chain)])
 
     def descendants(self, node_id: str) -> list[str]:
-        return [n.id for n in self.nodes.values() if node_id in self.ancestors(n.id)]
+        """Every node that reads `node_id`'s output, through parents or inputs (a teacher's students included)."""
+        return [n.id for n in self.nodes.values() if node_id in self.requires(n.id)]
+
+    def requires(self, node_id: str) -> list[str]:
+        """Every node that must be done before `node_id` runs: its ancestors and its inputs', transitively."""
+        out: list[str] = []
+        todo = list(self.nodes[node_id].upstream())
+        while todo:
+            current = todo.pop()
+            if current not in out:
+                out.append(current)
+                todo.extend(self.nodes[current].upstream())
+        return out
 
     def select(self, stage: str) -> list[str]:
         """Node ids for a name given on the command line: a stage id (all its sweep copies) or a node id."""
@@ -114,16 +136,19 @@ def compile_graph(recipe: Recipe, data_fingerprint: str = "", model_identity: Op
             for assignment, config in decl.variants:
                 sweep = dict(parent.sweep) if parent else {}
                 sweep.update({f"{sid}.{k}": v for k, v in assignment.items()})
-                node = _node(sid, decl, config, parent, sweep, root)
+                inputs = {role: _input_copy(recipe, decl, role, copies[stage], sweep, sid)
+                          for role, stage in config.inputs().items()}
+                node = _node(sid, decl, config, parent, sweep, root, inputs=inputs)
                 nodes[node.id] = node
                 copies[sid].append(node)
     return StageGraph(recipe, nodes, root)
 
 
 def _node(sid: str, decl: StageDecl, config: Any, parent: Optional[StageNode], sweep: dict[str, Any],
-          root: dict[str, Any], hidden: Collection[str] = ()) -> StageNode:
+          root: dict[str, Any], hidden: Collection[str] = (), inputs: Optional[dict[str, StageNode]] = None
+          ) -> StageNode:
     """One copy of a stage: its id names the sweep values (minus `hidden` ones: a trial's sampled values would make
-    ids unreadable), its key hashes its config and its parent's key."""
+    ids unreadable), its key hashes its config, its parent's key and its inputs' keys (a teacher)."""
     shown = {k: v for k, v in sweep.items() if k not in hidden}
     node = StageNode(
         id=sid + (f"[{','.join(f'{k}={v}' for k, v in shown.items())}]" if shown else ""),
@@ -135,14 +160,34 @@ def _node(sid: str, decl: StageDecl, config: Any, parent: Optional[StageNode], s
         "config": config.identity(),
         "parent": parent.cache_key if parent else root,
     }
+    node.inputs = {role: source.id for role, source in (inputs or {}).items()}
+    if inputs:  # only then: every key made before inputs existed stays as it was
+        node.identity["inputs"] = {role: source.cache_key for role, source in inputs.items()}
     node.cache_key = hashlib.sha256(json.dumps(node.identity, sort_keys=True).encode()).hexdigest()[:32]
     return node
+
+
+def _input_copy(recipe: Recipe, decl: Any, role: str, candidates: list[StageNode], sweep: dict[str, Any],
+                node_id: str) -> StageNode:
+    """The copy of an input stage a node reads: the one whose sweep values agree with the node's on every key
+    they share (a sweep copy reads the teacher of its own branch)."""
+    fitting = [c for c in candidates if all(sweep[k] == v for k, v in c.sweep.items() if k in sweep)]
+    if len(fitting) != 1:
+        stage = candidates[0].stage_id if candidates else "?"
+        copies = ", ".join(c.id for c in candidates)
+        raise RecipeError([Problem(recipe.locations.get(("stages", decl.id, "distill", role)) or decl.location,
+                                   f"stages.{decl.id}.distill.{role}: '{stage}' has {len(candidates)} copies "
+                                   f"({copies}) "
+                                   f"and {len(fitting)} of them follow the sweep values of {node_id}: make the "
+                                   f"{role} a stage this one descends from, or one that is not swept")])
+    return fitting[0]
 
 
 def _topological_order(recipe: Recipe) -> list[str]:
     sorter = graphlib.TopologicalSorter()
     for sid, decl in recipe.stages.items():
-        sorter.add(sid, *([decl.parent] if decl.parent else []))
+        inputs = {stage for _, config in decl.variants for stage in config.inputs().values()}
+        sorter.add(sid, *([decl.parent] if decl.parent else []), *sorted(inputs))
     try:
         # static_order is stable for ties only by insertion; keep file order among ready stages
         sorter.prepare()

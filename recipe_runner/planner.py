@@ -189,4 +189,4 @@ def _select(graph: StageGraph, recipe: Recipe, options: RunOptions) -> set[str]:
     if not options.only:
         return set(graph.nodes)
     chosen = {nid for name in options.only for nid in _ids(graph, name)}
-    return chosen | {a for nid in chosen for a in graph.ancestors(nid)}
+    return chosen | {a for nid in chosen for a in graph.requires(nid)}

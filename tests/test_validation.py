@@ -77,7 +77,8 @@ CASES: dict[str, tuple[int, str]] = {
     "finetune_from_export": (12, "a 'finetune' stage takes a PyTorch model, but 'onnx' (export) gives a model file"),
     "prune_from_int8": (13, "a 'prune' stage takes a PyTorch model, but 'int8' (quantize) gives a model file"),
     "prune_from_benchmark_of_int8": (12, "a 'finetune' stage takes a PyTorch model, but 'bench' (benchmark) gives a model file"),
-    "quantize_mode_int3": (10, "stages.int8.mode: Input should be 'int8-static', 'int8-dynamic' or 'fp16' (got 'int3')"),
+    "quantize_mode_int3": (10, "stages.int8.mode: Input should be 'int8-static', 'int8-dynamic', 'fp16' or "
+                               "'int8-qat' (got 'int3')"),
     "calibration_images_zero": (10, "stages.int8.calibration_images: Input should be greater than or equal to 1 (got 0)"),
     "openvino_fp16": (11, "stages.int8.mode: backend openvino does mode int8-static only (got 'fp16')"),
     "negative_seed": (3, "seed: Input should be greater than or equal to 0 (got -1)"),

@@ -134,8 +134,10 @@ class RayExecutor(Executor):
         parent = node.parent
         task = self._remote.options(name=f"stage:{node.id}", max_retries=0, **resources(node.config))
         source, metrics = (engine.sources.get(parent), engine.metrics.get(parent, {})) if parent else (None, {})
+        # the stage's other inputs (a distillation teacher), fetched from the store by the task like the parent
+        inputs = {n: (engine.sources.get(n), engine.metrics.get(n, {})) for n in node.inputs.values()}
         ref = task.remote(self._plan_ref, planned, parent_run_id, engine.tracker.uri, engine.tracker.experiment_name,
-                          source, metrics)
+                          source, metrics, inputs)
         self._tasks[ref] = (planned, parent_run_id)
 
     def _warm(self, engine: "Engine") -> None:
@@ -237,7 +239,8 @@ def _import_modules(modules: list[str]) -> None:
 
 
 def _run_stage_task(plan: "Plan", planned: "PlannedStage", parent_run_id: str, tracking_uri: str, experiment: str,
-                    parent_source: Any, parent_metrics: dict[str, float]) -> tuple:
+                    parent_source: Any, parent_metrics: dict[str, float],
+                    inputs: Optional[dict[str, tuple[Any, dict[str, float]]]] = None) -> tuple:
     """In a Ray worker: run one stage with a fresh Tracker and Engine; ('done', report, finished run) or
     ('failed', run id, error type, message). A KeyboardInterrupt (ray.cancel) marks the stage run KILLED."""
     from ..data import cache_root, resolve_data
@@ -254,6 +257,8 @@ def _run_stage_task(plan: "Plan", planned: "PlannedStage", parent_run_id: str, t
     node = planned.node
     if node.parent:
         engine.sources[node.parent], engine.metrics[node.parent] = parent_source, parent_metrics
+    for input_id, (input_source, input_metrics) in (inputs or {}).items():
+        engine.sources[input_id], engine.metrics[input_id] = input_source, input_metrics
     workdir = Path(tempfile.mkdtemp(prefix="recipe-runner-task-"))
     try:
         report = engine.run_stage(planned, parent_run_id, workdir)

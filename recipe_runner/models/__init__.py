@@ -11,8 +11,9 @@ from typing import Callable
 
 from ..registry import Registry
 from .base import CUSTOM_SOURCE, WEIGHTS_NAME, ModelRef, handoff_problems
+from .distill import Distillation
 
-__all__ = ["CUSTOM_SOURCE", "FAMILIES", "WEIGHTS_NAME", "FamilyEntry", "ModelRef", "family_for",
+__all__ = ["CUSTOM_SOURCE", "FAMILIES", "WEIGHTS_NAME", "Distillation", "FamilyEntry", "ModelRef", "family_for",
            "handoff_problems"]
 
 

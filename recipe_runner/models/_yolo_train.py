@@ -27,14 +27,18 @@ from .hooks import HookChain, training_hooks
 
 _OPTIMIZERS = {"auto": "auto", "sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 # The trainer's own arguments: users' `args:` may not override these.
+# distill_model: a path there would be unpickled by Ultralytics (weights_only=False); the recipe's `distill:` hands
+# the verified teacher module over instead
 _OWNED = ("model", "data", "epochs", "project", "name", "exist_ok", "resume", "save", "save_period", "plots", "task",
-          "mode", "pretrained")
+          "mode", "pretrained", "distill_model")
+# Ultralytics' feature-distillation gain per unit of the recipe's distill.weight: weight 0.5 gives its default dis 6.0
+DIS_PER_WEIGHT = 12.0
 
 
 # Ultralytics keys the recipe sets through its own stage keys.
 _KNOBS = {"imgsz": "imgsz", "batch": "batch", "lr0": "lr", "optimizer": "optimizer", "momentum": "momentum",
           "weight_decay": "weight_decay", "workers": "workers", "device": "device", "seed": "seed (top level)",
-          "patience": "patience"}
+          "patience": "patience", "dis": "distill.weight"}
 
 
 def check_args(args: dict[str, Any]) -> None:
@@ -55,10 +59,12 @@ def check_args(args: dict[str, Any]) -> None:
 
 if TYPE_CHECKING:
     from .base import Keep, TrainContext, TrainKnobs
+    from .distill import Distillation
     from .hooks import TrainHook
 
 
-def train_args(knobs: TrainKnobs, epochs: int, data_yaml: str, save_dir: Path, seed: int, source: str) -> dict[str, Any]:
+def train_args(knobs: TrainKnobs, epochs: int, data_yaml: str, save_dir: Path, seed: int, source: str,
+               distill: Optional[Distillation] = None) -> dict[str, Any]:
     """Ultralytics train overrides from the stage's knobs; `args:` passes extra Ultralytics keys through."""
     device = device_string(knobs.device)
     args: dict[str, Any] = {
@@ -75,6 +81,8 @@ def train_args(knobs: TrainKnobs, epochs: int, data_yaml: str, save_dir: Path, s
     })
     if device == "cpu":
         args["amp"] = False  # CPU has no use for it (on a GPU the trainer's offline_amp_check judges it)
+    if distill is not None:
+        args["dis"] = DIS_PER_WEIGHT * distill.weight
     return args
 
 
@@ -89,6 +97,10 @@ def epoch_metrics(trainer: Any) -> dict[str, float]:
     metrics: dict[str, float] = {}
     if trainer.tloss is not None:
         metrics.update(trainer.label_loss_items(trainer.tloss, prefix="train"))
+    if "train/dis_loss" in metrics:  # distilling: the two parts of the loss, as the classifier family names them
+        metrics["train/distill_loss"] = metrics["train/dis_loss"]
+        metrics["train/task_loss"] = sum(v for k, v in metrics.items() if k.startswith("train/") and
+                                         k not in ("train/dis_loss", "train/distill_loss"))
     for key, value in (trainer.metrics or {}).items():
         metrics[_metric_name(key)] = float(value)
     for key, value in (getattr(trainer, "lr", None) or {}).items():
@@ -98,7 +110,14 @@ def epoch_metrics(trainer: Any) -> dict[str, float]:
     return metrics
 
 
-def make_trainer_class(hooks: HookChain, resume: Optional[dict]) -> type:
+def student_of(model: nn.Module) -> nn.Module:
+    """The student inside Ultralytics' DistillationModel (the module itself when not distilling)."""
+    from ultralytics.nn.distill_model import DistillationModel
+
+    return model.student_model if isinstance(model, DistillationModel) else model
+
+
+def make_trainer_class(hooks: HookChain, resume: Optional[dict], teacher: Optional[nn.Module] = None) -> type:
     """A DetectionTrainer subclass for one training run, made here so importing this module does not import
     Ultralytics.
 
@@ -106,6 +125,12 @@ def make_trainer_class(hooks: HookChain, resume: Optional[dict]) -> type:
     trainer's class (by value, with cloudpickle), its args, model and callbacks into the file its worker processes
     load, never the instance. The model is the trainer's `model`, set before `train()`: a module, so
     Ultralytics' setup_model keeps it instead of building one from the yaml (which would undo pruning).
+
+    With a `teacher`, Ultralytics' own distillation path wraps the student in its DistillationModel (projectors
+    from the student's neck widths to the teacher's, so a pruned student fits): the trainer's `distill_model`
+    argument is the teacher module for the time _setup_train builds the wrapper, never a path it would unpickle.
+    Its EMA holds the student and the projectors (Ultralytics strips the teacher); the runner's epoch states keep
+    the student alone under "model"/"ema" and the projectors apart, so a resume restores them.
     """
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils.torch_utils import unwrap_model
@@ -115,6 +140,7 @@ def make_trainer_class(hooks: HookChain, resume: Optional[dict]) -> type:
 
         rr_hooks: HookChain = hooks
         rr_resume: Optional[dict] = resume
+        rr_teacher: Optional[nn.Module] = teacher
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -132,15 +158,22 @@ def make_trainer_class(hooks: HookChain, resume: Optional[dict]) -> type:
             return None
 
         def _setup_train(self):
-            with offline_amp_check():
-                super()._setup_train()
+            self.args.distill_model = self.rr_teacher
+            try:
+                with offline_amp_check():
+                    super()._setup_train()
+            finally:
+                self.args.distill_model = None  # a module: never into args.yaml, a validator's args or a pickle
 
         def resume_training(self, ckpt):
             state = self.rr_resume
             if not state:
                 return
             self.optimizer.load_state_dict(state["optimizer"])
-            self.ema.ema.load_state_dict(state["ema"])
+            student_of(self.ema.ema).load_state_dict(state["ema"])
+            if self.rr_teacher is not None:  # the projectors trained so far, of the model and of its EMA
+                unwrap_model(self.model).projector.load_state_dict(state["distill"]["projector"])
+                self.ema.ema.projector.load_state_dict(state["distill"]["ema_projector"])
             self.ema.updates = int(state["ema_updates"])
             self.best_fitness = state.get("best_fitness")
             self.stopper.best_fitness = state.get("stopper_best_fitness")
@@ -163,7 +196,8 @@ def make_trainer_class(hooks: HookChain, resume: Optional[dict]) -> type:
                 self.ema.update(self.model)
 
         def unwrapped(self) -> nn.Module:
-            return unwrap_model(self.model)
+            """The student: hooks, states and the result see it, never the DDP or distillation wrapper."""
+            return student_of(unwrap_model(self.model))
 
     return RunnerTrainer
 
@@ -243,19 +277,25 @@ class EpochCallbacks:
         metrics = {**epoch_metrics(trainer), **hooks.on_epoch_end(trainer.unwrapped(), int(trainer.epoch))}
         self.last_metrics = metrics
         if trainer.fitness is not None and trainer.best_fitness is not None and trainer.fitness >= trainer.best_fitness:
-            self.best_state = cpu_copy(trainer.ema.ema.state_dict())
+            self.best_state = cpu_copy(student_of(trainer.ema.ema).state_dict())
             self.best_epoch = epoch
         self.sink.epoch_end(epoch, metrics, lambda: self.state(trainer, epoch))
 
     def train_end(self, trainer: Any) -> None:
-        model = finished_model(trainer.ema.ema, self.best_state, self.keep)
+        model = finished_model(student_of(trainer.ema.ema), self.best_state, self.keep)
         self.sink.finish(model, self.last_metrics, int(trainer.epoch) + 1)
 
     def state(self, trainer: Any, epoch: int) -> dict:
+        from ultralytics.utils.torch_utils import unwrap_model
+
         ema = trainer.ema.ema
+        wrapper = unwrap_model(trainer.model)
+        distill = {"projector": cpu_copy(wrapper.projector.state_dict()),
+                   "ema_projector": cpu_copy(ema.projector.state_dict())} if wrapper is not trainer.unwrapped() else {}
         return {
             "model": self.describe(trainer.unwrapped()),
-            "ema": cpu_copy(ema.state_dict()),
+            "ema": cpu_copy(student_of(ema).state_dict()),
+            "distill": distill,
             "ema_updates": int(trainer.ema.updates),
             "optimizer": cpu_copy(trainer.optimizer.state_dict()),
             "epoch": epoch,
@@ -276,15 +316,26 @@ def finished_model(ema: nn.Module, best_state: Optional[dict], keep: Keep) -> nn
     model = copy.deepcopy(ema).float().to("cpu", memory_format=torch.contiguous_format)
     if keep == "best" and best_state is not None:
         model.load_state_dict(best_state)
+    _drop_feature_hooks(model)
     for p in model.parameters():
         p.requires_grad_(True)
     model.criterion = None
     return model.eval()
 
 
+def _drop_feature_hooks(model: nn.Module) -> None:
+    """Remove the forward hooks DistillationModel registered to capture features: a finished student (or a
+    teacher used again by the next prune step) must not keep storing its layers' outputs."""
+    from ultralytics.nn.distill_model import DistillationModel
+
+    for module in model.modules():
+        DistillationModel._clear_feature_hooks(module)
+
+
 def run_training(model: nn.Module, rebuild: Callable[[dict], nn.Module], describe: Callable[[nn.Module], dict],
                  data_yaml: str, knobs: TrainKnobs, epochs: int, ctx: TrainContext, source: str,
-                 hooks: Sequence[TrainHook] = (), keep: Keep = "best") -> tuple[nn.Module, dict[str, float], int, int]:
+                 hooks: Sequence[TrainHook] = (), keep: Keep = "best",
+                 distill: Optional[Distillation] = None) -> tuple[nn.Module, dict[str, float], int, int]:
     """Train `model` for `epochs`, here or in DDP worker processes (`device: [0, 1]`); returns (model on the CPU,
     last epoch metrics, epochs run here, epoch reached)."""
     from ._yolo_workers import SpoolRelay, SpoolSink, launches_workers, train_in_workers
@@ -309,8 +360,8 @@ def run_training(model: nn.Module, rebuild: Callable[[dict], nn.Module], describ
     # beside save_dir, not in it: Ultralytics' DDP launcher empties save_dir
     spool = save_dir.parent / f"{save_dir.name}-spool"
     try:
-        cls = make_trainer_class(chain, state)
-        trainer = cls(overrides=train_args(knobs, epochs, data_yaml, save_dir, ctx.seed, source))
+        cls = make_trainer_class(chain, state, distill.teacher if distill is not None else None)
+        trainer = cls(overrides=train_args(knobs, epochs, data_yaml, save_dir, ctx.seed, source, distill))
         trainer.model = model
         advance = ctx.progress("epochs", epochs)
         advance(start)
@@ -334,6 +385,8 @@ def run_training(model: nn.Module, rebuild: Callable[[dict], nn.Module], describ
         shutil.rmtree(save_dir, ignore_errors=True)
         shutil.rmtree(spool, ignore_errors=True)
         torch.use_deterministic_algorithms(False)
+        if distill is not None:  # the stage's teacher, shared by a prune stage's steps: back as it was given
+            _drop_feature_hooks(distill.teacher.cpu())
 
 
 def release_gpu_memory() -> None:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..data import DataSource
+    from .distill import Distillation
     from .hooks import TrainHook
 
 # `path/to/file.py:Name` or `package.module:Name` (the custom family's source)
@@ -114,8 +115,13 @@ class ModelFamily(ABC):
 
     @abstractmethod
     def train(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, epochs: int, ctx: TrainContext,
-              hooks: Sequence[TrainHook] = (), keep: Keep = "best") -> TrainResult:
+              hooks: Sequence[TrainHook] = (), keep: Keep = "best",
+              distill: Optional[Distillation] = None) -> TrainResult:
         """Train for `epochs` (resuming from ctx.resume_state if set), saving state through ctx each epoch.
+
+        `distill`: learn from a frozen teacher too (the family's own way); log the distillation and the task loss
+        per epoch as train_distill_loss / train_task_loss (yolo: train/distill_loss, train/task_loss). The
+        returned model and the saved model states never hold the teacher.
 
         Whatever `knobs.device` trains on, the returned model and the saved states are on the CPU in fp32
         (see handoff_problems): the engine checks the model at every stage boundary.
@@ -172,6 +178,8 @@ class ModelFamily(ABC):
         return []
 
     bench_imgsz: int = 224  # the benchmark's default second input size (the family's usual deployment size)
+    # module-name parts whose layers quantization-aware training leaves float (those float_nodes keeps float)
+    qat_float_layers: tuple[str, ...] = ()
     max_devices: int = 1  # how many GPUs one stage may train on (a `device:` list; more than 1: DDP)
 
     def check_args(self, args: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from .small_cnn import SMALL_MODELS
 
 if TYPE_CHECKING:
     from ..data import DataSource
+    from .distill import Distillation
     from .hooks import TrainHook
 
 
@@ -212,9 +213,14 @@ class TorchvisionFamily(ModelFamily):
         return torch.optim.SGD(params, lr=knobs.lr, momentum=knobs.momentum, weight_decay=knobs.weight_decay, nesterov=True)
 
     def train(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, epochs: int, ctx: TrainContext,
-              hooks: Sequence[TrainHook] = (), keep: Keep = "best") -> TrainResult:
-        """Cosine-schedule training; it keeps no best epoch, so `keep` returns the last epoch's weights either way."""
+              hooks: Sequence[TrainHook] = (), keep: Keep = "best",
+              distill: Optional[Distillation] = None) -> TrainResult:
+        """Cosine-schedule training; it keeps no best epoch, so `keep` returns the last epoch's weights either way.
+        With `distill`, the loss is Hinton KD on the logits mixed with cross-entropy by the distillation weight."""
+        from .distill import kd_loss, mixed_loss
+
         device = torch_device(knobs.device)
+        teacher = distill.teacher.to(device).eval() if distill is not None else None
         state = ctx.resume_state
         if state is not None:
             model = self.rebuild(state["model"])
@@ -240,21 +246,32 @@ class TorchvisionFamily(ModelFamily):
                 group["lr"] = knobs.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * epoch / epochs)))
             model.train()
             chain.on_epoch_start(model, epoch)
-            total, count = 0.0, 0
+            total, count, task_total, distill_total = 0.0, 0, 0.0, 0.0
             # augmentation draws from the global RNG: seed per epoch so a resumed run is exact
             torch.manual_seed(ctx.seed * 1000 + epoch)
             for images, labels in self._loader(data, "train", knobs, shuffle=True, seed=ctx.seed * 1000 + epoch):
                 images, labels = images.to(device), labels.to(device)
                 optimizer.zero_grad()
-                loss = loss_fn(model(images), labels)
+                logits = model(images)
+                loss = task = loss_fn(logits, labels)
+                if teacher is not None and distill is not None:
+                    with torch.no_grad():
+                        taught = teacher(images)
+                    soft = kd_loss(logits, taught, distill.temperature)
+                    loss = mixed_loss(task, soft, distill.weight)
+                    distill_total += soft.item() * len(labels)
                 loss.backward()
                 chain.on_gradients(model)
                 optimizer.step()
                 chain.after_step(model)
                 total, count = total + loss.item() * len(labels), count + len(labels)
+                task_total += task.item() * len(labels)
             evaluation = self.evaluate(model, data, knobs)
             metrics = {"train_loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"],
                        **chain.on_epoch_end(model, epoch), **evaluation}
+            if teacher is not None:  # the two parts of train_loss, each unweighted
+                metrics.update({"train_task_loss": task_total / max(count, 1),
+                                "train_distill_loss": distill_total / max(count, 1)})
             ctx.log_metrics(metrics, step=epoch + 1)
             trained += 1
             if metrics["top1"] > best:
@@ -269,6 +286,8 @@ class TorchvisionFamily(ModelFamily):
             if knobs.patience and since_best >= knobs.patience:
                 break
         model.cpu().eval()  # stages hand models around on the CPU; each trainer moves them where it needs
+        if teacher is not None:
+            teacher.cpu()
         return TrainResult(model, metrics, trained, start + trained, evaluation)
 
     @timed("evaluations")

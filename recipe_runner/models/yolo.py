@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..data import DataSource
+    from .distill import Distillation
     from .hooks import TrainHook
 
 DESCRIPTION_FORMAT = 1
@@ -130,12 +131,14 @@ class YoloFamily(ModelFamily):
 
     # -- training ---------------------------------------------------------
     def train(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, epochs: int, ctx: TrainContext,
-              hooks: Sequence[TrainHook] = (), keep: Keep = "best") -> TrainResult:
+              hooks: Sequence[TrainHook] = (), keep: Keep = "best",
+              distill: Optional[Distillation] = None) -> TrainResult:
+        """Ultralytics' trainer; `distill` wraps the student in Ultralytics' DistillationModel (see _yolo_train)."""
         from ._yolo_train import release_gpu_memory, run_training
 
         source = str(getattr(model, "yaml", {}).get("yaml_file", "yolov8n.yaml"))
         model, metrics, trained, reached = run_training(model, self.rebuild, self.describe, resolved_data_yaml(data),
-                                                        knobs, epochs, ctx, source, hooks, keep)
+                                                        knobs, epochs, ctx, source, hooks, keep, distill)
         release_gpu_memory()
         return TrainResult(model, metrics, trained, reached)
 
@@ -289,3 +292,4 @@ class YoloFamily(ModelFamily):
         return [n.name for n in model.graph.node if n.name.startswith(head) and not n.name.startswith(branches)]
 
     bench_imgsz = 640
+    qat_float_layers = ("dfl",)  # the head's DFL convolution: part of the decode that stays float

@@ -50,6 +50,13 @@ class PruneConfigBase(TrainingStageConfig):
                              "only zeroes weights, which leaves MACs and parameters as they are; use ratio")
         return self
 
+    @model_validator(mode="after")
+    def _distill_needs_finetuning(self) -> "PruneConfigBase":
+        # distillation acts in the fine-tuning between steps: without it the teacher would teach nothing
+        if self.distill is not None and not self.finetune_epochs:
+            raise ValueError("distill: acts in the fine-tuning between prune steps; set finetune_epochs >= 1")
+        return self
+
 
 @dataclass(frozen=True)
 class StepPlan:

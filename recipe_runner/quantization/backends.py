@@ -25,7 +25,9 @@ class Backend:
 
 
 BACKENDS: Registry[Backend] = Registry("quantization backend")
-BACKENDS.register("onnxruntime")(Backend("._onnxruntime:quantize", ("onnxruntime",)))
+# int8-qat: fine-tuned with fake quantization (quantization/qat.py), then quantized as int8-static
+BACKENDS.register("onnxruntime")(Backend("._onnxruntime:quantize", ("onnxruntime",),
+                                         modes=("int8-static", "int8-dynamic", "fp16", "int8-qat")))
 # NNCF post-training quantization, the CPU INT8 path Ultralytics itself uses for OpenVINO
 BACKENDS.register("openvino")(Backend("._openvino:quantize", ("openvino", "nncf"), extra="openvino",
                                       modes=("int8-static",)))

@@ -208,6 +208,7 @@ class _Validator:
             previous = sid
         for decl in decls.values():
             self._check_edge(decl, decls)
+            self._check_inputs(decl, decls, list(header.stages))
         if not self.problems:
             self._check_search(header.search, decls)
         return decls
@@ -248,15 +249,31 @@ class _Validator:
                     if isinstance(space, SearchRange) and space.grid() is None:
                         self.problem(("stages", sid, key), "sampler: grid needs a step on a float range (or a choice list)")
 
+    def _check_inputs(self, decl: StageDecl, decls: dict[str, StageDecl], names: list[str]) -> None:
+        """An input (a distillation teacher) names another stage that gives a PyTorch model and does not depend on
+        this one (its output must exist before this stage starts)."""
+        for role, stage in sorted({(r, s) for _, config in decl.variants for r, s in config.inputs().items()}):
+            where = ("stages", decl.id, "distill", role)
+            if stage not in names:
+                self.problem(where, f"no stage named '{stage}'{did_you_mean(stage, names)}")
+            elif stage == decl.id:
+                self.problem(where, f"'{stage}' is this stage itself; name a stage before it (e.g. the one it was "
+                                    f"pruned from)")
+            elif stage not in decls:
+                continue  # that stage has its own problem, reported there
+            elif decl.id in _upstream(stage, decls):
+                self.problem(where, f"'{stage}' descends from '{decl.id}': its model does not exist before this "
+                                    f"stage runs")
+            elif output_kind([d.type for d in reversed(_chain(decls[stage], decls))]) != "model":
+                self.problem(where, f"'{stage}' ({decls[stage].type}) gives a model file (ONNX/INT8), not a PyTorch "
+                                    f"model a teacher needs")
+
     def _check_edge(self, decl: StageDecl, decls: dict[str, StageDecl]) -> None:
         """A stage must take what its parent gives: no training or pruning `from:` an exported/quantized file."""
         parent = decls.get(decl.parent) if decl.parent else None
         if parent is None:
             return
-        chain, seen = [parent], {parent.id}
-        while chain[-1].parent in decls and chain[-1].parent not in seen:  # cycles are reported elsewhere
-            seen.add(chain[-1].parent)
-            chain.append(decls[chain[-1].parent])
+        chain = _chain(parent, decls)
         gives, takes = output_kind([d.type for d in reversed(chain)]), STAGES.get(decl.type).takes
         if gives not in takes:
             where = ("stages", decl.id, "from") if decl.from_location else ("stages", decl.id)
@@ -346,6 +363,30 @@ class _Validator:
                     return None
             spaces[key] = space
         return spaces
+
+
+def _chain(decl: StageDecl, decls: dict[str, StageDecl]) -> list[StageDecl]:
+    """`decl` and its ancestors by `from:`, nearest first (stopping at a cycle, which is reported elsewhere)."""
+    chain, seen = [decl], {decl.id}
+    while chain[-1].parent in decls and chain[-1].parent not in seen:
+        seen.add(chain[-1].parent)
+        chain.append(decls[chain[-1].parent])
+    return chain
+
+
+def _upstream(stage: str, decls: dict[str, StageDecl]) -> set[str]:
+    """Every stage `stage` reads, through `from:` or inputs, transitively (itself excluded)."""
+    seen: set[str] = set()
+    todo = [stage]
+    while todo:
+        decl = decls.get(todo.pop())
+        if decl is None:
+            continue
+        reads = {decl.parent} if decl.parent else set()
+        reads |= {s for _, config in decl.variants for s in config.inputs().values()}
+        todo.extend(reads - seen)
+        seen |= reads
+    return seen
 
 
 def _union_members(config: Any) -> tuple[Optional[str], dict[str, type[BaseModel]]]:

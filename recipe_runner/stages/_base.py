@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Protocol
 
 from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..models import Distillation
 
 
 class StageContext(Protocol):
@@ -35,6 +38,7 @@ class StageContext(Protocol):
     parent_cache_key: str  # the parent stage's cache key ("" for a root stage): names what its output is
     resume_state: Optional[dict]  # the last epoch checkpoint of an unfinished earlier attempt
 
+    def input_model(self, role: str) -> Any: ...  # a frozen copy of an input stage's model (role "teacher")
     def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None: ...
     def save_epoch_state(self, state: dict, epoch: int) -> None: ...
     def log_artifact(self, path: Path, folder: Optional[str] = None) -> None: ...
@@ -73,6 +77,16 @@ class StageType:
     # run by the planner before anything runs: (config, skeleton) -> None, raising config_base.ConfigProblem for a
     # config this model cannot honour; `skeleton()` builds the recipe's architecture (cheaply, at most once)
     check: Optional[Callable[[Any, Callable[[], Any]], None]] = None
+
+
+def distillation(ctx: StageContext, config: Any) -> Optional["Distillation"]:
+    """What family.train needs for the config's `distill:` (the teacher loaded and frozen), or None without it."""
+    from ..models import Distillation
+
+    spec = config.distill
+    if spec is None:
+        return None
+    return Distillation(ctx.input_model("teacher"), spec.weight, spec.temperature)
 
 
 def output_kind(stage_types: list[str]) -> str:

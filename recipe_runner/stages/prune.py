@@ -14,7 +14,7 @@ from pydantic import Field
 
 from ..pruning import METHODS, CostTarget, cost_target, plan_steps, reach_target
 from ..pruning.targets import REPORT_BELOW
-from ._base import STAGES, StageContext, StageOutput, StageType
+from ._base import STAGES, StageContext, StageOutput, StageType, distillation
 
 PruneConfig = Annotated[
     Union[tuple(entry.config for _, entry in METHODS.items())],  # type: ignore[misc]
@@ -45,6 +45,8 @@ def run_prune(ctx: StageContext, config) -> StageOutput:
         ctx.log_metrics({f"step/{primary}": baseline, "step/macs": history[0]["macs"], "step/params": history[0]["params"]}, step=0)
     epochs_trained = 0
     stopped_early = False
+    # loaded only when a step fine-tunes (a prune without fine-tuning has nothing to distil)
+    teach = distillation(ctx, config) if config.finetune_epochs else None
     plans = plan_steps(config.ratio, config.steps)
     advance = ctx.progress(f"prune {config.method}", len(plans))
     advance(start_step)
@@ -60,7 +62,8 @@ def run_prune(ctx: StageContext, config) -> StageOutput:
         evaluation = family.evaluate(model, ctx.data, config)
         before = after = evaluation[primary]
         if config.finetune_epochs:
-            result = family.train(model, ctx.data, config, config.finetune_epochs, ctx.nested(f"step{plan.step}"))
+            result = family.train(model, ctx.data, config, config.finetune_epochs, ctx.nested(f"step{plan.step}"),
+                                  distill=teach)
             model, epochs_trained = result.model, epochs_trained + result.epochs_trained
             # the trainer's own last evaluation of these weights where it has one (torchvision), else one pass
             evaluation = result.evaluation or family.evaluate(model, ctx.data, config)

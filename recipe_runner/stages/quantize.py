@@ -14,25 +14,33 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal, Optional
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from ._base import STAGES, StageContext, StageOutput, StageType, file_metrics
-from ..config_base import ConfigProblem, StageConfig
+from ._base import STAGES, StageContext, StageOutput, StageType, distillation, file_metrics
+from ..config_base import ConfigProblem, StageConfig, TrainingKnobs
 
 # ops: weighted quantizes these only (Ultralytics' own rule for its ONNX INT8 export)
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 
 
-class QuantizeConfig(StageConfig):
+# what int8-qat trains with; other modes ignore them (they may come from `defaults:`) and keep them out of the key
+QAT_KEYS = ("epochs", "lr", "optimizer", "momentum", "weight_decay", "args", "distill")
+
+
+class QuantizeConfig(StageConfig, TrainingKnobs):
     type: Literal["quantize"] = "quantize"
     backend: Literal["onnxruntime", "openvino"] = Field(
         "onnxruntime", description="onnxruntime (built in) or openvino (NNCF; pip install 'recipe-runner[openvino]')")
-    mode: Literal["int8-static", "int8-dynamic", "fp16"] = Field(
+    mode: Literal["int8-static", "int8-dynamic", "fp16", "int8-qat"] = Field(
         "int8-static", description="int8-static: calibrated QDQ; int8-dynamic: MatMul/Gemm weights only; "
-                                   "fp16: half-precision weights (a GPU target; on CPU for size only)")
+                                   "fp16: half-precision weights (a GPU target; on CPU for size only); int8-qat: "
+                                   "fine-tune `epochs` with INT8 fake quantization, then calibrated QDQ like "
+                                   "int8-static (the training keys lr, optimizer, batch, distill... apply)")
+    epochs: Optional[int] = Field(None, ge=1, le=100_000, description="int8-qat: fine-tuning epochs (required)")
+    lr: float = Field(0.001, gt=0, le=10, description="int8-qat: learning rate of the fine-tuning")
     calibration_images: int = Field(128, ge=1, le=100_000, description="images calibration runs on (int8-static)")
     calibration_split: Literal["train", "val"] = Field(
         "train", description="split the calibration images come from; train keeps validation images unseen")
@@ -54,6 +62,24 @@ class QuantizeConfig(StageConfig):
     test_only_quantize_head: SkipJsonSchema[bool] = Field(False, description="TEST ONLY: quantize the head too")
 
     KEY_ONLY_WHEN_SET: ClassVar[frozenset[str]] = frozenset({"test_only_quantize_head"})
+    # the fine-tuning of int8-qat never stops early (a class constant, so not a recipe key)
+    patience: ClassVar[int] = 0
+
+    def identity(self) -> dict[str, Any]:
+        dump = super().identity()
+        if self.mode != "int8-qat":  # the training keys do nothing here: every existing key stays as it was
+            for key in QAT_KEYS:
+                dump.pop(key, None)
+        return dump
+
+    def inputs(self) -> dict[str, str]:
+        return TrainingKnobs.inputs(self) if self.mode == "int8-qat" else {}
+
+    @model_validator(mode="after")
+    def _qat_needs_epochs(self) -> "QuantizeConfig":
+        if self.mode == "int8-qat" and self.epochs is None:
+            raise ValueError("mode int8-qat fine-tunes the model: set epochs (>= 1)")
+        return self
 
     @field_validator("mode")
     @classmethod
@@ -96,7 +122,11 @@ def run_quantize(ctx: StageContext, config: QuantizeConfig) -> StageOutput:
 
     family, primary = ctx.family, ctx.family.primary_metric
     fp32 = family.write_onnx(ctx.parent_model, ctx.workdir / "fp32.onnx", config.imgsz, config.opset)
-    request, metrics = _request(ctx, config, fp32)
+    source, trained = fp32, None
+    if config.mode == "int8-qat":
+        trained = _quantization_aware_training(ctx, config)
+        source = family.write_onnx(trained.model, ctx.workdir / "qat_fp32.onnx", config.imgsz, config.opset)
+    request, metrics = _request(ctx, config, source)
     BACKENDS.get(config.backend).quantize(request)
     target = request.target
     if request.ranges_cache is not None and request.ranges_cache.is_file():
@@ -120,7 +150,25 @@ def run_quantize(ctx: StageContext, config: QuantizeConfig) -> StageOutput:
         ctx.log_metrics({**metrics, "size_mb": target.stat().st_size / 1e6})  # the numbers stay in MLflow
         raise RuntimeError(f"{config.mode} {primary} {quantized[primary]:.4f} is {drop:.4f} below the FP32 model's "
                            f"{reference[primary]:.4f} (max_metric_drop {config.max_metric_drop})")
-    return StageOutput(file=target, metrics=metrics)
+    if trained is None:
+        return StageOutput(file=target, metrics=metrics)
+    return StageOutput(file=target, metrics=metrics, epochs_trained=trained.epochs_trained,
+                       final_step=trained.last_epoch)
+
+
+def _quantization_aware_training(ctx: StageContext, config: QuantizeConfig):
+    """Fine-tune a copy of the parent with INT8 fake quantization (resumable: the fake-quant ranges travel in the
+    epoch checkpoints); returns the family's TrainResult with the model snapped to the int8 weight grid."""
+    import copy
+
+    from ..quantization import qat
+
+    keep = ctx.family.qat_float_layers
+    hook = qat.FakeQuant(keep)
+    result = ctx.family.train(copy.deepcopy(ctx.parent_model), ctx.data, config, int(config.epochs or 0), ctx,
+                              hooks=[hook], keep="last", distill=distillation(ctx, config))
+    result.model = qat.finish(result.model, keep)
+    return result
 
 
 def _request(ctx: StageContext, config: QuantizeConfig, fp32: Path):
@@ -128,8 +176,11 @@ def _request(ctx: StageContext, config: QuantizeConfig, fp32: Path):
     from ..quantization import QuantizeRequest
 
     suffix = ".openvino" if config.backend == "openvino" else ".onnx"  # OpenVINO's IR, packed in one file
-    target = ctx.workdir / f"model_{config.mode.replace('-static', '').replace('-dynamic', '_dynamic')}{suffix}"
-    request = QuantizeRequest(fp32, target, config.mode, per_channel=config.per_channel)
+    name = config.mode.replace('-static', '').replace('-dynamic', '_dynamic').replace('-qat', '_qat')
+    target = ctx.workdir / f"model_{name}{suffix}"
+    # int8-qat: its fine-tuned model is quantized as int8-static is (calibrated QDQ, U8S8, per channel)
+    mode = "int8-static" if config.mode == "int8-qat" else config.mode
+    request = QuantizeRequest(fp32, target, mode, per_channel=config.per_channel)
     metrics: dict[str, float] = {}
     if config.test_only_quantize_head:
         ctx.warn("test_only_quantize_head: the model's head is quantized too (test only)")
@@ -140,11 +191,12 @@ def _request(ctx: StageContext, config: QuantizeConfig, fp32: Path):
         # with only convolutions quantized, every SiLU between them dequantizes and requantizes its activations:
         # YOLOv8n at 640 px ran 53 ms that way and 37 ms with every op but the head's decode (FP32: 64 ms)
         request.op_types = WEIGHTED_OPS if config.ops == "weighted" else None
-    if config.mode == "int8-static":
+    if mode == "int8-static":
         request.calibration = _calibration(ctx, config)
         request.calibrate_method = config.calibrate_method
         metrics["calibration_images"] = float(len(request.calibration))
-        if config.backend == "onnxruntime":
+        # the ranges cache is keyed by the parent's output; a QAT model is this stage's own
+        if config.backend == "onnxruntime" and config.mode != "int8-qat":
             request.ranges_cache, metrics["calibration_reused"] = _ranges_cache(ctx, config, request)
     elif config.mode == "fp16":
         ctx.warn("fp16 is a GPU target: ONNX Runtime runs FP16 no faster on a CPU (it casts around unsupported "

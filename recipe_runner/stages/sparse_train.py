@@ -6,7 +6,7 @@ from typing import Any, Callable, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from ._base import STAGES, StageContext, StageOutput, StageType
+from ._base import STAGES, StageContext, StageOutput, StageType, distillation
 from .train import TrainConfig
 from ..config_base import ConfigProblem
 
@@ -59,7 +59,8 @@ def run_sparse_train(ctx: StageContext, config: SparseTrainConfig) -> StageOutpu
                          "use penalty: group-l2")
     hook = make_penalty(config.penalty, family, float(config.strength), config.strength_decay, config.imgsz)
     # the last epoch's weights: the best-fitness epoch is usually an early, less sparse one
-    result = family.train(model, ctx.data, config, config.epochs, ctx, hooks=[hook], keep="last")
+    result = family.train(model, ctx.data, config, config.epochs, ctx, hooks=[hook], keep="last",
+                          distill=distillation(ctx, config))
     after = gamma_magnitudes(prunable_batchnorms(result.model, family))
     if before.numel():
         ctx.log_plot(_histogram(before, after), "bn_gamma_hist.png")

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ._base import STAGES, StageContext, StageOutput, StageType
+from ._base import STAGES, StageContext, StageOutput, StageType, distillation
 from ..config_base import TrainingStageConfig
 
 
@@ -27,7 +27,7 @@ class FinetuneConfig(TrainConfig):
 
 def run_training(ctx: StageContext, config: TrainConfig) -> StageOutput:
     model = ctx.parent_model if ctx.parent_model is not None else ctx.family.build(ctx.model_source, ctx.data, ctx.seed)
-    result = ctx.family.train(model, ctx.data, config, config.epochs, ctx)
+    result = ctx.family.train(model, ctx.data, config, config.epochs, ctx, distill=distillation(ctx, config))
     # per-epoch metrics are already logged; the engine adds the final evaluation at the last epoch's step
     return StageOutput(model=result.model, epochs_trained=result.epochs_trained, final_step=result.last_epoch,
                        evaluation=result.evaluation)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -395,7 +396,7 @@ class Engine:
         if node_id not in self.outputs:
             source = self.sources[node_id]
             if gives == "file":
-                self.outputs[node_id] = self._verified_file(source, workdir / "parent")
+                self.outputs[node_id] = self._verified_file(source, workdir / "parent", self.plan.graph.file_suffix(node_id))
             else:
                 path = self.tracker.download(source.run_id, T.CHECKPOINT_ARTIFACT, workdir / "parent")
                 payload = load_checkpoint(path, source.tags.get(T.CHECKPOINT_SHA))
@@ -406,11 +407,22 @@ class Engine:
         # a child must not change its parent's output (branches share it)
         return StageInput(model=copy.deepcopy(self.outputs[node_id]), metrics=metrics)
 
-    def _verified_file(self, source: T.StageRun, dest: Path) -> Path:
-        path = self.tracker.download(source.run_id, source.tags[T.OUTPUT_ARTIFACT], dest)
-        expected = source.tags.get(T.OUTPUT_SHA)
-        if sha256_of(path) != expected:
-            raise CheckpointError(f"output file {path} of run {source.run_id[:8]} does not match its recorded sha256")
+    def _verified_file(self, source: T.StageRun, dest: Path, suffix: str) -> Path:
+        """The run's output file, checked against its sha256 tag and renamed to `model<suffix>`.
+
+        Both tags are written by whoever can write to the store, so the sha256 proves integrity, not origin: the
+        runner, not the tag, names the file a runtime sees (Ultralytics picks its loader from the file name, and
+        unpickles a *.pt). The tag must name output/<plain name><suffix>, the suffix the stage type writes."""
+        artifact = source.tags.get(T.OUTPUT_ARTIFACT, "")
+        folder, _, name = artifact.partition("/")
+        if folder != "output" or not OUTPUT_NAME.fullmatch(name) or not name.endswith(suffix):
+            raise CheckpointError(f"run {source.run_id[:8]} records its output as {artifact[:120]!r}; this stage's "
+                                  f"output is output/<name>{suffix} (letters, digits, '_', '-'): refusing to fetch it")
+        download = self.tracker.download(source.run_id, artifact, dest / "download")
+        if sha256_of(download) != source.tags.get(T.OUTPUT_SHA):
+            raise CheckpointError(f"output file {download} of run {source.run_id[:8]} does not match its recorded sha256")
+        path = dest / f"model{suffix}"
+        download.replace(path)
         return path
 
     def _load_epoch_state(self, source: T.StageRun, workdir: Path) -> dict:
@@ -440,6 +452,10 @@ class Engine:
                               "config": n.config.model_dump(mode="json", by_alias=True)} for n in graph.nodes.values()},
             "versions": versions, "git_commit": _git_commit(recipe.path.parent), "runner_git_commit": V.runner_commit(),
         }
+
+
+#: the name part of a file stage's output artifact (output/<name>): plain characters, a suffix a runtime reads as data
+OUTPUT_NAME = re.compile(r"[A-Za-z0-9_\-]{1,100}\.(onnx|openvino)")
 
 
 def local_epoch_state(cache_key: str, slot: int) -> Path:

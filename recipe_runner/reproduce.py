@@ -93,7 +93,10 @@ def fetch_original(client: Any, ref: str, workdir: Path) -> Original:
         found = ", ".join(files) or "nothing"
         raise ReproduceError(f"run '{run_id}' holds no recipe file and lock under {RECIPE_FOLDER}/ (found: {found})")
     workdir.mkdir(parents=True, exist_ok=True)
-    recipe_path = Path(client.download_artifacts(run_id, recipes[0], str(workdir)))
+    try:  # a listing of the store is written by its writers: a path could point out of workdir
+        recipe_path = Path(client.download_artifacts(run_id, T.safe_artifact_path(recipes[0]), str(workdir)))
+    except T.UnsafeArtifactPath as exc:
+        raise ReproduceError(f"run '{run_id}': {exc}") from None
     lock = json.loads(Path(client.download_artifacts(run_id, f"{RECIPE_FOLDER}/{LOCK}", str(workdir))).read_text())
     digest = hashlib.sha256(recipe_path.read_bytes()).hexdigest()
     recorded = {lock.get("recipe_sha256"), run.data.tags.get(T.PREFIX + "recipe_sha256")}

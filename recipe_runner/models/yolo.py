@@ -253,13 +253,22 @@ class YoloFamily(ModelFamily):
 
     def evaluate_file(self, path: Path, data, knobs: EvalKnobs) -> dict[str, float]:
         """Ultralytics' validator runs the file: an .onnx directly, an OpenVINO IR unpacked into the
-        `*_openvino_model` folder it recognises."""
+        `*_openvino_model` folder it recognises.
+
+        Ultralytics' AutoBackend picks its loader from the file name (a *.pt is unpickled, code and all), so it is
+        handed only a copy named here, model.onnx or model_openvino_model/, whatever the file was called."""
         from .openvino_runtime import is_openvino, unpack
 
+        path = Path(path)
+        if path.suffix not in (".onnx", ".openvino"):
+            raise ValueError(f"{path.name}: only .onnx and .openvino model files are evaluated (a file named otherwise "
+                             "could make Ultralytics unpickle it)")
         knobs = knobs.model_copy(update={"imgsz": _round_to_stride(knobs.imgsz)})
-        if not is_openvino(path):
-            return self._validate(str(path), data, knobs)
-        with tempfile.TemporaryDirectory(prefix="yolo-ov-") as work:
+        with tempfile.TemporaryDirectory(prefix="yolo-file-") as work:
+            if not is_openvino(path):
+                named = Path(work) / "model.onnx"
+                shutil.copyfile(path, named)
+                return self._validate(str(named), data, knobs)
             folder = unpack(path, Path(work) / "model_openvino_model")
             return self._validate(str(folder.parent), data, knobs)
 

@@ -127,8 +127,7 @@ def _request(ctx: StageContext, config: QuantizeConfig, fp32: Path):
     """What the backend is asked to do (what stays float, calibration images, ranges cache) and the first metrics."""
     from ..quantization import QuantizeRequest
 
-    suffix = ".openvino" if config.backend == "openvino" else ".onnx"  # OpenVINO's IR, packed in one file
-    target = ctx.workdir / f"model_{config.mode.replace('-static', '').replace('-dynamic', '_dynamic')}{suffix}"
+    target = ctx.workdir / f"model_{config.mode.replace('-static', '').replace('-dynamic', '_dynamic')}{output_suffix(config)}"
     request = QuantizeRequest(fp32, target, config.mode, per_channel=config.per_channel)
     metrics: dict[str, float] = {}
     if config.test_only_quantize_head:
@@ -219,5 +218,10 @@ def _latencies(family, fp32: Path, target: Path, config: QuantizeConfig) -> dict
     return out
 
 
+def output_suffix(config: QuantizeConfig) -> str:
+    return ".openvino" if config.backend == "openvino" else ".onnx"  # OpenVINO's IR, packed in one file
+
+
 STAGES.register("quantize")(StageType(QuantizeConfig, run_quantize, gives="file", check=check_backend,
+                                      output_suffix=output_suffix,
                                       description="quantize the parent model (INT8 / FP16 ONNX), measured"))

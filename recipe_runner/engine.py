@@ -96,6 +96,9 @@ class RunningStage:
         self.resume_state, self.prefix = resume_state, prefix
         every = node.config.checkpoint_every if isinstance(node.config, TrainingKnobs) else 1
         self.cadence = EpochCadence(every)
+        # the slot of the next epoch checkpoint: alternated per write (not epoch % 2, which with an even cadence
+        # writes one slot over and over), so the slot the tags point to is never the one being overwritten
+        self.next_slot = 0
 
     def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
         self.engine.tracker.log_metrics(self.run_id, {self.prefix + k: v for k, v in metrics.items()}, step)
@@ -111,7 +114,7 @@ class RunningStage:
         if self.prefix:
             return
         started = self.cadence.clock()
-        slot = epoch % 2
+        slot, self.next_slot = self.next_slot, 1 - self.next_slot
         # kept on this machine after a crash (not in the run's scratch folder): a resume here needs no download
         path = local_epoch_state(self.node.cache_key, slot)
         sha = save_checkpoint({"cache_key": self.node.cache_key, **state}, path)
@@ -302,6 +305,8 @@ class Engine:
                 self.announce(f"[run]    {node.id}")
             parent = self.input_of(node.parent, workdir) if node.parent else StageInput()
             ctx = RunningStage(self, node, run_id, workdir, parent, resume_state)
+            if resume_state is not None:  # this machine's copy of the resumed slot stays intact until the next write
+                ctx.next_slot = 1 - epoch_slot(planned.source.tags)
             output = STAGES.get(node.type).run(ctx, node.config)
             metrics = dict(output.metrics)
             metrics["epochs_trained"] = float(output.epochs_trained)
@@ -427,13 +432,18 @@ class Engine:
 
     def _load_epoch_state(self, source: T.StageRun, workdir: Path) -> dict:
         """The epoch checkpoint the tags name: this machine's copy if its sha256 matches, else the store's."""
-        slot, expected = int(source.tags.get(T.EPOCH_SLOT, 0)), source.tags.get(T.EPOCH_SHA)
-        local = local_epoch_state(source.tags.get(T.CACHE_KEY, ""), slot)
+        slot, expected, key = epoch_slot(source.tags), source.tags.get(T.EPOCH_SHA), source.tags.get(T.CACHE_KEY, "")
+        local = local_epoch_state(key, slot)
         if expected and local.is_file() and sha256_of(local) == expected:
             self.announce(f"[resume] {source.tags.get(T.NODE_ID, '')}: epoch checkpoint found on this machine")
-            return load_checkpoint(local, expected)
-        path = self.tracker.download(source.run_id, T.epoch_artifact(slot), workdir / "resume")
-        return load_checkpoint(path, expected)
+            state = load_checkpoint(local, expected)
+        else:
+            state = load_checkpoint(self.tracker.download(source.run_id, T.epoch_artifact(slot), workdir / "resume"),
+                                    expected)
+        if state.get("cache_key") != key or not isinstance(state.get("epoch"), int):
+            raise CheckpointError(f"the epoch checkpoint of run {source.run_id[:8]} is not one of this stage "
+                                  f"(cache key {str(state.get('cache_key'))[:12]}, epoch {str(state.get('epoch'))[:12]})")
+        return state
 
     def lock(self) -> dict[str, Any]:
         """Everything needed to reproduce this run: resolved configs, keys, versions, data, seed, git commit."""
@@ -456,6 +466,14 @@ class Engine:
 
 #: the name part of a file stage's output artifact (output/<name>): plain characters, a suffix a runtime reads as data
 OUTPUT_NAME = re.compile(r"[A-Za-z0-9_\-]{1,100}\.(onnx|openvino)")
+
+
+def epoch_slot(tags: dict[str, str]) -> int:
+    """The epoch-checkpoint slot a run's tags name; a garbled one is an unverifiable checkpoint (start over)."""
+    raw = tags.get(T.EPOCH_SLOT, "0")
+    if raw not in ("0", "1"):
+        raise CheckpointError(f"epoch-slot tag {str(raw)[:20]!r} is neither 0 nor 1")
+    return int(raw)
 
 
 def local_epoch_state(cache_key: str, slot: int) -> Path:

@@ -233,3 +233,21 @@ def test_sigterm_stops_like_ctrl_c_and_marks_the_runs_killed(workspace: Path):
     client = MlflowClient(local_uri(workspace))
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert runs and {r.info.status for r in runs} == {"KILLED"}  # the parent and the cut-off stage: nothing RUNNING
+
+
+def test_a_garbled_epoch_slot_tag_starts_over(workspace: Path, monkeypatch):
+    """The slot tag is written by whoever can write to the store: one that is neither 0 nor 1 is an epoch
+    checkpoint that cannot be verified, so the stage trains from scratch instead of failing."""
+    recipe = workspace / "recipe.yaml"
+    recipe.write_text(FAILING.replace("epochs: 8", "epochs: 2").replace("train=768", "train=64"))
+    with monkeypatch.context() as patch:
+        _crash_at_epoch(patch, 1)
+        assert cli("run", recipe).exit_code == 1
+    uri = local_uri(workspace)
+    crashed = stage_runs(uri)[0]
+    MlflowClient(uri).set_tag(crashed.info.run_id, T.EPOCH_SLOT, "../1")
+    result = cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    assert "cannot resume" in result.output and "epoch-slot tag '../1'" in result.output
+    train = {r.data.tags[T.NODE_ID]: r for r in stage_runs(uri)}["train"]
+    assert train.data.metrics["epochs_trained"] == 2

@@ -139,7 +139,11 @@ def model_identity(recipe: Recipe) -> dict[str, str]:
     and `./net.yaml` equals `net.yaml`; a shipped name by its name."""
     spec = recipe.model.model_dump()
     path = Path(spec["source"]).expanduser()
-    if path.is_file():
+    # a family may build from more than the file's bytes (Ultralytics: a scale taken from the file name)
+    resolved = FAMILIES.get(spec["family"]).load().source_identity(str(path)) if path.is_file() else None
+    if resolved:
+        spec["source"] = resolved
+    elif path.is_file():
         digest = hashlib.sha256()
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

@@ -89,6 +89,7 @@ CASES: dict[str, tuple[int, str]] = {
     "recursive_alias": (6, "an alias refers to a block that contains it (a recursive alias)"),
     "billion_laughs": (9, "the recipe expands to more than 10000 values"),
     "top_level_list_after_comment": (3, "a recipe must be a mapping"),
+    "sweep_over_device": (8, "stages.train.device: 'device' is not part of a stage's cache key"),
     "sweep_copy_refuses_key": (11, "stages.prune.importance: unknown key 'importance' (in the sweep copy method=slim)"),
 }
 LOCATED = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<message>\S.*)$")

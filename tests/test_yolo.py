@@ -307,6 +307,10 @@ def test_data_yaml_mistakes_are_caught_before_training(workspace: Path, tiny_dat
     label.write_text(label.read_text() + "5 0.5 0.5 0.2 0.2\n")
     with pytest.raises(DataError, match=r"class id 5 is outside 0..2"):
         resolve_data("ds/data.yaml", "detect", workspace)
+    for bad in ("nan", "inf", "-inf"):  # floats, but no class ids: a planning error, not a traceback
+        label.write_text(f"{bad} 0.5 0.5 0.2 0.2\n")
+        with pytest.raises(DataError, match=rf"class id {bad} is outside 0..2"):
+            resolve_data("ds/data.yaml", "detect", workspace)
 
 
 def test_training_keeps_pruned_shapes_and_resumes_from_plain_state(family, tiny_data, tmp_path: Path, monkeypatch):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import shutil
 import tempfile
@@ -82,6 +84,18 @@ class YoloFamily(ModelFamily):
         # refused here, not at the first reuse: its stage checkpoints must pass the same check to be rebuilt
         check_architecture(cfg, f"model '{source}'")
         return cfg
+
+    def source_identity(self, source: str) -> Optional[str]:
+        """A local yaml by what Ultralytics resolves from it: the file it really reads and the scale it takes from
+        the name (byte-identical yolov8n-custom.yaml and yolov8s-custom.yaml build different models)."""
+        if source.lower().endswith(".pt"):
+            return None
+        try:
+            cfg = {k: v for k, v in self._yaml_dict(source).items() if k != "yaml_file"}  # yaml_file: the path
+        except ValueError:
+            return None  # not buildable: the planner's checks say why, at the model's line
+        text = json.dumps(cfg, sort_keys=True, default=str)
+        return f"yolo-yaml-sha256:{hashlib.sha256(text.encode()).hexdigest()}"
 
     def build(self, source: str, data, seed: int) -> nn.Module:
         ultralytics_ready()

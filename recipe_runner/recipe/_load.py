@@ -266,6 +266,14 @@ class _Validator:
         if "from" in sweeps:
             self.problem(path + ("from",), "'from' cannot be swept")
             return None
+        outside = [k for k in sweeps if k in type(variants[0][1]).NOT_IDENTITY]
+        for key in outside:
+            # copies that differ only there share one cache key: every copy after the first would be "reused"
+            self.problem(path + (key,), f"'{key}' is not part of a stage's cache key: its sweep copies would share "
+                                        "one key (the first copy's run reused by the others); to rerun a stage with "
+                                        "another value, use --set and --force")
+        if outside:
+            return None
         if STAGES.get(stype).needs_parent and parent is None:
             self.problem(path, f"a '{stype}' stage needs a parent: add 'from:' or put a stage before it")
             return None

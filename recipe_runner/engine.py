@@ -264,9 +264,12 @@ class Engine:
             tags[T.PREFIX + "action"] = planned.action
         if planned.action == "reuse":
             source = planned.source
+            # latency is a property of a machine: say when the reused measurements come from another one
+            host = source.tags.get(lease.HOST)
+            elsewhere = {T.MEASURED_ON: host} if host and host != lease.me().host else {}
             # the model was made by the source run's versions, not by the installed ones
             run_id = self.tracker.start_run(node.id, {**tags, **V.recorded(source.tags), T.ROLE: "reused",
-                                                      T.PREFIX + "reused_from": source.run_id}, parent_id)
+                                                      T.PREFIX + "reused_from": source.run_id, **elsewhere}, parent_id)
             self.tracker.log_params(run_id, _params(node))
             self.tracker.log_dataset(run_id, R.dataset_input(self.data, node.type))
             metrics = {**source.metrics, "epochs_trained": 0.0}
@@ -276,6 +279,7 @@ class Engine:
             self.metrics[node.id] = metrics
             other = V.differences(source.tags)
             note = f"  made with {', '.join(other)}" if other else ""
+            note += f"  latency measured on {host}, not here" if elsewhere else ""
             self.announce(f"[reuse]  {node.id}  (run {source.run_id[:8]}){note}")
             return StageReport(node.id, "reuse", run_id, metrics, time.time() - started)
 
@@ -401,7 +405,8 @@ class Engine:
         if node_id not in self.outputs:
             source = self.sources[node_id]
             if gives == "file":
-                self.outputs[node_id] = self._verified_file(source, workdir / "parent", self.plan.graph.file_suffix(node_id))
+                suffix = self.plan.graph.file_suffix(node_id)
+                self.outputs[node_id] = self._verified_file(source, workdir / "parent", suffix)
             else:
                 path = self.tracker.download(source.run_id, T.CHECKPOINT_ARTIFACT, workdir / "parent")
                 payload = load_checkpoint(path, source.tags.get(T.CHECKPOINT_SHA))
@@ -425,7 +430,8 @@ class Engine:
                                   f"output is output/<name>{suffix} (letters, digits, '_', '-'): refusing to fetch it")
         download = self.tracker.download(source.run_id, artifact, dest / "download")
         if sha256_of(download) != source.tags.get(T.OUTPUT_SHA):
-            raise CheckpointError(f"output file {download} of run {source.run_id[:8]} does not match its recorded sha256")
+            raise CheckpointError(f"output file {download} of run {source.run_id[:8]} does not match its recorded "
+                                  "sha256")
         path = dest / f"model{suffix}"
         download.replace(path)
         return path
@@ -441,8 +447,8 @@ class Engine:
             state = load_checkpoint(self.tracker.download(source.run_id, T.epoch_artifact(slot), workdir / "resume"),
                                     expected)
         if state.get("cache_key") != key or not isinstance(state.get("epoch"), int):
-            raise CheckpointError(f"the epoch checkpoint of run {source.run_id[:8]} is not one of this stage "
-                                  f"(cache key {str(state.get('cache_key'))[:12]}, epoch {str(state.get('epoch'))[:12]})")
+            found = f"cache key {str(state.get('cache_key'))[:12]}, epoch {str(state.get('epoch'))[:12]}"
+            raise CheckpointError(f"the epoch checkpoint of run {source.run_id[:8]} is not one of this stage ({found})")
         return state
 
     def lock(self) -> dict[str, Any]:

@@ -24,6 +24,8 @@ EPOCH_SLOT = PREFIX + "epoch_slot"
 CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
 # a stage whose output is a file (ONNX, INT8 model) records that file instead of a checkpoint
 OUTPUT_SHA, OUTPUT_ARTIFACT = PREFIX + "output_sha256", PREFIX + "output_artifact"
+# on a reused stage: the host that measured its metrics (latency), when it is not this one
+MEASURED_ON = PREFIX + "measured_on"
 # MLflow's own tags: the run's display name and its description (markdown, shown on the run page)
 RUN_NAME, NOTE = "mlflow.runName", "mlflow.note.content"
 

@@ -6,16 +6,19 @@ artifact path that could leave the download folder is refused before MLflow join
 """
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from recipe_runner import lease
 from recipe_runner import tracking as T
 from recipe_runner.checkpoint import sha256_of
 
-from conftest import TINY_DATA, cli, local_uri, stage_runs
+from conftest import TINY_DATA, cli, local_uri, stage_runs, write_recipe
 
 RECIPE = f"""\
 version: 1
@@ -86,9 +89,29 @@ def test_a_pickle_behind_a_yolo_export_runs_no_code_on_a_reader(workspace: Path)
     assert result.exit_code == 1 and "refusing to fetch it" in result.output, result.output
 
 
-@pytest.mark.parametrize("path", ["../x.onnx", "/etc/passwd", "output/../../x", "output//x", "output\\..\\x", "c:x", ""])
+@pytest.mark.parametrize("path", ["../x.onnx", "/etc/passwd", "output/../../x", "output//x", "output\\..\\x", "c:x",
+                                  ""])
 def test_artifact_paths_that_could_leave_the_download_folder_are_refused(path: str, tmp_path: Path):
     tracker = T.Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "x")
     with pytest.raises(T.UnsafeArtifactPath):
         tracker.download("0" * 32, path, tmp_path / "dest")
     assert not (tmp_path / "dest").exists() and tracker._client is None  # refused before the store is asked
+
+
+def test_latencies_reused_from_another_host_say_so(workspace: Path):
+    """Latency is a property of a machine: a stage reused from a run another host measured is flagged in the
+    console, in the reused run's tags, and in `recipe compare`'s host column."""
+
+    recipe = write_recipe(workspace, "  train: {type: train, epochs: 1}")
+    assert cli("run", recipe).exit_code == 0
+    uri = local_uri(workspace)
+    (train,) = stage_runs(uri)
+    MlflowClient(uri).set_tag(train.info.run_id, lease.HOST, "other-host")
+    again = cli("run", recipe)
+    assert again.exit_code == 0 and "[reuse]  train" in again.output
+    assert "latency measured on other-host, not here" in again.output
+    (reused,) = stage_runs(uri)
+    assert reused.data.tags[T.MEASURED_ON] == "other-host"
+    table = cli("compare", recipe, "--all-runs", "--format", "csv")
+    hosts = [row["host"] for row in csv.DictReader(io.StringIO(table.stdout))]
+    assert hosts == ["other-host", "other-host"]  # the original run and the reuse: both measured there

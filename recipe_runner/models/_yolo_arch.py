@@ -134,7 +134,8 @@ def _check_yaml_file(value: Any) -> str | None:
     # it reaches Ultralytics' trainer as `model`, where a *.pt name or a URL would be loaded, and its DDP launcher
     # writes it into a Python script: a plain path only (no quotes, spaces, colons or escapes)
     ok = isinstance(value, str) and YAML_FILE.fullmatch(value) is not None
-    return None if ok else f"{str(value)[:60]!r} is not a local .yaml file name (letters, digits, '_', '-', '.', '+', '/')"
+    return None if ok else (f"{str(value)[:60]!r} is not a local .yaml file name (letters, digits, '_', '-', '.', "
+                            "'+', '/')")
 
 
 def _check_channels(value: Any) -> str | None:

@@ -67,7 +67,8 @@ def parse_recipe(text: str, source: str, overrides: list[str] = ()) -> Recipe:
     data, locations = parse_yaml(text, source)
     if not isinstance(data, dict):
         # where the top-level node starts (after any leading comments), not line 1
-        raise RecipeError([Problem(locations.get((), Location(source, 1, 1)), "a recipe must be a mapping with version, name, model, data and stages")])
+        raise RecipeError([Problem(locations.get((), Location(source, 1, 1)),
+                                   "a recipe must be a mapping with version, name, model, data and stages")])
     for item in overrides:
         _apply_override(data, locations, item)
     v = _Validator(source, locations)

@@ -52,7 +52,8 @@ class _Walker:
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node, path)
         if id(node) in self._open:
-            self.problems.append(Problem(self.at(node), "an alias refers to a block that contains it (a recursive alias)"))
+            self.problems.append(Problem(self.at(node),
+                                         "an alias refers to a block that contains it (a recursive alias)"))
             return None
         self._open.add(id(node))
         try:
@@ -69,9 +70,9 @@ class _Walker:
         # each tag's constructor fails its own way (ValueError, KeyError, TypeError, AttributeError, OverflowError)
         except Exception:
             kind, label = node.tag.rsplit(":", 1)[-1], ".".join(str(p) for p in path)
-            self.problems.append(Problem(self.at(node), f"{label + ': ' if label else ''}'{node.value}' is not a valid {kind}"
-                                         + (" (a date must exist, e.g. 2024-02-29; quote it to keep it text)"
-                                            if kind == "timestamp" else "")))
+            hint = " (a date must exist, e.g. 2024-02-29; quote it to keep it text)" if kind == "timestamp" else ""
+            self.problems.append(Problem(self.at(node),
+                                         f"{label + ': ' if label else ''}'{node.value}' is not a valid {kind}{hint}"))
             return None
 
     def _mapping(self, node: yaml.MappingNode, path: Path) -> dict:
@@ -129,7 +130,8 @@ def parse_yaml(text: str, source: str, empty: Any = _EMPTY) -> tuple[Any, dict[P
     except yaml.YAMLError as exc:
         raise RecipeError([Problem(Location(source), f"YAML error: {exc}")]) from None
     except RecursionError:  # PyYAML's composer recurses once per nesting level
-        raise RecipeError([Problem(Location(source, 1, 1), f"values are nested more than {MAX_DEPTH} levels deep")]) from None
+        deep = Problem(Location(source, 1, 1), f"values are nested more than {MAX_DEPTH} levels deep")
+        raise RecipeError([deep]) from None
     if node is None:
         if empty is not _EMPTY:
             return empty, {}

@@ -127,7 +127,8 @@ def _request(ctx: StageContext, config: QuantizeConfig, fp32: Path):
     """What the backend is asked to do (what stays float, calibration images, ranges cache) and the first metrics."""
     from ..quantization import QuantizeRequest
 
-    target = ctx.workdir / f"model_{config.mode.replace('-static', '').replace('-dynamic', '_dynamic')}{output_suffix(config)}"
+    name = config.mode.replace('-static', '').replace('-dynamic', '_dynamic')
+    target = ctx.workdir / f"model_{name}{output_suffix(config)}"
     request = QuantizeRequest(fp32, target, config.mode, per_channel=config.per_channel)
     metrics: dict[str, float] = {}
     if config.test_only_quantize_head:

@@ -202,7 +202,7 @@ def _param_value(text: str) -> Any:
     """Params are stored as text (JSON for non-strings): give numbers back as numbers."""
     try:
         return json.loads(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # a store writer's param may nest deeper than json allows
         return text
 
 

@@ -115,3 +115,13 @@ def test_latencies_reused_from_another_host_say_so(workspace: Path):
     table = cli("compare", recipe, "--all-runs", "--format", "csv")
     hosts = [row["host"] for row in csv.DictReader(io.StringIO(table.stdout))]
     assert hosts == ["other-host", "other-host"]  # the original run and the reuse: both measured there
+
+
+@pytest.mark.parametrize("text", ["[]", '{"model": "x"}', "[" * 100_000 + "]" * 100_000, '{"stages": {"a": 1}}',
+                                  '{"overrides": [1]}', "not json"])
+def test_a_stored_lock_that_is_not_a_lock_is_refused_by_reproduce(text: str, tmp_path: Path):
+    from recipe_runner.reproduce import ReproduceError, _lock_of
+
+    (tmp_path / "recipe.lock.json").write_text(text)
+    with pytest.raises(ReproduceError, match="recipe.lock.json is not"):
+        _lock_of(tmp_path / "recipe.lock.json", "0" * 32)

@@ -99,19 +99,29 @@ class RunningStage:
         # the slot of the next epoch checkpoint: alternated per write (not epoch % 2, which with an even cadence
         # writes one slot over and over), so the slot the tags point to is never the one being overwritten
         self.next_slot = 0
+        self.upload_due = True  # whether the next saved state also goes to the store (prune: every step)
 
     def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
         self.engine.tracker.log_metrics(self.run_id, {self.prefix + k: v for k, v in metrics.items()}, step)
 
     def epoch_state_due(self, epoch: int) -> bool:
-        """Should the trainer build and save its epoch state now (the stage's `checkpoint_every`)?"""
-        # fine-tuning inside a multi-step stage: the stage checkpoints per step instead
-        return not self.prefix and self.cadence.due(epoch)
+        """Should the trainer build and save its epoch state now? After every epoch: each state is kept on this
+        machine, so a kill here loses at most one epoch; the stage's `checkpoint_every` decides which are also
+        uploaded (what a resume elsewhere can lose), keeping the uploads' cost near 3% of the training time."""
+        if self.prefix:  # fine-tuning inside a multi-step stage: the stage checkpoints per step instead
+            return False
+        self.upload_due = self.cadence.due(epoch)
+        return True
 
     @timed("epoch checkpoints")
     def save_epoch_state(self, state: dict, epoch: int) -> None:
-        """Upload a resumable state of `epoch` (a trainer asks epoch_state_due first; prune saves every step)."""
+        """Keep a resumable state of `epoch` on this machine, and upload it when the cadence said so (a trainer
+        asks epoch_state_due first; prune, which does not, uploads every step)."""
         if self.prefix:
+            return
+        upload, self.upload_due = self.upload_due, True
+        if not upload:  # this machine only: the newest state, for a resume here
+            save_checkpoint({"cache_key": self.node.cache_key, **state}, local_latest_state(self.node.cache_key))
             return
         started = self.cadence.clock()
         slot, self.next_slot = self.next_slot, 1 - self.next_slot
@@ -437,8 +447,24 @@ class Engine:
         return path
 
     def _load_epoch_state(self, source: T.StageRun, workdir: Path) -> dict:
-        """The epoch checkpoint the tags name: this machine's copy if its sha256 matches, else the store's."""
-        slot, expected, key = epoch_slot(source.tags), source.tags.get(T.EPOCH_SHA), source.tags.get(T.CACHE_KEY, "")
+        """The newest verified epoch state: the one the tags name (this machine's copy if its sha256 matches,
+        else the store's), or this machine's newest state between uploads when it is further on."""
+        key = source.tags.get(T.CACHE_KEY, "")
+        latest = _local_latest(key)
+        try:
+            tagged = self._tagged_epoch_state(source, workdir, key)
+        except (CheckpointError, OSError, MlflowException):
+            if latest is None:
+                raise
+            tagged = None
+        if latest is not None and (tagged is None or latest["epoch"] > tagged["epoch"]):
+            self.announce(f"[resume] {source.tags.get(T.NODE_ID, '')}: epoch {latest['epoch']}'s state found on "
+                          f"this machine (the store has {tagged['epoch'] if tagged else 'none that verifies'})")
+            return latest
+        return tagged
+
+    def _tagged_epoch_state(self, source: T.StageRun, workdir: Path, key: str) -> dict:
+        slot, expected = epoch_slot(source.tags), source.tags.get(T.EPOCH_SHA)
         local = local_epoch_state(key, slot)
         if expected and local.is_file() and sha256_of(local) == expected:
             self.announce(f"[resume] {source.tags.get(T.NODE_ID, '')}: epoch checkpoint found on this machine")
@@ -446,7 +472,7 @@ class Engine:
         else:
             state = load_checkpoint(self.tracker.download(source.run_id, T.epoch_artifact(slot), workdir / "resume"),
                                     expected)
-        if state.get("cache_key") != key or not isinstance(state.get("epoch"), int):
+        if not _state_of(state, key):
             found = f"cache key {str(state.get('cache_key'))[:12]}, epoch {str(state.get('epoch'))[:12]}"
             raise CheckpointError(f"the epoch checkpoint of run {source.run_id[:8]} is not one of this stage ({found})")
         return state
@@ -485,6 +511,28 @@ def epoch_slot(tags: dict[str, str]) -> int:
 def local_epoch_state(cache_key: str, slot: int) -> Path:
     """Where a stage's epoch checkpoints are written before their upload, and stay until the stage finishes."""
     return cache_root() / "epochs" / cache_key / str(slot) / "state.pt"
+
+
+def local_latest_state(cache_key: str) -> Path:
+    """The newest epoch state written on this machine and not uploaded (between the cadence's uploads)."""
+    return cache_root() / "epochs" / cache_key / "latest" / "state.pt"
+
+
+def _state_of(state: dict, cache_key: str) -> bool:
+    return state.get("cache_key") == cache_key and isinstance(state.get("epoch"), int)
+
+
+def _local_latest(cache_key: str) -> Optional[dict]:
+    """This machine's newest unuploaded state of the key, if it loads (written here: no sha256 to check against;
+    still loaded as plain data)."""
+    path = local_latest_state(cache_key)
+    if not cache_key or not path.is_file():
+        return None
+    try:
+        state = load_checkpoint(path, sha256_of(path))
+    except (CheckpointError, OSError):
+        return None
+    return state if _state_of(state, cache_key) else None
 
 
 def _params(node: StageNode) -> dict[str, Any]:

@@ -251,3 +251,24 @@ def test_a_garbled_epoch_slot_tag_starts_over(workspace: Path, monkeypatch):
     assert "cannot resume" in result.output and "epoch-slot tag '../1'" in result.output
     train = {r.data.tags[T.NODE_ID]: r for r in stage_runs(uri)}["train"]
     assert train.data.metrics["epochs_trained"] == 2
+
+
+def test_between_uploads_each_epoch_is_kept_on_this_machine(workspace: Path, monkeypatch):
+    """checkpoint_every: 3 uploads epochs 1, 4, 7; a crash after epoch 3 resumes here from 3, not from the
+    store's 1 (a resume elsewhere can lose up to the cadence, one here at most one epoch)."""
+    from recipe_runner.engine import local_latest_state
+
+    recipe = workspace / "recipe.yaml"
+    recipe.write_text(FAILING.replace("checkpoint_every: 1", "checkpoint_every: 3"))
+    with monkeypatch.context() as patch:
+        _crash_at_epoch(patch, 3)
+        assert cli("run", recipe).exit_code == 1
+    crashed = stage_runs(local_uri(workspace))[0]
+    assert crashed.data.tags[T.EPOCH] == "1"  # the store has epoch 1 only
+    assert local_latest_state(crashed.data.tags[T.CACHE_KEY]).is_file()
+    result = cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    assert "epoch 3's state found on this machine (the store has 1)" in result.output
+    assert "[resume] train  from epoch 3" in result.output
+    train = {r.data.tags[T.NODE_ID]: r for r in stage_runs(local_uri(workspace))}["train"]
+    assert train.data.metrics["epochs_trained"] == 5

@@ -320,7 +320,7 @@ class Engine:
             parent = self.input_of(node.parent, workdir) if node.parent else StageInput()
             ctx = RunningStage(self, node, run_id, workdir, parent, resume_state)
             if resume_state is not None:  # this machine's copy of the resumed slot stays intact until the next write
-                ctx.next_slot = 1 - epoch_slot(planned.source.tags)
+                ctx.next_slot = _other_slot(planned.source.tags)
             output = STAGES.get(node.type).run(ctx, node.config)
             metrics = dict(output.metrics)
             metrics["epochs_trained"] = float(output.epochs_trained)
@@ -506,6 +506,14 @@ def epoch_slot(tags: dict[str, str]) -> int:
     if raw not in ("0", "1"):
         raise CheckpointError(f"epoch-slot tag {str(raw)[:20]!r} is neither 0 nor 1")
     return int(raw)
+
+
+def _other_slot(tags: dict[str, str]) -> int:
+    """The slot a resumed stage writes first: not the one the tags name (a garbled tag names none)."""
+    try:
+        return 1 - epoch_slot(tags)
+    except CheckpointError:
+        return 0
 
 
 def local_epoch_state(cache_key: str, slot: int) -> Path:

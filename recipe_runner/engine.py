@@ -120,8 +120,9 @@ class RunningStage:
         if self.prefix:
             return
         upload, self.upload_due = self.upload_due, True
-        if not upload:  # this machine only: the newest state, for a resume here
-            save_checkpoint({"cache_key": self.node.cache_key, **state}, local_latest_state(self.node.cache_key))
+        if not upload:  # this machine only: the newest state, for a resume here (which falls back to the store's)
+            save_checkpoint({"cache_key": self.node.cache_key, **state}, local_latest_state(self.node.cache_key),
+                            durable=False)
             return
         started = self.cadence.clock()
         slot, self.next_slot = self.next_slot, 1 - self.next_slot

@@ -96,6 +96,9 @@ class RunningStage:
         self.resume_state, self.prefix = resume_state, prefix
         every = node.config.checkpoint_every if isinstance(node.config, TrainingKnobs) else 1
         self.cadence = EpochCadence(every)
+        # states kept on this machine between uploads: as often as costs about 3% too (every epoch of a small
+        # model; a YOLO epoch of a few seconds every few epochs), so a kill here loses little and costs little
+        self.local_cadence = EpochCadence("auto")
         # the slot of the next epoch checkpoint: alternated per write (not epoch % 2, which with an even cadence
         # writes one slot over and over), so the slot the tags point to is never the one being overwritten
         self.next_slot = 0
@@ -105,13 +108,13 @@ class RunningStage:
         self.engine.tracker.log_metrics(self.run_id, {self.prefix + k: v for k, v in metrics.items()}, step)
 
     def epoch_state_due(self, epoch: int) -> bool:
-        """Should the trainer build and save its epoch state now? After every epoch: each state is kept on this
-        machine, so a kill here loses at most one epoch; the stage's `checkpoint_every` decides which are also
-        uploaded (what a resume elsewhere can lose), keeping the uploads' cost near 3% of the training time."""
+        """Should the trainer build and save its epoch state now? The stage's `checkpoint_every` decides which
+        states are uploaded (what a resume elsewhere can lose); in between, states are kept on this machine
+        (what a resume here can lose), each kind as often as costs about 3% of the training time."""
         if self.prefix:  # fine-tuning inside a multi-step stage: the stage checkpoints per step instead
             return False
         self.upload_due = self.cadence.due(epoch)
-        return True
+        return self.upload_due or self.local_cadence.due(epoch)
 
     @timed("epoch checkpoints")
     def save_epoch_state(self, state: dict, epoch: int) -> None:
@@ -121,8 +124,10 @@ class RunningStage:
             return
         upload, self.upload_due = self.upload_due, True
         if not upload:  # this machine only: the newest state, for a resume here (which falls back to the store's)
+            started = self.local_cadence.clock()
             save_checkpoint({"cache_key": self.node.cache_key, **state}, local_latest_state(self.node.cache_key),
                             durable=False)
+            self.local_cadence.written(epoch, started)
             return
         started = self.cadence.clock()
         slot, self.next_slot = self.next_slot, 1 - self.next_slot

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -253,9 +254,10 @@ def test_a_garbled_epoch_slot_tag_starts_over(workspace: Path, monkeypatch):
     assert train.data.metrics["epochs_trained"] == 2
 
 
-def test_between_uploads_each_epoch_is_kept_on_this_machine(workspace: Path, monkeypatch):
-    """checkpoint_every: 3 uploads epochs 1, 4, 7; a crash after epoch 3 resumes here from 3, not from the
-    store's 1 (a resume elsewhere can lose up to the cadence, one here at most one epoch)."""
+def test_between_uploads_states_are_kept_on_this_machine(workspace: Path, monkeypatch):
+    """checkpoint_every: 3 uploads epochs 1, 4, 7; a crash after epoch 3 resumes here from a later epoch than the
+    store's 1: epoch 2 is always kept (the first between uploads), epoch 3 when a local write costs under 3% of an
+    epoch (timing: either is right)."""
     from recipe_runner.engine import local_latest_state
 
     recipe = workspace / "recipe.yaml"
@@ -268,7 +270,8 @@ def test_between_uploads_each_epoch_is_kept_on_this_machine(workspace: Path, mon
     assert local_latest_state(crashed.data.tags[T.CACHE_KEY]).is_file()
     result = cli("run", recipe)
     assert result.exit_code == 0, result.output
-    assert "epoch 3's state found on this machine (the store has 1)" in result.output
-    assert "[resume] train  from epoch 3" in result.output
+    kept = re.search(r"epoch (\d)'s state found on this machine \(the store has 1\)", result.output)
+    assert kept and kept[1] in ("2", "3"), result.output
+    assert f"[resume] train  from epoch {kept[1]}" in result.output
     train = {r.data.tags[T.NODE_ID]: r for r in stage_runs(local_uri(workspace))}["train"]
-    assert train.data.metrics["epochs_trained"] == 5
+    assert train.data.metrics["epochs_trained"] == 8 - int(kept[1])

@@ -23,8 +23,10 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(payload: dict[str, Any], path: Path) -> str:
-    """Write to a temporary file in the same folder, fsync, then rename: a crash leaves the old file or none."""
+def save_checkpoint(payload: dict[str, Any], path: Path, durable: bool = True) -> str:
+    """Write to a temporary file in the same folder, fsync, then rename: a crash leaves the old file or none.
+    `durable=False` skips the fsync (a killed process still leaves a whole file; a power cut may not), for files
+    whose reader falls back to another copy."""
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,7 +35,8 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> str:
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, **payload}, f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

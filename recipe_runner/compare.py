@@ -4,7 +4,10 @@ Arguments name recipe runs in the words a user has at hand (a recipe file, an ex
 the rows are one per stage run, in a fixed column order so csv/json/markdown stay machine-stable:
 
     recipe_run, recipe, node_id, stage_type, action, sweep.<stage>.<key>..., metric, value,
-    macs, params, size_mb, latency_ms, onnx_latency_ms, seconds, <each --metric>
+    macs, params, size_mb, latency_ms, onnx_latency_ms, seconds, host, <each --metric>
+
+`host` is the machine that measured the row (latency is a property of a machine): for a reused stage, the
+host of the run it reuses.
 """
 from __future__ import annotations
 
@@ -17,10 +20,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import tracking as T
+from .lease import HOST
 from .registry import did_you_mean
 
 HEAD = ["recipe_run", "recipe", "node_id", "stage_type", "action"]
-TAIL = ["metric", "value", "macs", "params", "size_mb", "latency_ms", "onnx_latency_ms", "seconds"]
+TAIL = ["metric", "value", "macs", "params", "size_mb", "latency_ms", "onnx_latency_ms", "seconds", "host"]
 # the family's primary accuracy metric; a classifier logs no mAP, a detector no top1
 PRIMARY = ("mAP50-95", "top1")
 PARENT_ID = "mlflow.parentRunId"
@@ -168,6 +172,7 @@ def _stage_row(client: Any, recipe_run: RecipeRun, run: Any, extra_metrics: list
         **{k: _param_value(v) for k, v in params.items() if k.startswith("sweep.")},
         "metric": metric, "value": metrics.get(metric) if metric else None,
         "seconds": (timed.info.end_time - timed.info.start_time) / 1000 if timed.info.end_time else None,
+        "host": timed.data.tags.get(HOST),
     }
     for name in ["macs", "params", "size_mb", "latency_ms", "onnx_latency_ms", *extra_metrics]:
         row.setdefault(name, metrics.get(name))
@@ -197,7 +202,7 @@ def _param_value(text: str) -> Any:
     """Params are stored as text (JSON for non-strings): give numbers back as numbers."""
     try:
         return json.loads(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # a store writer's param may nest deeper than json allows
         return text
 
 
@@ -244,6 +249,8 @@ def table_view(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     rows = [dict(row) for row in comparison.rows]
     metrics = {row["metric"] for row in rows}
     columns = [c for c in comparison.columns if any(row[c] is not None for row in rows) and c != "stage_type"]
+    if len({row["host"] for row in rows}) <= 1 and "host" in columns:  # one machine measured everything
+        columns.remove("host")
     if len(comparison.runs) == 1:
         columns = [c for c in columns if c not in ("recipe_run", "recipe")]
     headers = list(columns)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -96,6 +97,13 @@ class RunningStage:
         every = node.config.checkpoint_every if isinstance(node.config, TrainingKnobs) else 1
         self.cadence = EpochCadence(every)
         self._inputs: dict[str, Any] = {}  # role -> the loaded input model (shared with nested contexts)
+        # states kept on this machine between uploads: as often as costs about 3% too (every epoch of a small
+        # model; a YOLO epoch of a few seconds every few epochs), so a kill here loses little and costs little
+        self.local_cadence = EpochCadence("auto")
+        # the slot of the next epoch checkpoint: alternated per write (not epoch % 2, which with an even cadence
+        # writes one slot over and over), so the slot the tags point to is never the one being overwritten
+        self.next_slot = 0
+        self.upload_due = True  # whether the next saved state also goes to the store (prune: every step)
 
     def input_model(self, role: str) -> Any:
         """The model of the stage input `role` (the distillation "teacher"): loaded as a parent is (in memory if it
@@ -119,17 +127,29 @@ class RunningStage:
         self.engine.tracker.log_metrics(self.run_id, {self.prefix + k: v for k, v in metrics.items()}, step)
 
     def epoch_state_due(self, epoch: int) -> bool:
-        """Should the trainer build and save its epoch state now (the stage's `checkpoint_every`)?"""
-        # fine-tuning inside a multi-step stage: the stage checkpoints per step instead
-        return not self.prefix and self.cadence.due(epoch)
+        """Should the trainer build and save its epoch state now? The stage's `checkpoint_every` decides which
+        states are uploaded (what a resume elsewhere can lose); in between, states are kept on this machine
+        (what a resume here can lose), each kind as often as costs about 3% of the training time."""
+        if self.prefix:  # fine-tuning inside a multi-step stage: the stage checkpoints per step instead
+            return False
+        self.upload_due = self.cadence.due(epoch)
+        return self.upload_due or self.local_cadence.due(epoch)
 
     @timed("epoch checkpoints")
     def save_epoch_state(self, state: dict, epoch: int) -> None:
-        """Upload a resumable state of `epoch` (a trainer asks epoch_state_due first; prune saves every step)."""
+        """Keep a resumable state of `epoch` on this machine, and upload it when the cadence said so (a trainer
+        asks epoch_state_due first; prune, which does not, uploads every step)."""
         if self.prefix:
             return
+        upload, self.upload_due = self.upload_due, True
+        if not upload:  # this machine only: the newest state, for a resume here (which falls back to the store's)
+            started = self.local_cadence.clock()
+            save_checkpoint({"cache_key": self.node.cache_key, **state}, local_latest_state(self.node.cache_key),
+                            durable=False)
+            self.local_cadence.written(epoch, started)
+            return
         started = self.cadence.clock()
-        slot = epoch % 2
+        slot, self.next_slot = self.next_slot, 1 - self.next_slot
         # kept on this machine after a crash (not in the run's scratch folder): a resume here needs no download
         path = local_epoch_state(self.node.cache_key, slot)
         sha = save_checkpoint({"cache_key": self.node.cache_key, **state}, path)
@@ -297,9 +317,12 @@ class Engine:
             tags[T.PREFIX + "action"] = planned.action
         if planned.action == "reuse":
             source = planned.source
+            # latency is a property of a machine: say when the reused measurements come from another one
+            host = source.tags.get(lease.HOST)
+            elsewhere = {T.MEASURED_ON: host} if host and host != lease.me().host else {}
             # the model was made by the source run's versions, not by the installed ones
             run_id = self.tracker.start_run(node.id, {**tags, **V.recorded(source.tags), T.ROLE: "reused",
-                                                      T.PREFIX + "reused_from": source.run_id}, parent_id)
+                                                      T.PREFIX + "reused_from": source.run_id, **elsewhere}, parent_id)
             self.tracker.log_params(run_id, _params(node))
             self.tracker.log_dataset(run_id, R.dataset_input(self.data, node.type))
             metrics = {**source.metrics, "epochs_trained": 0.0}
@@ -309,6 +332,7 @@ class Engine:
             self.metrics[node.id] = metrics
             other = V.differences(source.tags)
             note = f"  made with {', '.join(other)}" if other else ""
+            note += f"  latency measured on {host}, not here" if elsewhere else ""
             self.announce(f"[reuse]  {node.id}  (run {source.run_id[:8]}){note}")
             return StageReport(node.id, "reuse", run_id, metrics, time.time() - started)
 
@@ -338,6 +362,8 @@ class Engine:
                 self.announce(f"[run]    {node.id}")
             parent = self.input_of(node.parent, workdir) if node.parent else self.root_input()
             ctx = RunningStage(self, node, run_id, workdir, parent, resume_state)
+            if resume_state is not None:  # this machine's copy of the resumed slot stays intact until the next write
+                ctx.next_slot = _other_slot(planned.source.tags)
             output = STAGES.get(node.type).run(ctx, node.config)
             metrics = dict(output.metrics)
             metrics["epochs_trained"] = float(output.epochs_trained)
@@ -442,7 +468,8 @@ class Engine:
         if node_id not in self.outputs:
             source = self.sources[node_id]
             if gives == "file":
-                self.outputs[node_id] = self._verified_file(source, workdir / "parent")
+                suffix = self.plan.graph.file_suffix(node_id)
+                self.outputs[node_id] = self._verified_file(source, workdir / "parent", suffix)
             else:
                 path = self.tracker.download(source.run_id, T.CHECKPOINT_ARTIFACT, workdir / "parent")
                 payload = load_checkpoint(path, source.tags.get(T.CHECKPOINT_SHA))
@@ -453,22 +480,55 @@ class Engine:
         # a child must not change its parent's output (branches share it)
         return StageInput(model=copy.deepcopy(self.outputs[node_id]), metrics=metrics)
 
-    def _verified_file(self, source: T.StageRun, dest: Path) -> Path:
-        path = self.tracker.download(source.run_id, source.tags[T.OUTPUT_ARTIFACT], dest)
-        expected = source.tags.get(T.OUTPUT_SHA)
-        if sha256_of(path) != expected:
-            raise CheckpointError(f"output file {path} of run {source.run_id[:8]} does not match its recorded sha256")
+    def _verified_file(self, source: T.StageRun, dest: Path, suffix: str) -> Path:
+        """The run's output file, checked against its sha256 tag and renamed to `model<suffix>`.
+
+        Both tags are written by whoever can write to the store, so the sha256 proves integrity, not origin: the
+        runner, not the tag, names the file a runtime sees (Ultralytics picks its loader from the file name, and
+        unpickles a *.pt). The tag must name output/<plain name><suffix>, the suffix the stage type writes."""
+        artifact = source.tags.get(T.OUTPUT_ARTIFACT, "")
+        folder, _, name = artifact.partition("/")
+        if folder != "output" or not OUTPUT_NAME.fullmatch(name) or not name.endswith(suffix):
+            raise CheckpointError(f"run {source.run_id[:8]} records its output as {artifact[:120]!r}; this stage's "
+                                  f"output is output/<name>{suffix} (letters, digits, '_', '-'): refusing to fetch it")
+        download = self.tracker.download(source.run_id, artifact, dest / "download")
+        if sha256_of(download) != source.tags.get(T.OUTPUT_SHA):
+            raise CheckpointError(f"output file {download} of run {source.run_id[:8]} does not match its recorded "
+                                  "sha256")
+        path = dest / f"model{suffix}"
+        download.replace(path)
         return path
 
     def _load_epoch_state(self, source: T.StageRun, workdir: Path) -> dict:
-        """The epoch checkpoint the tags name: this machine's copy if its sha256 matches, else the store's."""
-        slot, expected = int(source.tags.get(T.EPOCH_SLOT, 0)), source.tags.get(T.EPOCH_SHA)
-        local = local_epoch_state(source.tags.get(T.CACHE_KEY, ""), slot)
+        """The newest verified epoch state: the one the tags name (this machine's copy if its sha256 matches,
+        else the store's), or this machine's newest state between uploads when it is further on."""
+        key = source.tags.get(T.CACHE_KEY, "")
+        latest = _local_latest(key)
+        try:
+            tagged = self._tagged_epoch_state(source, workdir, key)
+        except (CheckpointError, OSError, MlflowException):
+            if latest is None:
+                raise
+            tagged = None
+        if latest is not None and (tagged is None or latest["epoch"] > tagged["epoch"]):
+            self.announce(f"[resume] {source.tags.get(T.NODE_ID, '')}: epoch {latest['epoch']}'s state found on "
+                          f"this machine (the store has {tagged['epoch'] if tagged else 'none that verifies'})")
+            return latest
+        return tagged
+
+    def _tagged_epoch_state(self, source: T.StageRun, workdir: Path, key: str) -> dict:
+        slot, expected = epoch_slot(source.tags), source.tags.get(T.EPOCH_SHA)
+        local = local_epoch_state(key, slot)
         if expected and local.is_file() and sha256_of(local) == expected:
             self.announce(f"[resume] {source.tags.get(T.NODE_ID, '')}: epoch checkpoint found on this machine")
-            return load_checkpoint(local, expected)
-        path = self.tracker.download(source.run_id, T.epoch_artifact(slot), workdir / "resume")
-        return load_checkpoint(path, expected)
+            state = load_checkpoint(local, expected)
+        else:
+            state = load_checkpoint(self.tracker.download(source.run_id, T.epoch_artifact(slot), workdir / "resume"),
+                                    expected)
+        if not _state_of(state, key):
+            found = f"cache key {str(state.get('cache_key'))[:12]}, epoch {str(state.get('epoch'))[:12]}"
+            raise CheckpointError(f"the epoch checkpoint of run {source.run_id[:8]} is not one of this stage ({found})")
+        return state
 
     def lock(self) -> dict[str, Any]:
         """Everything needed to reproduce this run: resolved configs, keys, versions, data, seed, git commit."""
@@ -493,9 +553,51 @@ class Engine:
         }
 
 
+#: the name part of a file stage's output artifact (output/<name>): plain characters, a suffix a runtime reads as data
+OUTPUT_NAME = re.compile(r"[A-Za-z0-9_\-]{1,100}\.(onnx|openvino)")
+
+
+def epoch_slot(tags: dict[str, str]) -> int:
+    """The epoch-checkpoint slot a run's tags name; a garbled one is an unverifiable checkpoint (start over)."""
+    raw = tags.get(T.EPOCH_SLOT, "0")
+    if raw not in ("0", "1"):
+        raise CheckpointError(f"epoch-slot tag {str(raw)[:20]!r} is neither 0 nor 1")
+    return int(raw)
+
+
+def _other_slot(tags: dict[str, str]) -> int:
+    """The slot a resumed stage writes first: not the one the tags name (a garbled tag names none)."""
+    try:
+        return 1 - epoch_slot(tags)
+    except CheckpointError:
+        return 0
+
+
 def local_epoch_state(cache_key: str, slot: int) -> Path:
     """Where a stage's epoch checkpoints are written before their upload, and stay until the stage finishes."""
     return cache_root() / "epochs" / cache_key / str(slot) / "state.pt"
+
+
+def local_latest_state(cache_key: str) -> Path:
+    """The newest epoch state written on this machine and not uploaded (between the cadence's uploads)."""
+    return cache_root() / "epochs" / cache_key / "latest" / "state.pt"
+
+
+def _state_of(state: dict, cache_key: str) -> bool:
+    return state.get("cache_key") == cache_key and isinstance(state.get("epoch"), int)
+
+
+def _local_latest(cache_key: str) -> Optional[dict]:
+    """This machine's newest unuploaded state of the key, if it loads (written here: no sha256 to check against;
+    still loaded as plain data)."""
+    path = local_latest_state(cache_key)
+    if not cache_key or not path.is_file():
+        return None
+    try:
+        state = load_checkpoint(path, sha256_of(path))
+    except (CheckpointError, OSError):
+        return None
+    return state if _state_of(state, cache_key) else None
 
 
 def _params(node: StageNode) -> dict[str, Any]:

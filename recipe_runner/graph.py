@@ -91,6 +91,17 @@ class StageGraph:
         chain = [node_id, *self.ancestors(node_id)]
         return output_kind([self.nodes[n].type for n in reversed(chain)])
 
+    def file_suffix(self, node_id: str) -> str:
+        """The suffix of the file a node hands on (gives "file"): decided by the stage that wrote it, from its type
+        and config, so a file fetched from the store is named by the runner, not by a tag."""
+        from .stages import STAGES
+
+        for n in [node_id, *self.ancestors(node_id)]:
+            stage_type = STAGES.get(self.nodes[n].type)
+            if stage_type.gives == "file" and stage_type.output_suffix is not None:
+                return stage_type.output_suffix(self.nodes[n].config)
+        raise ValueError(f"'{node_id}' hands on no file of a known type")
+
     def descendants(self, node_id: str) -> list[str]:
         """Every node that reads `node_id`'s output, through parents or inputs (a teacher's students included)."""
         return [n.id for n in self.nodes.values() if node_id in self.requires(n.id)]

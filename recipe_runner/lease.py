@@ -43,6 +43,8 @@ from . import tracking as T
 HEARTBEAT_S = float(os.environ.get("RECIPE_RUNNER_HEARTBEAT_S") or 30)
 #: a lease whose heartbeat is older than this many of its owner's intervals is stale
 MISSED_BEATS = 3
+#: the longest heartbeat interval a lease may declare
+MAX_INTERVAL_S = 3600.0
 #: how often a waiting process looks at the run it waits for
 POLL_S = min(5.0, HEARTBEAT_S)
 
@@ -107,7 +109,10 @@ def is_live(run: T.StageRun, now: float, pid_space: Optional[str] = None,
         pid = int(run.tags[PID])
     except (KeyError, ValueError):  # no lease (an older runner, a hand-made run) or a garbled one: nobody to wait for
         return False
-    if now - beat > MISSED_BEATS * interval:
+    # garbled too, and nobody's: nan or inf, a beat further ahead than the clock tolerance, an interval of hours
+    # (one write would make a lease live for ever), a pid no system has (os.kill would overflow)
+    tolerance = MISSED_BEATS * interval
+    if not (0 < interval <= MAX_INTERVAL_S and now - tolerance <= beat <= now + tolerance and 0 < pid < 2**31):
         return False
     # only a pid of this host and pid namespace can be checked; elsewhere the heartbeat alone decides
     return run.tags.get(PID_SPACE) != (pid_space or local_pid_space()) or alive(pid)

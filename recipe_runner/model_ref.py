@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .checkpoint import sha256_of
+from .models import FAMILIES
 from .models.base import ModelRef
 from .recipe import CUSTOM_SOURCE, WEIGHTS_NAME, Recipe
 
@@ -59,7 +60,9 @@ def model_identity(recipe: Recipe, ref: Optional[ModelRef] = None) -> dict[str, 
         module, _, name = ref.source.rpartition(":")
         spec["source"] = f"{module_identity(module)}:{name}"
     elif path.is_file():
-        spec["source"] = f"file-sha256:{sha256_of(path)}"
+        # a family may build from more than the file's bytes (Ultralytics: a scale taken from the file name)
+        resolved = FAMILIES.get(ref.family).load().source_identity(str(path))
+        spec["source"] = resolved or f"file-sha256:{sha256_of(path)}"
     if ref.weights is not None and not WEIGHTS_NAME.fullmatch(ref.weights):
         spec["weights"] = f"file-sha256:{sha256_of(Path(ref.weights))}"
     return spec

@@ -93,8 +93,11 @@ def fetch_original(client: Any, ref: str, workdir: Path) -> Original:
         found = ", ".join(files) or "nothing"
         raise ReproduceError(f"run '{run_id}' holds no recipe file and lock under {RECIPE_FOLDER}/ (found: {found})")
     workdir.mkdir(parents=True, exist_ok=True)
-    recipe_path = Path(client.download_artifacts(run_id, recipes[0], str(workdir)))
-    lock = json.loads(Path(client.download_artifacts(run_id, f"{RECIPE_FOLDER}/{LOCK}", str(workdir))).read_text())
+    try:  # a listing of the store is written by its writers: a path could point out of workdir
+        recipe_path = Path(client.download_artifacts(run_id, T.safe_artifact_path(recipes[0]), str(workdir)))
+    except T.UnsafeArtifactPath as exc:
+        raise ReproduceError(f"run '{run_id}': {exc}") from None
+    lock = _lock_of(Path(client.download_artifacts(run_id, f"{RECIPE_FOLDER}/{LOCK}", str(workdir))), run_id)
     digest = hashlib.sha256(recipe_path.read_bytes()).hexdigest()
     recorded = {lock.get("recipe_sha256"), run.data.tags.get(T.PREFIX + "recipe_sha256")}
     if recorded != {digest}:
@@ -122,6 +125,20 @@ def version_differences(recorded: dict[str, str], installed: dict[str, str]) -> 
     """(package, recorded, installed) for every package whose version differs; '-' where one side lacks it."""
     names = list(dict.fromkeys([*recorded, *installed]))
     return [(n, recorded.get(n, "-"), installed.get(n, "-")) for n in names if recorded.get(n) != installed.get(n)]
+
+
+def _lock_of(path: Path, run_id: str) -> dict[str, Any]:
+    """The lock as the runner wrote it: a store writer may have written anything else (a list, deep nesting)."""
+    try:
+        lock = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ReproduceError(f"run '{run_id}': its {LOCK} is not JSON ({str(exc)[:80]})") from None
+    shapes = {"model": dict, "data": dict, "stages": dict, "overrides": list, "versions": dict}
+    wrong = [k for k, kind in shapes.items() if not isinstance(lock, dict) or not isinstance(lock.get(k, kind()), kind)]
+    if wrong or not all(isinstance(s, dict) for s in lock.get("stages", {}).values()) \
+            or not all(isinstance(o, str) for o in lock.get("overrides", [])):
+        raise ReproduceError(f"run '{run_id}': its {LOCK} is not a recipe-runner lock ({', '.join(wrong) or 'stages'})")
+    return lock
 
 
 def check_model_file(lock: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from contextlib import contextmanager
@@ -23,8 +24,28 @@ EPOCH_SLOT = PREFIX + "epoch_slot"
 CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
 # a stage whose output is a file (ONNX, INT8 model) records that file instead of a checkpoint
 OUTPUT_SHA, OUTPUT_ARTIFACT = PREFIX + "output_sha256", PREFIX + "output_artifact"
+# on a reused stage: the host that measured its metrics (latency), when it is not this one
+MEASURED_ON = PREFIX + "measured_on"
 # MLflow's own tags: the run's display name and its description (markdown, shown on the run page)
 RUN_NAME, NOTE = "mlflow.runName", "mlflow.note.content"
+
+
+class UnsafeArtifactPath(ValueError):
+    """An artifact path (from a tag or a listing, both written by whoever can write to the store) that could
+    leave the download folder."""
+
+
+_ARTIFACT_PART = re.compile(r"[^/\\:\x00-\x1f]{1,200}")
+
+
+def safe_artifact_path(path: Any) -> str:
+    """`path` if it is relative, made of plain names ('..', '.', empty parts, backslashes, colons refused): MLflow
+    joins an artifact path to the destination folder unchecked on stores it reads directly (S3, file stores)."""
+    parts = path.split("/") if isinstance(path, str) else []
+    if not parts or len(parts) > 16 or not all(_ARTIFACT_PART.fullmatch(p) and p not in (".", "..") for p in parts):
+        raise UnsafeArtifactPath(f"artifact path {str(path)[:120]!r} is not a plain relative path; refusing to "
+                                 "download it")
+    return path
 
 
 def done_tag(gives: str) -> str:
@@ -209,6 +230,8 @@ class Tracker:
 
     @timed("mlflow", per_function=True)
     def download(self, run_id: str, artifact: str, dest: Path) -> Path:
+        """One artifact into `dest`; its path must be plain and relative (see safe_artifact_path)."""
+        artifact = safe_artifact_path(artifact)
         dest.mkdir(parents=True, exist_ok=True)
         return Path(self.client.download_artifacts(run_id, artifact, str(dest)))
 

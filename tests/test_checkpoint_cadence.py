@@ -48,10 +48,11 @@ def test_checkpoint_every_sets_the_saved_epochs_and_stays_out_of_the_cache_key(w
     assert cli("run", recipe).exit_code == 0
     (run,) = stage_runs(local_uri(workspace))
     client = MlflowClient(local_uri(workspace))
-    # epochs 1, 3 and 5 were written, all to slot epoch % 2 = 1; the tags name the last
-    assert run.data.tags[T.EPOCH] == "5"
+    # epochs 1, 3 and 5 were written, to slots 0, 1, 0 in turn (not epoch % 2, which put all three in slot 1, each
+    # overwriting the one the tags named); the tags name the last
+    assert (run.data.tags[T.EPOCH], run.data.tags[T.EPOCH_SLOT]) == ("5", "0")
     saved = {f.path for f in client.list_artifacts(run.info.run_id, "epoch")}
-    assert saved == {"epoch/1"}  # slot 0 would hold an even epoch: 2 and 4 were never written
+    assert saved == {"epoch/0", "epoch/1"}
     history = client.get_metric_history(run.info.run_id, "epochs_trained")
     assert history and history[-1].value == 5
     # a different cadence is the same stage: reused, not trained again

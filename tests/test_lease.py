@@ -43,6 +43,16 @@ def test_a_lease_is_live_while_running_with_a_fresh_heartbeat_and_a_living_local
     assert not live(T.StageRun("a", "RUNNING", {L.HEARTBEAT: "soon", L.PID: "1"}, {}, {}))
 
 
+def test_a_garbled_lease_is_nobodys():
+    """Lease tags are written by whoever can write to the store: one write must not make a lease live for ever
+    (every reader would wait on it) nor crash the readers."""
+    for garbled in ({L.HEARTBEAT: "inf"}, {L.HEARTBEAT: "nan"}, {L.INTERVAL: "nan"}, {L.INTERVAL: "1e12"},
+                    {L.HEARTBEAT: str(NOW + 10_000)}, {L.INTERVAL: "-30"}):
+        assert not live(run("a", **garbled)), garbled
+    for pid in ("0", "-1", str(2**64)):  # os.kill would overflow on the last
+        assert not L.is_live(run("a", host="here", **{L.PID: pid}), NOW, pid_space="here"), pid
+
+
 def test_decide_reuses_waits_withdraws_and_claims():
     def decide(runs, **kw):
         return L.decide(runs, NOW, pid_space="here", alive=lambda pid: pid != 13, **kw)

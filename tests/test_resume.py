@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -233,3 +234,44 @@ def test_sigterm_stops_like_ctrl_c_and_marks_the_runs_killed(workspace: Path):
     client = MlflowClient(local_uri(workspace))
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert runs and {r.info.status for r in runs} == {"KILLED"}  # the parent and the cut-off stage: nothing RUNNING
+
+
+def test_a_garbled_epoch_slot_tag_starts_over(workspace: Path, monkeypatch):
+    """The slot tag is written by whoever can write to the store: one that is neither 0 nor 1 is an epoch
+    checkpoint that cannot be verified, so the stage trains from scratch instead of failing."""
+    recipe = workspace / "recipe.yaml"
+    recipe.write_text(FAILING.replace("epochs: 8", "epochs: 2").replace("train=768", "train=64"))
+    with monkeypatch.context() as patch:
+        _crash_at_epoch(patch, 1)
+        assert cli("run", recipe).exit_code == 1
+    uri = local_uri(workspace)
+    crashed = stage_runs(uri)[0]
+    MlflowClient(uri).set_tag(crashed.info.run_id, T.EPOCH_SLOT, "../1")
+    result = cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    assert "cannot resume" in result.output and "epoch-slot tag '../1'" in result.output
+    train = {r.data.tags[T.NODE_ID]: r for r in stage_runs(uri)}["train"]
+    assert train.data.metrics["epochs_trained"] == 2
+
+
+def test_between_uploads_states_are_kept_on_this_machine(workspace: Path, monkeypatch):
+    """checkpoint_every: 3 uploads epochs 1, 4, 7; a crash after epoch 3 resumes here from a later epoch than the
+    store's 1: epoch 2 is always kept (the first between uploads), epoch 3 when a local write costs under 3% of an
+    epoch (timing: either is right)."""
+    from recipe_runner.engine import local_latest_state
+
+    recipe = workspace / "recipe.yaml"
+    recipe.write_text(FAILING.replace("checkpoint_every: 1", "checkpoint_every: 3"))
+    with monkeypatch.context() as patch:
+        _crash_at_epoch(patch, 3)
+        assert cli("run", recipe).exit_code == 1
+    crashed = stage_runs(local_uri(workspace))[0]
+    assert crashed.data.tags[T.EPOCH] == "1"  # the store has epoch 1 only
+    assert local_latest_state(crashed.data.tags[T.CACHE_KEY]).is_file()
+    result = cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    kept = re.search(r"epoch (\d)'s state found on this machine \(the store has 1\)", result.output)
+    assert kept and kept[1] in ("2", "3"), result.output
+    assert f"[resume] train  from epoch {kept[1]}" in result.output
+    train = {r.data.tags[T.NODE_ID]: r for r in stage_runs(local_uri(workspace))}["train"]
+    assert train.data.metrics["epochs_trained"] == 8 - int(kept[1])

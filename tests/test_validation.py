@@ -84,6 +84,16 @@ CASES: dict[str, tuple[int, str]] = {
     "negative_seed": (3, "seed: Input should be greater than or equal to 0 (got -1)"),
     "sparse_penalty_typo": (10, "stages.sparse.penalty: Input should be 'bn-l1' or 'group-l2' (got 'l3')"),
     "sparse_negative_strength": (11, "stages.sparse.strength: Input should be greater than or equal to 0 (got -0.0001)"),
+    "invalid_date": (5, "description: '2024-02-30' is not a valid timestamp (a date must exist"),
+    "int_tag_not_int": (5, "seed: 'abc' is not a valid int"),
+    "bool_tag_maybe": (10, "stages.onnx.dynamic: 'maybe' is not a valid bool"),
+    "timestamp_tag_not_a_time": (8, "stages.train.epochs: 'x' is not a valid timestamp"),
+    "empty_model": (3, "model: names no model"),
+    "recursive_alias": (6, "an alias refers to a block that contains it (a recursive alias)"),
+    "billion_laughs": (9, "the recipe expands to more than 10000 values"),
+    "top_level_list_after_comment": (3, "a recipe must be a mapping"),
+    "sweep_over_device": (8, "stages.train.device: 'device' is not part of a stage's cache key"),
+    "sweep_copy_refuses_key": (11, "stages.prune.importance: unknown key 'importance' (in the sweep copy method=slim)"),
 }
 LOCATED = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<message>\S.*)$")
 
@@ -153,6 +163,11 @@ def test_the_installed_command_exits_2_with_located_lines_on_stderr(tmp_path: Pa
     ("stages.prune.ratio", "expected --set dotted.key=value"),
     ("=0.3", "expected --set dotted.key=value"),
     ("stages.prune.type=prnue", "unknown stage type 'prnue'; did you mean 'prune'?"),
+    ("seed=!!int abc", "value is not valid: 'abc' is not a valid int"),
+    ("stages.prune.ratio=!!bool maybe", "'maybe' is not a valid bool"),
+    ("description=2024-02-30", "'2024-02-30' is not a valid timestamp"),
+    ("description=!!python/object/apply:os.system [echo]", "is not allowed"),
+    ("description=[&x [*x]]", "recursive alias"),
 ])
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_bad_set_exits_2_like_a_bad_recipe(command: str, override: str, words: str, store: Path):

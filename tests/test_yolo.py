@@ -307,28 +307,47 @@ def test_data_yaml_mistakes_are_caught_before_training(workspace: Path, tiny_dat
     label.write_text(label.read_text() + "5 0.5 0.5 0.2 0.2\n")
     with pytest.raises(DataError, match=r"class id 5 is outside 0..2"):
         resolve_data("ds/data.yaml", "detect", workspace)
+    for bad in ("nan", "inf", "-inf"):  # floats, but no class ids: a planning error, not a traceback
+        label.write_text(f"{bad} 0.5 0.5 0.2 0.2\n")
+        with pytest.raises(DataError, match=rf"class id {bad} is outside 0..2"):
+            resolve_data("ds/data.yaml", "detect", workspace)
 
 
-def test_training_keeps_pruned_shapes_and_resumes_from_plain_state(family, tiny_data, tmp_path: Path):
+def test_training_keeps_pruned_shapes_and_resumes_from_plain_state(family, tiny_data, tmp_path: Path, monkeypatch):
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
     from recipe_runner.pruning import METHODS, plan_steps
     from recipe_runner.stages.train import TrainConfig
+
+    # which epoch (0-based) closed mosaic: a run resumed past epochs - close_mosaic must close it as an
+    # uninterrupted one does, or the two differ under one cache key
+    closed: list[int] = []
+    original_close = DetectionTrainer._close_dataloader_mosaic
+
+    def close(self):
+        closed.append(self.epoch)
+        return original_close(self)
+
+    monkeypatch.setattr(DetectionTrainer, "_close_dataloader_mosaic", close)
 
     method = METHODS.get("depgraph")
     model = family.build("yolov8n.yaml", tiny_data, seed=0)
     model = method.prune_step(model, family, tiny_data, method.config(method="depgraph", imgsz=64, ratio=0.5),
                               plan_steps(0.5, 1)[0])
     pruned = family.cost(model, 64)
-    knobs = TrainConfig(epochs=2, imgsz=64, batch=8)
+    knobs = TrainConfig(epochs=2, imgsz=64, batch=8, args={"close_mosaic": 1})
     first = RecordingContext(tmp_path)
     result = family.train(model, tiny_data, knobs, 2, first)
     assert (result.epochs_trained, result.last_epoch) == (2, 2)
     assert family.cost(result.model, 64) == pruned  # Ultralytics' trainer did not rebuild the yaml
     assert [step for step, _ in first.logged] == [1, 2] and "mAP50-95" in first.logged[0][1]
     assert [s["epoch"] for s in first.states] == [1, 2]
+    assert closed == [1]
     resumed = family.train(family.build("yolov8n.yaml", tiny_data, seed=0), tiny_data, knobs, 2,
                            RecordingContext(tmp_path, resume_state=first.states[0]))
     assert (resumed.epochs_trained, resumed.last_epoch) == (1, 2)
     assert family.cost(resumed.model, 64) == pruned
+    assert closed == [1, 1]  # the resumed run closed mosaic at its first epoch, 1, as the uninterrupted one
 
 
 def test_unstructured_pruning_of_yolo_keeps_its_zeros_through_finetuning(workspace: Path):

@@ -99,15 +99,18 @@ def _crafted(description: dict, marker: Path) -> dict[str, dict]:
     code_arg["yaml"]["head"][0][3] = [_payload(marker), 2, "nearest"]
     yaml_file = copy.deepcopy(description)
     yaml_file["yaml"]["yaml_file"] = "https://example.invalid/weights.pt"  # the trainer's `model`: would be fetched
+    # the DDP launcher writes the trainer's `model` into a Python script: quotes must not get there
+    yaml_quotes = copy.deepcopy(description)
+    yaml_quotes["yaml"]["yaml_file"] = f"x.yaml'); open('{marker}', 'w'); ('.yaml"
     extra_key = copy.deepcopy(description)
     extra_key["yaml"]["kpt_shape"] = [17, 3]
     huge = copy.deepcopy(description)
     huge["nc"] = 10**9
     return {"activation": activation, "loader": loader, "local_name": local_name, "code_arg": code_arg,
-            "yaml_file": yaml_file, "extra_key": extra_key, "huge_nc": huge}
+            "yaml_file": yaml_file, "yaml_file_quotes": yaml_quotes, "extra_key": extra_key, "huge_nc": huge}
 
 
-CASES = ["activation", "loader", "local_name", "code_arg", "yaml_file", "extra_key", "huge_nc"]
+CASES = ["activation", "loader", "local_name", "code_arg", "yaml_file", "yaml_file_quotes", "extra_key", "huge_nc"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -36,6 +36,8 @@ class Builtin:
     defaults: dict[str, int]
     version: int  # bump when the generator's output changes, so cache keys change with it
     generate: Callable[[Path, dict[str, int]], list[str]]  # (empty folder, options) -> class names
+    # option -> (least, most) it may be; others: 0..2**32-1 (a typo of a few digits must not generate for hours)
+    bounds: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 BUILTINS: Registry[Builtin] = Registry("builtin dataset")
@@ -58,8 +60,9 @@ def _parse_builtin(spec: str) -> tuple[str, Builtin, dict[str, int]]:
             options[key] = int(value)
         except ValueError:
             raise DataError(f"builtin:{name} option '{key}' must be an integer, got '{value}'") from None
-        if options[key] < 0:
-            raise DataError(f"builtin:{name} option '{key}' must be >= 0")
+        least, most = builtin.bounds.get(key, (0, 2**32 - 1))
+        if not least <= options[key] <= most:
+            raise DataError(f"builtin:{name} option '{key}' must be between {least} and {most}, got {options[key]}")
     return name, builtin, options
 
 

@@ -1,6 +1,7 @@
 """Check a user's dataset folder before any training starts, and read its class names."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -105,6 +106,7 @@ def _check_labels(images: list[Path], num_classes: int) -> None:
                 cls = float(fields[0])
             except ValueError:
                 raise DataError(f"{label}:{number}: '{fields[0]}' is not a class id") from None
-            if cls != int(cls) or not 0 <= cls < num_classes:
+            # nan and inf parse as floats: not class ids either (int() of them raises)
+            if not math.isfinite(cls) or cls != int(cls) or not 0 <= cls < num_classes:
                 raise DataError(f"{label}:{number}: class id {fields[0]} is outside 0..{num_classes - 1} "
                                 f"(the data.yaml names {num_classes} classes)")

@@ -118,7 +118,9 @@ def iou(a: tuple, b: tuple) -> float:
     return inter / union if union else 0.0
 
 
+BOUNDS = {"train": (0, 100_000), "val": (0, 100_000), "imgsz": (16, 2048), "objects": (1, 64)}
 BUILTINS.register("shapes-cls")(Builtin(
-    "classify", {"train": 128, "val": 32, "imgsz": 32, "classes": 4, "seed": 0}, 1, generate_classification))
+    "classify", {"train": 128, "val": 32, "imgsz": 32, "classes": 4, "seed": 0}, 1, generate_classification, BOUNDS))
 BUILTINS.register("shapes")(Builtin(
-    "detect", {"train": 64, "val": 16, "imgsz": 160, "classes": 3, "objects": 3, "seed": 0}, 1, generate_detection))
+    "detect", {"train": 64, "val": 16, "imgsz": 160, "classes": 3, "objects": 3, "seed": 0}, 1, generate_detection,
+    BOUNDS))

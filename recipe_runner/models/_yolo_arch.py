@@ -34,6 +34,7 @@ ACTIVATION = re.compile(r"(torch\.)?nn\.(SiLU|ReLU|ReLU6|LeakyReLU|Hardswish|Har
 # what would exhaust memory when the model is built.
 MAX_LAYERS, MAX_REPEATS, MAX_NUMBER, MAX_MULTIPLE, MAX_CLASSES = 256, 64, 8192, 4.0, 100_000
 _SCALE_NAME = re.compile(r"[a-z0-9]{0,4}")
+YAML_FILE = re.compile(r"[A-Za-z0-9_./+\-]{1,995}\.ya?ml", re.IGNORECASE)
 
 
 class ArchitectureError(CheckpointError, ValueError):
@@ -130,10 +131,11 @@ def _check_reg_max(value: Any) -> str | None:
 
 
 def _check_yaml_file(value: Any) -> str | None:
-    # it reaches Ultralytics' trainer as `model`, where a *.pt name or a URL would be loaded
-    ok = (isinstance(value, str) and len(value) <= 1000 and value.lower().endswith((".yaml", ".yml"))
-          and "://" not in value and not any(c in value for c in "\n\r\0"))
-    return None if ok else f"{str(value)[:60]!r} is not a local .yaml file name"
+    # it reaches Ultralytics' trainer as `model`, where a *.pt name or a URL would be loaded, and its DDP launcher
+    # writes it into a Python script: a plain path only (no quotes, spaces, colons or escapes)
+    ok = isinstance(value, str) and YAML_FILE.fullmatch(value) is not None
+    return None if ok else (f"{str(value)[:60]!r} is not a local .yaml file name (letters, digits, '_', '-', '.', "
+                            "'+', '/')")
 
 
 def _check_channels(value: Any) -> str | None:

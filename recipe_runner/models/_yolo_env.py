@@ -70,11 +70,17 @@ def resolved_data_yaml(data: Any) -> str:
     """
     import yaml
 
+    from ..data import dataset_root
+
     source = Path(data.path)
     content = yaml.safe_load(source.read_text()) or {}
-    root = Path(content.get("path") or ".")
-    root = root if root.is_absolute() else (source.parent / root)
-    content["path"] = str(root.resolve())
+    # the one resolution the checks and the fingerprint use too (`~` expanded, relative to the yaml's folder)
+    content["path"] = str(dataset_root(source, content).resolve())
+    for split in ("train", "val", "test"):  # split entries too: Ultralytics would read '~/x' as a folder named ~
+        entry = content.get(split)
+        if isinstance(entry, (str, list)):
+            expanded = [os.path.expanduser(str(e)) for e in (entry if isinstance(entry, list) else [entry])]
+            content[split] = expanded if isinstance(entry, list) else expanded[0]
     content.pop("download", None)
     if "names" not in content and "nc" not in content:
         content["names"] = list(data.names)

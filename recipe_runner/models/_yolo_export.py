@@ -63,6 +63,8 @@ def split_files(data: Any, split: str) -> list[Path]:
     ultralytics_ready()
     from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
 
+    from ..data import listed_images
+
     info = check_det_dataset(resolved_data_yaml(data))
     entries = info[split] if isinstance(info[split], list) else [info[split]]
     files: list[Path] = []
@@ -70,9 +72,8 @@ def split_files(data: Any, split: str) -> list[Path]:
         p = Path(entry)
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.suffix.lower().lstrip(".") in IMG_FORMATS)
-        elif p.suffix == ".txt":
-            files += [Path(line.strip()) if Path(line.strip()).is_absolute() else (p.parent / line.strip())
-                      for line in p.read_text().splitlines() if line.strip()]
+        elif p.suffix == ".txt":  # Ultralytics' rule, as training reads the list: './x' beside it, else as written
+            files += [Path(image) for _, image in listed_images(p)]
     return files
 
 

@@ -109,6 +109,11 @@ class ModelFamily(ABC):
         """Raise ValueError with a clear message if `source` cannot be built (before anything trains); a
         config_base.ConfigProblem names the `model:` key to point at (source, weights, args)."""
 
+    def source_identity(self, source: str) -> Optional[str]:
+        """What the cache key records of a local model file, where what the family builds depends on more than
+        the file's bytes; None: the file's sha256."""
+        return None
+
     @abstractmethod
     def build(self, source: str, data: DataSource, seed: int) -> nn.Module:
         """The root model: the architecture named by `source`, sized for the data's classes."""

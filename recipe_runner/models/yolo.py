@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import shutil
 import tempfile
@@ -83,6 +85,18 @@ class YoloFamily(ModelFamily):
         # refused here, not at the first reuse: its stage checkpoints must pass the same check to be rebuilt
         check_architecture(cfg, f"model '{source}'")
         return cfg
+
+    def source_identity(self, source: str) -> Optional[str]:
+        """A local yaml by what Ultralytics resolves from it: the file it really reads and the scale it takes from
+        the name (byte-identical yolov8n-custom.yaml and yolov8s-custom.yaml build different models)."""
+        if source.lower().endswith(".pt"):
+            return None
+        try:
+            cfg = {k: v for k, v in self._yaml_dict(source).items() if k != "yaml_file"}  # yaml_file: the path
+        except ValueError:
+            return None  # not buildable: the planner's checks say why, at the model's line
+        text = json.dumps(cfg, sort_keys=True, default=str)
+        return f"yolo-yaml-sha256:{hashlib.sha256(text.encode()).hexdigest()}"
 
     def build(self, source: str, data, seed: int) -> nn.Module:
         ultralytics_ready()
@@ -273,13 +287,22 @@ class YoloFamily(ModelFamily):
 
     def evaluate_file(self, path: Path, data, knobs: EvalKnobs) -> dict[str, float]:
         """Ultralytics' validator runs the file: an .onnx directly, an OpenVINO IR unpacked into the
-        `*_openvino_model` folder it recognises."""
+        `*_openvino_model` folder it recognises.
+
+        Ultralytics' AutoBackend picks its loader from the file name (a *.pt is unpickled, code and all), so it is
+        handed only a copy named here, model.onnx or model_openvino_model/, whatever the file was called."""
         from .openvino_runtime import is_openvino, unpack
 
+        path = Path(path)
+        if path.suffix not in (".onnx", ".openvino"):
+            raise ValueError(f"{path.name}: only .onnx and .openvino model files are evaluated (a file named otherwise "
+                             "could make Ultralytics unpickle it)")
         knobs = knobs.model_copy(update={"imgsz": _round_to_stride(knobs.imgsz)})
-        if not is_openvino(path):
-            return self._validate(str(path), data, knobs)
-        with tempfile.TemporaryDirectory(prefix="yolo-ov-") as work:
+        with tempfile.TemporaryDirectory(prefix="yolo-file-") as work:
+            if not is_openvino(path):
+                named = Path(work) / "model.onnx"
+                shutil.copyfile(path, named)
+                return self._validate(str(named), data, knobs)
             folder = unpack(path, Path(work) / "model_openvino_model")
             return self._validate(str(folder.parent), data, knobs)
 

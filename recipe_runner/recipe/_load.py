@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..models import FAMILIES, family_for
@@ -19,7 +18,7 @@ from ._errors import Location, Problem, RecipeError
 from ._models import ModelSpec, RecipeHeader, TrackingConfig
 from ._search import SearchConfig, SearchRange, SearchSpace, is_search, parse_space, search_subtree
 from ._yaml import Path as KeyPath
-from ._yaml import parse_yaml
+from ._yaml import parse_value, parse_yaml
 
 
 @dataclass
@@ -75,7 +74,9 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 def parse_recipe(text: str, source: str, overrides: list[str] = ()) -> Recipe:
     data, locations = parse_yaml(text, source)
     if not isinstance(data, dict):
-        raise RecipeError([Problem(Location(source, 1, 1), "a recipe must be a mapping with version, name, model, data and stages")])
+        # where the top-level node starts (after any leading comments), not line 1
+        raise RecipeError([Problem(locations.get((), Location(source, 1, 1)),
+                                   "a recipe must be a mapping with version, name, model, data and stages")])
     for item in overrides:
         _apply_override(data, locations, item)
     v = _Validator(source, locations)
@@ -103,11 +104,15 @@ def _check_stages_anyway(v: "_Validator", data: dict) -> None:
 
 
 def _short_model(source: str, v: "_Validator") -> ModelSpec:
+    fallback = ModelSpec.model_construct(family=FAMILIES.names()[0], source=source)
+    if not source.strip():
+        v.problem(("model",), "names no model (e.g. resnet18 or yolov8n.yaml)")
+        return fallback
     try:
         return ModelSpec(family=family_for(source), source=source)
-    except KeyError as exc:
-        v.problem(("model",), str(exc.args[0]))
-        return ModelSpec(family=FAMILIES.names()[0], source=source)
+    except (KeyError, ValueError) as exc:  # ValueError: pydantic's, for a source ModelSpec refuses
+        v.problem(("model",), str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
+        return fallback
 
 
 def _apply_override(data: dict, locations: dict, item: str) -> None:
@@ -117,9 +122,9 @@ def _apply_override(data: dict, locations: dict, item: str) -> None:
     if not sep or not key.strip():
         raise RecipeError([Problem(where, "expected --set dotted.key=value")])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise RecipeError([Problem(where, f"value is not valid YAML: {exc}")]) from None
+        value = parse_value(raw, str(where)) if raw.strip() else ""
+    except RecipeError as exc:  # the value's own line:col mean nothing on a command line: name the --set instead
+        raise RecipeError([Problem(where, f"value is not valid: {p.message}") for p in exc.problems]) from None
     parts = key.strip().split(".")
     node = data
     for depth, part in enumerate(parts[:-1]):
@@ -170,8 +175,8 @@ class _Validator:
             self.problems.append(problem)
 
     def validate(self, adapter: TypeAdapter, data: Any, prefix: KeyPath,
-                 known: Callable[[tuple], list[str]] = lambda loc: [], tags: list[str] = ()):
-        """The validated value, or None after recording one problem per offending key."""
+                 known: Callable[[tuple], list[str]] = lambda loc: [], tags: list[str] = (), note: str = ""):
+        """The validated value, or None after recording one problem per offending key (each ending in `note`)."""
         try:
             return adapter.validate_python(data)
         except ValidationError as exc:
@@ -182,7 +187,7 @@ class _Validator:
                     continue
                 if path not in seen:  # a union reports once per member; the first says enough
                     seen.add(path)
-                    self.problem(path, _message(error, known(error["loc"]), tags))
+                    self.problem(path, _message(error, known(error["loc"]), tags) + note)
             return None
 
     def stages(self, header: RecipeHeader) -> dict[str, StageDecl]:
@@ -327,13 +332,25 @@ class _Validator:
         variants = []
         for combo in itertools.product(*sweeps.values()) if sweeps else [()]:
             assignment = dict(zip(sweeps, combo))
-            config = self.validate(adapter, {**copy.deepcopy(merged), **assignment}, path, lambda loc: sorted(fields), tags)
+            # a swept discriminator (method: {sweep: [...]}) changes the keys a copy accepts: name the copy
+            known = sorted(_fields_of(stype, {**merged, **assignment}))
+            copy_of = ", ".join(f"{k}={v}" for k, v in assignment.items())
+            config = self.validate(adapter, {**copy.deepcopy(merged), **assignment}, path, lambda loc, known=known: known, tags,
+                                   f" (in the sweep copy {copy_of})" if copy_of else "")
             if config is None:
                 return None
             variants.append((assignment, config))
         parent = body.get("from", previous)
         if "from" in sweeps:
             self.problem(path + ("from",), "'from' cannot be swept")
+            return None
+        outside = [k for k in sweeps if k in type(variants[0][1]).NOT_IDENTITY]
+        for key in outside:
+            # copies that differ only there share one cache key: every copy after the first would be "reused"
+            self.problem(path + (key,), f"'{key}' is not part of a stage's cache key: its sweep copies would share "
+                                        "one key (the first copy's run reused by the others); to rerun a stage with "
+                                        "another value, use --set and --force")
+        if outside:
             return None
         stage = STAGES.get(stype)
         # a first stage's parent is the model as given by `model:`: fine for every stage that takes a model

@@ -77,6 +77,9 @@ class StageType:
     # run by the planner before anything runs: (config, skeleton) -> None, raising config_base.ConfigProblem for a
     # config this model cannot honour; `skeleton()` builds the recipe's architecture (cheaply, at most once)
     check: Optional[Callable[[Any, Callable[[], Any]], None]] = None
+    # gives="file": config -> the suffix of the file it writes (.onnx, .openvino). A file fetched from the store is
+    # run under a name the runner gives it from this suffix, never under the name a (writable) tag records
+    output_suffix: Optional[Callable[[Any], str]] = None
 
 
 def distillation(ctx: StageContext, config: Any) -> Optional["Distillation"]:

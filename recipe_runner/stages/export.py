@@ -38,5 +38,5 @@ def run_export(ctx: StageContext, config: ExportConfig) -> StageOutput:
     return StageOutput(file=path, metrics={**metrics, **file_metrics(ctx, metrics, "onnx_")})
 
 
-STAGES.register("export")(StageType(ExportConfig, run_export, gives="file",
+STAGES.register("export")(StageType(ExportConfig, run_export, gives="file", output_suffix=lambda config: ".onnx",
                                     description="export to ONNX and verify it"))

@@ -175,9 +175,8 @@ def _request(ctx: StageContext, config: QuantizeConfig, fp32: Path):
     """What the backend is asked to do (what stays float, calibration images, ranges cache) and the first metrics."""
     from ..quantization import QuantizeRequest
 
-    suffix = ".openvino" if config.backend == "openvino" else ".onnx"  # OpenVINO's IR, packed in one file
     name = config.mode.replace('-static', '').replace('-dynamic', '_dynamic').replace('-qat', '_qat')
-    target = ctx.workdir / f"model_{name}{suffix}"
+    target = ctx.workdir / f"model_{name}{output_suffix(config)}"
     # int8-qat: its fine-tuned model is quantized as int8-static is (calibrated QDQ, U8S8, per channel)
     mode = "int8-static" if config.mode == "int8-qat" else config.mode
     request = QuantizeRequest(fp32, target, mode, per_channel=config.per_channel)
@@ -271,5 +270,10 @@ def _latencies(family, fp32: Path, target: Path, config: QuantizeConfig) -> dict
     return out
 
 
+def output_suffix(config: QuantizeConfig) -> str:
+    return ".openvino" if config.backend == "openvino" else ".onnx"  # OpenVINO's IR, packed in one file
+
+
 STAGES.register("quantize")(StageType(QuantizeConfig, run_quantize, gives="file", check=check_backend,
+                                      output_suffix=output_suffix,
                                       description="quantize the parent model (INT8 / FP16 ONNX), measured"))

@@ -277,6 +277,7 @@ def open_store(uri: str) -> Any:
             raise T.TrackingError(f"cannot reach the MLflow tracking server at {uri}: {type(exc).__name__}") from None
     elif uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise CompareError(f"no MLflow store at {uri[len('sqlite:///'):]} (pass --tracking-uri or set MLFLOW_TRACKING_URI)")
+    T.quiet_mlflow()
     return MlflowClient(tracking_uri=uri)
 
 

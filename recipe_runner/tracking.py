@@ -77,9 +77,16 @@ class StageRun:
     params: dict[str, str]
 
 
+def quiet_mlflow() -> None:
+    """No telemetry call, and no tqdm bar per artifact download on stderr (the runner shows its own progress and
+    keeps stderr for one-line errors); a user's own setting of either wins."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 class Tracker:
     def __init__(self, uri: str, experiment: str):
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        quiet_mlflow()
         self.uri = uri
         self.experiment_name = experiment
         self._client = None

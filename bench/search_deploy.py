@@ -106,7 +106,7 @@ def trials(plan: Any, reports: list, bound: float, baseline_ms: float) -> list[d
         if stage == "prune":
             row["values"] = {k.removeprefix("sweep."): v for k, v in run.data.params.items()
                              if k.startswith("sweep.") and k != "sweep.trial"}
-            row["prune_ratio_chosen"] = report.metrics.get("ratio")
+            row["chosen_ratio"] = report.metrics.get("chosen_ratio")  # logged when a target_macs is searched
         if stage == "finetune":
             row["fp32_mAP50-95"] = report.metrics.get("mAP50-95")
         if stage == "int8":

@@ -85,3 +85,28 @@ def test_target_params_on_yolov8n_with_global_pruning(family, tiny_data):
     reached = family.cost(model, 64)["params"] / base
     assert 0.4 * 0.98 <= reached <= 0.4
     assert plan.cumulative == plan.step_ratio and 0.2 < plan.step_ratio < 0.7
+
+
+def test_round_to_keeps_one_multiple_so_cost_falls_with_the_ratio(family, tiny_data):
+    """torch-pruning 1.6 rounds the kept width down to 0 and then leaves such a layer whole: with round_to: 16,
+    ratio 0.9 kept more of YOLOv8n's MACs than ratio 0.5. The runner keeps at least one multiple instead."""
+    import copy
+
+    import torch
+
+    from recipe_runner.pruning import StepPlan
+    from recipe_runner.pruning._graph import rounded_prune_count
+
+    assert rounded_prune_count(58, 64, 16) == 48  # 6 would stay: one multiple (16) does, not 0
+    assert rounded_prune_count(20, 64, 16) == 32 and rounded_prune_count(3, 8, 16) == 0
+    method = METHODS.get("depgraph")
+    model = family.build("yolov8n.yaml", tiny_data, seed=0)
+    macs = {}
+    for ratio in (0.5, 0.9):
+        config = method.config(method="depgraph", imgsz=64, ratio=ratio, round_to=16)
+        pruned = method.prune_step(copy.deepcopy(model), family, tiny_data, config, StepPlan(1, 1, ratio, ratio))
+        macs[ratio] = family.cost(pruned, 64)["macs"]
+        head = {id(m) for layer in family.output_layers(pruned) for m in layer.modules()}
+        widths = [m.out_channels for m in pruned.modules() if isinstance(m, torch.nn.Conv2d) and id(m) not in head]
+        assert all(w % 16 == 0 for w in widths), widths
+    assert macs[0.9] < macs[0.5]

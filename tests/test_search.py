@@ -14,7 +14,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import cli, local_uri, stage_runs
+from recipe_runner.engine import Engine
+from recipe_runner.planner import RunOptions, prepare
 from recipe_runner.recipe import parse_recipe
+from recipe_runner.search import SearchFailed
 from recipe_runner.search.study import Study, TrialRecord
 from recipe_runner.stages import STAGES
 
@@ -126,6 +129,12 @@ def test_search_runs_trials_as_cached_branches_and_records_the_best(workspace: P
     kept = _trials(stage_runs(uri))
     assert len(kept) == 4 and {r.info.status for r in kept} == {"FINISHED"}
     assert [row["feasible"] for row in _table(client, parent.info.run_id)] == [False] * 4
+    # called as an API (bench/search_deploy.py does), the failure still carries what every trial measured
+    plan = prepare(recipe, RunOptions(overrides=['search.constraints=["prune.macs <= 1"]'], tracking_uri=uri))
+    with pytest.raises(SearchFailed) as failed:
+        Engine(plan, lambda description, total: (lambda n: None)).run()
+    measured = {r.node_id: r.metrics["macs"] for r in failed.value.reports if r.node_id.startswith("prune[")}
+    assert measured == {f"prune[trial={k}]": r.data.metrics["macs"] for k, r in enumerate(kept)}
 
     # a metric the stage never logs fails each trial, naming what it did log; the search still asks every trial
     result = cli("run", recipe, "--set", "search.maximize=prune.top5")

@@ -21,8 +21,8 @@ Metric = Literal["macs", "params"]
 CLOSE_ENOUGH = 0.005
 # a copy this far (relative) under the target is reported: the widths (or round_to) allow nothing closer
 REPORT_BELOW = 0.02
-# the step ratios tried first, upward, to bracket the goal: cost falls with the ratio only up to a point (near 1,
-# and with round_to from about 0.85, torch-pruning keeps layers whole rather than empty them, so cost rises again)
+# the step ratios tried first, upward, to bracket the goal: cost may stop falling near ratio 1 (a layer's last
+# channels, or with round_to the one multiple every layer keeps: _graph.rounded_prune_count), so bracket from below
 GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MAX_PROBES = 20
 # a step ratio interval this narrow moves less than one channel of a 1024-wide layer: stop there

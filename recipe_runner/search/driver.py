@@ -19,7 +19,13 @@ if TYPE_CHECKING:
 
 
 class SearchFailed(RuntimeError):
-    """No trial met every constraint (or every trial failed): the run ends FAILED, the trials are kept."""
+    """No trial met every constraint (or every trial failed): the run ends FAILED, the trials are kept.
+    `reports` holds every finished stage (the shared ones and the trials'), so a caller of Engine.run (a benchmark)
+    can still read what each trial measured, as RunFailed gives them."""
+
+    def __init__(self, message: str, reports: list["StageReport"]):
+        self.reports = reports
+        super().__init__(message)
 
 
 def run_search(engine: "Engine", parent_id: str, scratch: Path, reports: list["StageReport"]) -> None:
@@ -62,7 +68,7 @@ def run_search(engine: "Engine", parent_id: str, scratch: Path, reports: list["S
         raise SearchFailed(f"no feasible trial: none of {len(records)} trial(s) met every constraint "
                            f"({', '.join(study.config.constraints) or 'none'}); {failed} failed. Every trial is kept "
                            "in MLflow: loosen a constraint or raise search.trials and run again (finished trials are "
-                           "reused)")
+                           "reused)", reports)
 
 
 def _plan_trials(plan: Plan, batch: list[TrialRecord]) -> list[PlannedStage]:

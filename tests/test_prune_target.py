@@ -110,3 +110,12 @@ def test_round_to_keeps_one_multiple_so_cost_falls_with_the_ratio(family, tiny_d
         widths = [m.out_channels for m in pruned.modules() if isinstance(m, torch.nn.Conv2d) and id(m) not in head]
         assert all(w % 16 == 0 for w in widths), widths
     assert macs[0.9] < macs[0.5]
+
+
+def test_round_to_above_one_changes_the_key_of_runs_made_before_the_one_multiple_rule():
+    """Runs recorded before round_to kept one multiple per layer pruned differently: their keys must not match."""
+    from recipe_runner.pruning.depgraph import DepgraphConfig
+
+    assert "round_to_rule" not in DepgraphConfig(method="depgraph").identity()
+    assert "round_to_rule" not in DepgraphConfig(method="depgraph", round_to=1).identity()
+    assert DepgraphConfig(method="depgraph", round_to=8).identity()["round_to_rule"] == 2

@@ -1,7 +1,7 @@
 """Structured channel pruning with torch-pruning's dependency graph (DepGraph)."""
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Literal, Optional
+from typing import Any, Callable, ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -29,6 +29,14 @@ class DepgraphConfig(PruneConfigBase):
         description="no layer loses more than this fraction of its channels in one step; default: no cap "
         "(torch-pruning's, which refuses only a step that would empty a layer)",
     )
+
+    def identity(self) -> dict[str, Any]:
+        dump = super().identity()
+        # since pruning/_graph.rounded_prune_count, round_to > 1 keeps at least one multiple per layer: results
+        # differ from stage runs recorded before, so their keys change (round_to unset or 1 keep theirs)
+        if self.round_to is not None and self.round_to > 1:
+            dump["round_to_rule"] = 2
+        return dump
 
     @model_validator(mode="after")
     def _capped_global_has_no_round_to(self) -> "DepgraphConfig":

@@ -81,17 +81,25 @@ class Cluster:
     def database(self, name: str) -> str:
         """Creates database `name`; returns its SQLAlchemy URL. The driver is named: SQLAlchemy 2.1 reads a bare
         `postgresql://` as psycopg 3, 2.0 as psycopg2."""
+        # CREATE DATABASE refuses to run inside a transaction
+        self._query("postgres", f'CREATE DATABASE "{name}"', autocommit=True)
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{name}"
+
+    def tables(self, database: str) -> set[str]:
+        rows = self._query(database, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {row[0] for row in rows}
+
+    def _query(self, database: str, sql: str, autocommit: bool = False) -> list[tuple]:
         import psycopg2
 
-        con = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
+        con = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=database)
         try:
-            # CREATE DATABASE refuses to run inside a transaction
-            con.autocommit = True
+            con.autocommit = autocommit
             with con.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{name}"')
+                cur.execute(sql)
+                return cur.fetchall() if cur.description else []
         finally:
             con.close()
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{name}"
 
 
 @contextmanager

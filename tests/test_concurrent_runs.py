@@ -26,10 +26,13 @@ def mlflow_server(request, tmp_path_factory):
     """A real `mlflow server`, once per backend; the PostgreSQL one gets a fresh database in the session's cluster."""
     root = tmp_path_factory.mktemp(f"server-{request.param}")
     if request.param == "sqlite":
-        backend = f"sqlite:///{root / 'server.db'}"
-    else:
-        backend = request.getfixturevalue("postgres").database(f"mlflow_{root.name.replace('-', '_')}")
-    with servers.mlflow_server(root, backend) as uri:
+        with servers.mlflow_server(root, f"sqlite:///{root / 'server.db'}") as uri:
+            yield uri
+        return
+    cluster, database = request.getfixturevalue("postgres"), f"mlflow_{root.name.replace('-', '_')}"
+    with servers.mlflow_server(root, cluster.database(database)) as uri:
+        # the server made its tables in that database: the runs below live in PostgreSQL
+        assert {"experiments", "runs", "tags", "datasets", "inputs"} <= cluster.tables(database)
         yield uri
 
 

@@ -116,3 +116,17 @@ class RecordingContext:
 
     def progress(self, description, total):
         return lambda n: None
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL cluster on loopback for the whole session (tests/servers.py); skipped, with the reason,
+    where PostgreSQL is not installed or the dev extra's driver is missing."""
+    from servers import NO_POSTGRES, postgres_bin, postgres_cluster
+
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        pytest.skip(NO_POSTGRES)
+    pytest.importorskip("psycopg2", reason="the dev extra is not installed (no psycopg2): pip install -e '.[dev]'")
+    with postgres_cluster(bin_dir) as cluster:
+        yield cluster

@@ -1,5 +1,7 @@
 """Two real `recipe run` processes on one `mlflow server`: each cache key is trained once, never twice, nothing live
-is marked KILLED, and a stale lease (its owner died) is taken over by resuming it."""
+is marked KILLED, and a stale lease (its owner died) is taken over by resuming it. Every test runs twice: against
+a server on sqlite and against one on PostgreSQL (the README's team setup), since leases rest on what the database
+behind the server shows a reader right after another client's write."""
 from __future__ import annotations
 
 import os
@@ -10,12 +12,29 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import lease as L
 from recipe_runner import tracking as T
 
-from test_server import mlflow_server  # noqa: F401  (the module-scoped fixture: a real server on sqlite)
+import servers
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def mlflow_server(request, tmp_path_factory):
+    """A real `mlflow server`, once per backend; the PostgreSQL one gets a fresh database in the session's cluster."""
+    root = tmp_path_factory.mktemp(f"server-{request.param}")
+    if request.param == "sqlite":
+        with servers.mlflow_server(root, f"sqlite:///{root / 'server.db'}") as uri:
+            yield uri
+        return
+    cluster, database = request.getfixturevalue("postgres"), f"mlflow_{root.name.replace('-', '_')}"
+    with servers.mlflow_server(root, cluster.database(database)) as uri:
+        # the server made its tables in that database: the runs below live in PostgreSQL
+        assert {"experiments", "runs", "tags", "datasets", "inputs"} <= cluster.tables(database)
+        yield uri
+
 
 RECIPE = """\
 version: 1

@@ -1,17 +1,13 @@
 """Remote tracking through a real `mlflow server` process on 127.0.0.1."""
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from recipe_runner import tracking as T
 
+import servers
 from conftest import cli, stage_runs, write_recipe
 
 STAGES = """\
@@ -28,36 +24,11 @@ STAGES = """\
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("server")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts"),
-         "--serve-artifacts", "--workers", "1"],
-        cwd=root, stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if requests.get(uri + "/health", timeout=1).ok:
-                break
-        except requests.RequestException:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start:\n" + (root / "server.log").read_text()[-3000:])
-    yield uri
-    proc.terminate()
-    proc.wait(timeout=30)
+    with servers.mlflow_server(root, f"sqlite:///{root / 'server.db'}") as uri:
+        yield uri
 
 
 def test_second_machine_reuses_stages_from_server(mlflow_server: str, workspace: Path, tmp_path_factory):
@@ -86,7 +57,7 @@ def test_second_machine_reuses_stages_from_server(mlflow_server: str, workspace:
 
 def test_dead_server_fails_before_training(workspace: Path):
     recipe = write_recipe(workspace, STAGES)
-    result = cli("run", recipe, "--tracking-uri", f"http://127.0.0.1:{_free_port()}")
+    result = cli("run", recipe, "--tracking-uri", f"http://127.0.0.1:{servers.free_port()}")
     assert result.exit_code == 1
     assert "cannot reach the MLflow tracking server" in result.output
     assert not (workspace / "mlflow.db").exists()

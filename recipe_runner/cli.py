@@ -394,6 +394,7 @@ def _run_quietly(plan) -> list:
     """Run a plan with the same progress display as `recipe run`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from . import executors
     from .engine import Engine
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -403,7 +404,8 @@ def _run_quietly(plan) -> list:
             task = progress.add_task(description, total=total)
             return lambda n: progress.advance(task, n)
 
-        return Engine(plan, factory, announce=lambda line: progress.console.print(line, markup=False, highlight=False)).run()
+        return Engine(plan, factory, announce=lambda line: progress.console.print(line, markup=False, highlight=False),
+                      executor=executors.make("sequential")).run()
 
 
 def _print_versions(differences: list[tuple[str, str, str]]) -> None:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 from mlflow.exceptions import MlflowException
 
@@ -32,52 +32,25 @@ from .timing import section, timed
 from .checkpoint import CheckpointError, EpochCadence, load_checkpoint, save_checkpoint, sha256_of
 from .config_base import TrainingKnobs
 from .data import cache_root
+from .executors import Executor, KnownOutput, RunnerFactory
+from .executors.sequential import SequentialExecutor
 from .graph import StageNode
 from .models import handoff_problems
+# the outcome types live apart (executors build them too); imported from here by older code, so re-exported
+from .outcomes import RunFailed, StageFailed, StageReport
 from .planner import Plan, PlannedStage
 from .pruning.unstructured import sparsity as weight_sparsity
 from .stages import STAGES, StageOutput
 
-if TYPE_CHECKING:
-    from .executors import Executor
+__all__ = ["Engine", "RunFailed", "RunningStage", "StageFailed", "StageInput", "StageReport", "stage_runner"]
 
 PACKAGES = ["recipe-runner", "torch", "torchvision", "torch-pruning", "ultralytics-opencv-headless", "ultralytics", "mlflow",
             "onnx", "onnxruntime", "pydantic", "openvino", "nncf"]
 
 
-class StageFailed(RuntimeError):
-    def __init__(self, node_id: str, error: BaseException, run_id: str = ""):
-        self.node_id, self.error, self.run_id = node_id, error, run_id
-        # an error raised in another process travels by name (executors.RemoteError): its class may not exist here
-        kind = getattr(error, "kind", None) or type(error).__name__
-        super().__init__(f"stage '{node_id}' failed: {kind}: {error}")
-
-
-class RunFailed(RuntimeError):
-    """Under on_error='keep-going': the run went on past failed stages and ended FAILED; `reports` has every stage,
-    the failed ones (action 'failed') and their descendants (action 'skipped', no run started) included."""
-
-    def __init__(self, reports: list["StageReport"]):
-        self.reports = reports
-        self.failed = [r for r in reports if r.action == "failed"]
-        self.skipped = [r for r in reports if r.action == "skipped"]
-        super().__init__(f"{len(self.failed)} stage(s) failed, {len(self.skipped)} skipped: "
-                         + "; ".join(r.error for r in self.failed))
-
-
 #: what a stage failure does to the rest of the run (like DVC's on_error): stop at once, or finish every stage
 #: that does not depend on the failed one
 OnError = Literal["stop", "keep-going"]
-
-
-@dataclass
-class StageReport:
-    node_id: str
-    action: str  # reuse | resume | run, or under keep-going: failed | skipped
-    run_id: str
-    metrics: dict[str, float]
-    seconds: float
-    error: str = ""  # failed: the error; skipped: which failed stage it depends on
 
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -192,10 +165,12 @@ class StageInput:
 
 
 class Engine:
-    def __init__(self, plan: Plan, progress: ProgressFactory, announce: Callable[[str], None] = print,
-                 on_error: OnError = "stop", executor: Optional["Executor"] = None):
-        from .executors.sequential import SequentialExecutor
+    """Schedules a plan's stages onto an executor and is the StageRunner it hands them to (executors/__init__.py).
+    Without an executor, stages run in this process, one at a time (a library caller's default; the CLI always
+    passes one)."""
 
+    def __init__(self, plan: Plan, progress: ProgressFactory, announce: Callable[[str], None] = print,
+                 on_error: OnError = "stop", executor: Optional[Executor] = None):
         self.plan, self.tracker, self.progress, self.announce = plan, plan.tracker, progress, announce
         self.on_error, self.executor = on_error, executor or SequentialExecutor()
         self.outputs: dict[str, Any] = {}  # node id -> model or file, for stages that ran in this process
@@ -298,68 +273,83 @@ class Engine:
                 self.steps += 1
 
     def run_stage(self, planned: PlannedStage, parent_id: str, workdir: Path) -> StageReport:
-        """Reuse, resume or run one stage whose parent is done, in this process (an executor calls it)."""
-        node, started = planned.node, time.time()
+        """Reuse, resume or run one stage whose parent is done, in this process (an executor calls it): claim the
+        key, then reuse its finished run, or execute it and close the attempts it took over."""
+        started = time.time()
         workdir.mkdir(parents=True, exist_ok=True)
-        tags = {T.ROLE: "stage", T.CACHE_KEY: node.cache_key, T.STAGE_ID: node.stage_id, T.NODE_ID: node.id,
-                T.STAGE_TYPE: node.type, T.PREFIX + "recipe_name": self.plan.recipe.name,
-                T.PREFIX + "recipe_sha256": self.plan.recipe.sha256, T.PREFIX + "action": planned.action,
-                T.RUN_NAME: R.run_name(node.stage_id, node.sweep)}
-        for role, input_id in node.inputs.items():  # e.g. the teacher: which stage, and which run holds its model
-            tags.update({T.PREFIX + f"{role}_stage": input_id, T.PREFIX + f"{role}_run_id": self.output_run(input_id)})
-        claim = lease.Claim()
-        if planned.action != "reuse":
-            # decided now, not at plan time: another process may have finished or started this key meanwhile
-            claim = lease.acquire(self.tracker, node.id, node.cache_key, {**tags, **V.version_tags()}, parent_id,
-                                  planned.forced, self.announce, done=T.done_tag(self.plan.graph.gives(node.id)))
-            source = claim.reuse or claim.resume
-            planned = PlannedStage(node, "reuse" if claim.reuse else "resume" if claim.resume else "run", source)
-            tags[T.PREFIX + "action"] = planned.action
+        tags = self._stage_tags(planned)
+        planned, claim = self._claim(planned, tags, parent_id)
         if planned.action == "reuse":
-            source = planned.source
-            # latency is a property of a machine: say when the reused measurements come from another one
-            host = source.tags.get(lease.HOST)
-            elsewhere = {T.MEASURED_ON: host} if host and host != lease.me().host else {}
-            # the model was made by the source run's versions, not by the installed ones
-            run_id = self.tracker.start_run(node.id, {**tags, **V.recorded(source.tags), T.ROLE: "reused",
-                                                      T.PREFIX + "reused_from": source.run_id, **elsewhere}, parent_id)
-            self.tracker.log_params(run_id, _params(node))
-            self.tracker.log_dataset(run_id, R.dataset_input(self.data, node.type))
-            metrics = {**source.metrics, "epochs_trained": 0.0}
-            self.tracker.log_metrics(run_id, metrics)
-            self.tracker.finish(run_id)
-            self.sources[node.id] = source
-            self.metrics[node.id] = metrics
-            other = V.differences(source.tags)
-            note = f"  made with {', '.join(other)}" if other else ""
-            note += f"  latency measured on {host}, not here" if elsewhere else ""
-            self.announce(f"[reuse]  {node.id}  (run {source.run_id[:8]}){note}")
-            return StageReport(node.id, "reuse", run_id, metrics, time.time() - started)
-
-        run_id = claim.run_id
+            return self._reuse(planned, tags, parent_id, started)
         # attempts that were cut off (their leases were stale when we claimed the key, lease.py): the one we
         # continue (or fail to), and any that died before writing an epoch checkpoint
         cut_off = list(claim.dead)
         if planned.action == "resume" and planned.source.status == "RUNNING":
             cut_off.append(planned.source)
         try:
+            action, result, metrics = self._execute(planned, claim.run_id, workdir)
+        finally:
+            claim.release()
+        self._close_cut_off(cut_off, parent_id)
+        node = planned.node
+        self.outputs[node.id], self.metrics[node.id], self.run_ids[node.id] = result, metrics, claim.run_id
+        return StageReport(node.id, action, claim.run_id, metrics, time.time() - started)
+
+    def _stage_tags(self, planned: PlannedStage) -> dict[str, Any]:
+        """The tags of a stage run: its key, names, recipe, action, and which runs hold its inputs."""
+        node = planned.node
+        tags = {T.ROLE: "stage", T.CACHE_KEY: node.cache_key, T.STAGE_ID: node.stage_id, T.NODE_ID: node.id,
+                T.STAGE_TYPE: node.type, T.PREFIX + "recipe_name": self.plan.recipe.name,
+                T.PREFIX + "recipe_sha256": self.plan.recipe.sha256, T.PREFIX + "action": planned.action,
+                T.RUN_NAME: R.run_name(node.stage_id, node.sweep)}
+        for role, input_id in node.inputs.items():  # e.g. the teacher: which stage, and which run holds its model
+            tags.update({T.PREFIX + f"{role}_stage": input_id, T.PREFIX + f"{role}_run_id": self.output_run(input_id)})
+        return tags
+
+    def _claim(self, planned: PlannedStage, tags: dict[str, Any],
+               parent_id: str) -> tuple[PlannedStage, lease.Claim]:
+        """Take the stage's key (lease.py) and decide its action now, not at plan time: another process may have
+        finished or started this key meanwhile. A planned reuse claims nothing. Updates tags' action."""
+        node = planned.node
+        if planned.action == "reuse":
+            return planned, lease.Claim()
+        claim = lease.acquire(self.tracker, node.id, node.cache_key, {**tags, **V.version_tags()}, parent_id,
+                              planned.forced, self.announce, done=T.done_tag(self.plan.graph.gives(node.id)))
+        source = claim.reuse or claim.resume
+        planned = PlannedStage(node, "reuse" if claim.reuse else "resume" if claim.resume else "run", source)
+        tags[T.PREFIX + "action"] = planned.action
+        return planned, claim
+
+    def _reuse(self, planned: PlannedStage, tags: dict[str, Any], parent_id: str, started: float) -> StageReport:
+        """Record a finished run's output as this stage's: a run tagged 'reused' with its metrics, nothing trained."""
+        node, source = planned.node, planned.source
+        # latency is a property of a machine: say when the reused measurements come from another one
+        host = source.tags.get(lease.HOST)
+        elsewhere = {T.MEASURED_ON: host} if host and host != lease.me().host else {}
+        # the model was made by the source run's versions, not by the installed ones
+        run_id = self.tracker.start_run(node.id, {**tags, **V.recorded(source.tags), T.ROLE: "reused",
+                                                  T.PREFIX + "reused_from": source.run_id, **elsewhere}, parent_id)
+        self.tracker.log_params(run_id, _params(node))
+        self.tracker.log_dataset(run_id, R.dataset_input(self.data, node.type))
+        metrics = {**source.metrics, "epochs_trained": 0.0}
+        self.tracker.log_metrics(run_id, metrics)
+        self.tracker.finish(run_id)
+        self.sources[node.id] = source
+        self.metrics[node.id] = metrics
+        other = V.differences(source.tags)
+        note = f"  made with {', '.join(other)}" if other else ""
+        note += f"  latency measured on {host}, not here" if elsewhere else ""
+        self.announce(f"[reuse]  {node.id}  (run {source.run_id[:8]}){note}")
+        return StageReport(node.id, "reuse", run_id, metrics, time.time() - started)
+
+    def _execute(self, planned: PlannedStage, run_id: str, workdir: Path) -> tuple[str, Any, dict[str, float]]:
+        """Run the stage in its claimed run (resuming when it can), record its output and finish the run; returns
+        the action taken, the output and its metrics. A failure ends the run FAILED (StageFailed), Ctrl-C KILLED."""
+        node = planned.node
+        try:
             self.tracker.log_params(run_id, _params(node))
             self.tracker.log_dataset(run_id, R.dataset_input(self.data, node.type))
-            resume_state = None
-            if planned.action == "resume":
-                try:
-                    resume_state = self._load_epoch_state(planned.source, workdir)
-                except (CheckpointError, OSError, MlflowException) as exc:  # not verified: not trusted; start over
-                    self.announce(f"[warn]   {node.id}: cannot resume run {planned.source.run_id[:8]} ({exc}); starting over")
-                    planned = PlannedStage(node, "run")
-            # the claim run was created before the action was final
-            self.tracker.set_tags(run_id, {T.PREFIX + "action": planned.action})
-            if resume_state is not None:
-                self.tracker.set_tags(run_id, {T.PREFIX + "resumed_from": planned.source.run_id,
-                                               T.PREFIX + "resumed_epoch": resume_state["epoch"]})
-                self.announce(f"[resume] {node.id}  from epoch {resume_state['epoch']} of run {planned.source.run_id[:8]}")
-            else:
-                self.announce(f"[run]    {node.id}")
+            planned, resume_state = self._resume_state(planned, run_id, workdir)
             parent = self.input_of(node.parent, workdir) if node.parent else self.root_input()
             ctx = RunningStage(self, node, run_id, workdir, parent, resume_state)
             if resume_state is not None:  # this machine's copy of the resumed slot stays intact until the next write
@@ -381,13 +371,42 @@ class Engine:
             self.tracker.set_tags(run_id, {T.PREFIX + "error": f"{type(exc).__name__}: {exc}"[:5000]})
             self.tracker.finish(run_id, "FAILED")
             raise StageFailed(node.id, exc, run_id) from exc
-        finally:
-            claim.release()
+        return planned.action, result, metrics
+
+    def _resume_state(self, planned: PlannedStage, run_id: str, workdir: Path) -> tuple[PlannedStage, Optional[dict]]:
+        """The verified epoch state a resume continues from, or none (a resume that cannot verify one runs from the
+        start); tags the run with the final action and says which it is."""
+        node = planned.node
+        resume_state = None
+        if planned.action == "resume":
+            try:
+                resume_state = self._load_epoch_state(planned.source, workdir)
+            except (CheckpointError, OSError, MlflowException) as exc:  # not verified: not trusted; start over
+                self.announce(f"[warn]   {node.id}: cannot resume run {planned.source.run_id[:8]} ({exc}); starting over")
+                planned = PlannedStage(node, "run")
+        # the claim run was created before the action was final
+        self.tracker.set_tags(run_id, {T.PREFIX + "action": planned.action})
+        if resume_state is not None:
+            self.tracker.set_tags(run_id, {T.PREFIX + "resumed_from": planned.source.run_id,
+                                           T.PREFIX + "resumed_epoch": resume_state["epoch"]})
+            self.announce(f"[resume] {node.id}  from epoch {resume_state['epoch']} of run {planned.source.run_id[:8]}")
+        else:
+            self.announce(f"[run]    {node.id}")
+        return planned, resume_state
+
+    def _close_cut_off(self, cut_off: list[T.StageRun], parent_id: str) -> None:
+        """Mark KILLED the cut-off attempts this stage took over, and their recipe runs."""
         for dead in cut_off:
             self.tracker.finish(dead.run_id, "KILLED")
             self._finish_dead_recipe_run(dead.tags.get("mlflow.parentRunId"), parent_id)
-        self.outputs[node.id], self.metrics[node.id], self.run_ids[node.id] = result, metrics, run_id
-        return StageReport(node.id, planned.action, run_id, metrics, time.time() - started)
+
+    # -- the StageRunner seam (executors/__init__.py) ---------------------------------------------------------------
+    def known_output(self, node_id: str) -> KnownOutput:
+        """Where a done node's output is for a stage run in another process: its finished run, if known here."""
+        return self.sources.get(node_id), self.metrics.get(node_id, {})
+
+    def elsewhere(self) -> RunnerFactory:
+        return stage_runner
 
     def output_run(self, node_id: str) -> str:
         """The id of the finished run that holds a done node's output ("" if unknown)."""
@@ -551,6 +570,17 @@ class Engine:
                               "config": n.config.model_dump(mode="json", by_alias=True)} for n in graph.nodes.values()},
             "versions": versions, "git_commit": _git_commit(recipe.path.parent), "runner_git_commit": V.runner_commit(),
         }
+
+
+def stage_runner(plan: Plan, announce: Callable[[str], None], known: dict[str, KnownOutput]) -> Engine:
+    """An Engine that runs single stages in another process (a Ray worker): no progress display, and the done
+    outputs its stage reads (parent, inputs) found through their finished runs."""
+    runner = Engine(plan, lambda description, total: (lambda n: None), announce=announce)
+    for node_id, (source, metrics) in known.items():
+        if source is not None:
+            runner.sources[node_id] = source
+        runner.metrics[node_id] = metrics
+    return runner
 
 
 #: the name part of a file stage's output artifact (output/<name>): plain characters, a suffix a runtime reads as data

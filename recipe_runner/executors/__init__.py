@@ -1,5 +1,5 @@
 """Executors: where the engine's ready stages run. The engine schedules (parents first, the error policy); an
-executor only runs what it is given and reports what is done.
+executor only runs what it is given, through a StageRunner (never the Engine itself), and reports what is done.
 
     sequential  in this process, one stage at a time, in plan order (the default; no extra dependency)
     ray         each stage a Ray task, branches in parallel (`pip install "recipe-runner[ray]"`)
@@ -11,12 +11,43 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Protocol
+
+from ..outcomes import StageFailed, StageReport
 
 if TYPE_CHECKING:
-    from ..engine import Engine, StageFailed, StageReport
     from ..planner import Plan, PlannedStage
     from ..tracking import StageRun
+
+#: a done node's output as another process reaches it: the finished run holding it (None if it is only in this
+#: process's memory) and the metrics its run logged
+KnownOutput = tuple[Optional["StageRun"], dict[str, float]]
+
+
+class StageRunner(Protocol):
+    """What runs one planned stage whose parent is done (the engine is one): claim, reuse, resume or run, record.
+    An executor gets this, never the Engine."""
+
+    @property
+    def plan(self) -> "Plan":
+        """The plan being run (its stage order, its graph, its tracker)."""
+
+    def announce(self, line: str) -> None:
+        """Tell the user one line."""
+
+    def run_stage(self, planned: "PlannedStage", parent_run_id: str, workdir: Path) -> StageReport:
+        """Reuse, resume or run one stage in this process; StageFailed if it failed."""
+
+    def known_output(self, node_id: str) -> KnownOutput:
+        """Where a done node's output is, for a stage run in another process."""
+
+    def elsewhere(self) -> "RunnerFactory":
+        """A picklable function that builds the same kind of runner in another process, from the plan (with its
+        own tracker) and the done outputs the stage reads."""
+
+
+#: builds a StageRunner in another process (a Ray worker): plan, announce, and node id -> its known output
+RunnerFactory = Callable[["Plan", Callable[[str], None], dict[str, KnownOutput]], StageRunner]
 
 
 class ExecutorUnavailable(RuntimeError):
@@ -28,15 +59,15 @@ class Done:
     """One stage the executor finished: its report, or the failure (never both)."""
 
     planned: "PlannedStage"
-    report: Optional["StageReport"] = None
-    error: Optional["StageFailed"] = None
+    report: Optional[StageReport] = None
+    error: Optional[StageFailed] = None
     # the finished run that holds the stage's output, when the stage ran in another process: its children
     # fetch the checkpoint (or file) from the tracking store through it, never from driver memory
     source: Optional["StageRun"] = None
 
 
 class Executor(ABC):
-    """Runs ready stages. Used as a context manager around Engine.run: entering may start things (a cluster,
+    """Runs ready stages. Used as a context manager around Engine.run (whoever builds an Engine gives it one): entering may start things (a cluster,
     a tracking server) and may give the plan a tracker that takes concurrent writers; leaving stops them."""
 
     name = ""
@@ -52,8 +83,8 @@ class Executor(ABC):
         return plan
 
     @abstractmethod
-    def submit(self, engine: "Engine", planned: "PlannedStage", parent_run_id: str, workdir: Path) -> None:
-        """Start (or queue) one stage whose parent is done."""
+    def submit(self, runner: StageRunner, planned: "PlannedStage", parent_run_id: str, workdir: Path) -> None:
+        """Start (or queue) one stage whose parent is done; `runner` runs it (here, or rebuilt elsewhere)."""
 
     @abstractmethod
     def wait(self) -> list[Done]:

@@ -2,8 +2,8 @@
 (a local Ray started for the run) or on a cluster (`--address auto | ray://host:port`).
 
 The driver validates, plans, owns the parent run and schedules (Engine); a task gets the plan (without its MLflow
-client), its stage and its parent's finished run, builds its own Tracker and Engine and runs the stage exactly as
-the sequential executor would: leases, resume, verified checkpoints. Models travel through the tracking store
+client), its stage, its parent's finished run and the runner's factory (StageRunner.elsewhere), builds its own
+Tracker and stage runner and runs the stage exactly as the sequential executor would: leases, resume, verified checkpoints. Models travel through the tracking store
 (the parent's checkpoint artifact and its sha256), never through driver memory; two tasks that reach one cache
 key are two processes on one store, which the leases already make safe (lease.py).
 """
@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from . import Done, Executor, ExecutorUnavailable
+from ..outcomes import StageFailed
+from . import Done, Executor, ExecutorUnavailable, KnownOutput, RunnerFactory, StageRunner
 
 if TYPE_CHECKING:
-    from ..engine import Engine
     from ..planner import Plan, PlannedStage
 
 INSTALL_HINT = "--executor ray needs Ray: pip install \"recipe-runner[ray]\""
@@ -118,44 +118,41 @@ class RayExecutor(Executor):
         return plan
 
     # -- the Executor interface --------------------------------------------
-    def submit(self, engine: "Engine", planned: "PlannedStage", parent_run_id: str, workdir: Path) -> None:
+    def submit(self, runner: StageRunner, planned: "PlannedStage", parent_run_id: str, workdir: Path) -> None:
         import ray
 
+        plan = runner.plan
         if self._plan_ref is None:
-            self._tracker, self._announce = engine.tracker, engine.announce
+            self._tracker, self._announce = plan.tracker, runner.announce
             self._remote = ray.remote(_run_stage_task)
-            self._warm(engine)
-        if self._plan_ref is None or len(engine.plan.graph.nodes) != self._plan_nodes:
+            self._warm(plan)
+        if self._plan_ref is None or len(plan.graph.nodes) != self._plan_nodes:
             # into Ray's object store once per run (again when a search added trials); the MLflow client stays
             # here (each task makes its own)
-            self._plan_ref = ray.put(dataclasses.replace(engine.plan, tracker=None))
-            self._plan_nodes = len(engine.plan.graph.nodes)
+            self._plan_ref = ray.put(dataclasses.replace(plan, tracker=None))
+            self._plan_nodes = len(plan.graph.nodes)
         node = planned.node
-        parent = node.parent
         task = self._remote.options(name=f"stage:{node.id}", max_retries=0, **resources(node.config))
-        source, metrics = (engine.sources.get(parent), engine.metrics.get(parent, {})) if parent else (None, {})
-        # the stage's other inputs (a distillation teacher), fetched from the store by the task like the parent
-        inputs = {n: (engine.sources.get(n), engine.metrics.get(n, {})) for n in node.inputs.values()}
-        ref = task.remote(self._plan_ref, planned, parent_run_id, engine.tracker.uri, engine.tracker.experiment_name,
-                          source, metrics, inputs)
+        # the parent and the stage's other inputs (a distillation teacher), fetched from the store by the task
+        known = {n: runner.known_output(n) for n in [*([node.parent] if node.parent else []), *node.inputs.values()]}
+        ref = task.remote(self._plan_ref, planned, parent_run_id, plan.tracker.uri, plan.tracker.experiment_name,
+                          runner.elsewhere(), known)
         self._tasks[ref] = (planned, parent_run_id)
 
-    def _warm(self, engine: "Engine") -> None:
+    def _warm(self, plan: "Plan") -> None:
         """A fresh local Ray's workers import torch and the stage code only when their first task arrives (seconds):
         a search's parallel trials then start one after another. Warm the idle workers while the first stages run."""
         import ray
 
-        if not (self._started_ray and not self.address and engine.plan.recipe.search is not None):
+        if not (self._started_ray and not self.address and plan.recipe.search is not None):
             return
         idle = int(ray.cluster_resources().get("CPU", 1)) - 1
-        modules = ["recipe_runner.engine", "recipe_runner.stages", type(engine.family).__module__]
+        modules = ["recipe_runner.engine", "recipe_runner.stages", type(plan.family).__module__]
         warm = ray.remote(_import_modules).options(num_cpus=1, max_retries=0)
         self._warming = [warm.remote(modules) for _ in range(max(0, idle))]
 
     def wait(self) -> list[Done]:
         import ray
-
-        from ..engine import StageFailed
 
         ready, _ = ray.wait(list(self._tasks), num_returns=1)
         more, _ = ray.wait([r for r in self._tasks if r not in ready], num_returns=len(self._tasks) - 1, timeout=0) \
@@ -239,12 +236,11 @@ def _import_modules(modules: list[str]) -> None:
 
 
 def _run_stage_task(plan: "Plan", planned: "PlannedStage", parent_run_id: str, tracking_uri: str, experiment: str,
-                    parent_source: Any, parent_metrics: dict[str, float],
-                    inputs: Optional[dict[str, tuple[Any, dict[str, float]]]] = None) -> tuple:
-    """In a Ray worker: run one stage with a fresh Tracker and Engine; ('done', report, finished run) or
-    ('failed', run id, error type, message). A KeyboardInterrupt (ray.cancel) marks the stage run KILLED."""
+                    build: RunnerFactory, known: dict[str, KnownOutput]) -> tuple:
+    """In a Ray worker: run one stage with a fresh Tracker and a runner built by `build` from the plan and the
+    outputs the stage reads; ('done', report, finished run) or ('failed', run id, error type, message). A
+    KeyboardInterrupt (ray.cancel) marks the stage run KILLED."""
     from ..data import cache_root, resolve_data
-    from ..engine import Engine, StageFailed
     from ..offline import configure_offline
     from ..tracking import Tracker
 
@@ -253,20 +249,15 @@ def _run_stage_task(plan: "Plan", planned: "PlannedStage", parent_run_id: str, t
         plan = dataclasses.replace(plan, data=resolve_data(plan.data.spec, plan.data.task))
     plan = dataclasses.replace(plan, tracker=Tracker(tracking_uri, experiment))
     planned = _on_assigned_gpu(planned)
-    engine = Engine(plan, lambda description, total: (lambda n: None), announce=lambda line: print(line, flush=True))
-    node = planned.node
-    if node.parent:
-        engine.sources[node.parent], engine.metrics[node.parent] = parent_source, parent_metrics
-    for input_id, (input_source, input_metrics) in (inputs or {}).items():
-        engine.sources[input_id], engine.metrics[input_id] = input_source, input_metrics
+    runner = build(plan, lambda line: print(line, flush=True), known)
     workdir = Path(tempfile.mkdtemp(prefix="recipe-runner-task-"))
     try:
-        report = engine.run_stage(planned, parent_run_id, workdir)
+        report = runner.run_stage(planned, parent_run_id, workdir)
     except StageFailed as exc:
         return "failed", exc.run_id, getattr(exc.error, "kind", None) or type(exc.error).__name__, str(exc.error)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    source = engine.sources.get(node.id) or plan.tracker.stage_run(report.run_id)
+    source = runner.known_output(planned.node.id)[0] or plan.tracker.stage_run(report.run_id)
     return "done", report, source
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import Done, Executor
+from ..outcomes import StageFailed
+from . import Done, Executor, StageRunner
 
 if TYPE_CHECKING:
-    from ..engine import Engine
     from ..planner import PlannedStage
 
 
@@ -15,19 +15,17 @@ class SequentialExecutor(Executor):
     name = "sequential"
 
     def __init__(self) -> None:
-        self._queue: list[tuple["Engine", "PlannedStage", str, Path]] = []
+        self._queue: list[tuple[StageRunner, "PlannedStage", str, Path]] = []
 
-    def submit(self, engine: "Engine", planned: "PlannedStage", parent_run_id: str, workdir: Path) -> None:
-        self._queue.append((engine, planned, parent_run_id, workdir))
+    def submit(self, runner: StageRunner, planned: "PlannedStage", parent_run_id: str, workdir: Path) -> None:
+        self._queue.append((runner, planned, parent_run_id, workdir))
 
     def wait(self) -> list[Done]:
-        from ..engine import StageFailed
-
         # plan order (topological, file order among siblings): the order runs had before executors existed
         first = min(range(len(self._queue)), key=lambda i: self._queue[i][0].plan.stages.index(self._queue[i][1]))
-        engine, planned, parent_run_id, workdir = self._queue.pop(first)
+        runner, planned, parent_run_id, workdir = self._queue.pop(first)
         try:
-            return [Done(planned, report=engine.run_stage(planned, parent_run_id, workdir))]
+            return [Done(planned, report=runner.run_stage(planned, parent_run_id, workdir))]
         except StageFailed as exc:
             return [Done(planned, error=exc)]
 

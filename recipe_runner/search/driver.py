@@ -10,25 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from ..outcomes import SearchFailed, StageReport
 from ..planner import Plan, PlannedStage, plan_stage
 from . import report
 from .study import Study, TrialRecord, best
 
 if TYPE_CHECKING:
-    from ..engine import Engine, StageReport
+    from ..engine import Engine
 
 
-class SearchFailed(RuntimeError):
-    """No trial met every constraint (or every trial failed): the run ends FAILED, the trials are kept.
-    `reports` holds every finished stage (the shared ones and the trials'), so a caller of Engine.run (a benchmark)
-    can still read what each trial measured, as RunFailed gives them."""
-
-    def __init__(self, message: str, reports: list["StageReport"]):
-        self.reports = reports
-        super().__init__(message)
-
-
-def run_search(engine: "Engine", parent_id: str, scratch: Path, reports: list["StageReport"]) -> None:
+def run_search(engine: "Engine", parent_id: str, scratch: Path, reports: list[StageReport]) -> None:
     plan = engine.plan
     engine.schedule(parent_id, scratch, reports)  # the stages above the search, shared by every trial
     if any(r.action == "failed" for r in reports):
@@ -47,7 +38,7 @@ def run_search(engine: "Engine", parent_id: str, scratch: Path, reports: list["S
     while len(records) < total:
         batch = [study.ask() for _ in range(min(study.config.parallel, total - len(records)))]
         stages = _plan_trials(plan, batch)
-        done: list["StageReport"] = []
+        done: list[StageReport] = []
         first, last = batch[0].number + 1, batch[-1].number + 1
         label = f"trial {first} of {total}" if first == last else f"trials {first}-{last} of {total}"
         # one trial's failure must not stop the others: it is told to the sampler as failed
@@ -93,7 +84,7 @@ def _trial_nodes(plan: Plan, number: int) -> dict[str, str]:
     return {n.stage_id: n.id for n in plan.graph.nodes.values() if n.sweep.get("trial") == number}
 
 
-def _judge(engine: "Engine", study: Study, record: TrialRecord, mine: list["StageReport"], node_of: dict[str, str],
+def _judge(engine: "Engine", study: Study, record: TrialRecord, mine: list[StageReport], node_of: dict[str, str],
            run_ids: dict[str, str]) -> None:
     """The trial's values, read back from the stage runs in MLflow (a re-run reads the very numbers it told)."""
     record.actions = {r.node_id: r.action for r in mine}

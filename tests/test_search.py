@@ -254,6 +254,9 @@ BAD = [
     ("defaults:\n  imgsz: 32\n", "defaults:\n  imgsz: 32\n  lr: {search: [0.1, 0.01]}\n", "defaults.lr: a {search: ...} value in defaults"),
     ("    - prune.macs <= 4e6", "    - prnue.macs <= 4e6", "search.constraints.0: no stage 'prnue' in the recipe; did you mean 'prune'?"),
     ("    - prune.macs <= 4e6", "    - prune.macs < 4e6", "unknown operator '<' (use <= or >=)"),
+    ("    - prune.macs <= 4e6", "    - prune.top1 >= 0.9 * trian.top1",
+     "search.constraints.0: no stage 'trian' in the recipe; did you mean 'train'?"),
+    ("    - prune.macs <= 4e6", "    - prune.top1 >= 0.9 x train.top1", "'0.9 x train.top1' is not a number"),
     ("maximize: prune.top1", "maximize: train.top1", "search.maximize: 'train' is neither searched nor below a searched stage"),
     ("{low: 0.2, high: 0.7}", "{low: 0.7, high: 0.2}", "stages.prune.ratio.search: low 0.7 is above high 0.2"),
     ("{low: 0.2, high: 0.7}", "[]", "stages.prune.ratio: search: an empty choice list"),
@@ -328,3 +331,32 @@ def test_a_trial_cut_off_mid_way_resumes_on_the_next_run(workspace: Path):
     assert resumed.data.tags["recipe_runner.action"] == "resume"
     assert "recipe_runner.resumed_from" in resumed.data.tags
     assert resumed.data.metrics["epochs_trained"] == 1  # only the epoch the cut-off attempt had not finished
+
+
+def test_a_relative_bound_is_a_factor_of_what_another_stage_measured_in_the_same_trial():
+    """`prune.top1 >= 0.95 * train.top1`: the limit is each trial's own measurement of the reference stage."""
+    from recipe_runner.recipe import parse_recipe
+    from recipe_runner.search.study import Study, TrialRecord
+
+    text = RECIPE.replace("    - prune.macs <= 4e6", "    - prune.top1 >= 0.95 * train.top1\n    - prune.macs <= 4e6")
+    study = Study(parse_recipe(text, "recipe.yaml"))
+    relative, absolute = study.constraints
+    assert (relative.stage, relative.metric, relative.op, relative.bound, relative.reference) == \
+        ("prune", "top1", ">=", 0.95, ("train", "top1"))
+    assert absolute.reference is None and absolute.bound == 4e6
+    node_of = {"train": "train", "prune": "prune[trial=0]"}
+
+    def judged(top1: float, train_top1: float) -> TrialRecord:
+        record = TrialRecord(0, {"prune.ratio": 0.5})
+        metrics = {"train": {"top1": train_top1}, "prune[trial=0]": {"top1": top1, "macs": 1e6}}
+        study.judge(record, metrics, node_of)
+        return record
+
+    kept = judged(0.9, 0.94)  # 0.9 >= 0.95 x 0.94 = 0.893
+    assert kept.state == "COMPLETE" and kept.feasible
+    assert kept.violations[relative.text] == pytest.approx(0.95 * 0.94 - 0.9)
+    lost = judged(0.8, 0.94)
+    assert not lost.feasible and lost.violations[relative.text] == pytest.approx(0.95 * 0.94 - 0.8)
+    missing = TrialRecord(1, {})
+    study.judge(missing, {"train": {"loss": 1.0}, "prune[trial=0]": {"top1": 0.9, "macs": 1e6}}, node_of)
+    assert missing.state == "FAIL" and "train logged no metric 'top1'" in missing.error

@@ -245,9 +245,10 @@ class _Validator:
                     self.problem(where, f"'{stage}' is neither searched nor below a searched stage ({', '.join(searched)}): "
                                  "its value is the same in every trial")
         for i, constraint in enumerate(search.parsed_constraints()):
-            if constraint.stage not in decls:
+            named = [constraint.stage] + ([constraint.reference[0]] if constraint.reference else [])
+            for stage in (s for s in named if s not in decls):
                 self.problem(("search", "constraints", i),
-                             f"no stage '{constraint.stage}' in the recipe{did_you_mean(constraint.stage, list(decls))}")
+                             f"no stage '{stage}' in the recipe{did_you_mean(stage, list(decls))}")
         if search.sampler == "grid":
             for sid, decl in searched.items():
                 for key, space in decl.search.items():

@@ -16,7 +16,9 @@ from ..config_base import StrictModel
 
 STAGE_METRIC = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_\-]*)\.(\S+)$")
 # "<stage>.<metric> <op> <number>": the operator is matched loosely so an unknown one gets its own message
-CONSTRAINT = re.compile(r"^\s*(\S+?)\s*([<>=!]+)\s*(\S+)\s*$")
+CONSTRAINT = re.compile(r"^\s*(\S+?)\s*([<>=!]+)\s*(.+?)\s*$")
+# the right side of a relative bound: `[<factor> *] <stage>.<metric>`, e.g. 0.95 * train.mAP50-95
+RELATIVE = re.compile(r"^(?:(\S+)\s*\*\s*)?([A-Za-z0-9][A-Za-z0-9_\-]*\.\S+)$")
 OPERATORS = ("<=", ">=")
 Scalar = Union[bool, int, float, str, None]
 
@@ -107,7 +109,8 @@ class SearchConfig(StrictModel):
     parallel: int = Field(1, ge=1, le=256, description="trials asked at once (they run together with --executor ray)")
     maximize: Union[str, list[str]] = Field(default_factory=list, description="<stage>.<metric>, or a list of them")
     minimize: Union[str, list[str]] = Field(default_factory=list, description="<stage>.<metric>, or a list of them")
-    constraints: list[str] = Field(default_factory=list, description='"<stage>.<metric> <= | >= <number>"')
+    constraints: list[str] = Field(default_factory=list, description='"<stage>.<metric> <= | >= <number>", or a bound relative to '
+                                   'what another stage measured: "<stage>.<metric> >= 0.95 * <stage>.<metric>"')
 
     @field_validator("maximize", "minimize")
     @classmethod
@@ -158,34 +161,58 @@ class Constraint:
     stage: str
     metric: str
     op: str  # <= or >=
-    bound: float
+    bound: float  # the number, or the factor of `reference` for a relative bound
     text: str
+    # a relative bound: (stage, metric) whose measured value times `bound` is the limit (each trial's own value)
+    reference: Optional[tuple[str, str]] = None
 
     @property
     def name(self) -> str:
         return f"{self.stage}.{self.metric}"
 
-    def violation(self, value: float) -> float:
+    def limit(self, reference_value: Optional[float] = None) -> float:
+        """The bound in the metric's units: the number, or factor x the reference's measured value."""
+        if self.reference is None:
+            return self.bound
+        assert reference_value is not None, f"'{self.text}' needs the value of {'.'.join(self.reference)}"
+        return self.bound * reference_value
+
+    def violation(self, value: float, reference_value: Optional[float] = None) -> float:
         """Optuna's convention: <= 0 is feasible, and the size of a positive value says by how much it is not."""
-        return value - self.bound if self.op == "<=" else self.bound - value
+        bound = self.limit(reference_value)
+        return value - bound if self.op == "<=" else bound - value
 
 
 def parse_constraint(text: str) -> Constraint:
     match = CONSTRAINT.fullmatch(text)
     if not match:
-        raise ValueError(f"'{text}' is not \"<stage>.<metric> <= | >= <number>\"")
+        raise ValueError(f"'{text}' is not \"<stage>.<metric> <= | >= <number> | [<factor> *] <stage>.<metric>\"")
     name, op, number = match.groups()
     if op not in OPERATORS:
         raise ValueError(f"'{text}': unknown operator '{op}' (use <= or >=)")
     if not STAGE_METRIC.fullmatch(name):
         raise ValueError(f"'{text}': '{name}' is not <stage>.<metric>")
+    reference: Optional[tuple[str, str]] = None
+    relative = RELATIVE.fullmatch(number)
+    if relative and not _is_number(number):
+        factor, number = relative.group(1) or "1", relative.group(2)
+        reference = _split(number)
+        number = factor
     try:
         bound = float(number)
     except ValueError:
-        raise ValueError(f"'{text}': '{number}' is not a number") from None
+        raise ValueError(f"'{text}': '{number}' is not a number (or [factor *] <stage>.<metric>)") from None
     if not math.isfinite(bound):
         raise ValueError(f"'{text}': the bound must be a finite number")
-    return Constraint(*_split(name), op, bound, text)
+    return Constraint(*_split(name), op, bound, text, reference)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _split(name: str) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from ..recipe import (
+    Constraint,
     Objective,
     Recipe,
     SearchChoice,
@@ -131,7 +132,8 @@ class Study:
         """Fill the record's values from the metrics of its stages' runs (`node_of`: stage id -> node id of this
         trial or the shared one); a metric a stage never logged fails the trial, naming what it did log."""
         wanted = [(o.name, o.stage, o.metric) for o in self.objectives] + \
-                 [(c.text, c.stage, c.metric) for c in self.constraints]
+                 [(c.text, c.stage, c.metric) for c in self.constraints] + \
+                 [(_reference_label(c), *c.reference) for c in self.constraints if c.reference is not None]
         measured: dict[str, float] = {}
         for label, stage, metric in wanted:
             logged = metrics.get(node_of.get(stage, ""), {})
@@ -143,8 +145,13 @@ class Study:
             measured[label] = float(logged[metric])
         record.values = {o.name: measured[o.name] for o in self.objectives}
         record.constraints = {c.text: measured[c.text] for c in self.constraints}
-        record.violations = {c.text: c.violation(measured[c.text]) for c in self.constraints}
+        record.violations = {c.text: c.violation(measured[c.text], measured.get(_reference_label(c)))
+                             for c in self.constraints}
         record.state = "COMPLETE"
+
+
+def _reference_label(constraint: Constraint) -> str:
+    return f"{constraint.text} (reference)"
 
 
 def best(records: list[TrialRecord], objectives: list[Objective]) -> list[TrialRecord]:

@@ -119,3 +119,35 @@ def test_round_to_above_one_changes_the_key_of_runs_made_before_the_one_multiple
     assert "round_to_rule" not in DepgraphConfig(method="depgraph").identity()
     assert "round_to_rule" not in DepgraphConfig(method="depgraph", round_to=1).identity()
     assert DepgraphConfig(method="depgraph", round_to=8).identity()["round_to_rule"] == 2
+
+
+def test_prune_head_prunes_detect_branches_and_the_model_still_rebuilds_and_exports(family, tiny_data, tmp_path):
+    """YOLOv8n's Detect branches are a third of its MACs: kept whole they put a floor under what pruning can
+    remove. With prune_head only each branch's last convolution and the DFL keep their width; the pruned model
+    rebuilds from its description, computes the same outputs, and exports to ONNX."""
+    import copy
+
+    import torch
+    from ultralytics.nn.modules.head import Detect
+
+    from recipe_runner.pruning import StepPlan
+
+    method = METHODS.get("depgraph")
+    assert "prune_head" not in method.config(method="depgraph").identity()
+    model = family.build("yolov8n.yaml", tiny_data, seed=0)
+    pruned = {}
+    for prune_head in (False, True):
+        config = method.config(method="depgraph", imgsz=64, ratio=0.5, prune_head=prune_head)
+        assert ("prune_head" in config.identity()) is prune_head
+        pruned[prune_head] = method.prune_step(copy.deepcopy(model), family, tiny_data, config,
+                                               StepPlan(1, 1, 0.5, 0.5))
+    whole = next(m for m in model.modules() if isinstance(m, Detect))
+    head = next(m for m in pruned[True].modules() if isinstance(m, Detect))
+    assert head.cv2[0][1].conv.out_channels < whole.cv2[0][1].conv.out_channels
+    assert [b[-1].out_channels for b in head.cv3] == [b[-1].out_channels for b in whole.cv3]
+    assert family.cost(pruned[True], 64)["macs"] < 0.9 * family.cost(pruned[False], 64)["macs"]
+    rebuilt = family.rebuild(family.describe(pruned[True])).eval()
+    example = family.example_inputs(model, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(example)[0], pruned[True].eval()(example)[0])
+    assert family.write_onnx(rebuilt, tmp_path / "m.onnx", 64, 17).stat().st_size > 0

@@ -148,6 +148,11 @@ class ModelFamily(ABC):
     def output_layers(self, model: nn.Module) -> list[nn.Module]:
         """Layers that must keep their output size (the classifier or detection head)."""
 
+    def head_outputs(self, model: nn.Module) -> list[nn.Module]:
+        """The layers that must keep their width when a prune stage also prunes the head (`prune_head: true`):
+        those that give the model's outputs. By default the whole head, as `output_layers`."""
+        return self.output_layers(model)
+
     @abstractmethod
     def describe(self, model: nn.Module) -> dict[str, Any]:
         """Plain data + tensors that rebuild the model (pruned shapes included) without unpickling code."""

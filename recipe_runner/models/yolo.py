@@ -227,6 +227,19 @@ class YoloFamily(ModelFamily):
 
         return [m for m in model.modules() if isinstance(m, (Detect, C2PSA, PSABlock, Attention))]
 
+    def head_outputs(self, model: nn.Module) -> list[nn.Module]:
+        """The last layer of each Detect branch (box, class; one-to-one copies in YOLOv10) and the DFL, which give
+        the outputs' widths, plus the attention blocks: the branches' inner convolutions become prunable."""
+        from torch import nn
+        from ultralytics.nn.modules.head import Detect
+
+        kept = [m for m in self.output_layers(model) if not isinstance(m, Detect)]
+        for head in (m for m in model.modules() if isinstance(m, Detect)):
+            branches = [child for child in head.children() if isinstance(child, nn.ModuleList)]
+            kept += [branch[-1] for modules in branches for branch in modules if isinstance(branch, nn.Sequential)]
+            kept += [child for child in head.children() if not isinstance(child, nn.ModuleList)]
+        return kept
+
     def prepare_for_pruning(self, model: nn.Module) -> nn.Module:
         from ._yolo_blocks import replace_c2f
 

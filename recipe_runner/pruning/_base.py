@@ -14,7 +14,7 @@ class PruneConfigBase(TrainingStageConfig):
     """Keys every pruning method has: the target, the iterative schedule and the accuracy guard."""
 
     # added after prune stages were recorded: unset, they stay out of the cache key
-    KEY_ONLY_WHEN_SET: ClassVar[frozenset[str]] = frozenset({"target_macs", "target_params"})
+    KEY_ONLY_WHEN_SET: ClassVar[frozenset[str]] = frozenset({"target_macs", "target_params", "prune_head"})
 
     type: Literal["prune"] = "prune"
     method: str
@@ -34,6 +34,9 @@ class PruneConfigBase(TrainingStageConfig):
         "falls more than this (absolute) below its value before pruning; the last model within the bound is kept",
     )
     ignored: list[str] = Field(default_factory=list, description="module names never pruned, besides the family's output head")
+    prune_head: bool = Field(
+        False, description="also prune the output head's inner layers (YOLO: the Detect branches' 3x3 convolutions, "
+                           "about a third of YOLOv8n's MACs); only the layers that give the outputs keep their width")
 
     # the fine-tuning between prune steps never stops early (a class constant, so not a recipe key)
     patience: ClassVar[int] = 0

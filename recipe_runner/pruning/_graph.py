@@ -17,9 +17,11 @@ def prepare(model, family):
     return model
 
 
-def ignored_layers(model, family, names: list[str]) -> list:
-    """The family's output layers plus the recipe's `ignored:` names (a typo is an error, not a silent no-op)."""
-    ignored = list(family.output_layers(model))
+def ignored_layers(model, family, config) -> list:
+    """The family's output head (with `prune_head`, only its output layers) plus the recipe's `ignored:` names
+    (a typo is an error, not a silent no-op)."""
+    names: list[str] = config.ignored
+    ignored = list(family.head_outputs(model) if config.prune_head else family.output_layers(model))
     named = dict(model.named_modules())
     for name in names:
         if name not in named:
@@ -37,7 +39,7 @@ def build_pruner(model, family, config, importance, pruning_ratio: float, **opti
             return rounded_prune_count(n_pruned, current_channels, round_to)
 
     example = family.example_inputs(model, config.imgsz)
-    ignored = ignored_layers(model, family, config.ignored)
+    ignored = ignored_layers(model, family, config)
     with _explained_tracing():
         return Pruner(model, example, importance=importance, pruning_ratio=pruning_ratio, ignored_layers=ignored,
                       **options)
@@ -61,7 +63,7 @@ def dependency_graph(model, family, config) -> tuple[Any, list]:
     import torch_pruning as tp
 
     example = family.example_inputs(model, config.imgsz)
-    ignored = [m for layer in ignored_layers(model, family, config.ignored) for m in layer.modules()]
+    ignored = [m for layer in ignored_layers(model, family, config) for m in layer.modules()]
     with _explained_tracing():
         return tp.DependencyGraph().build_dependency(model, example_inputs=example), ignored
 

@@ -203,7 +203,7 @@ def _targets(model, family, config: LowRankConfig) -> list[tuple[str, Any, str]]
 
     from ..models.lowrank_layers import LowRankConv2d, LowRankLinear
 
-    skipped = {id(m) for layer in ignored_layers(model, family, config.ignored) for m in layer.modules()}
+    skipped = {id(m) for layer in ignored_layers(model, family, config) for m in layer.modules()}
     found: list[tuple[str, Any, str]] = []
     inside: set[int] = set()
     for name, module in model.named_modules():

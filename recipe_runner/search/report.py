@@ -27,7 +27,7 @@ def progress_line(record: TrialRecord, done: int, total: int, leaders: list[Tria
     else:
         outcome = ", ".join(f"{k}={_num(v)}" for k, v in record.values.items())
         outcome += "" if record.feasible else "  (infeasible: " + ", ".join(
-            f"{k} is {_num(record.constraints[k])}" for k, v in record.violations.items() if v > 0) + ")"
+            _unmet(k, record.constraints[k], v) for k, v in record.violations.items() if v > 0) + ")"
     if not leaders:
         lead = "no feasible trial yet"
     elif len(objectives) == 1:
@@ -35,6 +35,14 @@ def progress_line(record: TrialRecord, done: int, total: int, leaders: list[Tria
     else:
         lead = "Pareto front: trials " + ", ".join(str(r.number) for r in leaders)
     return f"[search] trial {done} of {total} (trial={record.number}: {values}) -> {outcome}; best so far: {lead}"
+
+
+def _unmet(text: str, measured: float, violation: float) -> str:
+    """'int8.mAP50-95 is 0.2344, needs >= 0.4277': the measured value and the limit it missed (a relative bound's
+    limit is this trial's own reference value times the factor)."""
+    name, op = text.split()[:2]
+    limit = measured + violation if op == ">=" else measured - violation
+    return f"{name} is {_num(measured)}, needs {op} {_num(limit)}"
 
 
 def record(tracker: T.Tracker, parent_id: str, study: Study, records: list[TrialRecord]) -> None:

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 import pytest
 from mlflow.tracking import MlflowClient
 
-from recipe_runner import tracking as T
+from recipe_runner import persistence as T
 from recipe_runner.reproduce import REPRODUCTION_OF
 
 from conftest import TINY_CLS, cli, stage_runs, write_recipe
@@ -37,7 +37,7 @@ def _copy_run(client: MlflowClient, original: str, edit_lock: Callable[[dict], N
     lock["recipe_sha256"] = sha
     edit_lock(lock)
     tags = {k: v for k, v in run.data.tags.items() if k.startswith(T.PREFIX)}
-    copy = client.create_run(run.info.experiment_id, tags={**tags, T.PREFIX + "recipe_sha256": sha}).info.run_id
+    copy = client.create_run(run.info.experiment_id, tags={**tags, T.RECIPE_SHA: sha}).info.run_id
     client.log_text(copy, text, f"recipe/{recipe_file.name}")
     client.log_text(copy, json.dumps(lock), "recipe/recipe.lock.json")
     for child in client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{original}'"):
@@ -86,7 +86,7 @@ def test_reproduce_from_second_directory(mlflow_server: str, workspace: Path, tm
     # a normal run of the recipe still reuses the original stages, never the reproduction's
     again = cli("run", recipe, "--tracking-uri", mlflow_server)
     assert again.exit_code == 0
-    reused = {r.data.tags[T.NODE_ID]: r.data.tags.get(T.PREFIX + "reused_from") for r in stage_runs(mlflow_server)}
+    reused = {r.data.tags[T.NODE_ID]: r.data.tags.get(T.REUSED_FROM) for r in stage_runs(mlflow_server)}
     assert reused == {node: run.info.run_id for node, run in originals.items()}
 
     # a recorded metric off by 0.5 and a planted version difference: reported, exit 1

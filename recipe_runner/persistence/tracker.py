@@ -1,7 +1,7 @@
 """Everything that talks to MLflow: runs, params, metrics, checkpoints as artifacts, lookup by cache key.
 
 Uses MlflowClient with explicit run ids (no global "active run"), so nesting is
-just the `mlflow.parentRunId` tag and nothing leaks into other code's runs.
+just the parent-run tag and nothing leaks into other code's runs.
 """
 from __future__ import annotations
 
@@ -15,19 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from .timing import timed
+from ..timing import timed
+from .tags import CACHE_KEY, PARENT_RUN, ROLE, RUN_NAME
 
-PREFIX = "recipe_runner."
-ROLE, CACHE_KEY, STAGE_ID, NODE_ID, STAGE_TYPE = (PREFIX + k for k in ("role", "cache_key", "stage_id", "node_id", "stage_type"))
-CHECKPOINT_SHA, EPOCH, EPOCH_SHA = PREFIX + "checkpoint_sha256", PREFIX + "epoch", PREFIX + "epoch_sha256"
-EPOCH_SLOT = PREFIX + "epoch_slot"
 CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
-# a stage whose output is a file (ONNX, INT8 model) records that file instead of a checkpoint
-OUTPUT_SHA, OUTPUT_ARTIFACT = PREFIX + "output_sha256", PREFIX + "output_artifact"
-# on a reused stage: the host that measured its metrics (latency), when it is not this one
-MEASURED_ON = PREFIX + "measured_on"
-# MLflow's own tags: the run's display name and its description (markdown, shown on the run page)
-RUN_NAME, NOTE = "mlflow.runName", "mlflow.note.content"
 
 
 class UnsafeArtifactPath(ValueError):
@@ -46,11 +37,6 @@ def safe_artifact_path(path: Any) -> str:
         raise UnsafeArtifactPath(f"artifact path {str(path)[:120]!r} is not a plain relative path; refusing to "
                                  "download it")
     return path
-
-
-def done_tag(gives: str) -> str:
-    """The tag a FINISHED run must carry to be reused: the sha256 of its checkpoint, or of its output file."""
-    return OUTPUT_SHA if gives == "file" else CHECKPOINT_SHA
 
 
 def epoch_artifact(slot: int) -> str:
@@ -140,7 +126,7 @@ class Tracker:
         """A run named `name`, unless `tags` carry a RUN_NAME (the name for people, records.run_name)."""
         tags = {RUN_NAME: name, **tags}
         if parent_id:
-            tags["mlflow.parentRunId"] = parent_id
+            tags[PARENT_RUN] = parent_id
         return self.client.create_run(self.experiment_id, tags=tags, run_name=tags[RUN_NAME]).info.run_id
 
     @timed("mlflow", per_function=True)
@@ -263,7 +249,7 @@ class Tracker:
 
     def kill_running_children(self, parent_id: str) -> None:
         """Mark KILLED every stage run of this recipe run that is still RUNNING (its task was killed)."""
-        runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+        runs = self.client.search_runs([self.experiment_id], f"tags.`{PARENT_RUN}` = '{parent_id}'")
         for run in runs:
             if run.info.status == "RUNNING":
                 self.finish(run.info.run_id, "KILLED")
@@ -273,9 +259,6 @@ class Tracker:
             experiments, filter_string=f"tags.`{CACHE_KEY}` = '{cache_key}' and tags.`{ROLE}` = 'stage'",
             order_by=["attributes.start_time DESC"], max_results=50,
         )
-
-    def scratch(self) -> Path:
-        return Path(tempfile.mkdtemp(prefix="recipe-runner-"))
 
 
 def _metric_key(name: str) -> str:

@@ -37,9 +37,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from .lookup import StageRun
 from .tags import (CHECKPOINT_SHA, EPOCH_SHA, LEASE_HEARTBEAT, LEASE_HOST, LEASE_INTERVAL, LEASE_OWNER, LEASE_PID,
                    LEASE_PID_SPACE)
-from .tracker import StageRun, Tracker
+from .tracker import Tracker
 
 #: seconds between heartbeats; tests set RECIPE_RUNNER_HEARTBEAT_S to 1 so a dead owner goes stale quickly
 HEARTBEAT_S = float(os.environ.get("RECIPE_RUNNER_HEARTBEAT_S") or 30)

@@ -11,7 +11,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import persistence as T
-from recipe_runner.reproduce import REPRODUCTION_OF
 
 from conftest import TINY_CLS, cli, stage_runs, write_recipe
 from test_server import STAGES, mlflow_server  # noqa: F401  (the server fixture, started once for this module)
@@ -21,7 +20,7 @@ TRAINED = ("train", "finetune")
 
 def _reproductions(client: MlflowClient, original: str) -> list:
     experiments = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(experiments, f"tags.`{REPRODUCTION_OF}` = '{original}' and tags.`{T.ROLE}` = 'recipe'")
+    return client.search_runs(experiments, f"tags.`{T.REPRODUCTION_OF}` = '{original}' and tags.`{T.ROLE}` = 'recipe'")
 
 
 def _copy_run(client: MlflowClient, original: str, edit_lock: Callable[[dict], None] = lambda lock: None,
@@ -74,7 +73,7 @@ def test_reproduce_from_second_directory(mlflow_server: str, workspace: Path, tm
         [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
     assert set(children) == set(originals)
     for node, run in children.items():
-        assert run.data.tags[T.ROLE] == "stage" and run.data.tags[REPRODUCTION_OF] == original  # ran, not reused
+        assert run.data.tags[T.ROLE] == "stage" and run.data.tags[T.REPRODUCTION_OF] == original  # ran, not reused
         assert run.data.tags[T.CACHE_KEY] != originals[node].data.tags[T.CACHE_KEY]  # salted: never shared
         if node in TRAINED:
             assert run.data.metrics["epochs_trained"] > 0

@@ -17,7 +17,8 @@ class TrackingError(RuntimeError):
 
 
 def resolve_uri(cli_uri: Optional[str], recipe_uri: Optional[str]) -> str:
-    """--tracking-uri, then the recipe's tracking.uri, then $MLFLOW_TRACKING_URI, then sqlite in the working directory."""
+    """--tracking-uri, then the recipe's tracking.uri, then $MLFLOW_TRACKING_URI, then sqlite in the working
+    directory."""
     uri = cli_uri or recipe_uri or os.environ.get("MLFLOW_TRACKING_URI")
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
@@ -57,7 +58,8 @@ class Store:
             try:
                 requests.get(self.uri.rstrip("/") + "/health", timeout=5).raise_for_status()
             except requests.RequestException as exc:
-                raise TrackingError(f"cannot reach the MLflow tracking server at {self.uri}: {type(exc).__name__}") from None
+                raise TrackingError(f"cannot reach the MLflow tracking server at {self.uri}: "
+                                    f"{type(exc).__name__}") from None
         try:
             self.experiment_id  # noqa: B018  (looked up, or created, for its failure)
         except Exception as exc:

@@ -24,14 +24,14 @@ def run_recipe(text: str, work: Path, force: tuple[str, ...] = ()) -> tuple[Any,
 
 def output_models(plan: Any, reports: list, work: Path, skip: str = "prune") -> Iterator[tuple[Any, Any]]:
     """(report, model) for every stage except those whose id starts with `skip`, from verified checkpoints."""
-    from recipe_runner import tracking as T
-    from recipe_runner.checkpoint import load_checkpoint
+    from recipe_runner import persistence as T
+    from recipe_runner.persistence import load_checkpoint
 
     for report in reports:
         if report.node_id.startswith(skip):
             continue
         run = plan.tracker.client.get_run(report.run_id)
-        source = run.data.tags.get(T.PREFIX + "reused_from", report.run_id)  # a reused stage's checkpoint is its source's
+        source = run.data.tags.get(T.REUSED_FROM, report.run_id)  # a reused stage's checkpoint is its source's
         run = plan.tracker.client.get_run(source)
         path = plan.tracker.download(source, T.CHECKPOINT_ARTIFACT, work / "dl" / source)
         yield report, plan.family.rebuild(load_checkpoint(path, run.data.tags[T.CHECKPOINT_SHA])["model"])
@@ -50,11 +50,11 @@ def median_ms(call, runs: int = 20, warmup: int = 3) -> float:
 
 def compute_seconds(plan: Any, reports: list) -> float:
     """Seconds the stages took when they actually ran (from MLflow), so a re-run that reuses them reports the same."""
-    from recipe_runner import tracking as T
+    from recipe_runner import persistence as T
 
     total = 0.0
     for report in reports:
         run = plan.tracker.client.get_run(report.run_id)
-        source = plan.tracker.client.get_run(run.data.tags.get(T.PREFIX + "reused_from", report.run_id))
+        source = plan.tracker.client.get_run(run.data.tags.get(T.REUSED_FROM, report.run_id))
         total += (source.info.end_time - source.info.start_time) / 1000
     return total

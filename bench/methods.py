@@ -62,10 +62,10 @@ def drop(recipe: dict[str, Any], names: list[str]) -> None:
 
 def _source_run(client, run_id: str):
     """The run that did the work: a reused stage's record points at it."""
-    from recipe_runner import tracking as T
+    from recipe_runner import persistence as T
 
     run = client.get_run(run_id)
-    return client.get_run(run.data.tags.get(T.PREFIX + "reused_from", run_id))
+    return client.get_run(run.data.tags.get(T.REUSED_FROM, run_id))
 
 
 def _seconds(run) -> float:

@@ -85,12 +85,12 @@ def family_rows(name: str, model: str, size: dict, work: Path) -> dict:
 
 def _seconds(plan, reports) -> dict[str, float]:
     """Seconds each stage took when it actually ran (a reused stage: its source run's)."""
-    from recipe_runner import tracking as T
+    from recipe_runner import persistence as T
 
     out = {}
     for report in reports:
         run = plan.tracker.client.get_run(report.run_id)
-        source = plan.tracker.client.get_run(run.data.tags.get(T.PREFIX + "reused_from", report.run_id))
+        source = plan.tracker.client.get_run(run.data.tags.get(T.REUSED_FROM, report.run_id))
         out[report.node_id] = (source.info.end_time - source.info.start_time) / 1000
     return out
 

@@ -81,10 +81,10 @@ def run(sets: list[str], only: list[str], force: tuple[str, ...] = ()) -> tuple[
 
 def source_run(plan: Any, run_id: str) -> Any:
     """The run that did the work (a reused stage points at it), for its params and its own seconds."""
-    from recipe_runner import tracking as T
+    from recipe_runner import persistence as T
 
     run = plan.tracker.client.get_run(run_id)
-    return plan.tracker.client.get_run(run.data.tags.get(T.PREFIX + "reused_from", run_id))
+    return plan.tracker.client.get_run(run.data.tags.get(T.REUSED_FROM, run_id))
 
 
 def seconds(run: Any) -> float:

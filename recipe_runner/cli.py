@@ -64,7 +64,7 @@ def _sigterm_as_interrupt() -> Iterator[list[str]]:
 @contextmanager
 def _exit_codes() -> Iterator[None]:
     """Turn known failures into one clear line each and the documented exit code."""
-    from .tracking import TrackingError
+    from .persistence import TrackingError
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..." is noise here
     try:
@@ -101,7 +101,7 @@ def schema() -> None:
 def plan(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_uri: Optional[str] = UriOpt,
          force: Optional[List[str]] = typer.Option(None, "--force"), only: Optional[List[str]] = typer.Option(None, "--only")) -> None:
     """Show the stage graph and, per stage, whether MLflow lets it be reused, resumed, or must run."""
-    from . import versions
+    from .persistence import versions
     from .planner import RunOptions, prepare
 
     with _exit_codes():
@@ -299,7 +299,7 @@ def reproduce(run_ref: str = typer.Argument(..., metavar="RUN", help="a recipe r
     tolerance = R.DEFAULT_TOLERANCE if tolerance is None else tolerance
     folder = workdir or Path(tempfile.mkdtemp(prefix="recipe-reproduce-"))
     with _sigterm_as_interrupt(), _exit_codes():
-        from .tracking import resolve_uri
+        from .persistence import resolve_uri
 
         uri = resolve_uri(tracking_uri, None)
         try:
@@ -359,7 +359,7 @@ def ui(target: Optional[str] = typer.Argument(None, metavar="[RECIPE|EXPERIMENT|
 
     from . import compare as C
     from . import ui as U
-    from .local_server import LocalServerError
+    from .persistence import LocalServerError
 
     with _sigterm_as_interrupt(), _exit_codes():
         uri = C.tracking_uri_for([target] if target else [], tracking_uri)

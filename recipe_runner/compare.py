@@ -19,15 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import tracking as T
-from .lease import HOST
+from . import persistence as T
 from .registry import did_you_mean
 
 HEAD = ["recipe_run", "recipe", "node_id", "stage_type", "action"]
 TAIL = ["metric", "value", "macs", "params", "size_mb", "latency_ms", "onnx_latency_ms", "seconds", "host"]
 # the family's primary accuracy metric; a classifier logs no mAP, a detector no top1
 PRIMARY = ("mAP50-95", "top1")
-PARENT_ID = "mlflow.parentRunId"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -95,11 +93,11 @@ def _resolve_one(client: Any, target: str, every_run: bool) -> list[RecipeRun]:
             run = client.get_run(run_id)
         except MlflowException:
             raise CompareError(f"no run '{run_id}' in {client.tracking_uri}") from None
-        if run.data.tags.get(T.ROLE) != "recipe" and PARENT_ID in run.data.tags:
-            run = client.get_run(run.data.tags[PARENT_ID])  # a stage run: compare its whole recipe run
+        if run.data.tags.get(T.ROLE) != "recipe" and T.PARENT_RUN in run.data.tags:
+            run = client.get_run(run.data.tags[T.PARENT_RUN])  # a stage run: compare its whole recipe run
         if run.data.tags.get(T.ROLE) != "recipe":
             raise CompareError(f"run '{run_id}' is not a recipe run (no tag {T.ROLE}=recipe)")
-        return [RecipeRun(run.info.run_id, run.data.tags.get(T.PREFIX + "recipe_name", run.info.run_name),
+        return [RecipeRun(run.info.run_id, run.data.tags.get(T.RECIPE_NAME, run.info.run_name),
                           run.info.experiment_id)]
     recipe_name = None
     experiment_name = target
@@ -133,10 +131,10 @@ def _recipe_file_experiment(path: Path) -> tuple[str, str]:
 def _recipe_runs(client: Any, experiments: list[str], recipe_name: Optional[str], every_run: bool) -> list[RecipeRun]:
     query = f"tags.`{T.ROLE}` = 'recipe'"
     if recipe_name:
-        query += f" and tags.`{T.PREFIX}recipe_name` = '{recipe_name}'"
+        query += f" and tags.`{T.RECIPE_NAME}` = '{recipe_name}'"
     runs = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"],
                               max_results=1000 if every_run else 1)
-    return [RecipeRun(r.info.run_id, r.data.tags.get(T.PREFIX + "recipe_name", r.info.run_name), r.info.experiment_id)
+    return [RecipeRun(r.info.run_id, r.data.tags.get(T.RECIPE_NAME, r.info.run_name), r.info.experiment_id)
             for r in runs]
 
 
@@ -146,7 +144,7 @@ def compare(client: Any, runs: list[RecipeRun], extra_metrics: list[str] = ()) -
     sweep_keys: list[str] = []
     logged: set[str] = set()
     for recipe_run in runs:
-        children = client.search_runs([recipe_run.experiment_id], f"tags.`{PARENT_ID}` = '{recipe_run.run_id}'",
+        children = client.search_runs([recipe_run.experiment_id], f"tags.`{T.PARENT_RUN}` = '{recipe_run.run_id}'",
                                       order_by=["attributes.start_time ASC"], max_results=5000)
         # a stage that failed (e.g. quantize's accuracy guard) or was cut off is not a result to compare or plot
         for child in (c for c in children if c.info.status == "FINISHED"):
@@ -160,7 +158,7 @@ def compare(client: Any, runs: list[RecipeRun], extra_metrics: list[str] = ()) -
 
 def _stage_row(client: Any, recipe_run: RecipeRun, run: Any, extra_metrics: list[str]) -> dict[str, Any]:
     tags, metrics = run.data.tags, run.data.metrics
-    source = _source_run(client, tags.get(T.PREFIX + "reused_from"))
+    source = _source_run(client, tags.get(T.REUSED_FROM))
     timed = source or run
     params = dict(run.data.params)
     if source is not None:  # a reused run logs the config but not its sweep values: its source has them
@@ -172,7 +170,7 @@ def _stage_row(client: Any, recipe_run: RecipeRun, run: Any, extra_metrics: list
         **{k: _param_value(v) for k, v in params.items() if k.startswith("sweep.")},
         "metric": metric, "value": metrics.get(metric) if metric else None,
         "seconds": (timed.info.end_time - timed.info.start_time) / 1000 if timed.info.end_time else None,
-        "host": timed.data.tags.get(HOST),
+        "host": timed.data.tags.get(T.LEASE_HOST),
     }
     for name in ["macs", "params", "size_mb", "latency_ms", "onnx_latency_ms", *extra_metrics]:
         row.setdefault(name, metrics.get(name))
@@ -183,7 +181,7 @@ def action_of(tags: dict[str, str]) -> str:
     """ran / reused / resumed, from the tags the engine sets."""
     if tags.get(T.ROLE) == "reused":
         return "reused"
-    return "resumed" if T.PREFIX + "resumed_from" in tags else "ran"
+    return "resumed" if T.RESUMED_FROM in tags else "ran"
 
 
 def _source_run(client: Any, run_id: Optional[str]) -> Any:

@@ -16,6 +16,7 @@ import platform
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -24,12 +25,12 @@ from typing import Any, Callable, Literal, Optional
 
 from mlflow.exceptions import MlflowException
 
-from . import lease
-from . import records as R
-from . import tracking as T
-from . import versions as V
+from . import persistence as T
+from .persistence import leases
+from .persistence import records as R
+from .persistence import versions as V
 from .timing import section, timed
-from .checkpoint import CheckpointError, EpochCadence, load_checkpoint, save_checkpoint, sha256_of
+from .persistence import CheckpointError, EpochCadence, load_checkpoint, save_checkpoint, sha256_of
 from .config_base import TrainingKnobs
 from .data import cache_root
 from .executors import Executor, KnownOutput, RunnerFactory
@@ -136,7 +137,7 @@ class RunningStage:
 
     def warn(self, message: str) -> None:
         self.engine.announce(f"[warn]   {self.stage_id}: {message}")
-        self.engine.tracker.set_tags(self.run_id, {T.PREFIX + "warning": message[:5000]})
+        self.engine.tracker.set_tags(self.run_id, {T.WARNING: message[:5000]})
 
     @timed("plots")
     def log_plot(self, figure: Any, name: str) -> None:
@@ -184,7 +185,7 @@ class Engine:
     def run(self) -> list[StageReport]:
         recipe = self.plan.recipe
         parent_id = self.tracker.start_run(R.parent_run_name(recipe.name), {
-            T.ROLE: "recipe", T.PREFIX + "recipe_name": recipe.name, T.PREFIX + "recipe_sha256": recipe.sha256,
+            T.ROLE: "recipe", T.RECIPE_NAME: recipe.name, T.RECIPE_SHA: recipe.sha256,
             T.NOTE: recipe.description,
         })
         self.tracker.log_dataset(parent_id, R.dataset_input(self.data, "recipe"))
@@ -194,7 +195,7 @@ class Engine:
                                             "data": recipe.data, "overrides": " ".join(recipe.overrides)})
         for note in self.plan.notes:
             self.announce(f"[note]   {note}")
-        scratch = self.tracker.scratch()
+        scratch = Path(tempfile.mkdtemp(prefix="recipe-runner-"))
         reports: list[StageReport] = []
         status = "FAILED"
         try:
@@ -281,7 +282,7 @@ class Engine:
         planned, claim = self._claim(planned, tags, parent_id)
         if planned.action == "reuse":
             return self._reuse(planned, tags, parent_id, started)
-        # attempts that were cut off (their leases were stale when we claimed the key, lease.py): the one we
+        # attempts that were cut off (their leases were stale when we claimed the key, leases.py): the one we
         # continue (or fail to), and any that died before writing an epoch checkpoint
         cut_off = list(claim.dead)
         if planned.action == "resume" and planned.source.status == "RUNNING":
@@ -299,36 +300,36 @@ class Engine:
         """The tags of a stage run: its key, names, recipe, action, and which runs hold its inputs."""
         node = planned.node
         tags = {T.ROLE: "stage", T.CACHE_KEY: node.cache_key, T.STAGE_ID: node.stage_id, T.NODE_ID: node.id,
-                T.STAGE_TYPE: node.type, T.PREFIX + "recipe_name": self.plan.recipe.name,
-                T.PREFIX + "recipe_sha256": self.plan.recipe.sha256, T.PREFIX + "action": planned.action,
+                T.STAGE_TYPE: node.type, T.RECIPE_NAME: self.plan.recipe.name,
+                T.RECIPE_SHA: self.plan.recipe.sha256, T.ACTION: planned.action,
                 T.RUN_NAME: R.run_name(node.stage_id, node.sweep)}
         for role, input_id in node.inputs.items():  # e.g. the teacher: which stage, and which run holds its model
-            tags.update({T.PREFIX + f"{role}_stage": input_id, T.PREFIX + f"{role}_run_id": self.output_run(input_id)})
+            tags.update({T.input_stage(role): input_id, T.input_run(role): self.output_run(input_id)})
         return tags
 
     def _claim(self, planned: PlannedStage, tags: dict[str, Any],
-               parent_id: str) -> tuple[PlannedStage, lease.Claim]:
-        """Take the stage's key (lease.py) and decide its action now, not at plan time: another process may have
+               parent_id: str) -> tuple[PlannedStage, leases.Claim]:
+        """Take the stage's key (leases.py) and decide its action now, not at plan time: another process may have
         finished or started this key meanwhile. A planned reuse claims nothing. Updates tags' action."""
         node = planned.node
         if planned.action == "reuse":
-            return planned, lease.Claim()
-        claim = lease.acquire(self.tracker, node.id, node.cache_key, {**tags, **V.version_tags()}, parent_id,
-                              planned.forced, self.announce, done=T.done_tag(self.plan.graph.gives(node.id)))
+            return planned, leases.Claim()
+        claim = leases.acquire(self.tracker, node.id, node.cache_key, {**tags, **V.version_tags()}, parent_id,
+                               planned.forced, self.announce, done=T.done_tag(self.plan.graph.gives(node.id)))
         source = claim.reuse or claim.resume
         planned = PlannedStage(node, "reuse" if claim.reuse else "resume" if claim.resume else "run", source)
-        tags[T.PREFIX + "action"] = planned.action
+        tags[T.ACTION] = planned.action
         return planned, claim
 
     def _reuse(self, planned: PlannedStage, tags: dict[str, Any], parent_id: str, started: float) -> StageReport:
         """Record a finished run's output as this stage's: a run tagged 'reused' with its metrics, nothing trained."""
         node, source = planned.node, planned.source
         # latency is a property of a machine: say when the reused measurements come from another one
-        host = source.tags.get(lease.HOST)
-        elsewhere = {T.MEASURED_ON: host} if host and host != lease.me().host else {}
+        host = source.tags.get(T.LEASE_HOST)
+        elsewhere = {T.MEASURED_ON: host} if host and host != leases.me().host else {}
         # the model was made by the source run's versions, not by the installed ones
         run_id = self.tracker.start_run(node.id, {**tags, **V.recorded(source.tags), T.ROLE: "reused",
-                                                  T.PREFIX + "reused_from": source.run_id, **elsewhere}, parent_id)
+                                                  T.REUSED_FROM: source.run_id, **elsewhere}, parent_id)
         self.tracker.log_params(run_id, _params(node))
         self.tracker.log_dataset(run_id, R.dataset_input(self.data, node.type))
         metrics = {**source.metrics, "epochs_trained": 0.0}
@@ -368,7 +369,7 @@ class Engine:
             self.tracker.finish(run_id, "KILLED")
             raise
         except Exception as exc:
-            self.tracker.set_tags(run_id, {T.PREFIX + "error": f"{type(exc).__name__}: {exc}"[:5000]})
+            self.tracker.set_tags(run_id, {T.ERROR: f"{type(exc).__name__}: {exc}"[:5000]})
             self.tracker.finish(run_id, "FAILED")
             raise StageFailed(node.id, exc, run_id) from exc
         return planned.action, result, metrics
@@ -385,10 +386,10 @@ class Engine:
                 self.announce(f"[warn]   {node.id}: cannot resume run {planned.source.run_id[:8]} ({exc}); starting over")
                 planned = PlannedStage(node, "run")
         # the claim run was created before the action was final
-        self.tracker.set_tags(run_id, {T.PREFIX + "action": planned.action})
+        self.tracker.set_tags(run_id, {T.ACTION: planned.action})
         if resume_state is not None:
-            self.tracker.set_tags(run_id, {T.PREFIX + "resumed_from": planned.source.run_id,
-                                           T.PREFIX + "resumed_epoch": resume_state["epoch"]})
+            self.tracker.set_tags(run_id, {T.RESUMED_FROM: planned.source.run_id,
+                                           T.RESUMED_EPOCH: resume_state["epoch"]})
             self.announce(f"[resume] {node.id}  from epoch {resume_state['epoch']} of run {planned.source.run_id[:8]}")
         else:
             self.announce(f"[run]    {node.id}")
@@ -398,7 +399,7 @@ class Engine:
         """Mark KILLED the cut-off attempts this stage took over, and their recipe runs."""
         for dead in cut_off:
             self.tracker.finish(dead.run_id, "KILLED")
-            self._finish_dead_recipe_run(dead.tags.get("mlflow.parentRunId"), parent_id)
+            self._finish_dead_recipe_run(dead.tags.get(T.PARENT_RUN), parent_id)
 
     # -- the StageRunner seam (executors/__init__.py) ---------------------------------------------------------------
     def known_output(self, node_id: str) -> KnownOutput:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from .checkpoint import sha256_of
+from .persistence.checkpoints import sha256_of
 from .models import FAMILIES
 from .models.base import ModelRef
 from .recipe import CUSTOM_SOURCE, WEIGHTS_NAME, Recipe

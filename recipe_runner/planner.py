@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import lease, versions
-from . import tracking as T
+from . import persistence as T
+from .persistence import leases, versions
 from .config_base import ConfigProblem
 from .data import DataError, cache_root, fingerprint_data, resolve_data
 from .graph import StageGraph, StageNode, compile_graph
@@ -84,7 +84,7 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
 def plan_stage(tracker: T.Tracker, graph: StageGraph, node: StageNode) -> PlannedStage:
     """Reuse, resume, wait or run: the rule the engine applies when it reaches the stage (it decides again then:
     others may have moved). Search trials are planned with it as they are asked."""
-    decision = lease.decide(tracker.stage_runs(node.cache_key), time.time(), done=T.done_tag(graph.gives(node.id)))
+    decision = leases.decide(tracker.stage_runs(node.cache_key), time.time(), done=T.done_tag(graph.gives(node.id)))
     action = {"reuse": "reuse", "wait": "wait"}.get(decision.action, "resume" if decision.run else "run")
     return PlannedStage(node, action, decision.run)
 

@@ -22,10 +22,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
-from . import tracking as T
+from . import persistence as T
 from .compare import PRIMARY, run_id_of
 
-REPRODUCTION_OF = T.PREFIX + "reproduction_of"
 # The default --tolerance, absolute on the primary metric (top1 / mAP50-95). bench/variation.py measured the CPU
 # run-to-run variation (bench/results/variation.json, README "Sharing and reproducing"): 0.0 with the same thread
 # count, top-1 still 0.0 but val_loss 0.007 with 1 thread instead of 2; 0.02 leaves two flipped images in 128.
@@ -99,16 +98,16 @@ def fetch_original(client: Any, ref: str, workdir: Path) -> Original:
         raise ReproduceError(f"run '{run_id}': {exc}") from None
     lock = _lock_of(Path(client.download_artifacts(run_id, f"{RECIPE_FOLDER}/{LOCK}", str(workdir))), run_id)
     digest = hashlib.sha256(recipe_path.read_bytes()).hexdigest()
-    recorded = {lock.get("recipe_sha256"), run.data.tags.get(T.PREFIX + "recipe_sha256")}
+    recorded = {lock.get("recipe_sha256"), run.data.tags.get(T.RECIPE_SHA)}
     if recorded != {digest}:
         shown = ", ".join(sorted(str(r)[:12] for r in recorded))
         raise ReproduceError(f"run '{run_id}': the recipe file's sha256 ({digest[:12]}) does not match the one its lock "
                              f"and tags record ({shown}): the record was altered; refusing to reproduce it")
-    children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'",
+    children = client.search_runs([run.info.experiment_id], f"tags.`{T.PARENT_RUN}` = '{run_id}'",
                                   order_by=["attributes.start_time ASC"], max_results=5000)
     stages = {c.data.tags[T.NODE_ID]: dict(c.data.metrics) for c in children if T.NODE_ID in c.data.tags}
     experiment = client.get_experiment(run.info.experiment_id).name
-    return Original(run_id, experiment, recipe_path, lock, stages, REPRODUCTION_OF in run.data.tags)
+    return Original(run_id, experiment, recipe_path, lock, stages, T.REPRODUCTION_OF in run.data.tags)
 
 
 def installed_versions(names: list[str]) -> dict[str, str]:
@@ -232,14 +231,14 @@ class ReproductionTracker(T.Tracker):
         self.recipe_run_id: Optional[str] = None  # the reproduction's parent run, once started
 
     def start_run(self, name: str, tags: dict[str, str], parent_id: Optional[str] = None) -> str:
-        run_id = super().start_run(name, {**tags, REPRODUCTION_OF: self.original_run_id}, parent_id)
+        run_id = super().start_run(name, {**tags, T.REPRODUCTION_OF: self.original_run_id}, parent_id)
         if tags.get(T.ROLE) == "recipe":
             self.recipe_run_id = run_id
         return run_id
 
     def stage_metrics(self) -> dict[str, dict[str, float]]:
         """Node id -> metrics of the reproduction's stage runs, read back from MLflow like the original's."""
-        children = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.recipe_run_id}'",
+        children = self.client.search_runs([self.experiment_id], f"tags.`{T.PARENT_RUN}` = '{self.recipe_run_id}'",
                                            max_results=5000)
         return {c.data.tags[T.NODE_ID]: dict(c.data.metrics) for c in children if T.NODE_ID in c.data.tags}
 

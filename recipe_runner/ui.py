@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from . import tracking as T
-from .local_server import LocalServer, is_file_store, needs_server
-from .records import PIPELINE_METRICS, PIPELINE_PREFIX
+from . import persistence as T
+from .persistence import LocalServer, is_file_store, needs_server
+from .persistence.records import PIPELINE_METRICS, PIPELINE_PREFIX
 
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + key: the experiment tag MLflow's UI reads a shared view from
 ML_VIEW = "workflowType=machine_learning"  # the "Model training" view instead of the GenAI overview
@@ -49,7 +49,7 @@ def view_state(metric_names: list[str]) -> dict[str, Any]:
     ordered = sorted(metric_names, key=lambda m: (m in PIPELINE_METRICS, PIPELINE_METRICS.index(m)
                                                   if m in PIPELINE_METRICS else 0, m))
     columns = ["attributes.`Dataset`", "attributes.`Models`", *(f"metrics.`{m}`" for m in ordered),
-               f"tags.`{T.PREFIX}action`", "params.`overrides`"]
+               f"tags.`{T.ACTION}`", "params.`overrides`"]
     # a regular expression: size_mb follows params, and without it the primary metric, MACs and params fit in
     # one row of charts beside the run list (MLflow orders charts by name)
     return {"chartsSearchFilter": f"^{PIPELINE_PREFIX}(?!size_mb$)", "selectedColumns": columns}

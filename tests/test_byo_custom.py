@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipe_runner.checkpoint import load_checkpoint, save_checkpoint
+from recipe_runner.persistence import load_checkpoint, save_checkpoint
 from recipe_runner.models import ModelRef
 from recipe_runner.models.custom import CustomFamily
 from recipe_runner.reproduce import ReproduceError, check_model_file
@@ -116,7 +116,7 @@ def test_a_package_factory_with_args_and_weights(workspace: Path, data, monkeypa
     built = weighted.build("mynets.small:make", data, seed=0)
     assert torch.equal(built[0].weight, trained["0.weight"]) and built[4].out_features == 4
     # in a recipe: keyed by the module file's content and the arguments
-    from recipe_runner.checkpoint import sha256_of
+    from recipe_runner.persistence import sha256_of
     from recipe_runner.model_ref import model_identity
     from recipe_runner.recipe import load_recipe
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipe_runner import tracking as T
+from recipe_runner import persistence as T
 
 from conftest import cli, local_uri, stage_runs
 
@@ -88,7 +88,7 @@ def test_a_users_best_pt_is_pruned_by_a_recipe_that_starts_with_prune(workspace:
     # no fine-tuning between steps) still holds best.pt's last box convolution
     from ultralytics.nn.tasks import load_checkpoint as ultralytics_load
 
-    from recipe_runner.checkpoint import load_checkpoint
+    from recipe_runner.persistence import load_checkpoint
 
     path = client.download_artifacts(runs["prune"].info.run_id, "checkpoint/model.pt", str(workspace / "dl"))
     pruned = load_checkpoint(Path(path), runs["prune"].data.tags[T.CHECKPOINT_SHA])["model"]["state_dict"]

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from recipe_runner import tracking as T
-from recipe_runner.checkpoint import EpochCadence
+from recipe_runner import persistence as T
+from recipe_runner.persistence import EpochCadence
 
 from conftest import cli, local_uri, stage_runs, write_recipe
 

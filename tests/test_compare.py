@@ -9,7 +9,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import compare as C
-from recipe_runner import tracking as T
+from recipe_runner import persistence as T
 
 from conftest import cli, local_uri, stage_runs, write_recipe
 

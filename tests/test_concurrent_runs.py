@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from recipe_runner import lease as L
-from recipe_runner import tracking as T
+from recipe_runner.persistence import leases as L
+from recipe_runner import persistence as T
 
 import servers
 
@@ -119,8 +119,8 @@ def _assert_trained_once(by_parent: dict[str, dict[str, object]]) -> dict[str, o
         assert len(workers) == 1, [(r.data.tags[T.ROLE], r.data.metrics) for r in pair]
         other = next(r for r in pair if r is not workers[0])
         assert other.data.tags[T.ROLE] == "reused" and other.data.metrics["epochs_trained"] == 0
-        assert other.data.tags[T.PREFIX + "action"] == "reuse"
-        assert other.data.tags[T.PREFIX + "reused_from"] == workers[0].info.run_id
+        assert other.data.tags[T.ACTION] == "reuse"
+        assert other.data.tags[T.REUSED_FROM] == workers[0].info.run_id
         trained[node] = workers[0]
     return trained
 
@@ -149,7 +149,7 @@ def test_two_processes_train_each_stage_once_and_the_second_waits(mlflow_server:
     assert trained["train"].data.metrics["epochs_trained"] == 3
     runs = client.search_runs([client.get_experiment_by_name("together").experiment_id])
     assert {r.info.status for r in runs} == {"FINISHED"}  # nobody marked the other's live run KILLED
-    assert all(L.HEARTBEAT in trained[n].data.tags for n in trained)
+    assert all(T.LEASE_HEARTBEAT in trained[n].data.tags for n in trained)
 
 
 def test_a_stale_lease_is_taken_over_by_exactly_one_of_two_processes(mlflow_server: str, workspace: Path):
@@ -172,8 +172,8 @@ def test_a_stale_lease_is_taken_over_by_exactly_one_of_two_processes(mlflow_serv
     stale = held_run()
     assert stale.info.status == "RUNNING"
     # make it look long dead: heartbeat far in the past, owner pid gone (the killed process)
-    client.set_tag(stale.info.run_id, L.HEARTBEAT, f"{time.time() - 3600:.3f}")
-    assert not L.pid_alive(int(stale.data.tags[L.PID]))
+    client.set_tag(stale.info.run_id, T.LEASE_HEARTBEAT, f"{time.time() - 3600:.3f}")
+    assert not L.pid_alive(int(stale.data.tags[T.LEASE_PID]))
     assert not L.is_live(T.StageRun(stale.info.run_id, "RUNNING", client.get_run(stale.info.run_id).data.tags, {}, {}),
                          time.time())
 
@@ -190,8 +190,8 @@ def test_a_stale_lease_is_taken_over_by_exactly_one_of_two_processes(mlflow_serv
     by_parent = {p: c for p, c in _children_by_parent(client, "takeover").items() if "finetune" in c}
     trained = _assert_trained_once(by_parent)
     train = trained["train"]
-    assert train.data.tags[T.PREFIX + "resumed_from"] == stale.info.run_id
-    assert train.data.tags[T.PREFIX + "resumed_epoch"] == "1"
+    assert train.data.tags[T.RESUMED_FROM] == stale.info.run_id
+    assert train.data.tags[T.RESUMED_EPOCH] == "1"
     assert train.data.metrics["epochs_trained"] == 2  # the rest, not from epoch 0
     assert client.get_run(stale.info.run_id).info.status == "KILLED"  # marked only once taken over
     assert sum("[resume] train" in o for o in outputs) == 1

@@ -12,8 +12,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from recipe_runner import tracking as T
-from recipe_runner.checkpoint import load_checkpoint
+from recipe_runner import persistence as T
+from recipe_runner.persistence import load_checkpoint
 from recipe_runner.graph import compile_graph
 from recipe_runner.models.distill import kd_loss
 from recipe_runner.recipe import RecipeError, parse_recipe
@@ -149,8 +149,8 @@ def test_a_distilled_lenet_finetune_logs_both_losses_and_keeps_the_teacher_out(w
     assert result.exit_code == 0, result.output
     runs = {r.data.tags[T.NODE_ID]: r for r in stage_runs(local_uri(workspace))}
     student, teacher = runs["finetune"], runs["train"]
-    assert student.data.tags[T.PREFIX + "teacher_stage"] == "train"
-    assert student.data.tags[T.PREFIX + "teacher_run_id"] == teacher.info.run_id
+    assert student.data.tags[T.input_stage("teacher")] == "train"
+    assert student.data.tags[T.input_run("teacher")] == teacher.info.run_id
     client = MlflowClient(local_uri(workspace))
     for name in ("train_distill_loss", "train_task_loss"):
         history = client.get_metric_history(student.info.run_id, name)

@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 from mlflow.tracking import MlflowClient
 
-from recipe_runner.checkpoint import load_checkpoint
+from recipe_runner.persistence import load_checkpoint
 from recipe_runner.models.torchvision import TorchvisionFamily
-from recipe_runner import tracking as T
+from recipe_runner import persistence as T
 
 from conftest import cli, local_uri, stage_runs, write_recipe
 
@@ -84,7 +84,7 @@ def test_rerun_reuses_everything_and_set_reruns_only_downstream(workspace: Path)
     assert list(second) == ["train", "prune", "finetune"]  # the new parent run still shows every stage
     for node_id, run in second.items():
         assert run.data.tags[T.ROLE] == "reused"
-        assert run.data.tags[T.PREFIX + "reused_from"] == first[node_id].info.run_id
+        assert run.data.tags[T.REUSED_FROM] == first[node_id].info.run_id
         assert run.data.metrics["epochs_trained"] == 0
         assert run.data.metrics["top1"] == first[node_id].data.metrics["top1"]
 
@@ -264,7 +264,7 @@ def test_max_map_drop_keeps_the_last_model_within_the_bound_and_says_so(workspac
     prune, train = runs["prune"].data, runs["train"].data
     assert prune.metrics["stopped_early"] == 1.0
     steps_done = int(prune.metrics["steps_done"])
-    assert steps_done < 2 and f"keeping step {steps_done}" in prune.tags[T.PREFIX + "warning"]
+    assert steps_done < 2 and f"keeping step {steps_done}" in prune.tags[T.WARNING]
     assert "[warn]   prune: stopped at step" in result.output
     if steps_done == 0:  # the unpruned model was kept
         assert prune.metrics["macs"] == train.metrics["macs"]

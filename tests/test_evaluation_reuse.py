@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from recipe_runner import timing
-from recipe_runner import tracking as T
-from recipe_runner.checkpoint import load_checkpoint
+from recipe_runner import persistence as T
+from recipe_runner.persistence import load_checkpoint
 from recipe_runner.data import resolve_data
 from recipe_runner.models.torchvision import TorchvisionFamily
 from recipe_runner.stages.train import TrainConfig

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from recipe_runner import tracking as T
+from recipe_runner import persistence as T
 
 from conftest import cli, local_uri, stage_runs, write_recipe
 
@@ -61,7 +61,7 @@ def test_keep_going_finishes_the_other_branch_and_skips_the_failed_ones_descenda
     assert runs["finetune[prune.ratio=0.3]"].info.status == "FINISHED"
     # the failed stage has a FAILED run that says why; its descendant started no run at all
     failed = runs["finetune[prune.ratio=0.5]"]
-    assert failed.info.status == "FAILED" and "sha256" in failed.data.tags[T.PREFIX + "error"]
+    assert failed.info.status == "FAILED" and "sha256" in failed.data.tags[T.ERROR]
     assert "check[prune.ratio=0.5]" not in runs
     client = MlflowClient(uri)
     parent = client.get_run(failed.data.tags["mlflow.parentRunId"])

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from recipe_runner import lease as L
-from recipe_runner import tracking as T
+from recipe_runner.persistence import leases as L
+from recipe_runner import persistence as T
 from recipe_runner.data import _resolve as R
 
 from conftest import cli, write_recipe
@@ -37,20 +37,20 @@ def test_a_lease_is_live_while_running_with_a_fresh_heartbeat_and_a_living_local
     assert live(run("a", host="here"))
     assert live(run("a", host="other"), alive=False)  # a pid on another host cannot be checked
     in_a_container = run("a", host="here")
-    in_a_container.tags[L.PID_SPACE] = "here pid:[4026532000]"
+    in_a_container.tags[T.LEASE_PID_SPACE] = "here pid:[4026532000]"
     assert live(in_a_container, alive=False)  # nor one in another pid namespace that shares the host name
     assert not live(T.StageRun("a", "RUNNING", {}, {}, {}))  # no lease: an older runner, nobody to wait for
-    assert not live(T.StageRun("a", "RUNNING", {L.HEARTBEAT: "soon", L.PID: "1"}, {}, {}))
+    assert not live(T.StageRun("a", "RUNNING", {T.LEASE_HEARTBEAT: "soon", T.LEASE_PID: "1"}, {}, {}))
 
 
 def test_a_garbled_lease_is_nobodys():
     """Lease tags are written by whoever can write to the store: one write must not make a lease live for ever
     (every reader would wait on it) nor crash the readers."""
-    for garbled in ({L.HEARTBEAT: "inf"}, {L.HEARTBEAT: "nan"}, {L.INTERVAL: "nan"}, {L.INTERVAL: "1e12"},
-                    {L.HEARTBEAT: str(NOW + 10_000)}, {L.INTERVAL: "-30"}):
+    for garbled in ({T.LEASE_HEARTBEAT: "inf"}, {T.LEASE_HEARTBEAT: "nan"}, {T.LEASE_INTERVAL: "nan"},
+                    {T.LEASE_INTERVAL: "1e12"}, {T.LEASE_HEARTBEAT: str(NOW + 10_000)}, {T.LEASE_INTERVAL: "-30"}):
         assert not live(run("a", **garbled)), garbled
     for pid in ("0", "-1", str(2**64)):  # os.kill would overflow on the last
-        assert not L.is_live(run("a", host="here", **{L.PID: pid}), NOW, pid_space="here"), pid
+        assert not L.is_live(run("a", host="here", **{T.LEASE_PID: pid}), NOW, pid_space="here"), pid
 
 
 def test_decide_reuses_waits_withdraws_and_claims():
@@ -149,7 +149,7 @@ def test_two_claims_that_see_each_other_both_withdraw_then_exactly_one_wins():
 
 def test_a_waiter_announces_the_owner_once_then_reuses_or_takes_over():
     holder = run("h", host="elsewhere", pid=7, **{T.EPOCH_SHA: "e"})
-    holder.tags[L.HEARTBEAT] = f"{time.time():.3f}"
+    holder.tags[T.LEASE_HEARTBEAT] = f"{time.time():.3f}"
     store = FakeStore([holder])
     store.on_read = lambda n: store.finish("h") if n == 4 else None
     lines: list[str] = []
@@ -159,14 +159,14 @@ def test_a_waiter_announces_the_owner_once_then_reuses_or_takes_over():
 
     # the holder fails instead: the waiter claims the key and resumes the failed run's epoch checkpoint
     holder = run("h", host="elsewhere", pid=7, **{T.EPOCH_SHA: "e"})
-    holder.tags[L.HEARTBEAT] = f"{time.time():.3f}"
+    holder.tags[T.LEASE_HEARTBEAT] = f"{time.time():.3f}"
     store = FakeStore([holder])
     store.on_read = lambda n: setattr(holder, "status", "FAILED") if n == 3 else None
     claim = L.acquire(store, "train", "key", {"k": "v"}, None, announce=lines.append, sleep=lambda s: None)
     try:
         assert claim.resume.run_id == "h" and claim.run_id == "train-1"
         mine = store.runs[-1]
-        assert mine.tags["k"] == "v" and mine.tags[L.OWNER].startswith(f"{L.me()}:")
+        assert mine.tags["k"] == "v" and mine.tags[T.LEASE_OWNER].startswith(f"{L.me()}:")
     finally:
         claim.release()
 
@@ -177,13 +177,13 @@ def test_heartbeat_refreshes_the_tag_until_stopped(tmp_path: Path):
     beat = L.Heartbeat(tracker, run_id, interval=0.05).start()
     client = MlflowClient(tracker.uri)
     deadline = time.time() + 20
-    while float(client.get_run(run_id).data.tags[L.HEARTBEAT]) == 0.0 and time.time() < deadline:
+    while float(client.get_run(run_id).data.tags[T.LEASE_HEARTBEAT]) == 0.0 and time.time() < deadline:
         time.sleep(0.05)
     beat.stop()
-    last = client.get_run(run_id).data.tags[L.HEARTBEAT]
+    last = client.get_run(run_id).data.tags[T.LEASE_HEARTBEAT]
     assert float(last) > 0.0
     time.sleep(0.2)
-    assert client.get_run(run_id).data.tags[L.HEARTBEAT] == last  # stopped means stopped
+    assert client.get_run(run_id).data.tags[T.LEASE_HEARTBEAT] == last  # stopped means stopped
 
 
 def test_two_writers_of_one_builtin_dataset_end_with_one_complete_copy(tmp_path: Path):
@@ -213,5 +213,5 @@ def test_plan_shows_wait_for_a_live_lease_and_resume_for_a_stale_one(workspace: 
     tags = {T.ROLE: "stage", T.CACHE_KEY: key, T.EPOCH_SHA: "e", **L.lease_tags(L.me(), time.time())}
     run_id = plan.tracker.start_run("train", tags)  # this test process "is training it"
     assert "wait" in cli("plan", recipe).output
-    plan.tracker.set_tags(run_id, {L.HEARTBEAT: f"{time.time() - 3600:.3f}"})
+    plan.tracker.set_tags(run_id, {T.LEASE_HEARTBEAT: f"{time.time() - 3600:.3f}"})
     assert "resume" in cli("plan", recipe).output

@@ -11,7 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from recipe_runner import tracking as T
+from recipe_runner import persistence as T
 from recipe_runner.models.lowrank_layers import LowRankConv2d
 from recipe_runner.models.torchvision import TorchvisionFamily
 from recipe_runner.pruning import METHODS, plan_steps
@@ -190,7 +190,7 @@ def test_yolo_low_rank_step_fine_tunes_reloads_and_exports(workspace: Path, fami
     from ultralytics.nn.modules.conv import Conv
     from ultralytics.nn.modules.head import Detect
 
-    from recipe_runner.checkpoint import load_checkpoint
+    from recipe_runner.persistence import load_checkpoint
 
     recipe = workspace / "yolo.yaml"
     recipe.write_text(YOLO_LOWRANK)
@@ -216,7 +216,7 @@ def test_yolo_low_rank_step_fine_tunes_reloads_and_exports(workspace: Path, fami
 
 
 def test_a_tampered_decomposition_record_is_refused():
-    from recipe_runner.checkpoint import CheckpointError
+    from recipe_runner.persistence import CheckpointError
 
     family = TorchvisionFamily()
     description = family.describe(_lowrank(family.build("lenet", SimpleNamespace(num_classes=3), seed=0), family))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from recipe_runner import tracking as T
+from recipe_runner import persistence as T
 from recipe_runner.pruning import METHODS, TargetUnreachable, cost_target, plan_steps, reach_target
 from recipe_runner.pruning.targets import bisect_ratio
 

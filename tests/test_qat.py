@@ -12,7 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from recipe_runner import tracking as T
+from recipe_runner import persistence as T
 from recipe_runner.quantization import layer_precision, qat
 
 from conftest import RecordingContext, cli, local_uri, stage_runs, write_recipe

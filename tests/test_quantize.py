@@ -10,7 +10,7 @@ import onnx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from recipe_runner import tracking as T
+from recipe_runner import persistence as T
 
 from conftest import cli, local_uri, stage_runs, write_recipe
 
@@ -85,14 +85,14 @@ def test_int8_fp16_dynamic_of_a_pruned_classifier_then_benchmark_and_evaluate_th
     # fp16: half-size float16 weights, a console note that CPUs gain nothing
     assert fp16.metrics["fp16_initializers"] > 0 and fp16.metrics["int8_layers"] == 0
     assert fp16.metrics["size_mb"] < 0.6 * fp16.metrics["fp32_size_mb"]
-    assert "GPU target" in fp16.tags[T.PREFIX + "warning"] and "[warn]   fp16: fp16 is a GPU target" in result.output
+    assert "GPU target" in fp16.tags[T.WARNING] and "[warn]   fp16: fp16 is a GPU target" in result.output
     # int8-dynamic: the linear layers only; the convolutions stay float
     assert dynamic.metrics["int8_layers"] == 3 and dynamic.metrics["float_layers"] == 2
     # benchmark: batch 1 at 1 and all cores, at imgsz; a fixed-size classifier file is not timed at 48 px
     bench = runs["bench"].data.metrics
     assert {"latency_ms_t1_32px", "latency_p90_ms_t1_32px", "throughput_t1_b4_32px", "file_size_mb_32px"} <= set(bench)
     assert bench["file_size_mb_32px"] == pytest.approx(int8.metrics["size_mb"])
-    assert "not timed at 48" in runs["bench"].data.tags[T.PREFIX + "warning"]
+    assert "not timed at 48" in runs["bench"].data.tags[T.WARNING]
     # evaluate after benchmark: the same file, measured again, hands it on
     evaluate = runs["evaluate"].data
     assert evaluate.metrics["top1"] == int8.metrics["top1"]

@@ -15,7 +15,7 @@ import onnx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from recipe_runner import tracking as T
+from recipe_runner import persistence as T
 
 from conftest import cli, local_uri, stage_runs
 
@@ -74,10 +74,10 @@ def test_forced_head_quantization_collapses_and_the_guard_fails_the_stage(here: 
     assert failed.info.status == "FAILED"
     reference, collapsed = failed.data.metrics["fp32_mAP50-95"], failed.data.metrics["q_mAP50-95"]
     assert reference - collapsed > 0.05
-    message = failed.data.tags[T.PREFIX + "error"]
+    message = failed.data.tags[T.ERROR]
     assert f"int8-static mAP50-95 {collapsed:.4f} is {reference - collapsed:.4f} below the FP32 model's " \
            f"{reference:.4f} (max_metric_drop 0.05)" in message
-    assert "(test only)" in failed.data.tags[T.PREFIX + "warning"]
+    assert "(test only)" in failed.data.tags[T.WARNING]
 
 
 PRUNED = """\

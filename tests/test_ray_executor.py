@@ -12,8 +12,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from recipe_runner import lease as L
-from recipe_runner import tracking as T
+from recipe_runner import persistence as T
 
 from conftest import cli, local_uri, stage_runs, write_recipe
 from test_executors import SWEEP, by_node, corrupt_checkpoint
@@ -85,11 +84,11 @@ def test_branches_run_in_parallel_workers_and_match_the_sequential_run(local_ray
             assert run.data.metrics[metric] == seq[node_id].data.metrics[metric], (node_id, metric)
         assert run.data.metrics["latency_ms"] > 0  # timed, so not compared
         # every stage ran in a Ray worker, not in this (the driver's) process
-        assert int(run.data.tags[L.PID]) != os.getpid(), node_id
+        assert int(run.data.tags[T.LEASE_PID]) != os.getpid(), node_id
     # the two branches ran in two worker processes at the same time: the prune stages, submitted together, each
     # took a worker of its own, and the branches' stage runs (prune, finetune, check) overlap in time
     a, b = (par[f"prune[prune.ratio={r}]"] for r in ("0.3", "0.5"))
-    assert a.data.tags[L.PID] != b.data.tags[L.PID]
+    assert a.data.tags[T.LEASE_PID] != b.data.tags[T.LEASE_PID]
     spans = {}
     for ratio in ("0.3", "0.5"):
         runs = [par[f"{stage}[prune.ratio={ratio}]"] for stage in ("prune", "finetune", "check")]
@@ -105,7 +104,7 @@ def test_branches_run_in_parallel_workers_and_match_the_sequential_run(local_ray
     assert set(reused) == set(par)
     for node_id, run in reused.items():
         assert run.data.tags[T.ROLE] == "reused", node_id
-        assert run.data.tags[T.PREFIX + "reused_from"] == par[node_id].info.run_id
+        assert run.data.tags[T.REUSED_FROM] == par[node_id].info.run_id
 
 
 def test_keep_going_on_ray_finishes_the_other_branch(local_ray, workspace: Path, monkeypatch: pytest.MonkeyPatch):
@@ -119,9 +118,9 @@ def test_keep_going_on_ray_finishes_the_other_branch(local_ray, workspace: Path,
     runs = by_node(stage_runs(uri))
     for node_id in ("finetune[prune.ratio=0.3]", "check[prune.ratio=0.3]"):
         assert runs[node_id].info.status == "FINISHED" and runs[node_id].data.tags[T.ROLE] == "stage", node_id
-        assert int(runs[node_id].data.tags[L.PID]) != os.getpid()
+        assert int(runs[node_id].data.tags[T.LEASE_PID]) != os.getpid()
     failed = runs["finetune[prune.ratio=0.5]"]
-    assert failed.info.status == "FAILED" and "sha256" in failed.data.tags[T.PREFIX + "error"]
+    assert failed.info.status == "FAILED" and "sha256" in failed.data.tags[T.ERROR]
     assert "check[prune.ratio=0.5]" not in runs  # skipped: no run started
     parent = MlflowClient(uri).get_run(failed.data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FAILED"
@@ -173,15 +172,15 @@ def test_sigterm_cancels_the_ray_task_its_run_ends_killed_and_a_rerun_resumes(lo
     killed = by_node(stage_runs(uri))["train"]
     assert killed.info.status == "KILLED", killed.info.status  # cancelled, not left RUNNING or FAILED
     assert int(killed.data.tags[T.EPOCH]) >= 1
-    assert int(killed.data.tags[L.PID]) != os.getpid()
+    assert int(killed.data.tags[T.LEASE_PID]) != os.getpid()
     assert client.get_run(killed.data.tags["mlflow.parentRunId"]).info.status == "KILLED"
     assert {r.info.status for r in client.search_runs(["1"])} == {"KILLED"}  # nothing left RUNNING
 
     resumed = cli("run", recipe)  # sequential: any executor resumes what another one left
     assert resumed.exit_code == 0, resumed.output
     train = by_node(stage_runs(uri))["train"]
-    assert train.data.tags[T.PREFIX + "resumed_from"] == killed.info.run_id
-    assert train.data.metrics["epochs_trained"] == 12 - int(train.data.tags[T.PREFIX + "resumed_epoch"])
+    assert train.data.tags[T.RESUMED_FROM] == killed.info.run_id
+    assert train.data.metrics["epochs_trained"] == 12 - int(train.data.tags[T.RESUMED_EPOCH])
 
 
 SEARCH = """\
@@ -206,7 +205,7 @@ def test_search_with_parallel_runs_a_batch_of_trials_at_once(local_ray, workspac
     prunes = [r for r in stage_runs(local_uri(workspace)) if r.data.tags[T.STAGE_ID] == "prune"]
     assert sorted(float(r.data.params["ratio"]) for r in prunes) == [0.3, 0.6]  # the grid, each point once
     a, b = prunes
-    assert a.data.tags[L.PID] != b.data.tags[L.PID]
+    assert a.data.tags[T.LEASE_PID] != b.data.tags[T.LEASE_PID]
     assert a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time
     assert "recipe_runner.best_trial" in MlflowClient(local_uri(workspace)).get_run(
         prunes[0].data.tags["mlflow.parentRunId"]).data.tags

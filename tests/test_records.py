@@ -12,8 +12,8 @@ import onnx
 import yaml
 from mlflow.tracking import MlflowClient
 
-from recipe_runner import records as R
-from recipe_runner import tracking as T
+from recipe_runner.persistence import records as R
+from recipe_runner import persistence as T
 from recipe_runner.data import fingerprint_data
 
 from conftest import cli, local_uri, write_recipe

@@ -10,8 +10,7 @@ from typing import Callable, Optional
 import pytest
 from mlflow.tracking import MlflowClient
 
-from recipe_runner import tracking as T
-from recipe_runner.reproduce import REPRODUCTION_OF
+from recipe_runner import persistence as T
 
 from conftest import TINY_CLS, cli, stage_runs, write_recipe
 from test_server import STAGES, mlflow_server  # noqa: F401  (the server fixture, started once for this module)
@@ -21,7 +20,7 @@ TRAINED = ("train", "finetune")
 
 def _reproductions(client: MlflowClient, original: str) -> list:
     experiments = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(experiments, f"tags.`{REPRODUCTION_OF}` = '{original}' and tags.`{T.ROLE}` = 'recipe'")
+    return client.search_runs(experiments, f"tags.`{T.REPRODUCTION_OF}` = '{original}' and tags.`{T.ROLE}` = 'recipe'")
 
 
 def _copy_run(client: MlflowClient, original: str, edit_lock: Callable[[dict], None] = lambda lock: None,
@@ -37,7 +36,7 @@ def _copy_run(client: MlflowClient, original: str, edit_lock: Callable[[dict], N
     lock["recipe_sha256"] = sha
     edit_lock(lock)
     tags = {k: v for k, v in run.data.tags.items() if k.startswith(T.PREFIX)}
-    copy = client.create_run(run.info.experiment_id, tags={**tags, T.PREFIX + "recipe_sha256": sha}).info.run_id
+    copy = client.create_run(run.info.experiment_id, tags={**tags, T.RECIPE_SHA: sha}).info.run_id
     client.log_text(copy, text, f"recipe/{recipe_file.name}")
     client.log_text(copy, json.dumps(lock), "recipe/recipe.lock.json")
     for child in client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{original}'"):
@@ -74,7 +73,7 @@ def test_reproduce_from_second_directory(mlflow_server: str, workspace: Path, tm
         [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
     assert set(children) == set(originals)
     for node, run in children.items():
-        assert run.data.tags[T.ROLE] == "stage" and run.data.tags[REPRODUCTION_OF] == original  # ran, not reused
+        assert run.data.tags[T.ROLE] == "stage" and run.data.tags[T.REPRODUCTION_OF] == original  # ran, not reused
         assert run.data.tags[T.CACHE_KEY] != originals[node].data.tags[T.CACHE_KEY]  # salted: never shared
         if node in TRAINED:
             assert run.data.metrics["epochs_trained"] > 0
@@ -86,7 +85,7 @@ def test_reproduce_from_second_directory(mlflow_server: str, workspace: Path, tm
     # a normal run of the recipe still reuses the original stages, never the reproduction's
     again = cli("run", recipe, "--tracking-uri", mlflow_server)
     assert again.exit_code == 0
-    reused = {r.data.tags[T.NODE_ID]: r.data.tags.get(T.PREFIX + "reused_from") for r in stage_runs(mlflow_server)}
+    reused = {r.data.tags[T.NODE_ID]: r.data.tags.get(T.REUSED_FROM) for r in stage_runs(mlflow_server)}
     assert reused == {node: run.info.run_id for node, run in originals.items()}
 
     # a recorded metric off by 0.5 and a planted version difference: reported, exit 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from recipe_runner import tracking as T
+from recipe_runner import persistence as T
 from recipe_runner.engine import local_epoch_state
 
 from conftest import cli, local_uri, stage_runs
@@ -68,13 +68,13 @@ def test_killed_training_resumes_from_epoch_checkpoint(workspace: Path):
     uri = local_uri(workspace)
     runs = {r.data.tags[T.NODE_ID]: r for r in stage_runs(uri)}
     train = runs["train"]
-    resumed_epoch = int(train.data.tags[T.PREFIX + "resumed_epoch"])
+    resumed_epoch = int(train.data.tags[T.RESUMED_EPOCH])
     assert resumed_epoch >= killed_at
     assert train.data.metrics["epochs_trained"] == 8 - resumed_epoch  # the rest, not from epoch 0
     client = MlflowClient(uri)
     steps = sorted(m.step for m in client.get_metric_history(train.info.run_id, "train_loss"))
     assert steps == list(range(resumed_epoch + 1, 9))  # finished with the same total number of epochs
-    killed = client.get_run(train.data.tags[T.PREFIX + "resumed_from"])
+    killed = client.get_run(train.data.tags[T.RESUMED_FROM])
     assert killed.info.status == "KILLED"  # the cut-off attempt no longer shows as running
     # and neither does the recipe run it belonged to (kill -9 left it RUNNING for good)
     assert client.get_run(killed.data.tags["mlflow.parentRunId"]).info.status == "KILLED"
@@ -123,7 +123,7 @@ def test_crashed_stage_resumes_and_a_corrupt_epoch_checkpoint_is_not_trusted(wor
     assert "cannot resume" in result.output and "corrupt" in result.output
     train = {r.data.tags[T.NODE_ID]: r for r in stage_runs(uri)}["train"]
     assert train.data.metrics["epochs_trained"] == 8
-    assert T.PREFIX + "resumed_from" not in train.data.tags
+    assert T.RESUMED_FROM not in train.data.tags
     assert not local.parent.parent.exists()  # the finished stage leaves no local epoch checkpoints behind
 
 
@@ -153,7 +153,7 @@ def test_resumed_training_matches_uninterrupted_training(workspace: Path, monkey
         assert cli("run", recipe).exit_code == 1
     assert cli("run", recipe).exit_code == 0
     resumed = {r.data.tags[T.NODE_ID]: r for r in stage_runs(local_uri(workspace))}["train"]
-    assert resumed.data.tags[T.PREFIX + "resumed_epoch"] == "4"
+    assert resumed.data.tags[T.RESUMED_EPOCH] == "4"
 
     clean_dir = tmp_path_factory.mktemp("clean")
     monkeypatch.chdir(clean_dir)

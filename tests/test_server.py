@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from recipe_runner import tracking as T
+from recipe_runner import persistence as T
 
 import servers
 from conftest import cli, stage_runs, write_recipe
@@ -47,7 +47,7 @@ def test_second_machine_reuses_stages_from_server(mlflow_server: str, workspace:
     assert second.exit_code == 0, second.output
     again = {r.data.tags[T.NODE_ID]: r for r in stage_runs(mlflow_server)}
     assert again["train"].data.tags[T.ROLE] == "reused" and again["prune"].data.tags[T.ROLE] == "reused"
-    assert again["train"].data.tags[T.PREFIX + "reused_from"] == runs["train"].info.run_id
+    assert again["train"].data.tags[T.REUSED_FROM] == runs["train"].info.run_id
     # the changed finetune ran on prune's checkpoint, downloaded from the server and verified
     finetune = again["finetune"]
     assert finetune.data.tags[T.ROLE] == "stage" and finetune.data.metrics["epochs_trained"] == 2

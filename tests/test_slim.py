@@ -11,8 +11,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from recipe_runner import tracking as T
-from recipe_runner.checkpoint import load_checkpoint
+from recipe_runner import persistence as T
+from recipe_runner.persistence import load_checkpoint
 from recipe_runner.models.torchvision import TorchvisionFamily
 from recipe_runner.pruning import METHODS, plan_steps
 

@@ -16,8 +16,8 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from recipe_runner import tracking as T
-from recipe_runner.checkpoint import load_checkpoint
+from recipe_runner import persistence as T
+from recipe_runner.persistence import load_checkpoint
 from recipe_runner.models.hooks import HookChain, TrainHook
 from recipe_runner.pruning.regularizers import (BatchNormL1, gamma_magnitudes, gamma_stats, make_penalty,
                                                 prunable_batchnorms)
@@ -330,7 +330,7 @@ def test_crashed_sparse_train_resumes_with_its_schedule_and_matches_an_uninterru
         assert cli("run", recipe).exit_code == 1
     assert cli("run", recipe).exit_code == 0
     resumed = _runs(workspace)["sparse"]
-    assert resumed.data.tags[T.PREFIX + "resumed_epoch"] == "2"
+    assert resumed.data.tags[T.RESUMED_EPOCH] == "2"
     assert resumed.data.metrics["epochs_trained"] == 2
     clean_dir = tmp_path_factory.mktemp("clean")
     monkeypatch.chdir(clean_dir)

@@ -14,9 +14,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from recipe_runner import lease
-from recipe_runner import tracking as T
-from recipe_runner.checkpoint import sha256_of
+from recipe_runner import persistence as T
+from recipe_runner.persistence import sha256_of
 
 from conftest import TINY_DATA, cli, local_uri, stage_runs, write_recipe
 
@@ -106,7 +105,7 @@ def test_latencies_reused_from_another_host_say_so(workspace: Path):
     assert cli("run", recipe).exit_code == 0
     uri = local_uri(workspace)
     (train,) = stage_runs(uri)
-    MlflowClient(uri).set_tag(train.info.run_id, lease.HOST, "other-host")
+    MlflowClient(uri).set_tag(train.info.run_id, T.LEASE_HOST, "other-host")
     again = cli("run", recipe)
     assert again.exit_code == 0 and "[reuse]  train" in again.output
     assert "latency measured on other-host, not here" in again.output

@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import compare as C
-from recipe_runner import tracking as T
+from recipe_runner import persistence as T
 from recipe_runner import ui as U
 
 from conftest import cli, local_uri

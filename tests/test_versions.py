@@ -7,8 +7,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from recipe_runner import tracking as T
-from recipe_runner import versions as V
+from recipe_runner import persistence as T
+from recipe_runner.persistence import versions as V
 
 from conftest import cli, local_uri, stage_runs, write_recipe
 
@@ -32,11 +32,11 @@ def test_stage_runs_carry_versions_and_plan_notes_a_reused_stage_made_by_others(
     runs = by_node(stage_runs(uri))
     tags = runs["train"].data.tags
     for package in ("torch", "torch-pruning", "onnxruntime", "recipe-runner"):
-        assert tags[V.TAG_PREFIX + package] == metadata.version(package), package
+        assert tags[T.VERSION_PREFIX + package] == metadata.version(package), package
     import ultralytics
 
-    assert tags[V.TAG_PREFIX + "ultralytics"] == ultralytics.__version__
-    assert tags.get(V.TAG_PREFIX + V.COMMIT) == V.runner_commit() and V.runner_commit()  # a git checkout here
+    assert tags[T.VERSION_PREFIX + "ultralytics"] == ultralytics.__version__
+    assert tags.get(T.VERSION_PREFIX + V.COMMIT) == V.runner_commit() and V.runner_commit()  # a git checkout here
 
     client = MlflowClient(uri)
     lock = Path(client.download_artifacts(tags["mlflow.parentRunId"], "recipe/recipe.lock.json", str(workspace / "dl")))
@@ -46,7 +46,7 @@ def test_stage_runs_carry_versions_and_plan_notes_a_reused_stage_made_by_others(
     result = cli("plan", recipe)
     assert result.exit_code == 0 and "note:" not in result.output  # same versions: nothing to say
 
-    client.set_tag(runs["train"].info.run_id, V.TAG_PREFIX + "torch", "2.0.0")
+    client.set_tag(runs["train"].info.run_id, T.VERSION_PREFIX + "torch", "2.0.0")
     result = cli("plan", recipe)
     assert result.exit_code == 0
     installed = metadata.version("torch")
@@ -57,4 +57,4 @@ def test_stage_runs_carry_versions_and_plan_notes_a_reused_stage_made_by_others(
     assert result.exit_code == 0
     assert f"made with torch 2.0.0 (installed {installed})" in result.output
     reused = by_node(stage_runs(uri))["train"]
-    assert reused.data.tags[V.TAG_PREFIX + "torch"] == "2.0.0"  # the reuse record keeps what made the model
+    assert reused.data.tags[T.VERSION_PREFIX + "torch"] == "2.0.0"  # the reuse record keeps what made the model

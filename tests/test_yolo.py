@@ -15,8 +15,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from recipe_runner import tracking as T
-from recipe_runner.checkpoint import load_checkpoint
+from recipe_runner import persistence as T
+from recipe_runner.persistence import load_checkpoint
 
 from conftest import TINY_DATA, RecordingContext, cli, local_uri, stage_runs
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from recipe_runner import tracking as T
-from recipe_runner.checkpoint import CheckpointError, save_checkpoint, sha256_of
+from recipe_runner import persistence as T
+from recipe_runner.persistence import CheckpointError, save_checkpoint, sha256_of
 
 from conftest import cli, local_uri, stage_runs
 

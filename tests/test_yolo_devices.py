@@ -301,7 +301,7 @@ def test_only_rank_zero_spools_and_builds_states_only_when_asked(tmp_path: Path,
 def test_the_relay_asks_for_states_on_the_stage_cadence(tmp_path: Path, family):
     """checkpoint_every: 2 (the first epoch is always written, then every second): the want-state flag is up for
     epochs 1 and 3 only, and a state that arrives for an epoch the cadence does not want is not saved."""
-    from recipe_runner.checkpoint import EpochCadence, save_checkpoint
+    from recipe_runner.persistence import EpochCadence, save_checkpoint
     from recipe_runner.models._yolo_train import ContextSink
     from recipe_runner.models._yolo_workers import WANT_STATE, SpoolRelay
 

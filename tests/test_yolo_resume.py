@@ -5,7 +5,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from recipe_runner import tracking as T
+from recipe_runner import persistence as T
 from recipe_runner.engine import RunningStage
 
 from conftest import cli, local_uri, stage_runs
@@ -43,7 +43,7 @@ def test_crashed_yolo_training_resumes_from_its_epoch_checkpoint(workspace: Path
     assert "[resume] train  from epoch 2" in result.output
     uri = local_uri(workspace)
     train = stage_runs(uri)[0]
-    assert train.data.tags[T.PREFIX + "resumed_epoch"] == "2"
+    assert train.data.tags[T.RESUMED_EPOCH] == "2"
     assert train.data.metrics["epochs_trained"] == 1
     steps = sorted({m.step for m in MlflowClient(uri).get_metric_history(train.info.run_id, "mAP50-95")})
     assert steps[0] == 3 and steps[-1] == 3  # only the last epoch ran here; the final evaluation is logged at step 3

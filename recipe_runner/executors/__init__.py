@@ -17,7 +17,7 @@ from ..outcomes import StageFailed, StageReport
 
 if TYPE_CHECKING:
     from ..planner import Plan, PlannedStage
-    from ..tracking import StageRun
+    from ..persistence import StageRun
 
 #: a done node's output as another process reaches it: the finished run holding it (None if it is only in this
 #: process's memory) and the metrics its run logged

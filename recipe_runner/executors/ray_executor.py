@@ -5,7 +5,7 @@ The driver validates, plans, owns the parent run and schedules (Engine); a task 
 client), its stage, its parent's finished run and the runner's factory (StageRunner.elsewhere), builds its own
 Tracker and stage runner and runs the stage exactly as the sequential executor would: leases, resume, verified checkpoints. Models travel through the tracking store
 (the parent's checkpoint artifact and its sha256), never through driver memory; two tasks that reach one cache
-key are two processes on one store, which the leases already make safe (lease.py).
+key are two processes on one store, which the leases already make safe (persistence/leases.py).
 """
 from __future__ import annotations
 
@@ -94,8 +94,7 @@ class RayExecutor(Executor):
     def prepare(self, plan: "Plan") -> "Plan":
         """Parallel stages need a store that takes concurrent writers: a local sqlite file gets a local
         `mlflow server` in front of it for this run; a file store is refused."""
-        from .. import local_server
-        from ..tracking import Tracker, TrackingError
+        from ..persistence import Tracker, TrackingError, local_server
 
         uri = plan.tracker.uri
         if local_server.is_file_store(uri):
@@ -242,7 +241,7 @@ def _run_stage_task(plan: "Plan", planned: "PlannedStage", parent_run_id: str, t
     KeyboardInterrupt (ray.cancel) marks the stage run KILLED."""
     from ..data import cache_root, resolve_data
     from ..offline import configure_offline
-    from ..tracking import Tracker
+    from ..persistence import Tracker
 
     configure_offline(cache_root())
     if not Path(plan.data.path).exists() and plan.data.spec.startswith("builtin:"):  # another node: generate it here

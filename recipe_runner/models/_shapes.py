@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..checkpoint import CheckpointError
+from ..persistence.checkpoints import CheckpointError
 
 if TYPE_CHECKING:
     import torch

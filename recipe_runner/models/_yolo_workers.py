@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import torch
 from torch import nn
 
-from ..checkpoint import save_checkpoint
+from ..persistence.checkpoints import save_checkpoint
 
 if TYPE_CHECKING:
     from ._yolo_train import ContextSink

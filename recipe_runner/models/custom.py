@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..checkpoint import sha256_of
+from ..persistence.checkpoints import sha256_of
 from ..config_base import ConfigProblem
 from ..registry import did_you_mean
 from ._shapes import apply_shapes, restore_decomposed

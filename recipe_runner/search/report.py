@@ -6,15 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import tracking as T
+from .. import persistence as T
 from ..recipe import Objective
 from .study import Study, TrialRecord, best
 
-BEST_TRIAL = T.PREFIX + "best_trial"
-BEST_RUNS = T.PREFIX + "best_trial_runs"
-BEST_VALUES = T.PREFIX + "best_trial_values"
-BEST_PARAMS = T.PREFIX + "best_trial_params"
-PARETO = T.PREFIX + "pareto_trials"
 TABLE = "search/trials.json"
 PLOT = "search/search.png"
 
@@ -48,11 +43,11 @@ def _unmet(text: str, measured: float, violation: float) -> str:
 def record(tracker: T.Tracker, parent_id: str, study: Study, records: list[TrialRecord]) -> None:
     """Tags, metrics, the trials table and search.png on the recipe's parent run."""
     leaders = best(records, study.objectives)
-    tags: dict[str, Any] = {PARETO: ",".join(str(r.number) for r in leaders)}
+    tags: dict[str, Any] = {T.PARETO_TRIALS: ",".join(str(r.number) for r in leaders)}
     if leaders and len(study.objectives) == 1:
         top = leaders[0]
-        tags.update({BEST_TRIAL: top.number, BEST_RUNS: json.dumps(top.runs), BEST_VALUES: json.dumps(top.values),
-                     BEST_PARAMS: json.dumps(top.params)})
+        tags.update({T.BEST_TRIAL: top.number, T.BEST_TRIAL_RUNS: json.dumps(top.runs),
+                     T.BEST_TRIAL_VALUES: json.dumps(top.values), T.BEST_TRIAL_PARAMS: json.dumps(top.params)})
         tracker.log_metrics(parent_id, {f"search.best.{k}": v for k, v in top.values.items()})
     tracker.set_tags(parent_id, tags)
     tracker.client.log_table(parent_id, table(records, leaders), TABLE)

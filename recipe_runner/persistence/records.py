@@ -1,6 +1,6 @@
 """What a person reads in MLflow: run names, the parent run's stage table and pipeline metrics, the dataset input.
 
-Pure functions from the runner's objects to MLflow's: tracking.py does the writes, the
+Pure functions from the runner's objects to MLflow's: runs.py does the writes, the
 engine decides when. Node ids and tags keep their exact form (they are how the runner
 finds runs); only what a person reads is shortened here.
 """

@@ -12,18 +12,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
+from .tags import VERSION_PREFIX
+
 # name -> the distributions that provide it (Ultralytics also ships as ultralytics-opencv-headless)
 TRACKED = {"recipe-runner": ("recipe-runner",), "torch": ("torch",), "torch-pruning": ("torch-pruning",),
            "ultralytics": ("ultralytics", "ultralytics-opencv-headless"), "onnxruntime": ("onnxruntime",),
            "onnx": ("onnx",), "openvino": ("openvino",), "nncf": ("nncf",)}
-TAG_PREFIX = "recipe_runner.version."
 COMMIT = "git_commit"  # the runner's own commit, when it runs from a git checkout
 
 
 @functools.lru_cache(maxsize=1)
 def runner_commit() -> Optional[str]:
     """HEAD of the checkout the runner is imported from; None for an installed wheel (no pyproject.toml beside it)."""
-    source = Path(__file__).resolve().parent.parent
+    source = Path(__file__).resolve().parents[2]  # recipe_runner/persistence/versions.py -> the checkout
     if not (source / "pyproject.toml").is_file():
         return None
     try:
@@ -52,12 +53,12 @@ def installed() -> dict[str, str]:
 
 def version_tags() -> dict[str, str]:
     """MLflow tags for a stage run made here."""
-    return {TAG_PREFIX + name: value for name, value in installed().items()}
+    return {VERSION_PREFIX + name: value for name, value in installed().items()}
 
 
 def recorded(tags: dict[str, str]) -> dict[str, str]:
     """The version tags of a run (to copy onto a run that reuses its model)."""
-    return {key: value for key, value in tags.items() if key.startswith(TAG_PREFIX)}
+    return {key: value for key, value in tags.items() if key.startswith(VERSION_PREFIX)}
 
 
 def differences(tags: dict[str, str]) -> list[str]:
@@ -67,7 +68,7 @@ def differences(tags: dict[str, str]) -> list[str]:
     released version (`recipe-runner`) is compared."""
     notes, here = [], installed()
     for key, value in sorted(recorded(tags).items()):
-        name = key[len(TAG_PREFIX):]
+        name = key[len(VERSION_PREFIX):]
         if name != COMMIT and here.get(name) != value:
             notes.append(f"{name} {value} (installed {here.get(name, 'none')})")
     return notes

@@ -37,7 +37,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from . import tracking as T
+from .lookup import StageRun
+from .tags import (CHECKPOINT_SHA, EPOCH_SHA, LEASE_HEARTBEAT, LEASE_HOST, LEASE_INTERVAL, LEASE_OWNER, LEASE_PID,
+                   LEASE_PID_SPACE)
+from .tracker import Tracker
 
 #: seconds between heartbeats; tests set RECIPE_RUNNER_HEARTBEAT_S to 1 so a dead owner goes stale quickly
 HEARTBEAT_S = float(os.environ.get("RECIPE_RUNNER_HEARTBEAT_S") or 30)
@@ -47,9 +50,6 @@ MISSED_BEATS = 3
 MAX_INTERVAL_S = 3600.0
 #: how often a waiting process looks at the run it waits for
 POLL_S = min(5.0, HEARTBEAT_S)
-
-OWNER, HOST, PID, PID_SPACE, HEARTBEAT, INTERVAL = (
-    T.PREFIX + "lease." + k for k in ("owner", "host", "pid", "pid_space", "heartbeat", "interval_s"))
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,9 @@ def local_pid_space() -> str:
 
 
 def lease_tags(owner: Owner, now: float, interval: float = HEARTBEAT_S) -> dict[str, str]:
-    return {OWNER: f"{owner}:{owner.token}", HOST: owner.host, PID: str(owner.pid),
-            PID_SPACE: owner.pid_space or owner.host, HEARTBEAT: f"{now:.3f}", INTERVAL: f"{interval:g}"}
+    return {LEASE_OWNER: f"{owner}:{owner.token}", LEASE_HOST: owner.host, LEASE_PID: str(owner.pid),
+            LEASE_PID_SPACE: owner.pid_space or owner.host, LEASE_HEARTBEAT: f"{now:.3f}",
+            LEASE_INTERVAL: f"{interval:g}"}
 
 
 def pid_alive(pid: int) -> bool:
@@ -99,14 +100,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def is_live(run: T.StageRun, now: float, pid_space: Optional[str] = None,
+def is_live(run: StageRun, now: float, pid_space: Optional[str] = None,
             alive: Callable[[int], bool] = pid_alive) -> bool:
     """Whether someone is training this run right now (see the module docstring for the rule)."""
     if run.status != "RUNNING":
         return False
     try:
-        beat, interval = float(run.tags[HEARTBEAT]), float(run.tags.get(INTERVAL, HEARTBEAT_S))
-        pid = int(run.tags[PID])
+        beat, interval = float(run.tags[LEASE_HEARTBEAT]), float(run.tags.get(LEASE_INTERVAL, HEARTBEAT_S))
+        pid = int(run.tags[LEASE_PID])
     except (KeyError, ValueError):  # no lease (an older runner, a hand-made run) or a garbled one: nobody to wait for
         return False
     # garbled too, and nobody's: nan or inf, a beat further ahead than the clock tolerance, an interval of hours
@@ -115,24 +116,24 @@ def is_live(run: T.StageRun, now: float, pid_space: Optional[str] = None,
     if not (0 < interval <= MAX_INTERVAL_S and now - tolerance <= beat <= now + tolerance and 0 < pid < 2**31):
         return False
     # only a pid of this host and pid namespace can be checked; elsewhere the heartbeat alone decides
-    return run.tags.get(PID_SPACE) != (pid_space or local_pid_space()) or alive(pid)
+    return run.tags.get(LEASE_PID_SPACE) != (pid_space or local_pid_space()) or alive(pid)
 
 
 @dataclass(frozen=True)
 class Decision:
     action: str  # reuse | wait | claim | withdraw
-    run: Optional[T.StageRun] = None  # reuse: the finished run; wait/withdraw: the live lease; claim: what to resume
+    run: Optional[StageRun] = None  # reuse: the finished run; wait/withdraw: the live lease; claim: what to resume
     # claim: other RUNNING runs of the key whose owner is gone (killed before, or without, an epoch checkpoint);
     # the claimer marks them KILLED once its stage is done, else they show as running forever
-    dead: tuple[T.StageRun, ...] = ()
+    dead: tuple[StageRun, ...] = ()
 
 
-def decide(runs: list[T.StageRun], now: float, mine: Optional[str] = None, forced: bool = False,
+def decide(runs: list[StageRun], now: float, mine: Optional[str] = None, forced: bool = False,
            pid_space: Optional[str] = None, alive: Callable[[int], bool] = pid_alive,
-           done: str = T.CHECKPOINT_SHA) -> Decision:
+           done: str = CHECKPOINT_SHA) -> Decision:
     """What to do with a cache key, given all its runs (newest first). `mine` is my claim run once written: then
     another live lease means withdraw, and nothing else means the claim holds. `done` is the tag a finished run
-    of this stage type carries (T.done_tag). Pure, for tests."""
+    of this stage type carries (tags.done_tag). Pure, for tests."""
     if not forced:
         finished = next((r for r in runs if r.status == "FINISHED" and done in r.tags), None)
         if finished is not None:
@@ -141,7 +142,7 @@ def decide(runs: list[T.StageRun], now: float, mine: Optional[str] = None, force
         if live:
             return Decision("withdraw" if mine else "wait", live[-1])  # the oldest: the one most likely to win
     resumable = None if forced else next(
-        (r for r in runs if r.run_id != mine and r.status != "FINISHED" and T.EPOCH_SHA in r.tags), None)
+        (r for r in runs if r.run_id != mine and r.status != "FINISHED" and EPOCH_SHA in r.tags), None)
     dead = tuple(r for r in runs if r.run_id != mine and r.status == "RUNNING" and r is not resumable
                  and not is_live(r, now, pid_space, alive))
     return Decision("claim", resumable, dead)
@@ -151,9 +152,9 @@ class Heartbeat:
     """Refresh a run's heartbeat tag every `interval` seconds from a daemon thread, with its own MLflow client
     (clients are not shared across threads). A failed beat is logged, not raised: the stage must not die for it."""
 
-    def __init__(self, tracker: T.Tracker, run_id: str, interval: float = HEARTBEAT_S):
+    def __init__(self, tracker: Tracker, run_id: str, interval: float = HEARTBEAT_S):
         self.run_id, self.interval = run_id, interval
-        self._tracker = T.Tracker(tracker.uri, tracker.experiment_name)
+        self._tracker = Tracker(tracker.uri, tracker.experiment_name)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"lease-{run_id[:8]}", daemon=True)
 
@@ -169,7 +170,7 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self._tracker.set_tags(self.run_id, {HEARTBEAT: f"{time.time():.3f}"})
+                self._tracker.set_tags(self.run_id, {LEASE_HEARTBEAT: f"{time.time():.3f}"})
             except Exception as exc:  # a blip; MISSED_BEATS of them in a row and others may take over
                 log.warning("lease heartbeat for run %s failed: %s", self.run_id[:8], exc)
 
@@ -179,20 +180,20 @@ class Claim:
     """The outcome of `acquire`: either a finished run to reuse, or my new RUNNING run (with a live heartbeat)
     and, if any, the unfinished run whose epoch checkpoint it should resume."""
 
-    reuse: Optional[T.StageRun] = None
+    reuse: Optional[StageRun] = None
     run_id: Optional[str] = None
-    resume: Optional[T.StageRun] = None
+    resume: Optional[StageRun] = None
     heartbeat: Optional[Heartbeat] = None
-    dead: tuple[T.StageRun, ...] = ()  # cut-off attempts with nothing to resume (see Decision.dead)
+    dead: tuple[StageRun, ...] = ()  # cut-off attempts with nothing to resume (see Decision.dead)
 
     def release(self) -> None:
         if self.heartbeat is not None:
             self.heartbeat.stop()
 
 
-def acquire(tracker: T.Tracker, name: str, cache_key: str, tags: dict[str, str], parent_id: Optional[str],
+def acquire(tracker: Tracker, name: str, cache_key: str, tags: dict[str, str], parent_id: Optional[str],
             forced: bool = False, announce: Callable[[str], None] = print,
-            sleep: Callable[[float], None] = time.sleep, done: str = T.CHECKPOINT_SHA) -> Claim:
+            sleep: Callable[[float], None] = time.sleep, done: str = CHECKPOINT_SHA) -> Claim:
     """Reuse, wait, or claim `cache_key` at the moment its stage starts; returns once there is something to reuse
     or the key is mine. The claim protocol and its limits are in the module docstring."""
     waited_for: Optional[str] = None
@@ -204,7 +205,7 @@ def acquire(tracker: T.Tracker, name: str, cache_key: str, tags: dict[str, str],
             holder = decision.run
             if holder.run_id != waited_for:
                 waited_for = holder.run_id
-                owner = f"{holder.tags.get(HOST, '?')}:{holder.tags.get(PID, '?')}"
+                owner = f"{holder.tags.get(LEASE_HOST, '?')}:{holder.tags.get(LEASE_PID, '?')}"
                 announce(f"[wait]   {name}  waiting for run {holder.run_id[:8]} owned by {owner}")
             sleep(POLL_S)
             continue

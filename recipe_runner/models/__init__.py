@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..registry import Registry
-from .base import CUSTOM_SOURCE, WEIGHTS_NAME, ModelRef, handoff_problems
+from .base import CUSTOM_SOURCE, WEIGHTS_NAME, DescriptionError, ModelDescription, ModelRef, handoff_problems
 from .distill import Distillation
 
-__all__ = ["CUSTOM_SOURCE", "FAMILIES", "WEIGHTS_NAME", "Distillation", "FamilyEntry", "ModelRef", "family_for",
-           "handoff_problems"]
+__all__ = ["CUSTOM_SOURCE", "FAMILIES", "WEIGHTS_NAME", "DescriptionError", "Distillation", "FamilyEntry",
+           "ModelDescription", "ModelRef", "family_for", "handoff_problems"]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from ...config_base import ConfigProblem
 from ...timing import timed
 from .._shapes import apply_shapes, decomposed_layers, module_attributes, restore_decomposed
 from .weights import Preprocess, hub_weights, load_state_file, weights_preprocess
-from ..base import EvalKnobs, Keep, ModelFamily, TrainContext, TrainKnobs, TrainResult, torch_device
+from ..base import EvalKnobs, Keep, ModelDescription, ModelFamily, TrainContext, TrainKnobs, TrainResult, torch_device
 from ..hooks import training_hooks
 from .small_cnn import SMALL_MODELS
 
@@ -329,18 +329,24 @@ class TorchvisionFamily(ModelFamily):
         return [linears[-1]] if linears else convs[-1:]
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
-        description = {"family": self.name, "source": model._rr_source, "num_classes": model._rr_num_classes,
-                       "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                       "attributes": module_attributes(model)}
         decomposed = decomposed_layers(model)
-        if decomposed:  # only then: every other description stays as it was
-            description["decomposed"] = decomposed
-        return description
+        return ModelDescription(
+            family=self.name, fields={"source": model._rr_source, "num_classes": model._rr_num_classes},
+            # only when decomposed: every other description stays as it was
+            transforms={"decomposed": decomposed} if decomposed else {},
+            state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            attributes=module_attributes(model),
+        ).to_dict()
 
     def rebuild(self, description: dict[str, Any]) -> nn.Module:
-        model = self._construct(description["source"], int(description["num_classes"]))
-        restore_decomposed(model, description.get("decomposed", []))
-        apply_shapes(model, description["state_dict"], description["attributes"])
+        envelope = ModelDescription.from_dict(description, self.name)
+        model = self._construct(envelope.fields["source"], int(envelope.fields["num_classes"]))
+        return self._restore(model, envelope)
+
+    def _restore(self, model: nn.Module, envelope: ModelDescription) -> nn.Module:
+        """Replay the envelope's transforms and shapes onto a freshly built `model` and load its weights."""
+        restore_decomposed(model, envelope.transforms.get("decomposed", []))
+        apply_shapes(model, envelope.state_dict, envelope.attributes)
         return model.eval()
 
     # -- export -----------------------------------------------------------

@@ -14,7 +14,7 @@ from .._shapes import apply_shapes, decomposed_layers, module_attributes, restor
 from .architecture import check_architecture, check_description
 from .environment import first_device_string, resolved_data_yaml, strip_integration_callbacks, ultralytics_ready
 from .stride import round_to_stride
-from ..base import EvalKnobs, Keep, ModelFamily, TrainContext, TrainKnobs, TrainResult
+from ..base import EvalKnobs, Keep, ModelDescription, ModelFamily, TrainContext, TrainKnobs, TrainResult
 
 if TYPE_CHECKING:
     import torch
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from ..distill import Distillation
     from ..hooks import TrainHook
 
-DESCRIPTION_FORMAT = 1
 _NOT_DETECTION = ("Segment", "Pose", "OBB", "Classify", "WorldDetect", "YOLOEDetect", "RTDETRDecoder", "Semantic")
 
 
@@ -231,33 +230,35 @@ class YoloFamily(ModelFamily):
         return model
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
-        description = {
-            "family": self.name, "format": DESCRIPTION_FORMAT,
-            "yaml": copy.deepcopy(model.yaml), "nc": int(model.nc if hasattr(model, "nc") else model.yaml["nc"]),
-            "names": [str(v) for _, v in sorted(dict(getattr(model, "names", {}) or {}).items())],
-            "split_c2f": bool(getattr(model, "_rr_split_c2f", False)),
-            "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-            "attributes": module_attributes(model),
-        }
+        transforms: dict[str, Any] = {"split_c2f": bool(getattr(model, "_rr_split_c2f", False))}
         decomposed = decomposed_layers(model)
         if decomposed:  # only then: every other description stays as it was
-            description["decomposed"] = decomposed
-        return description
+            transforms["decomposed"] = decomposed
+        nc = int(model.nc if hasattr(model, "nc") else model.yaml["nc"])
+        names = [str(v) for _, v in sorted(dict(getattr(model, "names", {}) or {}).items())]
+        return ModelDescription(
+            family=self.name, fields={"yaml": copy.deepcopy(model.yaml), "nc": nc, "names": names},
+            transforms=transforms,
+            state_dict={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+            attributes=module_attributes(model),
+        ).to_dict()
 
     def rebuild(self, description: dict[str, Any]) -> nn.Module:
         """Only from an allow-listed architecture: the description may come from someone else's checkpoint."""
+        envelope = ModelDescription.from_dict(description, self.name)
         ultralytics_ready()
         from ultralytics.nn.tasks import DetectionModel
 
         check_description(description)
-        model = DetectionModel(copy.deepcopy(description["yaml"]), nc=int(description["nc"]), verbose=False)
-        if description.get("split_c2f"):
+        fields = envelope.fields
+        model = DetectionModel(copy.deepcopy(fields["yaml"]), nc=int(fields["nc"]), verbose=False)
+        if envelope.transforms.get("split_c2f"):
             self.prepare_for_pruning(model)
-        restore_decomposed(model, description.get("decomposed", []))
-        apply_shapes(model, description["state_dict"], description["attributes"])
-        model.nc = int(description["nc"])
-        if description.get("names"):
-            model.names = dict(enumerate(description["names"]))
+        restore_decomposed(model, envelope.transforms.get("decomposed", []))
+        apply_shapes(model, envelope.state_dict, envelope.attributes)
+        model.nc = int(fields["nc"])
+        if fields.get("names"):
+            model.names = dict(enumerate(fields["names"]))
         return model.eval()
 
     # -- export -----------------------------------------------------------

@@ -2,6 +2,10 @@
 
 Entries are light (a name, which `model:` strings they claim, and where the
 implementation lives) so that recipe validation never imports torch.
+
+Layout: a package per family (`yolo/`, `torchvision/`; `custom.py` builds on torchvision's), and what the
+families share: the interface and the description envelope (`base.py`), training hooks (`hooks.py`), the
+pruned-shape snapshot (`_shapes.py`), distillation losses (`distill.py`) and the low-rank layers.
 """
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ def ort_latency_ms(model, imgsz: int, workdir: Path) -> float:
     import numpy as np
     import onnxruntime as ort
 
-    from recipe_runner.models._yolo_export import export_onnx_file
+    from recipe_runner.models.yolo.export import export_onnx_file
 
     path = export_onnx_file(model, workdir / f"m{time.time_ns()}.onnx", imgsz, 17, False, False, 1)
     options = ort.SessionOptions()

@@ -100,7 +100,7 @@ def shape_check(work: Path) -> dict:
     import copy
 
     from recipe_runner.data import resolve_data
-    from recipe_runner.models import onnx_runtime
+    from recipe_runner.runtimes import onnx_runtime
     from recipe_runner.models.torchvision import TorchvisionFamily
     from recipe_runner.quantization import BACKENDS, QuantizeRequest, layer_precision, qat
     from recipe_runner.stages.quantize import QuantizeConfig

@@ -42,7 +42,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def _ultralytics_best_pt(data_yaml: str, folder: Path) -> Path:
     """What a user has: Ultralytics' own training (not the runner's), tiny: 1 epoch at 64 px."""
-    from recipe_runner.models._yolo_env import ultralytics_ready
+    from recipe_runner.models.yolo.environment import ultralytics_ready
 
     ultralytics_ready()  # offline settings, the font Ultralytics' dataset check wants, integrations off
     from ultralytics import YOLO
@@ -57,7 +57,7 @@ def _ultralytics_best_pt(data_yaml: str, folder: Path) -> Path:
 def test_a_users_best_pt_is_pruned_by_a_recipe_that_starts_with_prune(workspace: Path, tiny_data, no_network):
     from mlflow.tracking import MlflowClient
 
-    from recipe_runner.models._yolo_env import resolved_data_yaml
+    from recipe_runner.models.yolo.environment import resolved_data_yaml
 
     data_yaml = resolved_data_yaml(tiny_data)  # an ordinary Ultralytics data.yaml with an absolute path
     best = _ultralytics_best_pt(data_yaml, workspace / "runs")

@@ -62,7 +62,7 @@ def test_a_pruned_yolo_student_learns_from_its_teacher_and_exports_alone(family,
         projector = unwrap_model(trainer.model).projector
         restored.update({k: v.detach().cpu().clone() for k, v in projector.state_dict().items()})
 
-    import recipe_runner.models._yolo_train as yolo_train
+    from recipe_runner.models.yolo import training as yolo_train
 
     original = yolo_train.EpochCallbacks.train_start
 

@@ -62,8 +62,8 @@ def test_tilde_in_a_data_yaml_and_txt_lists_resolve_as_ultralytics_reads_them(wo
     import yaml
 
     from recipe_runner.data import resolve_data
-    from recipe_runner.models._yolo_env import resolved_data_yaml
-    from recipe_runner.models._yolo_export import split_files
+    from recipe_runner.models.yolo.environment import resolved_data_yaml
+    from recipe_runner.models.yolo.export import split_files
 
     (workspace / "data.yaml").write_text("path: ~/ds\ntrain: images/train\nval: lists/val.txt\nnames: [a, b, c]\n")
     data = resolve_data("data.yaml", "detect", workspace)

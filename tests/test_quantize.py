@@ -134,7 +134,7 @@ def test_openvino_backend_quantizes_a_pruned_classifier(workspace: Path):
     assert "top1" in metrics and "fp32_top1" in metrics and metrics["metric_drop"] <= 0.05
     assert "latency_ms_t1" in metrics and "fp32_latency_ms_t1" in metrics  # both timed by OpenVINO
     path = output_file(uri, ov_run, workspace / "dl")
-    from recipe_runner.models import openvino_runtime
+    from recipe_runner.runtimes import openvino_runtime
 
     model = openvino_runtime.session(path, threads=1)
     assert openvino_runtime.run(model, np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 4)

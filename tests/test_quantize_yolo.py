@@ -134,7 +134,7 @@ def test_openvino_backend_on_yolo_keeps_the_head_decode_float(here: Path):
     metrics = runs["ov"].data.metrics
     assert metrics["int8_layers"] >= 60 and metrics["float_layers"] == 1  # the DFL convolution
     assert metrics["mAP50-95"] >= metrics["fp32_mAP50-95"] - 0.05
-    from recipe_runner.models import openvino_runtime
+    from recipe_runner.runtimes import openvino_runtime
 
     path = download(here, runs["ov"])
     out = openvino_runtime.run(openvino_runtime.session(path), np.zeros((1, 3, 64, 64), np.float32))

@@ -171,7 +171,7 @@ def test_yolo_penalty_runs_once_per_optimizer_step_and_the_last_ema_is_returned(
 
 def test_yolo_keep_last_ignores_the_best_fitness_weights():
     """finished_model: keep="best" is Ultralytics' best.pt (the best epoch's EMA), keep="last" the last epoch's EMA."""
-    from recipe_runner.models._yolo_train import finished_model
+    from recipe_runner.models.yolo.training import finished_model
 
     ema = nn.Linear(2, 2)
     best = {k: torch.zeros_like(v) for k, v in ema.state_dict().items()}
@@ -192,8 +192,8 @@ class _Recorder(TrainHook):
 def test_yolo_optimizer_step_penalises_unscaled_gradients_under_a_grad_scaler():
     """RunnerTrainer.optimizer_step with a real GradScaler (CPU, scale 1024): the penalty sees and adds to the same
     gradients as without scaling, and the updated weights agree."""
-    from recipe_runner.models._yolo_train import make_trainer_class
-    from recipe_runner.models.small_cnn import LeNet
+    from recipe_runner.models.yolo.training import make_trainer_class
+    from recipe_runner.models.torchvision.small_cnn import LeNet
     from recipe_runner.models.torchvision import TorchvisionFamily
 
     family, strength = TorchvisionFamily(), 0.05

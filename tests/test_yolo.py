@@ -66,7 +66,7 @@ def test_split_c2f_is_numerically_equivalent(family, tiny_data, source: str):
 
     from ultralytics.nn.modules.block import C2f
 
-    from recipe_runner.models._yolo_blocks import SplitC2f
+    from recipe_runner.models.yolo.blocks import SplitC2f
 
     model = family.build(source, tiny_data, seed=0)
     _randomise_batchnorm(model)
@@ -252,7 +252,7 @@ def test_yolo_recipe_runs_with_network_blocked(tmp_path: Path):
 def test_user_data_yaml_with_relative_path_txt_lists_and_name_list(workspace: Path, family, tiny_data):
     """A user's data.yaml: relative `path:` (relative to the yaml's folder), names as a list, train/val as txt lists."""
     from recipe_runner.data import resolve_data
-    from recipe_runner.models._yolo_export import validation_images
+    from recipe_runner.models.yolo.export import validation_images
 
     root = workspace / "mydata"
     source = Path(tiny_data.path).parent

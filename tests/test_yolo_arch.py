@@ -1,7 +1,7 @@
 """A YOLO stage checkpoint from a shared store cannot run code through Ultralytics' model builder.
 
 Ultralytics' parse_model evals `activation` and looks layer names up in its module globals; the runner
-rebuilds only architectures on its allow-list (recipe_runner/models/_yolo_arch.py). Real Ultralytics
+rebuilds only architectures on its allow-list (recipe_runner/models/yolo/architecture.py). Real Ultralytics
 throughout; the crafted descriptions carry a payload that would create a marker file.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ SHIPPED = Path(__import__("ultralytics").__file__).parent / "cfg" / "models"
 @pytest.fixture(scope="module")
 def description(family):
     """A real stage-checkpoint description of yolov8n (2 classes)."""
-    from recipe_runner.models._yolo_env import ultralytics_ready
+    from recipe_runner.models.yolo.environment import ultralytics_ready
 
     ultralytics_ready()
     from ultralytics.nn.tasks import DetectionModel
@@ -52,7 +52,7 @@ def _detection_yamls(family) -> list[str]:
 
 
 def test_every_shipped_detection_yaml_is_on_the_allow_list(family):
-    from recipe_runner.models._yolo_arch import check_architecture
+    from recipe_runner.models.yolo.architecture import check_architecture
 
     names = _detection_yamls(family)
     assert {"yolov8.yaml", "yolo11.yaml", "yolov10n.yaml", "yolov9t.yaml", "yolo26.yaml"} <= set(names)
@@ -63,7 +63,7 @@ def test_every_shipped_detection_yaml_is_on_the_allow_list(family):
 
 @pytest.mark.parametrize("source", ["yolov8n.yaml", "yolo11n.yaml"])
 def test_built_models_round_trip_through_the_check(family, source: str):
-    from recipe_runner.models._yolo_arch import check_description
+    from recipe_runner.models.yolo.architecture import check_description
 
     from recipe_runner.data import DataSource
 
@@ -115,7 +115,7 @@ CASES = ["activation", "loader", "local_name", "code_arg", "yaml_file", "yaml_fi
 
 @pytest.mark.parametrize("case", CASES)
 def test_crafted_descriptions_are_refused_and_run_nothing(family, description, tmp_path: Path, case: str):
-    from recipe_runner.models._yolo_arch import ArchitectureError
+    from recipe_runner.models.yolo.architecture import ArchitectureError
 
     marker = tmp_path / "PWNED"
     crafted = _crafted(description, marker)[case]

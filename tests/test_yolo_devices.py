@@ -125,7 +125,7 @@ def test_a_stage_returning_a_model_off_contract_fails_and_says_why(workspace: Pa
 # -- the offline AMP check -----------------------------------------------------------------------------------------
 
 def test_offline_amp_check_compares_the_model_itself_under_autocast(family):
-    from recipe_runner.models._yolo_amp import amp_is_safe, outputs_agree
+    from recipe_runner.models.yolo.amp import amp_is_safe, outputs_agree
 
     model = family.skeleton("yolov8n.yaml")
     example = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
@@ -141,7 +141,7 @@ def test_offline_amp_check_compares_the_model_itself_under_autocast(family):
 def test_training_asks_the_offline_amp_check_not_ultralytics_download(family, tiny_data, tmp_path: Path, monkeypatch):
     import ultralytics.engine.trainer as trainer_module
 
-    from recipe_runner.models import _yolo_amp, _yolo_train
+    from recipe_runner.models.yolo import amp as _yolo_amp, training as _yolo_train
 
     original = trainer_module.check_amp
     asked: list[nn.Module] = []
@@ -176,7 +176,7 @@ def workers_on_cpu(monkeypatch):
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils.dist import generate_ddp_file
 
-    from recipe_runner.models import _yolo_workers
+    from recipe_runner.models.yolo import workers as _yolo_workers
 
     scripts: list[Path] = []
 
@@ -199,9 +199,9 @@ def test_ddp_state_file_holds_the_pruned_model_and_rebuilds_it_exactly(family, t
     loads it: the runner's trainer class with its hooks, the pruned module with identical outputs, rank-0 spooling."""
     from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
 
-    from recipe_runner.models._yolo_env import resolved_data_yaml
-    from recipe_runner.models._yolo_train import EpochCallbacks, make_trainer_class, train_args
-    from recipe_runner.models._yolo_workers import SpoolSink
+    from recipe_runner.models.yolo.environment import resolved_data_yaml
+    from recipe_runner.models.yolo.training import EpochCallbacks, make_trainer_class, train_args
+    from recipe_runner.models.yolo.workers import SpoolSink
     from recipe_runner.models.hooks import training_hooks
     from recipe_runner.pruning.regularizers import BatchNormL1
 
@@ -275,7 +275,7 @@ def test_training_in_a_worker_process_relays_epochs_and_resumes(family, tiny_dat
 
 
 def test_only_rank_zero_spools_and_builds_states_only_when_asked(tmp_path: Path, monkeypatch, family):
-    from recipe_runner.models._yolo_workers import WANT_STATE, SpoolSink
+    from recipe_runner.models.yolo.workers import WANT_STATE, SpoolSink
 
     sink = SpoolSink(tmp_path, family.describe)
     built = []
@@ -302,8 +302,8 @@ def test_the_relay_asks_for_states_on_the_stage_cadence(tmp_path: Path, family):
     """checkpoint_every: 2 (the first epoch is always written, then every second): the want-state flag is up for
     epochs 1 and 3 only, and a state that arrives for an epoch the cadence does not want is not saved."""
     from recipe_runner.persistence import EpochCadence, save_checkpoint
-    from recipe_runner.models._yolo_train import ContextSink
-    from recipe_runner.models._yolo_workers import WANT_STATE, SpoolRelay
+    from recipe_runner.models.yolo.training import ContextSink
+    from recipe_runner.models.yolo.workers import WANT_STATE, SpoolRelay
 
     class EverySecond(RecordingContext):
         cadence = EpochCadence(2)
@@ -330,7 +330,7 @@ def test_the_relay_asks_for_states_on_the_stage_cadence(tmp_path: Path, family):
 
 def test_a_failing_worker_fails_the_stage_and_keeps_its_finished_epochs(family, tiny_data, tmp_path: Path,
                                                                         workers_on_cpu, monkeypatch):
-    from recipe_runner.models import _yolo_workers
+    from recipe_runner.models.yolo import workers as _yolo_workers
 
     real_command = _yolo_workers.worker_command
 
@@ -340,7 +340,7 @@ def test_a_failing_worker_fails_the_stage_and_keeps_its_finished_epochs(family, 
         wrapper = Path(script).with_name(Path(script).stem + "_crash.py")
         wrapper.write_text(textwrap.dedent(f"""
             import os, runpy
-            from recipe_runner.models import _yolo_workers as w
+            from recipe_runner.models.yolo import workers as w
             real = w.SpoolSink.epoch_end
             def epoch_end(self, epoch, metrics, state):
                 real(self, epoch, metrics, state)

@@ -21,7 +21,7 @@ DETECT_SPLITS = ("train", "val", "test")
 
 def dataset_root(yaml_path: Path, content: dict[str, Any]) -> Path:
     """`path:` of a data.yaml, relative to the yaml's folder (what users expect; the runner hands Ultralytics
-    an absolute copy, see models/_yolo_env.resolved_data_yaml)."""
+    an absolute copy, see models/yolo/environment.resolved_data_yaml)."""
     root = Path(str(content.get("path") or ".")).expanduser()
     return root if root.is_absolute() else yaml_path.parent / root
 

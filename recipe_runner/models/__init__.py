@@ -2,6 +2,10 @@
 
 Entries are light (a name, which `model:` strings they claim, and where the
 implementation lives) so that recipe validation never imports torch.
+
+Layout: a package per family (`yolo/`, `torchvision/`; `custom.py` builds on torchvision's), and what the
+families share: the interface and the description envelope (`base.py`), training hooks (`hooks.py`), the
+pruned-shape snapshot (`_shapes.py`), distillation losses (`distill.py`) and the low-rank layers.
 """
 from __future__ import annotations
 
@@ -10,11 +14,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..registry import Registry
-from .base import CUSTOM_SOURCE, WEIGHTS_NAME, ModelRef, handoff_problems
+from .base import CUSTOM_SOURCE, WEIGHTS_NAME, DescriptionError, ModelDescription, ModelRef, handoff_problems
 from .distill import Distillation
 
-__all__ = ["CUSTOM_SOURCE", "FAMILIES", "WEIGHTS_NAME", "Distillation", "FamilyEntry", "ModelRef", "family_for",
-           "handoff_problems"]
+__all__ = ["CUSTOM_SOURCE", "FAMILIES", "WEIGHTS_NAME", "DescriptionError", "Distillation", "FamilyEntry",
+           "ModelDescription", "ModelRef", "family_for", "handoff_problems"]
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Optional, Protocol, Sequence
 
 from ..timing import timed
 
@@ -66,6 +66,69 @@ class ModelRef:
     source: str  # as written (custom: `file.py:Name` with the file made absolute)
     weights: Optional[str] = None  # an absolute state-dict file, or a torchvision weights name (IMAGENET1K_V1)
     args: dict[str, Any] = field(default_factory=dict)  # custom: the factory's keyword arguments
+
+
+# The version of the model-description envelope this runner writes and the only one it rebuilds.
+DESCRIPTION_FORMAT = 1
+
+
+class DescriptionError(ValueError):
+    """A model description that must not be rebuilt: another family's, or a format this runner does not know.
+
+    Not a checkpoint.CheckpointError: models/__init__ imports this module, and validating a recipe must not reach
+    the checkpoint code (import-linter contract)."""
+
+
+@dataclass
+class ModelDescription:
+    """A family's describe() output as one versioned envelope, checked by rebuild() before anything is built.
+
+    Like NVIDIA Model Optimizer's `modelopt_state`: the architecture the family builds from plain `fields`, the
+    structural `transforms` applied since (YOLO's C2f split, low-rank decompositions), replayed onto the freshly
+    built model in order, then the pruned shapes and weights (`attributes`, `state_dict`).
+
+    On disk (stage and epoch checkpoints) it is the flat dict descriptions always were: "family", "format", the
+    fields, each transform under its own key, "state_dict", "attributes". So checkpoints in users' stores load
+    unchanged, including torchvision ones written before descriptions carried a "format" (they are format 1).
+    """
+
+    family: str
+    state_dict: dict[str, Any]  # name -> tensor, on the CPU
+    attributes: dict[str, dict[str, Any]]  # module name -> plain attributes (what pruning rewrote)
+    fields: dict[str, Any] = field(default_factory=dict)  # yolo: yaml, nc, names; torchvision: source, num_classes
+    transforms: dict[str, Any] = field(default_factory=dict)  # in the order rebuild replays them
+    format: int = DESCRIPTION_FORMAT
+
+    # the on-disk keys that hold a structural transform; a new transform adds its key here
+    TRANSFORMS: ClassVar[tuple[str, ...]] = ("split_c2f", "decomposed")
+    _ENVELOPE: ClassVar[tuple[str, ...]] = ("family", "format", "state_dict", "attributes")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "format": self.format, **self.fields, **self.transforms,
+                "state_dict": self.state_dict, "attributes": self.attributes}
+
+    @classmethod
+    def from_dict(cls, description: Any, family: str) -> ModelDescription:
+        """The envelope of a stored description that `family` may rebuild; DescriptionError (one line) if not."""
+        if not isinstance(description, dict):
+            kind = type(description).__name__
+            raise DescriptionError(f"checkpoint: the model description is a {kind}, not a mapping")
+        found = description.get("family")
+        if found != family:
+            raise DescriptionError(f"checkpoint: the model description is of family {str(found)[:40]!r}, not "
+                                   f"{family!r}: it cannot be rebuilt as a {family} model")
+        # torchvision descriptions written before the envelope had no "format": they are format 1
+        version = description.get("format", 1)
+        if type(version) is not int or version != DESCRIPTION_FORMAT:
+            raise DescriptionError(f"checkpoint: model description format {str(version)[:20]!r} is not one this "
+                                   f"recipe-runner rebuilds (format {DESCRIPTION_FORMAT}); written by another version?")
+        state_dict, attributes = description.get("state_dict"), description.get("attributes")
+        if not isinstance(state_dict, dict) or not isinstance(attributes, dict):
+            raise DescriptionError("checkpoint: the model description lacks its 'state_dict' or 'attributes' mapping")
+        rest = {k: v for k, v in description.items() if k not in cls._ENVELOPE}
+        return cls(family=family, state_dict=state_dict, attributes=attributes, format=version,
+                   fields={k: v for k, v in rest.items() if k not in cls.TRANSFORMS},
+                   transforms={k: v for k, v in rest.items() if k in cls.TRANSFORMS})
 
 
 # which epoch's weights a family's train() returns (see ModelFamily.train)
@@ -155,10 +218,13 @@ class ModelFamily(ABC):
 
     @abstractmethod
     def describe(self, model: nn.Module) -> dict[str, Any]:
-        """Plain data + tensors that rebuild the model (pruned shapes included) without unpickling code."""
+        """Plain data + tensors that rebuild the model (pruned shapes included) without unpickling code: a
+        ModelDescription's to_dict()."""
 
     @abstractmethod
-    def rebuild(self, description: dict[str, Any]) -> nn.Module: ...
+    def rebuild(self, description: dict[str, Any]) -> nn.Module:
+        """The model a describe() output describes; ModelDescription.from_dict(description, self.name) first, so
+        another family's description or an unknown format is a DescriptionError, never a misbuilt model."""
 
     @abstractmethod
     def export_onnx(self, model: nn.Module, data: DataSource, config: Any, path: Path) -> dict[str, float]:

@@ -20,7 +20,7 @@ from torch import nn
 from ..persistence.checkpoints import sha256_of
 from ..config_base import ConfigProblem
 from ..registry import did_you_mean
-from ._shapes import apply_shapes, restore_decomposed
+from .base import ModelDescription
 from .torchvision import TorchvisionFamily
 
 
@@ -117,10 +117,8 @@ class CustomFamily(TorchvisionFamily):
     def rebuild(self, description: dict[str, Any]) -> nn.Module:
         """From the factory bound at plan time, whatever source the description names: code is never imported
         by a name read from a checkpoint (the cache key already pins the module file's content)."""
-        model = self._construct(self.model.source, int(description["num_classes"]))
-        restore_decomposed(model, description.get("decomposed", []))
-        apply_shapes(model, description["state_dict"], description["attributes"])
-        return model.eval()
+        envelope = ModelDescription.from_dict(description, self.name)
+        return self._restore(self._construct(self.model.source, int(envelope.fields["num_classes"])), envelope)
 
 
 def _classes(head: nn.Module) -> int:

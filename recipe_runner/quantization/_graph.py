@@ -9,7 +9,7 @@ INT8 = (2, 3)  # onnx.TensorProto.UINT8, INT8
 
 def layer_precision(path: Path) -> dict[str, int]:
     """Counts of weighted layers on INT8 weights and in float, for an ONNX or an OpenVINO (.openvino) file."""
-    from ..models import openvino_runtime
+    from ..runtimes import openvino_runtime
 
     return _openvino_precision(path) if openvino_runtime.is_openvino(path) else _onnx_precision(path)
 
@@ -20,7 +20,7 @@ def _openvino_precision(path: Path) -> dict[str, int]:
 
     import openvino as ov
 
-    from ..models import openvino_runtime
+    from ..runtimes import openvino_runtime
 
     with tempfile.TemporaryDirectory(prefix="ov-") as work:
         model = ov.Core().read_model(str(openvino_runtime.unpack(path, Path(work) / "m")))

@@ -1,6 +1,6 @@
 """OpenVINO's NNCF post-training quantization, the CPU INT8 path Ultralytics itself uses: the FP32 ONNX
 file is converted to OpenVINO's model, quantized with preset MIXED (symmetric weights, asymmetric
-activations) and saved as an IR packed in one `.openvino` file (models/openvino_runtime.py).
+activations) and saved as an IR packed in one `.openvino` file (runtimes/openvino_runtime.py).
 
 Why not a QDQ ONNX file: OpenVINO 2026.4's CPU plugin refused to compile quantized Conv layers read from
 ONNX QDQ (NNCF's or ONNX Runtime's) on this machine ("No suitable implementations"); its own IR runs.
@@ -21,7 +21,7 @@ def quantize(request: QuantizeRequest) -> None:
     import openvino as ov
     import yaml
 
-    from ..models import openvino_runtime
+    from ..runtimes import openvino_runtime
 
     if request.calibration is None or not len(request.calibration):
         raise ValueError("int8-static needs calibration images")

@@ -1,6 +1,6 @@
 """benchmark: latency and throughput of the parent's model file (or of an FP32 ONNX export of its model).
 
-Measured the same way everywhere (models/onnx_runtime.py): batch 1, a fixed and recorded thread count
+Measured the same way everywhere (runtimes/onnx_runtime.py): batch 1, a fixed and recorded thread count
 (1 and all cores), warm-up, median and p90 over `runs` calls, at the stage's imgsz and at bench_imgsz;
 throughput at `batch`. ONNX Runtime runs .onnx files, OpenVINO the .openvino IR files of the openvino
 quantization backend. The stage passes its parent's output through unchanged, so it can sit anywhere.
@@ -42,8 +42,7 @@ def check_runtime(config: BenchmarkConfig, skeleton: Callable[[], Any]) -> None:
 
 
 def run_benchmark(ctx: StageContext, config: BenchmarkConfig) -> StageOutput:
-    from ..models import onnx_runtime
-    from ..models.runtimes import dynamic_batch, runtime_for
+    from ..runtimes import dynamic_batch, onnx_runtime, runtime_for
 
     family = ctx.family
     threads = sorted({1, onnx_runtime.all_cores()})
@@ -70,7 +69,7 @@ def run_benchmark(ctx: StageContext, config: BenchmarkConfig) -> StageOutput:
 
 def _file_at(ctx: StageContext, config: BenchmarkConfig, imgsz: int) -> Optional[Path]:
     """The parent's file if it takes imgsz, else None (with a warning); for a model parent, an FP32 export."""
-    from ..models.runtimes import accepts_size, runtime_for
+    from ..runtimes import accepts_size, runtime_for
 
     if ctx.parent_file is None:
         return ctx.family.write_onnx(ctx.parent_model, ctx.workdir / f"fp32_{imgsz}.onnx", imgsz, config.opset)

@@ -253,8 +253,7 @@ def _ranges_folder() -> Path:
 
 def _latencies(family, fp32: Path, target: Path, config: QuantizeConfig) -> dict[str, float]:
     """Batch-1 latency of the quantized file (1 thread and all cores) and of its FP32 source (1 thread) at imgsz."""
-    from ..models import onnx_runtime
-    from ..models.runtimes import runtime_for
+    from ..runtimes import onnx_runtime, runtime_for
 
     imgsz = family.file_imgsz(config.imgsz)
     threads = sorted({1, onnx_runtime.all_cores()})

@@ -20,8 +20,8 @@ _INTEGRATIONS = ("clearml", "comet", "dvc", "hub", "mlflow", "neptune", "raytune
 @lru_cache(maxsize=None)
 def ultralytics_ready() -> None:
     """Configure the environment, import Ultralytics once, switch its integrations off."""
-    from ..data import cache_root
-    from ..offline import configure_offline
+    from ...data import cache_root
+    from ...offline import configure_offline
 
     configure_offline(cache_root())
     user_threads = os.environ.get("OMP_NUM_THREADS")
@@ -70,7 +70,7 @@ def resolved_data_yaml(data: Any) -> str:
     """
     import yaml
 
-    from ..data import dataset_root
+    from ...data import dataset_root
 
     source = Path(data.path)
     content = yaml.safe_load(source.read_text()) or {}
@@ -84,7 +84,7 @@ def resolved_data_yaml(data: Any) -> str:
     content.pop("download", None)
     if "names" not in content and "nc" not in content:
         content["names"] = list(data.names)
-    from ..data import cache_root
+    from ...data import cache_root
 
     folder = cache_root() / "yolo-data"
     folder.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from ..config_base import ConfigProblem
+from ...config_base import ConfigProblem
 
 if TYPE_CHECKING:
     import torch
@@ -92,7 +92,7 @@ def hub_weights(source: str, name: str) -> tuple[Path, Any]:
     import torch
     import torchvision
 
-    from ..registry import did_you_mean
+    from ...registry import did_you_mean
 
     try:
         enum = torchvision.models.get_model_weights(source)

@@ -4,27 +4,26 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
-from ..timing import timed
-from ._shapes import apply_shapes, decomposed_layers, module_attributes, restore_decomposed
-from ._yolo_arch import check_architecture, check_description
-from ._yolo_env import first_device_string, resolved_data_yaml, strip_integration_callbacks, ultralytics_ready
-from .base import EvalKnobs, Keep, ModelFamily, TrainContext, TrainKnobs, TrainResult
+from ...timing import timed
+from .._shapes import apply_shapes, decomposed_layers, module_attributes, restore_decomposed
+from .architecture import check_architecture, check_description
+from .environment import first_device_string, resolved_data_yaml, strip_integration_callbacks, ultralytics_ready
+from .stride import round_to_stride
+from ..base import EvalKnobs, Keep, ModelDescription, ModelFamily, TrainContext, TrainKnobs, TrainResult
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from ..data import DataSource
-    from .distill import Distillation
-    from .hooks import TrainHook
+    from ...data import DataSource
+    from ..distill import Distillation
+    from ..hooks import TrainHook
 
-DESCRIPTION_FORMAT = 1
 _NOT_DETECTION = ("Segment", "Pose", "OBB", "Classify", "WorldDetect", "YOLOEDetect", "RTDETRDecoder", "Semantic")
 
 
@@ -38,15 +37,11 @@ def _head_prefix(model: Any) -> str:
     return f"/model.{max(indices)}/"
 
 
-def _round_to_stride(imgsz: int, stride: int = 32) -> int:
-    return max(stride, int(math.ceil(imgsz / stride) * stride))
-
-
 class YoloFamily(ModelFamily):
     name = "yolo"
     primary_metric = "mAP50-95"
     accuracy_metrics = ("mAP50", "mAP50-95", "precision", "recall")
-    # a list of GPUs trains with Ultralytics' DDP (models/_yolo_workers.py); check_device checks each exists
+    # a list of GPUs trains with Ultralytics' DDP (models/yolo/workers.py); check_device checks each exists
     max_devices = 1024
 
     # -- building ---------------------------------------------------------
@@ -63,7 +58,7 @@ class YoloFamily(ModelFamily):
         self._yaml_dict(source)
 
     def check_args(self, args: dict[str, Any]) -> None:
-        from ._yolo_train import check_args
+        from .training import check_args
 
         check_args(args)
 
@@ -147,8 +142,8 @@ class YoloFamily(ModelFamily):
     def train(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, epochs: int, ctx: TrainContext,
               hooks: Sequence[TrainHook] = (), keep: Keep = "best",
               distill: Optional[Distillation] = None) -> TrainResult:
-        """Ultralytics' trainer; `distill` wraps the student in Ultralytics' DistillationModel (see _yolo_train)."""
-        from ._yolo_train import release_gpu_memory, run_training
+        """Ultralytics' trainer; `distill` wraps the student in Ultralytics' DistillationModel (see yolo/training.py)."""
+        from .training import release_gpu_memory, run_training
 
         source = str(getattr(model, "yaml", {}).get("yaml_file", "yolov8n.yaml"))
         model, metrics, trained, reached = run_training(model, self.rebuild, self.describe, resolved_data_yaml(data),
@@ -213,7 +208,7 @@ class YoloFamily(ModelFamily):
         import torch
 
         stride = int(max(getattr(model, "stride", torch.tensor([32.0])).max().item(), 32))
-        size = _round_to_stride(imgsz, stride)
+        size = round_to_stride(imgsz, stride)
         return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
 
     def output_layers(self, model: nn.Module) -> list[nn.Module]:
@@ -241,62 +236,64 @@ class YoloFamily(ModelFamily):
         return kept
 
     def prepare_for_pruning(self, model: nn.Module) -> nn.Module:
-        from ._yolo_blocks import replace_c2f
+        from .blocks import replace_c2f
 
         if replace_c2f(model):
             model._rr_split_c2f = True
         return model
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
-        description = {
-            "family": self.name, "format": DESCRIPTION_FORMAT,
-            "yaml": copy.deepcopy(model.yaml), "nc": int(model.nc if hasattr(model, "nc") else model.yaml["nc"]),
-            "names": [str(v) for _, v in sorted(dict(getattr(model, "names", {}) or {}).items())],
-            "split_c2f": bool(getattr(model, "_rr_split_c2f", False)),
-            "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-            "attributes": module_attributes(model),
-        }
+        transforms: dict[str, Any] = {"split_c2f": bool(getattr(model, "_rr_split_c2f", False))}
         decomposed = decomposed_layers(model)
         if decomposed:  # only then: every other description stays as it was
-            description["decomposed"] = decomposed
-        return description
+            transforms["decomposed"] = decomposed
+        nc = int(model.nc if hasattr(model, "nc") else model.yaml["nc"])
+        names = [str(v) for _, v in sorted(dict(getattr(model, "names", {}) or {}).items())]
+        return ModelDescription(
+            family=self.name, fields={"yaml": copy.deepcopy(model.yaml), "nc": nc, "names": names},
+            transforms=transforms,
+            state_dict={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+            attributes=module_attributes(model),
+        ).to_dict()
 
     def rebuild(self, description: dict[str, Any]) -> nn.Module:
         """Only from an allow-listed architecture: the description may come from someone else's checkpoint."""
+        envelope = ModelDescription.from_dict(description, self.name)
         ultralytics_ready()
         from ultralytics.nn.tasks import DetectionModel
 
         check_description(description)
-        model = DetectionModel(copy.deepcopy(description["yaml"]), nc=int(description["nc"]), verbose=False)
-        if description.get("split_c2f"):
+        fields = envelope.fields
+        model = DetectionModel(copy.deepcopy(fields["yaml"]), nc=int(fields["nc"]), verbose=False)
+        if envelope.transforms.get("split_c2f"):
             self.prepare_for_pruning(model)
-        restore_decomposed(model, description.get("decomposed", []))
-        apply_shapes(model, description["state_dict"], description["attributes"])
-        model.nc = int(description["nc"])
-        if description.get("names"):
-            model.names = dict(enumerate(description["names"]))
+        restore_decomposed(model, envelope.transforms.get("decomposed", []))
+        apply_shapes(model, envelope.state_dict, envelope.attributes)
+        model.nc = int(fields["nc"])
+        if fields.get("names"):
+            model.names = dict(enumerate(fields["names"]))
         return model.eval()
 
     # -- export -----------------------------------------------------------
     def export_onnx(self, model: nn.Module, data, config, path: Path) -> dict[str, float]:
-        from ._yolo_export import export_and_check
+        from .export import export_and_check
 
         return export_and_check(self, model, data, config, path)
 
     def write_onnx(self, model: nn.Module, path: Path, imgsz: int, opset: int = 17) -> Path:
         """Ultralytics' exporter with dynamic batch, height and width (its metadata lets the validator run the file,
         and a model quantized at the recipe's imgsz can be timed at 640)."""
-        from ._yolo_export import export_onnx_file
+        from .export import export_onnx_file
 
-        return export_onnx_file(model, path, _round_to_stride(imgsz), opset, True, False, 1)
+        return export_onnx_file(model, path, round_to_stride(imgsz), opset, True, False, 1)
 
     def calibration_batches(self, data, imgsz: int, count: int, seed: int = 0, split: str = "train"):
-        from ._yolo_export import sample_images
+        from .export import sample_images
 
-        return sample_images(data, _round_to_stride(imgsz), count, seed, split)
+        return sample_images(data, round_to_stride(imgsz), count, seed, split)
 
     def file_imgsz(self, imgsz: int) -> int:
-        return _round_to_stride(imgsz)
+        return round_to_stride(imgsz)
 
     def evaluate_file(self, path: Path, data, knobs: EvalKnobs) -> dict[str, float]:
         """Ultralytics' validator runs the file: an .onnx directly, an OpenVINO IR unpacked into the
@@ -304,13 +301,13 @@ class YoloFamily(ModelFamily):
 
         Ultralytics' AutoBackend picks its loader from the file name (a *.pt is unpickled, code and all), so it is
         handed only a copy named here, model.onnx or model_openvino_model/, whatever the file was called."""
-        from .openvino_runtime import is_openvino, unpack
+        from ...runtimes.openvino_runtime import is_openvino, unpack
 
         path = Path(path)
         if path.suffix not in (".onnx", ".openvino"):
             raise ValueError(f"{path.name}: only .onnx and .openvino model files are evaluated (a file named otherwise "
                              "could make Ultralytics unpickle it)")
-        knobs = knobs.model_copy(update={"imgsz": _round_to_stride(knobs.imgsz)})
+        knobs = knobs.model_copy(update={"imgsz": round_to_stride(knobs.imgsz)})
         with tempfile.TemporaryDirectory(prefix="yolo-file-") as work:
             if not is_openvino(path):
                 named = Path(work) / "model.onnx"

@@ -1,4 +1,5 @@
-"""Which runtime runs a model file: ONNX Runtime for .onnx, OpenVINO for the packed IR (.openvino).
+"""The runtimes that run exported model files, below the model families (which write the files): which one runs
+a file, ONNX Runtime for .onnx (`onnx_runtime`), OpenVINO for the packed IR, .openvino (`openvino_runtime`).
 
 Both modules offer the same calls (session, run, input_shape, measure), so evaluation and the
 benchmark treat every file alike.
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
+
+__all__ = ["accepts_size", "dynamic_batch", "runtime_for"]
 
 
 def runtime_for(path: Path, runtime: str = "auto") -> ModuleType:

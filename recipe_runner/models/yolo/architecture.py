@@ -15,7 +15,7 @@ import math
 import re
 from typing import Any
 
-from ..persistence.checkpoints import CheckpointError
+from ...persistence.checkpoints import CheckpointError
 
 # Every layer module the detection yamls shipped with Ultralytics 8.4 use (v3, v5, v6, v8, v9, v10, 11, 12, 26 and
 # their p2/p6/ghost variants); tests/test_yolo_arch.py checks that every shipped detection yaml passes.

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
 import torch
 from torch import nn
 
-from ._yolo_amp import offline_amp_check
-from ._yolo_env import device_string, strip_integration_callbacks, ultralytics_ready
-from .hooks import HookChain, training_hooks
+from .amp import offline_amp_check
+from .environment import device_string, strip_integration_callbacks, ultralytics_ready
+from ..hooks import HookChain, training_hooks
 
 _OPTIMIZERS = {"auto": "auto", "sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 # The trainer's own arguments: users' `args:` may not override these.
@@ -46,7 +46,7 @@ def check_args(args: dict[str, Any]) -> None:
     ultralytics_ready()
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
-    from ..registry import did_you_mean
+    from ...registry import did_you_mean
 
     for key in args:
         if key in _OWNED:
@@ -58,9 +58,9 @@ def check_args(args: dict[str, Any]) -> None:
 
 
 if TYPE_CHECKING:
-    from .base import Keep, TrainContext, TrainKnobs
-    from .distill import Distillation
-    from .hooks import TrainHook
+    from ..base import Keep, TrainContext, TrainKnobs
+    from ..distill import Distillation
+    from ..hooks import TrainHook
 
 
 def train_args(knobs: TrainKnobs, epochs: int, data_yaml: str, save_dir: Path, seed: int, source: str,
@@ -204,7 +204,7 @@ def make_trainer_class(hooks: HookChain, resume: Optional[dict], teacher: Option
 
 class EpochSink(Protocol):
     """Where the epoch callbacks send what training produced: the stage run in this process (ContextSink), or in
-    a DDP worker the files its launching process relays there (_yolo_workers.SpoolSink)."""
+    a DDP worker the files its launching process relays there (workers.SpoolSink)."""
 
     def epoch_end(self, epoch: int, metrics: dict[str, float], state: Callable[[], Optional[dict]]) -> None:
         """Epoch `epoch` (counting from 1) finished; `state()` builds its resumable state if wanted."""
@@ -231,7 +231,7 @@ class ContextSink:
         self.ctx.log_metrics(metrics, step=epoch)
         if self.ctx.epoch_state_due(epoch):
             built = state()
-            if built is not None:  # None: a DDP worker was not asked for it in time (see _yolo_workers)
+            if built is not None:  # None: a DDP worker was not asked for it in time (see workers.py)
                 self.ctx.save_epoch_state(built, epoch)
         self.advance(1)
 
@@ -338,7 +338,7 @@ def run_training(model: nn.Module, rebuild: Callable[[dict], nn.Module], describ
                  distill: Optional[Distillation] = None) -> tuple[nn.Module, dict[str, float], int, int]:
     """Train `model` for `epochs`, here or in DDP worker processes (`device: [0, 1]`); returns (model on the CPU,
     last epoch metrics, epochs run here, epoch reached)."""
-    from ._yolo_workers import SpoolRelay, SpoolSink, launches_workers, train_in_workers
+    from .workers import SpoolRelay, SpoolSink, launches_workers, train_in_workers
 
     ultralytics_ready()
     state = ctx.resume_state

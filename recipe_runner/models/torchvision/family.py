@@ -11,18 +11,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config_base import ConfigProblem
-from ..timing import timed
-from ._shapes import apply_shapes, decomposed_layers, module_attributes, restore_decomposed
-from ._weights import Preprocess, hub_weights, load_state_file, weights_preprocess
-from .base import EvalKnobs, Keep, ModelFamily, TrainContext, TrainKnobs, TrainResult, torch_device
-from .hooks import training_hooks
+from ...config_base import ConfigProblem
+from ...timing import timed
+from .._shapes import apply_shapes, decomposed_layers, module_attributes, restore_decomposed
+from .weights import Preprocess, hub_weights, load_state_file, weights_preprocess
+from ..base import EvalKnobs, Keep, ModelDescription, ModelFamily, TrainContext, TrainKnobs, TrainResult, torch_device
+from ..hooks import training_hooks
 from .small_cnn import SMALL_MODELS
 
 if TYPE_CHECKING:
-    from ..data import DataSource
-    from .distill import Distillation
-    from .hooks import TrainHook
+    from ...data import DataSource
+    from ..distill import Distillation
+    from ..hooks import TrainHook
 
 
 def _image_folder(base: type) -> type:
@@ -63,7 +63,7 @@ class TorchvisionFamily(ModelFamily):
 
     def check_source(self, source: str) -> None:
         if source not in _known_architectures():
-            from ..registry import did_you_mean
+            from ...registry import did_you_mean
 
             hint = did_you_mean(source, _known_architectures())
             if not hint and source.lower().startswith(("yolo", "rtdetr")):  # an Ultralytics name missing its suffix
@@ -84,7 +84,7 @@ class TorchvisionFamily(ModelFamily):
     # -- trained weights --------------------------------------------------
     def _named_weights(self) -> Optional[str]:
         """A torchvision weights name (IMAGENET1K_V1), or None for none or a file."""
-        from .base import WEIGHTS_NAME
+        from ..base import WEIGHTS_NAME
 
         weights = self.model.weights if self.model is not None else None
         return weights if weights is not None and WEIGHTS_NAME.fullmatch(weights) else None
@@ -217,7 +217,7 @@ class TorchvisionFamily(ModelFamily):
               distill: Optional[Distillation] = None) -> TrainResult:
         """Cosine-schedule training; it keeps no best epoch, so `keep` returns the last epoch's weights either way.
         With `distill`, the loss is Hinton KD on the logits mixed with cross-entropy by the distillation weight."""
-        from .distill import kd_loss, mixed_loss
+        from ..distill import kd_loss, mixed_loss
 
         device = torch_device(knobs.device)
         teacher = distill.teacher.to(device).eval() if distill is not None else None
@@ -329,18 +329,24 @@ class TorchvisionFamily(ModelFamily):
         return [linears[-1]] if linears else convs[-1:]
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
-        description = {"family": self.name, "source": model._rr_source, "num_classes": model._rr_num_classes,
-                       "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                       "attributes": module_attributes(model)}
         decomposed = decomposed_layers(model)
-        if decomposed:  # only then: every other description stays as it was
-            description["decomposed"] = decomposed
-        return description
+        return ModelDescription(
+            family=self.name, fields={"source": model._rr_source, "num_classes": model._rr_num_classes},
+            # only when decomposed: every other description stays as it was
+            transforms={"decomposed": decomposed} if decomposed else {},
+            state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            attributes=module_attributes(model),
+        ).to_dict()
 
     def rebuild(self, description: dict[str, Any]) -> nn.Module:
-        model = self._construct(description["source"], int(description["num_classes"]))
-        restore_decomposed(model, description.get("decomposed", []))
-        apply_shapes(model, description["state_dict"], description["attributes"])
+        envelope = ModelDescription.from_dict(description, self.name)
+        model = self._construct(envelope.fields["source"], int(envelope.fields["num_classes"]))
+        return self._restore(model, envelope)
+
+    def _restore(self, model: nn.Module, envelope: ModelDescription) -> nn.Module:
+        """Replay the envelope's transforms and shapes onto a freshly built `model` and load its weights."""
+        restore_decomposed(model, envelope.transforms.get("decomposed", []))
+        apply_shapes(model, envelope.state_dict, envelope.attributes)
         return model.eval()
 
     # -- export -----------------------------------------------------------
@@ -371,8 +377,8 @@ class TorchvisionFamily(ModelFamily):
     def evaluate_file(self, path: Path, data, knobs: EvalKnobs) -> dict[str, float]:
         """Top-1 and loss of the file (ONNX, or OpenVINO IR) on the validation split (batch 1 if its batch axis
         is fixed)."""
-        from .onnx_runtime import all_cores
-        from .runtimes import dynamic_batch, runtime_for
+        from ...runtimes.onnx_runtime import all_cores
+        from ...runtimes import dynamic_batch, runtime_for
 
         runtime = runtime_for(path)
         batch = knobs.batch if dynamic_batch(path) else 1
@@ -386,7 +392,7 @@ class TorchvisionFamily(ModelFamily):
         return {"top1": correct / max(total, 1), "val_loss": loss / max(total, 1)}
 
     def export_onnx(self, model: nn.Module, data: DataSource, config, path: Path) -> dict[str, float]:
-        from . import onnx_runtime
+        from ...runtimes import onnx_runtime
 
         model.eval()
         example = self.example_inputs(model, config.imgsz)

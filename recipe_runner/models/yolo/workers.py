@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import torch
 from torch import nn
 
-from ..persistence.checkpoints import save_checkpoint
+from ...persistence.checkpoints import save_checkpoint
 
 if TYPE_CHECKING:
-    from ._yolo_train import ContextSink
+    from .training import ContextSink
 
 POLL_S = 1.0  # how often the launching process relays finished epochs
 # after Ctrl-C or a Ray cancel, how long the workers get to exit before they are killed (under the Ray executor's

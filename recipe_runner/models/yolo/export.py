@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._yolo_env import resolved_data_yaml, strip_integration_callbacks, ultralytics_ready
+from .environment import resolved_data_yaml, strip_integration_callbacks, ultralytics_ready
+from .stride import round_to_stride
 
 
 def export_onnx_file(model: nn.Module, path: Path, imgsz: int, opset: int, dynamic: bool, simplify: bool, batch: int) -> Path:
@@ -63,7 +64,7 @@ def split_files(data: Any, split: str) -> list[Path]:
     ultralytics_ready()
     from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
 
-    from ..data import listed_images
+    from ...data import listed_images
 
     info = check_det_dataset(resolved_data_yaml(data))
     entries = info[split] if isinstance(info[split], list) else [info[split]]
@@ -88,10 +89,9 @@ def letterboxed(files: list[Path], imgsz: int) -> np.ndarray:
 
 
 def export_and_check(family: Any, model: nn.Module, data: Any, config: Any, path: Path) -> dict[str, float]:
-    from . import onnx_runtime
-    from .yolo import _round_to_stride
+    from ...runtimes import onnx_runtime
 
-    imgsz = _round_to_stride(config.imgsz)
+    imgsz = round_to_stride(config.imgsz)
     batch = config.batch if config.dynamic else 1
     export_onnx_file(model, path, imgsz, config.opset, config.dynamic, config.simplify, batch)
 

@@ -1,10 +1,12 @@
 """What the benchmark scripts share: run a recipe through the engine, then get each stage's output model back."""
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def run_recipe(text: str, work: Path, force: tuple[str, ...] = ()) -> tuple[Any, list, float]:
@@ -18,7 +20,9 @@ def run_recipe(text: str, work: Path, force: tuple[str, ...] = ()) -> tuple[Any,
     recipe.write_text(text)
     started = time.time()
     plan = prepare(recipe, RunOptions(force=list(force)))
-    reports = Engine(plan, lambda description, total: (lambda n: None), announce=lambda line: print(line, flush=True)).run()
+    reports = Engine(
+        plan, lambda description, total: lambda n: None, announce=lambda line: print(line, flush=True)
+    ).run()
     return plan, reports, time.time() - started
 
 

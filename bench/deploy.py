@@ -16,6 +16,7 @@ runtime, mAP50-95 (of the file itself for INT8 rows, on the 16 validation images
 A WORKDIR keeps its mlflow.db: a second call reuses every stage (and shares train/prune/finetune with
 recipes/yolov8_depgraph.yaml and recipes/yolov8_deploy.yaml run in the same folder).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -27,11 +28,29 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import compute_seconds, run_recipe  # noqa: E402
 
-FULL = {"data": "builtin:shapes", "imgsz": 160, "batch": 16, "train": 40, "steps": 4, "step_epochs": 10,
-        "finetune": 30, "calibration": 64, "max_drop": 0.05}
+FULL = {
+    "data": "builtin:shapes",
+    "imgsz": 160,
+    "batch": 16,
+    "train": 40,
+    "steps": 4,
+    "step_epochs": 10,
+    "finetune": 30,
+    "calibration": 64,
+    "max_drop": 0.05,
+}
 # the smoke test: the numbers mean nothing (mAP ~0), the path through every stage is what it checks
-TINY = {"data": "builtin:shapes?train=16&val=8&imgsz=64", "imgsz": 64, "batch": 8, "train": 2, "steps": 1,
-        "step_epochs": 0, "finetune": 1, "calibration": 8, "max_drop": 1.0}
+TINY = {
+    "data": "builtin:shapes?train=16&val=8&imgsz=64",
+    "imgsz": 64,
+    "batch": 8,
+    "train": 2,
+    "steps": 1,
+    "step_epochs": 0,
+    "finetune": 1,
+    "calibration": 8,
+    "max_drop": 1.0,
+}
 LATENCY = "latency_ms_t1_640px"
 
 
@@ -46,17 +65,26 @@ def recipe(size: dict, openvino: bool) -> str:
     for model in ("train", "finetune"):
         stages.append(f"  fp32_{model}: {{type: benchmark, from: {model}, bench_imgsz: 640, batch: 4}}")
         if openvino:  # the same FP32 file, run by OpenVINO: each backend's INT8 against its own runtime's FP32
-            stages.append(f"  fp32_openvino_{model}: {{type: benchmark, from: {model}, bench_imgsz: 640, batch: 4, "
-                          f"runtime: openvino}}")
+            stages.append(
+                f"  fp32_openvino_{model}: {{type: benchmark, from: {model}, bench_imgsz: 640, batch: 4, "
+                f"runtime: openvino}}"
+            )
         for backend in backends:
             name = "onnxruntime" if backend == "ort" else "openvino"
-            stages.append(f"  int8_{backend}_{model}: {{type: quantize, from: {model}, backend: {name}, "
-                          f"calibration_images: {size['calibration']}, max_metric_drop: {size['max_drop']}}}")
-            stages.append(f"  bench_{backend}_{model}: {{type: benchmark, from: int8_{backend}_{model}, "
-                          f"bench_imgsz: 640, batch: 4}}")
-    return (f"version: 1\nname: bench-yolov8n-deploy\nseed: 0\nmodel: yolov8n.yaml\ndata: {size['data']}\n"
-            f"defaults: {{imgsz: {size['imgsz']}, batch: {size['batch']}, args: {{nbs: 16}}}}\nstages:\n"
-            + "\n".join(stages) + "\n")
+            stages.append(
+                f"  int8_{backend}_{model}: {{type: quantize, from: {model}, backend: {name}, "
+                f"calibration_images: {size['calibration']}, max_metric_drop: {size['max_drop']}}}"
+            )
+            stages.append(
+                f"  bench_{backend}_{model}: {{type: benchmark, from: int8_{backend}_{model}, "
+                f"bench_imgsz: 640, batch: 4}}"
+            )
+    return (
+        f"version: 1\nname: bench-yolov8n-deploy\nseed: 0\nmodel: yolov8n.yaml\ndata: {size['data']}\n"
+        f"defaults: {{imgsz: {size['imgsz']}, batch: {size['batch']}, args: {{nbs: 16}}}}\nstages:\n"
+        + "\n".join(stages)
+        + "\n"
+    )
 
 
 def rows(metrics: dict[str, dict], openvino: bool) -> list[dict]:
@@ -65,15 +93,29 @@ def rows(metrics: dict[str, dict], openvino: bool) -> list[dict]:
         timed = [("onnxruntime", f"fp32_{model}")] + ([("openvino", f"fp32_openvino_{model}")] if openvino else [])
         for runtime, node in timed:
             bench = metrics[node]
-            out.append({"model": f"{label} FP32 ({'ONNX Runtime' if runtime == 'onnxruntime' else 'OpenVINO'})",
-                        "runtime": runtime, "macs": metrics[model]["macs"], "size_mb": bench["file_size_mb_640px"],
-                        "ms_640_t1": bench[LATENCY], "mAP50-95": metrics[model]["mAP50-95"]})
+            out.append(
+                {
+                    "model": f"{label} FP32 ({'ONNX Runtime' if runtime == 'onnxruntime' else 'OpenVINO'})",
+                    "runtime": runtime,
+                    "macs": metrics[model]["macs"],
+                    "size_mb": bench["file_size_mb_640px"],
+                    "ms_640_t1": bench[LATENCY],
+                    "mAP50-95": metrics[model]["mAP50-95"],
+                }
+            )
         for backend in ["ort"] + (["openvino"] if openvino else []):
             quantized, timed = metrics[f"int8_{backend}_{model}"], metrics[f"bench_{backend}_{model}"]
-            out.append({"model": f"{label} INT8 ({'ONNX Runtime' if backend == 'ort' else 'OpenVINO'})",
-                        "runtime": "onnxruntime" if backend == "ort" else "openvino", "macs": quantized["macs"],
-                        "size_mb": quantized["size_mb"], "ms_640_t1": timed[LATENCY],
-                        "mAP50-95": quantized["mAP50-95"], "fp32_file_mAP50-95": quantized["fp32_mAP50-95"]})
+            out.append(
+                {
+                    "model": f"{label} INT8 ({'ONNX Runtime' if backend == 'ort' else 'OpenVINO'})",
+                    "runtime": "onnxruntime" if backend == "ort" else "openvino",
+                    "macs": quantized["macs"],
+                    "size_mb": quantized["size_mb"],
+                    "ms_640_t1": timed[LATENCY],
+                    "mAP50-95": quantized["mAP50-95"],
+                    "fp32_file_mAP50-95": quantized["fp32_mAP50-95"],
+                }
+            )
     base = out[0]["ms_640_t1"]  # the FP32 baseline in ONNX Runtime
     same = {r["runtime"]: r["ms_640_t1"] for r in reversed(out) if r["model"].startswith("baseline FP32")}
     for row in out:
@@ -90,20 +132,36 @@ def main() -> None:
     if not openvino:
         print("openvino/nncf not installed: ONNX Runtime rows only (pip install 'recipe-runner[openvino]')")
     text = recipe(TINY if tiny else FULL, openvino)
-    measuring = [line.split(":")[0].strip() for line in text.splitlines() if "type: benchmark" in line
-                 or "type: quantize" in line]
+    measuring = [
+        line.split(":")[0].strip()
+        for line in text.splitlines()
+        if "type: benchmark" in line or "type: quantize" in line
+    ]
     plan, reports, wall = run_recipe(text, work, force=tuple(measuring) if "--retime" in sys.argv else ())
     table = rows({r.node_id: r.metrics for r in reports}, openvino)
-    print(f"{'model':34} {'MACs@' + str((TINY if tiny else FULL)['imgsz']):>9} {'MB':>6} {'ms@640 1t':>9} "
-          f"{'speedup':>8} {'same-rt':>8} {'mAP50-95':>8}")
+    print(
+        f"{'model':34} {'MACs@' + str((TINY if tiny else FULL)['imgsz']):>9} {'MB':>6} {'ms@640 1t':>9} "
+        f"{'speedup':>8} {'same-rt':>8} {'mAP50-95':>8}"
+    )
     for r in table:
-        print(f"{r['model']:34} {r['macs'] / 1e6:8.1f}M {r['size_mb']:6.2f} {r['ms_640_t1']:9.1f} "
-              f"{r['speedup']:7.2f}x {r['speedup_same_runtime']:7.2f}x {r['mAP50-95']:8.3f}")
+        print(
+            f"{r['model']:34} {r['macs'] / 1e6:8.1f}M {r['size_mb']:6.2f} {r['ms_640_t1']:9.1f} "
+            f"{r['speedup']:7.2f}x {r['speedup_same_runtime']:7.2f}x {r['mAP50-95']:8.3f}"
+        )
     out = Path(__file__).resolve().parent / "results" / ("deploy_tiny.json" if tiny else "deploy.json")
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"recipe": text, "wall_seconds": wall, "stage_seconds": compute_seconds(plan, reports),
-                               "latency": "batch 1, 1 thread, 640x640, median of 50 after 10 warm-up calls",
-                               "rows": table}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "recipe": text,
+                "wall_seconds": wall,
+                "stage_seconds": compute_seconds(plan, reports),
+                "latency": "batch 1, 1 thread, 640x640, median of 50 after 10 warm-up calls",
+                "rows": table,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out} ({wall:.0f} s for the recipe)")
 
 

@@ -10,6 +10,7 @@ writes bench/results/hard_data.json with the sizes, epochs and seconds it ran at
 The defaults are the dataset's own size and the quickstart's epochs (several CPU minutes per dataset on 2 idle
 cores); pass smaller numbers on a busy machine and say so: the JSON records what was run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,23 +56,39 @@ def main() -> None:
         plan, reports, wall = run_recipe(recipe, root / name)
         os.chdir(here)
         metrics = {r.node_id: r.metrics for r in reports}
-        rows.append({
-            "data": f"builtin:{name}?train={args.train}&val={args.val}",
-            **{f"{stage}_mAP50-95": metrics[stage]["mAP50-95"] for stage in ("train", "prune", "finetune")},
-            "train_mAP50": metrics["train"]["mAP50"],
-            "macs_kept": metrics["prune"]["macs"] / metrics["train"]["macs"],
-            "stage_seconds": compute_seconds(plan, reports), "wall_seconds": time.time() - started,
-        })
+        rows.append(
+            {
+                "data": f"builtin:{name}?train={args.train}&val={args.val}",
+                **{f"{stage}_mAP50-95": metrics[stage]["mAP50-95"] for stage in ("train", "prune", "finetune")},
+                "train_mAP50": metrics["train"]["mAP50"],
+                "macs_kept": metrics["prune"]["macs"] / metrics["train"]["macs"],
+                "stage_seconds": compute_seconds(plan, reports),
+                "wall_seconds": time.time() - started,
+            }
+        )
     print(f"{'data':38} {'trained':>8} {'pruned':>8} {'tuned':>8} {'MACs kept':>9} {'seconds':>8}   (mAP50-95)")
     for r in rows:
-        print(f"{r['data']:38} {r['train_mAP50-95']:8.3f} {r['prune_mAP50-95']:8.3f} {r['finetune_mAP50-95']:8.3f} "
-              f"{r['macs_kept']:9.3f} {r['stage_seconds']:8.0f}")
+        print(
+            f"{r['data']:38} {r['train_mAP50-95']:8.3f} {r['prune_mAP50-95']:8.3f} {r['finetune_mAP50-95']:8.3f} "
+            f"{r['macs_kept']:9.3f} {r['stage_seconds']:8.0f}"
+        )
     out = Path(__file__).resolve().parent / "results" / "hard_data.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({
-        "recipe": RECIPE, "train_images": args.train, "val_images": args.val, "epochs": args.epochs,
-        "finetune_epochs": args.finetune, "cpu_cores": os.cpu_count(), "note": args.note, "rows": rows,
-    }, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "recipe": RECIPE,
+                "train_images": args.train,
+                "val_images": args.val,
+                "epochs": args.epochs,
+                "finetune_epochs": args.finetune,
+                "cpu_cores": os.cpu_count(),
+                "note": args.note,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -11,6 +11,7 @@ and writes bench/results/methods.json.
 
 A WORKDIR keeps its mlflow.db: a second call reuses every finished stage and prints the same table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -90,29 +91,45 @@ def method_rows(plan: Any, reports: list, recipe: dict[str, Any]) -> list[dict[s
         while parent in stages and stages[parent]["type"] != "train":
             before_prune += _seconds(_source_run(client, by_id[parent].run_id))
             parent = stages[parent].get("from")
-        label = stage["method"] + (f" {stage['importance']}" if "importance" in stage else "") \
+        label = (
+            stage["method"]
+            + (f" {stage['importance']}" if "importance" in stage else "")
             + (f" {stage['rank_ratio']}" if "rank_ratio" in stage else "")
-        rows.append({
-            "branch": sid.removeprefix("prune_"), "method": label, "macs": after["macs"], "params": after["params"],
-            f"{PRIMARY}_baseline": prune.data.metrics.get(f"baseline_{PRIMARY}"),
-            f"{PRIMARY}_pruned": history[-1].value if history else None,
-            f"{PRIMARY}_finetuned": after[PRIMARY], "mAP50_finetuned": after["mAP50"],
-            "pre_seconds": before_prune, "prune_seconds": _seconds(prune),
-            "finetune_seconds": _seconds(_source_run(client, by_id[finetune].run_id)) if finetune else 0.0,
-        })
+        )
+        rows.append(
+            {
+                "branch": sid.removeprefix("prune_"),
+                "method": label,
+                "macs": after["macs"],
+                "params": after["params"],
+                f"{PRIMARY}_baseline": prune.data.metrics.get(f"baseline_{PRIMARY}"),
+                f"{PRIMARY}_pruned": history[-1].value if history else None,
+                f"{PRIMARY}_finetuned": after[PRIMARY],
+                "mAP50_finetuned": after["mAP50"],
+                "pre_seconds": before_prune,
+                "prune_seconds": _seconds(prune),
+                "finetune_seconds": _seconds(_source_run(client, by_id[finetune].run_id)) if finetune else 0.0,
+            }
+        )
     return rows
 
 
 def print_table(rows: list[dict[str, Any]], baseline: dict[str, float]) -> None:
-    print(f"{'branch':18} {'method':18} {'MACs':>8} {'params':>7} {'pruned':>7} {'fine-tuned':>10} "
-          f"{'pre s':>6} {'prune s':>7} {'ft s':>6}")
-    print(f"{'(trained model)':18} {'':18} {baseline['macs'] / 1e6:7.1f}M {baseline['params'] / 1e6:6.2f}M "
-          f"{'':>7} {baseline[PRIMARY]:10.3f}")
+    print(
+        f"{'branch':18} {'method':18} {'MACs':>8} {'params':>7} {'pruned':>7} {'fine-tuned':>10} "
+        f"{'pre s':>6} {'prune s':>7} {'ft s':>6}"
+    )
+    print(
+        f"{'(trained model)':18} {'':18} {baseline['macs'] / 1e6:7.1f}M {baseline['params'] / 1e6:6.2f}M "
+        f"{'':>7} {baseline[PRIMARY]:10.3f}"
+    )
     for r in rows:
         pruned = "-" if r[f"{PRIMARY}_pruned"] is None else f"{r[f'{PRIMARY}_pruned']:.3f}"
-        print(f"{r['branch']:18} {r['method']:18} {r['macs'] / 1e6:7.1f}M {r['params'] / 1e6:6.2f}M {pruned:>7} "
-              f"{r[f'{PRIMARY}_finetuned']:10.3f} {r['pre_seconds']:6.0f} {r['prune_seconds']:7.0f} "
-              f"{r['finetune_seconds']:6.0f}")
+        print(
+            f"{r['branch']:18} {r['method']:18} {r['macs'] / 1e6:7.1f}M {r['params'] / 1e6:6.2f}M {pruned:>7} "
+            f"{r[f'{PRIMARY}_finetuned']:10.3f} {r['pre_seconds']:6.0f} {r['prune_seconds']:7.0f} "
+            f"{r['finetune_seconds']:6.0f}"
+        )
     print(f"({PRIMARY} on the val split: 'pruned' right after the prune step, 'fine-tuned' after the ft_ stage)")
 
 
@@ -120,8 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdir", nargs="?", help="folder for the run and its mlflow.db (default: a temp folder)")
     parser.add_argument("--tiny", action="store_true", help="smoke-test size: tiny data, one epoch per stage")
-    parser.add_argument("--drop", nargs="*", default=[], metavar="STAGE", help="leave these stages (and their "
-                        "descendants) out")
+    parser.add_argument(
+        "--drop", nargs="*", default=[], metavar="STAGE", help="leave these stages (and their descendants) out"
+    )
     args = parser.parse_args(argv)
     recipe = yaml.safe_load(RECIPE.read_text())
     if args.tiny:
@@ -136,9 +154,19 @@ def main(argv: list[str] | None = None) -> None:
     # a smoke run must not overwrite the committed results of the full benchmark: it writes into its workdir
     out = work / "methods.json" if args.tiny or args.drop else HERE / "results" / "methods.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"recipe": text, "wall_seconds": wall, "dropped": args.drop, "tiny": args.tiny,
-                               "baseline": {k: baseline[k] for k in ("macs", "params", PRIMARY, "mAP50")},
-                               "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "recipe": text,
+                "wall_seconds": wall,
+                "dropped": args.drop,
+                "tiny": args.tiny,
+                "baseline": {k: baseline[k] for k in ("macs", "params", PRIMARY, "mAP50")},
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out} ({wall:.0f} s for the recipe)")
 
 

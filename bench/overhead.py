@@ -5,7 +5,8 @@ validation around each, fine-tune, ONNX export. Both sides start cold (a new pro
 run alternately, ROUNDS times each, so a slow spell of the machine hits both. The runner writes its own time
 sections ($RECIPE_RUNNER_TIMINGS, recipe_runner/timing.py); then a fully cached re-run and `recipe plan` are
 timed, and whether they imported Ultralytics. Each runner round gets an empty runner cache (data fingerprints,
-the memo of passed model checks), so the first run of a recipe is what is measured. Prints a table and writes bench/results/overhead.json.
+the memo of passed model checks), so the first run of a recipe is what is measured. Prints a table and writes
+bench/results/overhead.json.
 
     python bench/overhead.py [--rounds 2] [--epochs 20 --step-epochs 5 --final-epochs 10]   # ~8 min on 2 cores
 
@@ -16,6 +17,7 @@ saved. Its epoch-checkpoint section (local writes and uploads) is the cost. Writ
 
     python bench/overhead.py --kill [--kill-model resnet18 --kill-images 512]   # ~2-4 min on 2 cores
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,11 +93,23 @@ def main() -> None:
     configure_offline(cache_root())
     env = {**os.environ, "YOLO_CONFIG_DIR": os.environ["YOLO_CONFIG_DIR"], "PYTHONUNBUFFERED": "1"}
     work = Path(tempfile.mkdtemp(prefix="rr-overhead-"))
-    recipe_text = RECIPE.format(data=data_yaml, epochs=args.epochs, step_epochs=args.step_epochs,
-                                final_epochs=args.final_epochs)
-    reference_cmd = [sys.executable, str(HERE / "overhead_reference.py"), "--data", data_yaml, "--epochs",
-                     str(args.epochs), "--steps", "2", "--step-epochs", str(args.step_epochs), "--final-epochs",
-                     str(args.final_epochs)]
+    recipe_text = RECIPE.format(
+        data=data_yaml, epochs=args.epochs, step_epochs=args.step_epochs, final_epochs=args.final_epochs
+    )
+    reference_cmd = [
+        sys.executable,
+        str(HERE / "overhead_reference.py"),
+        "--data",
+        data_yaml,
+        "--epochs",
+        str(args.epochs),
+        "--steps",
+        "2",
+        "--step-epochs",
+        str(args.step_epochs),
+        "--final-epochs",
+        str(args.final_epochs),
+    ]
     runs: list[dict] = []
     for round_ in range(args.rounds):
         ref_dir, run_dir = work / f"ref{round_}", work / f"run{round_}"
@@ -106,20 +120,34 @@ def main() -> None:
         sections = run_dir / "timings.json"
         # a cache of its own per round: fingerprints and the memo of passed checks are computed anew (cold)
         cache = run_dir / "cache"
-        runner = timed([sys.executable, "-m", "recipe_runner.cli", "run", "recipe.yaml"], run_dir,
-                       {**env, "RECIPE_RUNNER_TIMINGS": str(sections), "RECIPE_RUNNER_CACHE": str(cache)})
-        runs.append({"reference_s": reference, "runner_s": runner, "ratio": runner / reference,
-                     "sections": json.loads(sections.read_text())})
-        print(f"round {round_ + 1}: reference {reference:.1f} s, runner {runner:.1f} s ({runner / reference:.3f}x)",
-              flush=True)
+        runner = timed(
+            [sys.executable, "-m", "recipe_runner.cli", "run", "recipe.yaml"],
+            run_dir,
+            {**env, "RECIPE_RUNNER_TIMINGS": str(sections), "RECIPE_RUNNER_CACHE": str(cache)},
+        )
+        runs.append(
+            {
+                "reference_s": reference,
+                "runner_s": runner,
+                "ratio": runner / reference,
+                "sections": json.loads(sections.read_text()),
+            }
+        )
+        print(
+            f"round {round_ + 1}: reference {reference:.1f} s, runner {runner:.1f} s ({runner / reference:.3f}x)",
+            flush=True,
+        )
 
     # nothing left to do: a re-run and a plan of the last round's recipe, in its store
     last = work / f"run{args.rounds - 1}"
     probes = {}
     for verb in ("run", "plan"):
         probe = last / f"probe-{verb}.json"
-        seconds = timed([sys.executable, "-c", PROBE, verb, "recipe.yaml"], last,
-                        {**env, "RR_PROBE": str(probe), "RECIPE_RUNNER_CACHE": str(last / "cache")})
+        seconds = timed(
+            [sys.executable, "-c", PROBE, verb, "recipe.yaml"],
+            last,
+            {**env, "RR_PROBE": str(probe), "RECIPE_RUNNER_CACHE": str(last / "cache")},
+        )
         probes[verb] = {"seconds": seconds, "imported": json.loads(probe.read_text())}
     import_s = timed([sys.executable, "-c", "import torch, ultralytics, torch_pruning"], last, env)
 
@@ -158,8 +186,11 @@ def kill_and_resume(args: argparse.Namespace) -> None:
         (folder / "recipe.yaml").write_text(recipe)
         # a store of its own per run; one cache (the dataset, generated in the warm-up; a finished stage leaves no
         # epoch states in it, and every killed run is re-run to the end)
-        return folder, {**env, "RECIPE_RUNNER_CACHE": str(work / "cache"),
-                        "RECIPE_RUNNER_TIMINGS": str(folder / "timings.json")}
+        return folder, {
+            **env,
+            "RECIPE_RUNNER_CACHE": str(work / "cache"),
+            "RECIPE_RUNNER_TIMINGS": str(folder / "timings.json"),
+        }
 
     def cpu() -> float:  # CPU seconds of finished children: on a busy machine wall time mostly measures the others
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -175,29 +206,47 @@ def kill_and_resume(args: argparse.Namespace) -> None:
     points = []
     for share in (0.35, 0.60, 0.85):
         folder, run_env = fresh(f"kill{int(share * 100)}")
-        process = subprocess.Popen(cmd, cwd=folder, env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            cmd, cwd=folder, env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         time.sleep(share * whole)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         before = cpu()
         rerun = timed(cmd, folder, run_env)
         rerun_cpu = cpu() - before
-        points.append({"killed_at_share": share, "rerun_s": rerun, "rerun_cpu_s": rerun_cpu,
-                       "saved_share_wall": 1 - rerun / whole, "saved_share_cpu": 1 - rerun_cpu / whole_cpu})
-        print(f"killed at {share:.0%}: re-run {rerun:.1f} s ({rerun_cpu:.1f} CPU s) of a whole {whole:.1f} s "
-              f"({whole_cpu:.1f} CPU s)", flush=True)
-    result = {"settings": {"model": args.kill_model, "images": args.kill_images, "recipe": recipe},
-              "cores": os.cpu_count(), "whole_run_s": whole, "whole_run_cpu_s": whole_cpu,
-              "epoch_checkpoints_s": sections.get("epoch checkpoints", {}).get("seconds", 0.0),
-              "sections_s": {k: v.get("seconds", 0.0) for k, v in sections.items()}, "kills": points,
-              "note": "measured on a shared 2-core machine under a load of 7-10 (other jobs): wall times mostly "
-                      "measure them; CPU seconds (user + system of the run's processes) are the comparable number"}
+        points.append(
+            {
+                "killed_at_share": share,
+                "rerun_s": rerun,
+                "rerun_cpu_s": rerun_cpu,
+                "saved_share_wall": 1 - rerun / whole,
+                "saved_share_cpu": 1 - rerun_cpu / whole_cpu,
+            }
+        )
+        print(
+            f"killed at {share:.0%}: re-run {rerun:.1f} s ({rerun_cpu:.1f} CPU s) of a whole {whole:.1f} s "
+            f"({whole_cpu:.1f} CPU s)",
+            flush=True,
+        )
+    result = {
+        "settings": {"model": args.kill_model, "images": args.kill_images, "recipe": recipe},
+        "cores": os.cpu_count(),
+        "whole_run_s": whole,
+        "whole_run_cpu_s": whole_cpu,
+        "epoch_checkpoints_s": sections.get("epoch checkpoints", {}).get("seconds", 0.0),
+        "sections_s": {k: v.get("seconds", 0.0) for k, v in sections.items()},
+        "kills": points,
+        "note": "measured on a shared 2-core machine under a load of 7-10 (other jobs): wall times mostly "
+        "measure them; CPU seconds (user + system of the run's processes) are the comparable number",
+    }
     out = args.out or HERE / "results" / "overhead_kill.json"
     out.write_text(json.dumps(result, indent=2))
-    print(f"epoch checkpoints (local every epoch, uploads on the cadence): {result['epoch_checkpoints_s']:.2f} s "
-          f"of a {whole:.1f} s run, plus uploads {result['sections_s'].get('mlflow.log_artifact', 0.0):.2f} s "
-          "(all artifacts)")
+    print(
+        f"epoch checkpoints (local every epoch, uploads on the cadence): {result['epoch_checkpoints_s']:.2f} s "
+        f"of a {whole:.1f} s run, plus uploads {result['sections_s'].get('mlflow.log_artifact', 0.0):.2f} s "
+        "(all artifacts)"
+    )
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -206,10 +255,19 @@ def summarize(runs: list[dict], probes: dict, import_s: float, settings: dict) -
     sections = {name: statistics.mean(r["sections"].get(name, {}).get("seconds", 0.0) for r in runs) for name in names}
     reference = statistics.mean(r["reference_s"] for r in runs)
     runner = statistics.mean(r["runner_s"] for r in runs)
-    return {"settings": {k: v for k, v in settings.items() if k != "out"}, "cores": os.cpu_count(), "runs": runs,
-            "reference_s": reference, "runner_s": runner, "ratio": runner / reference,
-            "extra_s": runner - reference, "sections_s": sections, "cached_rerun": probes["run"],
-            "plan": probes["plan"], "import_stack_s": import_s}
+    return {
+        "settings": {k: v for k, v in settings.items() if k != "out"},
+        "cores": os.cpu_count(),
+        "runs": runs,
+        "reference_s": reference,
+        "runner_s": runner,
+        "ratio": runner / reference,
+        "extra_s": runner - reference,
+        "sections_s": sections,
+        "cached_rerun": probes["run"],
+        "plan": probes["plan"],
+        "import_stack_s": import_s,
+    }
 
 
 def print_table(r: dict) -> None:

@@ -6,6 +6,7 @@ ONNX. No recipe-runner code. Ultralytics saves its own last.pt/best.pt every epo
 
     python bench/overhead_reference.py --data DATA.yaml --out DIR [--epochs 8 --steps 2 --step-epochs 2 ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,23 +67,55 @@ def main() -> None:
     args = parse_args()
     # Ultralytics sets OMP_NUM_THREADS=1 at import; train on every core, as the runner does
     torch.set_num_threads(os.cpu_count() or 1)
-    common = dict(data=args.data, imgsz=args.imgsz, batch=args.batch, device="cpu", workers=0, seed=0,
-                  deterministic=True, amp=False, plots=False, verbose=False, nbs=args.batch, exist_ok=True)
+    common = dict(
+        data=args.data,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        device="cpu",
+        workers=0,
+        seed=0,
+        deterministic=True,
+        amp=False,
+        plots=False,
+        verbose=False,
+        nbs=args.batch,
+        exist_ok=True,
+    )
     out = Path(args.out)
 
     def fine_tune(net: nn.Module, epochs: int, name: str) -> nn.Module:
         for p in net.parameters():
             p.requires_grad_(True)
         net.criterion = None
-        trainer = KeepModelTrainer(overrides={**common, "model": "yolov8n.yaml", "epochs": epochs, "warmup_epochs": 0,
-                                              "project": str(out), "name": name})
+        trainer = KeepModelTrainer(
+            overrides={
+                **common,
+                "model": "yolov8n.yaml",
+                "epochs": epochs,
+                "warmup_epochs": 0,
+                "project": str(out),
+                "name": name,
+            }
+        )
         trainer.given = net
         trainer.train()
         return trainer.ema.ema.float()
 
     def validate(net: nn.Module) -> float:
-        return float(YOLO_wrap(net).val(data=args.data, imgsz=args.imgsz, batch=args.batch, device="cpu", plots=False,
-                                        verbose=False, project=str(out), name="val").box.map)
+        return float(
+            YOLO_wrap(net)
+            .val(
+                data=args.data,
+                imgsz=args.imgsz,
+                batch=args.batch,
+                device="cpu",
+                plots=False,
+                verbose=False,
+                project=str(out),
+                name="val",
+            )
+            .box.map
+        )
 
     def YOLO_wrap(net: nn.Module):
         wrapper = YOLO("yolov8n.yaml")
@@ -108,15 +141,20 @@ def main() -> None:
         model.eval()
         for p in model.parameters():
             p.requires_grad_(True)
-        pruner = tp.pruner.BasePruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                      pruning_ratio=step_ratio,
-                                      ignored_layers=[m for m in model.modules() if isinstance(m, Detect)])
+        pruner = tp.pruner.BasePruner(
+            model,
+            example,
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=step_ratio,
+            ignored_layers=[m for m in model.modules() if isinstance(m, Detect)],
+        )
         pruner.step()
         macs, params = tp.utils.count_ops_and_params(model, example)
         before = validate(model)
         model = fine_tune(model, args.step_epochs, f"step{step}")
-        log["steps"].append({"step": step, "macs": macs, "params": params, "map_before_ft": before,
-                             "map_after_ft": validate(model)})
+        log["steps"].append(
+            {"step": step, "macs": macs, "params": params, "map_before_ft": before, "map_after_ft": validate(model)}
+        )
 
     # 3. fine-tune, validate, export
     model = fine_tune(model, args.final_epochs, "finetune")
@@ -125,8 +163,15 @@ def main() -> None:
     for m in model.modules():
         if isinstance(m, Detect):
             m.export, m.format = True, "onnx"
-    torch.onnx.export(model, example, str(out / "model.onnx"), opset_version=17, input_names=["images"],
-                      output_names=["output0"], dynamo=False)
+    torch.onnx.export(
+        model,
+        example,
+        str(out / "model.onnx"),
+        opset_version=17,
+        input_names=["images"],
+        output_names=["output0"],
+        dynamo=False,
+    )
     log["seconds_in_process"] = time.time() - STARTED
     (out / "reference.json").write_text(json.dumps(log, indent=2))
     print(json.dumps(log))

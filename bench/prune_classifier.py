@@ -6,6 +6,7 @@ ONNX Runtime on one CPU thread at 224x224. Prints a table and writes bench/resul
 
     python bench/prune_classifier.py [WORKDIR]   # about 1.5 minutes on 2 idle CPU cores; WORKDIR keeps the MLflow store
 """
+
 from __future__ import annotations
 
 import json
@@ -42,11 +43,17 @@ def ort_latency_ms(model, imgsz: int) -> float:
         path = Path(tmp) / "m.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model.eval(), (torch.randn(1, 3, imgsz, imgsz),), str(path), opset_version=17, dynamo=False)
+            torch.onnx.export(
+                model.eval(), (torch.randn(1, 3, imgsz, imgsz),), str(path), opset_version=17, dynamo=False
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, imgsz, imgsz)).astype(np.float32)}
+        feed = {
+            session.get_inputs()[0].name: np.random.default_rng(0)
+            .standard_normal((1, 3, imgsz, imgsz))
+            .astype(np.float32)
+        }
         return median_ms(lambda: session.run(None, feed))
 
 
@@ -56,20 +63,37 @@ def main() -> None:
     rows, base = [], None
     for report, model in output_models(plan, reports, work):
         m = report.metrics
-        row = {"stage": report.node_id, "top1": m["top1"], "macs_64": m["macs"], "params": m["params"],
-               "ort_ms_224": ort_latency_ms(model, LATENCY_SIZE)}
+        row = {
+            "stage": report.node_id,
+            "top1": m["top1"],
+            "macs_64": m["macs"],
+            "params": m["params"],
+            "ort_ms_224": ort_latency_ms(model, LATENCY_SIZE),
+        }
         base = base or row
         row["macs_reduction"] = base["macs_64"] / row["macs_64"]
         row["speedup"] = base["ort_ms_224"] / row["ort_ms_224"]
         rows.append(row)
     print(f"{'model':32} {'top1':>6} {'MACs@64':>9} {'params':>8} {'MACs x':>7} {'ORT ms@224':>11} {'speedup':>8}")
     for r in rows:
-        print(f"{r['stage']:32} {r['top1']:6.3f} {r['macs_64'] / 1e6:8.1f}M {r['params'] / 1e6:7.2f}M "
-              f"{r['macs_reduction']:6.2f}x {r['ort_ms_224']:11.2f} {r['speedup']:7.2f}x")
+        print(
+            f"{r['stage']:32} {r['top1']:6.3f} {r['macs_64'] / 1e6:8.1f}M {r['params'] / 1e6:7.2f}M "
+            f"{r['macs_reduction']:6.2f}x {r['ort_ms_224']:11.2f} {r['speedup']:7.2f}x"
+        )
     out = Path(__file__).resolve().parent / "results" / "prune_classifier.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"recipe": RECIPE, "wall_seconds": wall, "stage_seconds": compute_seconds(plan, reports),
-                               "latency": "onnxruntime 1 thread, batch 1, 224x224, median of 20", "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "recipe": RECIPE,
+                "wall_seconds": wall,
+                "stage_seconds": compute_seconds(plan, reports),
+                "latency": "onnxruntime 1 thread, batch 1, 224x224, median of 20",
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out} ({wall:.0f} s for the recipe)")
 
 

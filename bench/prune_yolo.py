@@ -1,13 +1,14 @@
-"""Benchmark: DepGraph pruning of YOLOv8n on builtin:shapes (64 train / 16 val images, 160 px) at ratios 0.3 / 0.5 / 0.7.
+"""Benchmark: DepGraph pruning of YOLOv8n on builtin:shapes (64 train / 16 val images, 160 px), ratios 0.3/0.5/0.7.
 
-Runs a real recipe through the engine: one baseline trained 40 epochs (the yolov8_depgraph recipe's train stage), one branch per
-ratio, each pruned in 4 steps with 10 fine-tuning epochs between steps and fine-tuned
+Runs a real recipe through the engine: one baseline trained 40 epochs (the yolov8_depgraph recipe's train stage),
+one branch per ratio, each pruned in 4 steps with 10 fine-tuning epochs between steps and fine-tuned
 30 epochs after. Then exports every model with Ultralytics' exporter and times ONNX
 Runtime on one CPU thread at 640x640, batch 1. Prints a table and writes
 bench/results/prune_yolo.json.
 
     python bench/prune_yolo.py [WORKDIR]   # about 6 minutes on 2 idle CPU cores; WORKDIR keeps the MLflow store
 """
+
 from __future__ import annotations
 
 import json
@@ -59,23 +60,43 @@ def main() -> None:
     rows, base = [], None
     for report, model in output_models(plan, reports, work):
         m = report.metrics
-        row = {"stage": report.node_id, "mAP50": m["mAP50"], "mAP50-95": m["mAP50-95"], "macs_160": m["macs"],
-               "params": m["params"], "ort_ms_640": ort_latency_ms(model, LATENCY_SIZE, work)}
+        row = {
+            "stage": report.node_id,
+            "mAP50": m["mAP50"],
+            "mAP50-95": m["mAP50-95"],
+            "macs_160": m["macs"],
+            "params": m["params"],
+            "ort_ms_640": ort_latency_ms(model, LATENCY_SIZE, work),
+        }
         base = base or row
         row["macs_reduction"] = base["macs_160"] / row["macs_160"]
         row["speedup"] = base["ort_ms_640"] / row["ort_ms_640"]
         rows.append(row)
-    header = (f"{'model':34} {'mAP50':>6} {'mAP50-95':>8} {'MACs@160':>9} {'params':>7} {'MACs x':>7} "
-              f"{'ORT ms@640':>10} {'speedup':>8}")
+    header = (
+        f"{'model':34} {'mAP50':>6} {'mAP50-95':>8} {'MACs@160':>9} {'params':>7} {'MACs x':>7} "
+        f"{'ORT ms@640':>10} {'speedup':>8}"
+    )
     print(header)
     for r in rows:
-        print(f"{r['stage']:34} {r['mAP50']:6.3f} {r['mAP50-95']:8.3f} {r['macs_160'] / 1e6:8.1f}M {r['params'] / 1e6:6.2f}M "
-              f"{r['macs_reduction']:6.2f}x {r['ort_ms_640']:10.1f} {r['speedup']:7.2f}x")
+        print(
+            f"{r['stage']:34} {r['mAP50']:6.3f} {r['mAP50-95']:8.3f} {r['macs_160'] / 1e6:8.1f}M "
+            f"{r['params'] / 1e6:6.2f}M "
+            f"{r['macs_reduction']:6.2f}x {r['ort_ms_640']:10.1f} {r['speedup']:7.2f}x"
+        )
     out = Path(__file__).resolve().parent / "results" / "prune_yolo.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"recipe": RECIPE, "wall_seconds": wall, "stage_seconds": compute_seconds(plan, reports),
-                               "latency": "onnxruntime 1 thread, batch 1, 640x640, median of 20",
-                               "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "recipe": RECIPE,
+                "wall_seconds": wall,
+                "stage_seconds": compute_seconds(plan, reports),
+                "latency": "onnxruntime 1 thread, batch 1, 640x640, median of 20",
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out} ({wall:.0f} s for the recipe)")
 
 

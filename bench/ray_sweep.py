@@ -10,6 +10,7 @@ table and writes bench/results/ray_sweep.json.
 
 WORKDIR (default: a new temporary folder) must not hold an earlier run's stores: both executors start empty.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,15 +52,32 @@ def run(work: Path, executor_name: str) -> dict:
     with executor:
         plan = executor.prepare(plan)  # ray: a local mlflow server in front of the sqlite file
         ready = time.time()
-        reports = Engine(plan, lambda description, total: (lambda n: None), executor=executor,
-                         announce=lambda line: print(f"  {line}", flush=True)).run()
+        reports = Engine(
+            plan,
+            lambda description, total: lambda n: None,
+            executor=executor,
+            announce=lambda line: print(f"  {line}", flush=True),
+        ).run()
         ran = time.time()
     ended = time.time()
-    return {"executor": executor_name, "wall_s": ended - started, "plan_s": planned - started,
-            "startup_s": ready - planned, "stages_s": ran - ready, "shutdown_s": ended - ran,
-            "stages": {r.node_id: {"action": r.action, "seconds": r.seconds, "top1": r.metrics.get("top1"),
-                                   "macs": r.metrics.get("macs")} for r in reports},
-            "cache_keys": {s.node.id: s.node.cache_key for s in plan.stages}}
+    return {
+        "executor": executor_name,
+        "wall_s": ended - started,
+        "plan_s": planned - started,
+        "startup_s": ready - planned,
+        "stages_s": ran - ready,
+        "shutdown_s": ended - ran,
+        "stages": {
+            r.node_id: {
+                "action": r.action,
+                "seconds": r.seconds,
+                "top1": r.metrics.get("top1"),
+                "macs": r.metrics.get("macs"),
+            }
+            for r in reports
+        },
+        "cache_keys": {s.node.id: s.node.cache_key for s in plan.stages},
+    }
 
 
 def main() -> None:
@@ -73,16 +91,31 @@ def main() -> None:
         rows.append(run(work / name, name))
     seq, par = rows
     assert seq["cache_keys"] == par["cache_keys"], "the executors ran different work"
-    print(f"\n{'executor':11} {'wall s':>7} {'plan s':>7} {'startup s':>10} {'stages s':>9} {'shutdown s':>11} {'speedup':>8}")
+    print(
+        f"\n{'executor':11} {'wall s':>7} {'plan s':>7} {'startup s':>10} {'stages s':>9} {'shutdown s':>11} "
+        f"{'speedup':>8}"
+    )
     for r in rows:
-        print(f"{r['executor']:11} {r['wall_s']:7.1f} {r['plan_s']:7.1f} {r['startup_s']:10.1f} {r['stages_s']:9.1f} "
-              f"{r['shutdown_s']:11.1f} {seq['wall_s'] / r['wall_s']:7.2f}x")
+        print(
+            f"{r['executor']:11} {r['wall_s']:7.1f} {r['plan_s']:7.1f} {r['startup_s']:10.1f} {r['stages_s']:9.1f} "
+            f"{r['shutdown_s']:11.1f} {seq['wall_s'] / r['wall_s']:7.2f}x"
+        )
     out = Path(__file__).resolve().parent / "results" / "ray_sweep.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"recipe": RECIPE, "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(),
-                               "python": platform.python_version(), "rows": rows,
-                               "speedup_wall": seq["wall_s"] / par["wall_s"],
-                               "speedup_stages": seq["stages_s"] / par["stages_s"]}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "recipe": RECIPE,
+                "cpus": os.cpu_count(),
+                "load_average_at_end": os.getloadavg(),
+                "python": platform.python_version(),
+                "rows": rows,
+                "speedup_wall": seq["wall_s"] / par["wall_s"],
+                "speedup_stages": seq["stages_s"] / par["stages_s"],
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

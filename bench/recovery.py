@@ -13,6 +13,7 @@ model (resnet18 at 224 px, ONNX Runtime, 1 thread), where Model Optimizer's Q/DQ
         --small: what the busy shared machine allowed (see the JSON); --family: one family only (the JSON of
         that run holds that family and the shape check)
 """
+
 from __future__ import annotations
 
 import json
@@ -26,12 +27,28 @@ from _common import run_recipe  # noqa: E402
 
 SIZES = {
     # the issue's size: the quickstart YOLO data at 160 px, resnet18 on the generated classification set
-    "full": {"yolo_data": "builtin:shapes", "yolo_imgsz": 160, "yolo_train": 40, "yolo_ft": 15, "qat": 3,
-             "cls_data": "builtin:shapes-cls?train=512&val=128&imgsz=64", "cls_imgsz": 64, "cls_train": 15,
-             "cls_ft": 5},
-    "small": {"yolo_data": "builtin:shapes?train=64&val=16&imgsz=160", "yolo_imgsz": 160, "yolo_train": 20,
-              "yolo_ft": 5, "qat": 1, "cls_data": "builtin:shapes-cls?train=256&val=64&imgsz=64", "cls_imgsz": 64,
-              "cls_train": 8, "cls_ft": 3},
+    "full": {
+        "yolo_data": "builtin:shapes",
+        "yolo_imgsz": 160,
+        "yolo_train": 40,
+        "yolo_ft": 15,
+        "qat": 3,
+        "cls_data": "builtin:shapes-cls?train=512&val=128&imgsz=64",
+        "cls_imgsz": 64,
+        "cls_train": 15,
+        "cls_ft": 5,
+    },
+    "small": {
+        "yolo_data": "builtin:shapes?train=64&val=16&imgsz=160",
+        "yolo_imgsz": 160,
+        "yolo_train": 20,
+        "yolo_ft": 5,
+        "qat": 1,
+        "cls_data": "builtin:shapes-cls?train=256&val=64&imgsz=64",
+        "cls_imgsz": 64,
+        "cls_train": 8,
+        "cls_ft": 3,
+    },
 }
 
 
@@ -45,12 +62,16 @@ def phase_one(model: str, data: str, imgsz: int, train: int, ft: int, extra: str
 
 
 def phase_two(best: str, qat: int, yolo: bool) -> list[str]:
-    stages = [f"  ptq: {{type: quantize, from: {best}, calibration_images: 64, max_metric_drop: 1}}",
-              f"  qat: {{type: quantize, from: {best}, mode: int8-qat, epochs: {qat}, calibration_images: 64, "
-              f"max_metric_drop: 1{', args: {nbs: 16}' if yolo else ''}}}"]
+    stages = [
+        f"  ptq: {{type: quantize, from: {best}, calibration_images: 64, max_metric_drop: 1}}",
+        f"  qat: {{type: quantize, from: {best}, mode: int8-qat, epochs: {qat}, calibration_images: 64, "
+        f"max_metric_drop: 1{', args: {nbs: 16}' if yolo else ''}}}",
+    ]
     if yolo:
-        stages += ["  ptq_640: {type: benchmark, from: ptq, bench_imgsz: 640, batch: 4}",
-                   "  qat_640: {type: benchmark, from: qat, bench_imgsz: 640, batch: 4}"]
+        stages += [
+            "  ptq_640: {type: benchmark, from: ptq, bench_imgsz: 640, batch: 4}",
+            "  qat_640: {type: benchmark, from: qat, bench_imgsz: 640, batch: 4}",
+        ]
     return stages
 
 
@@ -60,8 +81,10 @@ def family_rows(name: str, model: str, size: dict, work: Path) -> dict:
     train, ft = (size["yolo_train"], size["yolo_ft"]) if yolo else (size["cls_train"], size["cls_ft"])
     extra = ", args: {nbs: 16}" if yolo else ""
     primary = "mAP50-95" if yolo else "top1"
-    head = (f"version: 1\nname: bench-recovery-{name}\nseed: 0\nmodel: {model}\ndata: {data}\n"
-            f"defaults: {{imgsz: {imgsz}, batch: 16}}\nstages:\n")
+    head = (
+        f"version: 1\nname: bench-recovery-{name}\nseed: 0\nmodel: {model}\ndata: {data}\n"
+        f"defaults: {{imgsz: {imgsz}, batch: 16}}\nstages:\n"
+    )
     first = phase_one(model, data, imgsz, train, ft, extra)
     plan, reports, _ = run_recipe(head + "\n".join(first) + "\n", work)
     metrics = {r.node_id: r.metrics for r in reports}
@@ -73,8 +96,12 @@ def family_rows(name: str, model: str, size: dict, work: Path) -> dict:
     rows = []
     for node in ("train", "prune", "ft_plain", "ft_distill", "ptq", "qat"):
         m = metrics[node]
-        row = {"stage": node, "macs": m.get("macs"), primary: m.get(f"q_{primary}", m.get(primary)),
-               "seconds": seconds[node]}
+        row = {
+            "stage": node,
+            "macs": m.get("macs"),
+            primary: m.get(f"q_{primary}", m.get(primary)),
+            "seconds": seconds[node],
+        }
         if node in ("ptq", "qat"):
             row["latency_ms_t1"] = metrics[f"{node}_640"]["latency_ms_t1_640px"] if yolo else m["latency_ms_t1"]
             row["latency_px"] = 640 if yolo else imgsz
@@ -100,18 +127,21 @@ def shape_check(work: Path) -> dict:
     import copy
 
     from recipe_runner.data import resolve_data
-    from recipe_runner.runtimes import onnx_runtime
     from recipe_runner.models.torchvision import TorchvisionFamily
     from recipe_runner.quantization import BACKENDS, QuantizeRequest, layer_precision, qat
+    from recipe_runner.runtimes import onnx_runtime
     from recipe_runner.stages.quantize import QuantizeConfig
 
     class Quiet:
         seed, resume_state, workdir = 0, None, work
 
         def log_metrics(self, metrics, step=None): ...
-        def epoch_state_due(self, epoch): return False
+        def epoch_state_due(self, epoch):
+            return False
+
         def save_epoch_state(self, state, epoch): ...
-        def progress(self, description, total): return lambda n: None
+        def progress(self, description, total):
+            return lambda n: None
 
     work.mkdir(parents=True, exist_ok=True)
     family = TorchvisionFamily()
@@ -147,8 +177,12 @@ def main() -> None:
     print(f"{'file (resnet18 224px)':22} {'ms 1 thread':>11} {'int8 layers':>11}")
     for r in shape["rows"]:
         print(f"{r['file']:22} {r['latency_ms_t1']:11.2f} {r['int8_layers']:11d}")
-    results = {"size": size_name, "machine": "2 shared CPU cores, busy with other jobs while measured",
-               "shape_check": shape, "families": {}}
+    results = {
+        "size": size_name,
+        "machine": "2 shared CPU cores, busy with other jobs while measured",
+        "shape_check": shape,
+        "families": {},
+    }
     for name, model in (("resnet18", "resnet18"), ("yolov8n", "yolov8n.yaml")):
         if only and name != only:
             continue

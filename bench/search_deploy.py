@@ -14,6 +14,7 @@ the Pareto front of latency vs mAP50-95; the FP32 baselines and each trial's spe
 
 A WORKDIR keeps its mlflow.db: a second call reuses every finished stage and trial (raise --trials to go on).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,11 +55,15 @@ def options() -> argparse.Namespace:
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
-    sets = [f"data=builtin:shapes-hard?train={args.train}&val={args.val}", f"stages.train.epochs={args.epochs}",
-            f"stages.finetune.epochs={args.finetune}",
-            f"stages.hand_finetune.epochs={args.finetune}",
-            f"search.trials={args.trials}", f"stages.int8.calibration_images={args.calibration}",
-            f"stages.hand_int8.calibration_images={args.calibration}"]
+    sets = [
+        f"data=builtin:shapes-hard?train={args.train}&val={args.val}",
+        f"stages.train.epochs={args.epochs}",
+        f"stages.finetune.epochs={args.finetune}",
+        f"stages.hand_finetune.epochs={args.finetune}",
+        f"search.trials={args.trials}",
+        f"stages.int8.calibration_images={args.calibration}",
+        f"stages.hand_int8.calibration_images={args.calibration}",
+    ]
     if args.tiny:
         sets += ["defaults.imgsz=64", "defaults.batch=8"]
     return sets
@@ -71,7 +76,7 @@ def run(sets: list[str], only: list[str], force: tuple[str, ...] = ()) -> tuple[
     from recipe_runner.search import SearchFailed
 
     plan = prepare(RECIPE, RunOptions(overrides=sets, only=only, force=list(force)))
-    engine = Engine(plan, lambda description, total: (lambda n: None), announce=lambda line: print(line, flush=True))
+    engine = Engine(plan, lambda description, total: lambda n: None, announce=lambda line: print(line, flush=True))
     try:
         return plan, engine.run()
     except SearchFailed as exc:  # no feasible trial is a result here too: what each trial measured is in exc
@@ -106,8 +111,11 @@ def trials(plan: Any, reports: list, bound: float, baseline_ms: float) -> list[d
         run = source_run(plan, report.run_id)
         row["seconds"] += seconds(run)
         if stage == "prune":
-            row["values"] = {k.removeprefix("sweep."): v for k, v in run.data.params.items()
-                             if k.startswith("sweep.") and k != "sweep.trial"}
+            row["values"] = {
+                k.removeprefix("sweep."): v
+                for k, v in run.data.params.items()
+                if k.startswith("sweep.") and k != "sweep.trial"
+            }
             row["chosen_ratio"] = report.metrics.get("chosen_ratio")  # logged when a target_macs is searched
         if stage == "finetune":
             row["fp32_mAP50-95"] = report.metrics.get("mAP50-95")
@@ -132,11 +140,17 @@ def pareto(rows: list[dict]) -> list[int]:
     done = [r for r in rows if r["state"] == "COMPLETE"]
 
     def dominated(r: dict) -> bool:
-        return any(o["ms_640_t1"] <= r["ms_640_t1"] and o["mAP50-95"] >= r["mAP50-95"]
-                   and (o["ms_640_t1"] < r["ms_640_t1"] or o["mAP50-95"] > r["mAP50-95"]) for o in done)
+        return any(
+            o["ms_640_t1"] <= r["ms_640_t1"]
+            and o["mAP50-95"] >= r["mAP50-95"]
+            and (o["ms_640_t1"] < r["ms_640_t1"] or o["mAP50-95"] > r["mAP50-95"])
+            for o in done
+        )
 
-    return sorted((r["trial"] for r in done if not dominated(r)), key=lambda n: next(
-        r["ms_640_t1"] for r in done if r["trial"] == n))
+    return sorted(
+        (r["trial"] for r in done if not dominated(r)),
+        key=lambda n: next(r["ms_640_t1"] for r in done if r["trial"] == n),
+    )
 
 
 def main() -> None:
@@ -158,11 +172,20 @@ def main() -> None:
     rows = trials(plan, reports, bound, baseline_ms)
     feasible = [r for r in rows if r["feasible"]]
     best = min(feasible, key=lambda r: r["ms_640_t1"]) if feasible else None
-    hand = {"values": {"ratio": 0.5, "importance": "group-l2", "global_pruning": False, "round_to": None,
-                       "prune_head": False, "backend": "onnxruntime"},
-            "macs": by_id["hand_int8"].metrics.get("macs"), "mAP50-95": by_id["hand_int8"].metrics.get("mAP50-95"),
-            "fp32_mAP50-95": by_id["hand_finetune"].metrics.get("mAP50-95"),
-            "ms_640_t1": by_id["hand_bench"].metrics.get(LATENCY)}
+    hand = {
+        "values": {
+            "ratio": 0.5,
+            "importance": "group-l2",
+            "global_pruning": False,
+            "round_to": None,
+            "prune_head": False,
+            "backend": "onnxruntime",
+        },
+        "macs": by_id["hand_int8"].metrics.get("macs"),
+        "mAP50-95": by_id["hand_int8"].metrics.get("mAP50-95"),
+        "fp32_mAP50-95": by_id["hand_finetune"].metrics.get("mAP50-95"),
+        "ms_640_t1": by_id["hand_bench"].metrics.get(LATENCY),
+    }
     hand["feasible"] = hand["mAP50-95"] is not None and hand["mAP50-95"] >= bound
     hand["speedup"] = baseline_ms / hand["ms_640_t1"] if hand["ms_640_t1"] else None
     stage_seconds = sum(seconds(source_run(plan, r.run_id)) for r in reports if r.action not in ("failed", "skipped"))
@@ -170,8 +193,9 @@ def main() -> None:
     # 2. each latency above was timed at its own moment on a shared machine: time the baselines, the hand-picked
     # model and every completed trial again, --repeat passes back to back (--force on the benchmark stages only),
     # and keep each model's fastest pass: a pass slowed by a neighbour's burst does not make a model look slow
-    again = ["fp32", "fp32_openvino", "hand_bench"] + [f"bench[trial={r['trial']}]" for r in rows
-                                                       if r["state"] == "COMPLETE"]
+    again = ["fp32", "fp32_openvino", "hand_bench"] + [
+        f"bench[trial={r['trial']}]" for r in rows if r["state"] == "COMPLETE"
+    ]
     passes: dict[str, list[float]] = {node: [] for node in again}
     for _ in range(args.repeat):
         _, retimed_reports = run(sets, only=again, force=tuple(again))
@@ -187,37 +211,62 @@ def main() -> None:
     hand["ms_640_t1_again"] = retimed["hand_bench"]
     hand["speedup_again"] = retimed["fp32"] / retimed["hand_bench"]
     best_again = min(feasible, key=lambda r: r["ms_640_t1_again"]) if feasible else None
-    retime = {"passes": args.repeat, "ms_640_t1_per_pass": passes, "fp32_baseline_ms_640_t1": retimed["fp32"],
-              "fp32_openvino_ms_640_t1": retimed["fp32_openvino"], "seconds": round(time.time() - searched_at, 1),
-              "best_feasible_trial": best_again["trial"] if best_again else None,
-              "best_speedup": best_again["speedup_again"] if best_again else None,
-              "best_speedup_vs_openvino_fp32": best_again["speedup_again_vs_openvino_fp32"] if best_again else None,
-              "hand_speedup": hand["speedup_again"]}
-    print(f"\ntimed again ({args.repeat} passes, fastest kept): FP32 {retimed['fp32']:.1f} ms in ONNX Runtime, "
-          f"{retimed['fp32_openvino']:.1f} ms in OpenVINO; hand {retimed['hand_bench']:.1f} ms "
-          f"({hand['speedup_again']:.2f}x)")
+    retime = {
+        "passes": args.repeat,
+        "ms_640_t1_per_pass": passes,
+        "fp32_baseline_ms_640_t1": retimed["fp32"],
+        "fp32_openvino_ms_640_t1": retimed["fp32_openvino"],
+        "seconds": round(time.time() - searched_at, 1),
+        "best_feasible_trial": best_again["trial"] if best_again else None,
+        "best_speedup": best_again["speedup_again"] if best_again else None,
+        "best_speedup_vs_openvino_fp32": best_again["speedup_again_vs_openvino_fp32"] if best_again else None,
+        "hand_speedup": hand["speedup_again"],
+    }
+    print(
+        f"\ntimed again ({args.repeat} passes, fastest kept): FP32 {retimed['fp32']:.1f} ms in ONNX Runtime, "
+        f"{retimed['fp32_openvino']:.1f} ms in OpenVINO; hand {retimed['hand_bench']:.1f} ms "
+        f"({hand['speedup_again']:.2f}x)"
+    )
     for r in rows:
         if r["state"] == "COMPLETE":
-            print(f"  trial {r['trial']}: {r['ms_640_t1_again']:.1f} ms ({r['speedup_again']:.2f}x)"
-                  f"{'' if r['feasible'] else '  infeasible'}")
+            print(
+                f"  trial {r['trial']}: {r['ms_640_t1_again']:.1f} ms ({r['speedup_again']:.2f}x)"
+                f"{'' if r['feasible'] else '  infeasible'}"
+            )
     if best_again:
-        print(f"best feasible, timed again: trial {best_again['trial']}, {best_again['speedup_again']:.2f}x over "
-              f"ONNX Runtime FP32, {best_again['speedup_again_vs_openvino_fp32']:.2f}x over OpenVINO FP32")
+        print(
+            f"best feasible, timed again: trial {best_again['trial']}, {best_again['speedup_again']:.2f}x over "
+            f"ONNX Runtime FP32, {best_again['speedup_again_vs_openvino_fp32']:.2f}x over OpenVINO FP32"
+        )
 
     result = {
-        "recipe": str(RECIPE.relative_to(ROOT)), "overrides": sets,
-        "size": {"data": f"builtin:shapes-hard?train={args.train}&val={args.val}", "imgsz": 64 if args.tiny else 160,
-                 "train_epochs": args.epochs, "finetune_epochs": args.finetune, "trials": args.trials,
-                 "calibration_images": args.calibration, "sampler": "tpe (Optuna; the first 10 trials are random)"},
+        "recipe": str(RECIPE.relative_to(ROOT)),
+        "overrides": sets,
+        "size": {
+            "data": f"builtin:shapes-hard?train={args.train}&val={args.val}",
+            "imgsz": 64 if args.tiny else 160,
+            "train_epochs": args.epochs,
+            "finetune_epochs": args.finetune,
+            "trials": args.trials,
+            "calibration_images": args.calibration,
+            "sampler": "tpe (Optuna; the first 10 trials are random)",
+        },
         "machine": f"{os.cpu_count()} CPU cores shared with other jobs (load average at the end: "
-                   f"{', '.join(f'{x:.1f}' for x in os.getloadavg())})",
-        "wall_seconds": round(wall, 1), "stage_seconds": round(stage_seconds, 1),
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())})",
+        "wall_seconds": round(wall, 1),
+        "stage_seconds": round(stage_seconds, 1),
         "latency": "batch 1, 1 thread, 640x640, the trial's runtime (ONNX Runtime or OpenVINO), median of 50 after "
-                   "10 warm-up calls; baseline: the FP32 model in ONNX Runtime",
-        "trained_mAP50-95": trained_map, "constraint": f"int8.mAP50-95 >= {FRACTION} * train.mAP50-95 ({bound:.4f})",
-        "fp32_baseline_ms_640_t1": baseline_ms, "fp32_baseline_macs": by_id["train"].metrics.get("macs"),
-        "trials": rows, "best_trial": best, "best_speedup": best["speedup"] if best else None,
-        "pareto_front": pareto(rows), "hand_picked": hand, "timed_again": retime,
+        "10 warm-up calls; baseline: the FP32 model in ONNX Runtime",
+        "trained_mAP50-95": trained_map,
+        "constraint": f"int8.mAP50-95 >= {FRACTION} * train.mAP50-95 ({bound:.4f})",
+        "fp32_baseline_ms_640_t1": baseline_ms,
+        "fp32_baseline_macs": by_id["train"].metrics.get("macs"),
+        "trials": rows,
+        "best_trial": best,
+        "best_speedup": best["speedup"] if best else None,
+        "pareto_front": pareto(rows),
+        "hand_picked": hand,
+        "timed_again": retime,
         "goal": "best feasible trial >= 3x faster than the FP32 baseline (stretch 4x), timed again",
         "goal_met": bool(best_again and best_again["speedup_again"] >= 3.0),
     }
@@ -227,23 +276,30 @@ def main() -> None:
     print(f"wrote {out} ({wall:.0f} s wall for the recipe)")
 
 
-def print_table(rows: list[dict], hand: dict, baseline_ms: float, trained_map: float, bound: float,
-                best: Any) -> None:
-    print(f"\n{'trial':>5}  {'sampled values':96} {'MACs@160':>9} {'ms@640 1t':>9} {'speedup':>8} "
-          f"{'mAP50-95':>8} {'ok':>3} {'s':>5}")
+def print_table(rows: list[dict], hand: dict, baseline_ms: float, trained_map: float, bound: float, best: Any) -> None:
+    print(
+        f"\n{'trial':>5}  {'sampled values':96} {'MACs@160':>9} {'ms@640 1t':>9} {'speedup':>8} "
+        f"{'mAP50-95':>8} {'ok':>3} {'s':>5}"
+    )
     for r in rows:
         values = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r["values"].items())
         if r["state"] != "COMPLETE":
             print(f"{r['trial']:5}  {values:96} FAILED {r.get('error', '')[:60]}")
             continue
-        print(f"{r['trial']:5}  {values:96} {r['macs'] / 1e6:8.1f}M {r['ms_640_t1']:9.1f} {r['speedup']:7.2f}x "
-              f"{r['mAP50-95']:8.3f} {'yes' if r['feasible'] else 'no':>3} {r['seconds']:5.0f}")
-    print(f"{'hand':>5}  {'ratio=0.5, importance=group-l2, onnxruntime (recipes/yolov8_deploy.yaml)':96} "
-          f"{hand['macs'] / 1e6:8.1f}M {hand['ms_640_t1']:9.1f} {hand['speedup']:7.2f}x {hand['mAP50-95']:8.3f} "
-          f"{'yes' if hand['feasible'] else 'no':>3}")
+        print(
+            f"{r['trial']:5}  {values:96} {r['macs'] / 1e6:8.1f}M {r['ms_640_t1']:9.1f} {r['speedup']:7.2f}x "
+            f"{r['mAP50-95']:8.3f} {'yes' if r['feasible'] else 'no':>3} {r['seconds']:5.0f}"
+        )
+    print(
+        f"{'hand':>5}  {'ratio=0.5, importance=group-l2, onnxruntime (recipes/yolov8_deploy.yaml)':96} "
+        f"{hand['macs'] / 1e6:8.1f}M {hand['ms_640_t1']:9.1f} {hand['speedup']:7.2f}x {hand['mAP50-95']:8.3f} "
+        f"{'yes' if hand['feasible'] else 'no':>3}"
+    )
     print(f"FP32 baseline: {baseline_ms:.1f} ms, trained mAP50-95 {trained_map:.4f} (bound {bound:.4f})")
-    print("best feasible: " + (f"trial {best['trial']}, {best['ms_640_t1']:.1f} ms, {best['speedup']:.2f}x" if best
-                               else "none"))
+    print(
+        "best feasible: "
+        + (f"trial {best['trial']}, {best['ms_640_t1']:.1f} ms, {best['speedup']:.2f}x" if best else "none")
+    )
     print(f"Pareto front (latency vs INT8 mAP50-95): trials {pareto(rows)}")
 
 

@@ -9,6 +9,7 @@ bench/results/variation.json.
     python bench/variation.py [--recipes tiny small quickstart] [--threads 2 2 1]
     # tiny + small (the default): ~10 min on 2 busy cores; quickstart (resnet18): several minutes per run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,19 @@ stages:
   onnx: {type: export}
 """
 # metrics a reproduction is judged on or reports; latency is wall-clock and excluded from the tolerance
-COMPARED = ["top1", "val_loss", "mAP50", "mAP50-95", "macs", "params", "sparsity", "size_mb", "onnx_max_abs_diff",
-            "latency_ms", "onnx_latency_ms"]
+COMPARED = [
+    "top1",
+    "val_loss",
+    "mAP50",
+    "mAP50-95",
+    "macs",
+    "params",
+    "sparsity",
+    "size_mb",
+    "onnx_max_abs_diff",
+    "latency_ms",
+    "onnx_latency_ms",
+]
 
 
 def run_once(recipe_text: str, threads: int, work: Path) -> tuple[dict[str, dict[str, float]], float]:
@@ -60,8 +72,13 @@ def run_once(recipe_text: str, threads: int, work: Path) -> tuple[dict[str, dict
     uri = f"sqlite:///{work / 'mlflow.db'}"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     started = time.time()
-    done = subprocess.run([sys.executable, "-m", "recipe_runner.cli", "run", "recipe.yaml", "--tracking-uri", uri],
-                          cwd=work, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "recipe_runner.cli", "run", "recipe.yaml", "--tracking-uri", uri],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise SystemExit(f"run failed in {work}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     seconds = time.time() - started
@@ -81,9 +98,15 @@ def measure(name: str, recipe_text: str, threads: list[int], scratch: Path) -> d
         if i == 0:
             continue
         label = f"run{i}_threads{t}_vs_run0_threads{threads[0]}"
-        diffs = {node: {k: abs(metrics[node][k] - first[node][k]) for k in COMPARED if k in first[node] and k in metrics[node]}
-                 for node in first}
-        largest = {k: max(d.get(k, 0.0) for d in diffs.values()) for k in COMPARED if any(k in d for d in diffs.values())}
+        diffs = {
+            node: {
+                k: abs(metrics[node][k] - first[node][k]) for k in COMPARED if k in first[node] and k in metrics[node]
+            }
+            for node in first
+        }
+        largest = {
+            k: max(d.get(k, 0.0) for d in diffs.values()) for k in COMPARED if any(k in d for d in diffs.values())
+        }
         result["runs"][label] = {"largest_abs_diff": largest, "per_stage": diffs}
     result["values_run0"] = {node: {k: m[k] for k in COMPARED if k in m} for node, m in first.items()}
     return result
@@ -91,9 +114,16 @@ def measure(name: str, recipe_text: str, threads: list[int], scratch: Path) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", nargs="+", choices=["tiny", "small", "quickstart"], default=["tiny", "small"],
-                        help="quickstart: recipes/resnet18_depgraph.yaml; results for other recipes in --out are kept")
-    parser.add_argument("--threads", type=int, nargs="+", default=[2, 2, 1], help="one run per entry, this many threads")
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        choices=["tiny", "small", "quickstart"],
+        default=["tiny", "small"],
+        help="quickstart: recipes/resnet18_depgraph.yaml; results for other recipes in --out are kept",
+    )
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[2, 2, 1], help="one run per entry, this many threads"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "variation.json")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -6,6 +6,7 @@ re-estimating them on a few training batches (no gradient steps) often recovers 
     python examples/custom_stage.py recipes/resnet18_depgraph.yaml
 runs that recipe with a `recalibrate` stage added after `prune`, through the normal engine.
 """
+
 from __future__ import annotations
 
 import sys
@@ -45,7 +46,9 @@ def recalibrate(ctx, config: RecalibrateConfig) -> StageOutput:
     return StageOutput(model=model.eval())
 
 
-STAGES.register("recalibrate")(StageType(RecalibrateConfig, recalibrate, description="re-estimate BatchNorm statistics"))
+STAGES.register("recalibrate")(
+    StageType(RecalibrateConfig, recalibrate, description="re-estimate BatchNorm statistics")
+)
 
 
 def main(recipe_path: str) -> None:

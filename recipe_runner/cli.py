@@ -2,6 +2,7 @@
 
 Exit codes: 0 success, 1 a stage or the tracking store failed, 2 the recipe or the command line is wrong.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -10,9 +11,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
 
 import typer
 from rich.console import Console
@@ -23,14 +24,17 @@ from .recipe import RecipeError, load_recipe, recipe_json_schema
 from .reproduce import DEFAULT_TOLERANCE
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True,
+    add_completion=False,
+    no_args_is_help=True,
     help="Run model-compression recipes: train, sparse-train, prune, fine-tune, quantize, export; tracked in MLflow.",
 )
 console = Console(width=None if sys.stdout.isatty() else 120)  # piped output: wide enough for the tables
 
 RecipeArg = typer.Argument(..., help="path to a recipe YAML file", show_default=False)
 SetOpt = typer.Option(None, "--set", help="override a recipe value: dotted.key=value (repeatable)")
-UriOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (overrides tracking.uri and $MLFLOW_TRACKING_URI)")
+UriOpt = typer.Option(
+    None, "--tracking-uri", help="MLflow tracking URI (overrides tracking.uri and $MLFLOW_TRACKING_URI)"
+)
 
 
 @contextmanager
@@ -79,7 +83,7 @@ def _exit_codes() -> Iterator[None]:
 
 
 @app.command()
-def validate(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt) -> None:
+def validate(recipe: Path = RecipeArg, set_: list[str] | None = SetOpt) -> None:
     """Check a recipe (format, types, ranges, stage graph); exit 2 with file:line:col per problem."""
     from .graph import compile_graph
 
@@ -98,8 +102,13 @@ def schema() -> None:
 
 
 @app.command()
-def plan(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_uri: Optional[str] = UriOpt,
-         force: Optional[List[str]] = typer.Option(None, "--force"), only: Optional[List[str]] = typer.Option(None, "--only")) -> None:
+def plan(
+    recipe: Path = RecipeArg,
+    set_: list[str] | None = SetOpt,
+    tracking_uri: str | None = UriOpt,
+    force: list[str] | None = typer.Option(None, "--force"),
+    only: list[str] | None = typer.Option(None, "--only"),
+) -> None:
     """Show the stage graph and, per stage, whether MLflow lets it be reused, resumed, or must run."""
     from .persistence import versions
     from .planner import RunOptions, prepare
@@ -115,16 +124,25 @@ def plan(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_
     for s in p.stages:
         # an input (a distillation teacher) is an edge too: shown beside the parent
         edges = [s.node.parent or "-", *(f"{role}: {nid}" for role, nid in s.node.inputs.items())]
-        table.add_row(escape(s.node.id), s.node.type, escape(", ".join(edges)), f"[{colour[s.action]}]{s.action}[/]",
-                      s.node.cache_key[:12], s.source.run_id[:12] if s.source else "-")
+        table.add_row(
+            escape(s.node.id),
+            s.node.type,
+            escape(", ".join(edges)),
+            f"[{colour[s.action]}]{s.action}[/]",
+            s.node.cache_key[:12],
+            s.source.run_id[:12] if s.source else "-",
+        )
     console.print(table)
     for note in p.notes:
         console.print(f"[note] {note}", markup=False, highlight=False)
     for s in p.stages:
         other = versions.differences(s.source.tags) if s.action == "reuse" and s.source else []
         if other:
-            console.print(f"note: {s.node.id} would be reused from a run made with {', '.join(other)}",
-                          markup=False, highlight=False)
+            console.print(
+                f"note: {s.node.id} would be reused from a run made with {', '.join(other)}",
+                markup=False,
+                highlight=False,
+            )
     if found is not None:
         console.print(found, markup=False, highlight=False)
 
@@ -136,9 +154,11 @@ def _print_search(p) -> str:
 
     shown = preview(p)
     study = shown.study
-    table = Table(title=f"search: {study.config.sampler}, {study.total} trials, "
-                        + ", ".join(f"{o.direction} {o.name}" for o in study.objectives)
-                        + (f", subject to {'; '.join(study.config.constraints)}" if study.config.constraints else ""))
+    table = Table(
+        title=f"search: {study.config.sampler}, {study.total} trials, "
+        + ", ".join(f"{o.direction} {o.name}" for o in study.objectives)
+        + (f", subject to {'; '.join(study.config.constraints)}" if study.config.constraints else "")
+    )
     table.add_column("key")
     table.add_column("space")
     for name, space in study.spaces.items():
@@ -146,26 +166,44 @@ def _print_search(p) -> str:
     console.print(table)
     for record in shown.found:
         values = ", ".join(f"{k}={v}" for k, v in {**record.params, **record.values}.items())
-        console.print(f"trial {record.number}: finished ({values})" + ("" if record.feasible else ", infeasible"),
-                      markup=False, highlight=False)
+        console.print(
+            f"trial {record.number}: finished ({values})" + ("" if record.feasible else ", infeasible"),
+            markup=False,
+            highlight=False,
+        )
     for record in shown.asked:
-        console.print(f"trial {record.number}: to run ({', '.join(f'{k}={v}' for k, v in record.params.items())})",
-                      markup=False, highlight=False)
+        console.print(
+            f"trial {record.number}: to run ({', '.join(f'{k}={v}' for k, v in record.params.items())})",
+            markup=False,
+            highlight=False,
+        )
     later = study.total - len(shown.found) - len(shown.asked)
-    return (f"search: {len(shown.found)} of {study.total} trials finished, {len(shown.asked)} asked next"
-            + (f", {later} more chosen as results arrive" if later else ""))
+    return f"search: {len(shown.found)} of {study.total} trials finished, {len(shown.asked)} asked next" + (
+        f", {later} more chosen as results arrive" if later else ""
+    )
 
 
 @app.command()
-def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_uri: Optional[str] = UriOpt,
-        force: Optional[List[str]] = typer.Option(None, "--force", help="rerun this stage and its descendants even if cached"),
-        only: Optional[List[str]] = typer.Option(None, "--only", help="run only this stage (and the ancestors it needs)"),
-        keep_going: bool = typer.Option(False, "--keep-going", help="a failed stage skips its descendants and the other "
-                                                                    "branches finish (exit code 1)"),
-        executor: str = typer.Option("sequential", "--executor", help="sequential (this process) | ray (a Ray task per "
-                                                                      "stage, branches in parallel; extra: recipe-runner[ray])"),
-        address: Optional[str] = typer.Option(None, "--address", help="with --executor ray: the cluster to join, auto | "
-                                                                      "ray://host:port (default: start a local Ray)")) -> None:
+def run(
+    recipe: Path = RecipeArg,
+    set_: list[str] | None = SetOpt,
+    tracking_uri: str | None = UriOpt,
+    force: list[str] | None = typer.Option(None, "--force", help="rerun this stage and its descendants even if cached"),
+    only: list[str] | None = typer.Option(None, "--only", help="run only this stage (and the ancestors it needs)"),
+    keep_going: bool = typer.Option(
+        False, "--keep-going", help="a failed stage skips its descendants and the other branches finish (exit code 1)"
+    ),
+    executor: str = typer.Option(
+        "sequential",
+        "--executor",
+        help="sequential (this process) | ray (a Ray task per stage, branches in parallel; extra: recipe-runner[ray])",
+    ),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="with --executor ray: the cluster to join, auto | ray://host:port (default: start a local Ray)",
+    ),
+) -> None:
     """Run a recipe: reuse finished stages, resume unfinished ones, run the rest; log everything to MLflow."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -174,7 +212,7 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
     from .planner import RunOptions, prepare
     from .search import SearchFailed
 
-    failure: Optional[RunFailed] = None
+    failure: RunFailed | None = None
     with _sigterm_as_interrupt() as signals, _exit_codes(), _timings_written():
         try:
             runner = executors.make(executor, address)  # before anything is planned: a missing extra starts nothing
@@ -182,18 +220,32 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
                 p = prepare(recipe, RunOptions(set_ or [], force or [], only or [], tracking_uri))
             with runner:
                 p = runner.prepare(p)
-                console.print(f"tracking: {p.tracker.uri}  experiment: {p.tracker.experiment_name}"
-                              + (f"  executor: {runner.name}" if runner.name != "sequential" else ""),
-                              markup=False, highlight=False)
-                with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                              console=console, transient=False) as progress:
+                console.print(
+                    f"tracking: {p.tracker.uri}  experiment: {p.tracker.experiment_name}"
+                    + (f"  executor: {runner.name}" if runner.name != "sequential" else ""),
+                    markup=False,
+                    highlight=False,
+                )
+                with Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=console,
+                    transient=False,
+                ) as progress:
 
                     def factory(description: str, total: int):
                         task = progress.add_task(description, total=total)
                         return lambda n: progress.advance(task, n)
 
-                    engine = Engine(p, factory, announce=lambda line: progress.console.print(line, markup=False, highlight=False),
-                                    on_error="keep-going" if keep_going else "stop", executor=runner)
+                    engine = Engine(
+                        p,
+                        factory,
+                        announce=lambda line: progress.console.print(line, markup=False, highlight=False),
+                        on_error="keep-going" if keep_going else "stop",
+                        executor=runner,
+                    )
                     try:
                         reports = engine.run()
                     except RunFailed as exc:
@@ -207,8 +259,11 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
                         typer.echo(f"error: {exc}", err=True)
                         raise typer.Exit(1)
                     except KeyboardInterrupt as exc:
-                        typer.echo("interrupted: finished stages are kept; run again: the unfinished stage resumes from its "
-                                   "last epoch (or prune step) checkpoint, or starts over if it saved none yet", err=True)
+                        typer.echo(
+                            "interrupted: finished stages are kept; run again: the unfinished stage resumes from its "
+                            "last epoch (or prune step) checkpoint, or starts over if it saved none yet",
+                            err=True,
+                        )
                         raise typer.Exit(143 if "SIGTERM" in (str(exc), *signals) else 130)
         except executors.ExecutorUnavailable as exc:
             typer.echo(f"error: {exc}", err=True)
@@ -232,15 +287,22 @@ def run(recipe: Path = RecipeArg, set_: Optional[List[str]] = SetOpt, tracking_u
 
 
 @app.command()
-def compare(targets: Optional[List[str]] = typer.Argument(None, metavar="RECIPE|EXPERIMENT|RUN", show_default=False,
-                                                          help="recipe files, experiment names, recipe run ids or runs:/ "
-                                                               "URIs (none: the newest recipe run)"),
-            metric: Optional[List[str]] = typer.Option(None, "--metric", help="add this metric as a column (repeatable)"),
-            format_: str = typer.Option("table", "--format", help="table | csv | json | markdown"),
-            tracking_uri: Optional[str] = UriOpt,
-            plot: Path = typer.Option(Path("compare.png"), "--plot", help="write the Pareto plot here (PNG)"),
-            no_plot: bool = typer.Option(False, "--no-plot", help="write and log no plot"),
-            all_runs: bool = typer.Option(False, "--all-runs", help="every recipe run of a recipe or experiment, not only the newest")) -> None:
+def compare(
+    targets: list[str] | None = typer.Argument(
+        None,
+        metavar="RECIPE|EXPERIMENT|RUN",
+        show_default=False,
+        help="recipe files, experiment names, recipe run ids or runs:/ URIs (none: the newest recipe run)",
+    ),
+    metric: list[str] | None = typer.Option(None, "--metric", help="add this metric as a column (repeatable)"),
+    format_: str = typer.Option("table", "--format", help="table | csv | json | markdown"),
+    tracking_uri: str | None = UriOpt,
+    plot: Path = typer.Option(Path("compare.png"), "--plot", help="write the Pareto plot here (PNG)"),
+    no_plot: bool = typer.Option(False, "--no-plot", help="write and log no plot"),
+    all_runs: bool = typer.Option(
+        False, "--all-runs", help="every recipe run of a recipe or experiment, not only the newest"
+    ),
+) -> None:
     """Every stage of the chosen recipe runs side by side, and a Pareto plot logged to each of them."""
     from . import compare as C
     from .pareto import plot_comparison
@@ -256,10 +318,11 @@ def compare(targets: Optional[List[str]] = typer.Argument(None, metavar="RECIPE|
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2)
         for note in result.unlogged(metric or []):
-            typer.echo(f"[warn]   --metric {note}: no stage of these runs logged it; its column is empty",
-                       err=True)
+            typer.echo(f"[warn]   --metric {note}: no stage of these runs logged it; its column is empty", err=True)
         if format_ == "table":
-            runs = ", ".join(f"{r.name} {r.run_id[:8]}" for r in result.runs[:3]) + (" ..." if len(result.runs) > 3 else "")
+            runs = ", ".join(f"{r.name} {r.run_id[:8]}" for r in result.runs[:3]) + (
+                " ..." if len(result.runs) > 3 else ""
+            )
             table = Table(title=f"{len(result.rows)} stage(s) of {runs}  (tracking: {client.tracking_uri})")
             columns, rows = C.table_view(result)
             # the node id is the one column worth reading whole
@@ -281,13 +344,21 @@ def compare(targets: Optional[List[str]] = typer.Argument(None, metavar="RECIPE|
 
 
 @app.command()
-def reproduce(run_ref: str = typer.Argument(..., metavar="RUN", help="a recipe run id or runs:/<id>", show_default=False),
-              tracking_uri: Optional[str] = UriOpt,
-              tolerance: Optional[float] = typer.Option(None, "--tolerance", show_default=False,
-                                              help="largest absolute change of a stage's primary metric "
-                                                   f"(default {DEFAULT_TOLERANCE:g}, measured: README)"),
-              workdir: Optional[Path] = typer.Option(None, "--workdir", help="keep the recipe, lock and reproduction.json here "
-                                                     "(default: a temporary folder, removed)")) -> None:
+def reproduce(
+    run_ref: str = typer.Argument(..., metavar="RUN", help="a recipe run id or runs:/<id>", show_default=False),
+    tracking_uri: str | None = UriOpt,
+    tolerance: float | None = typer.Option(
+        None,
+        "--tolerance",
+        show_default=False,
+        help=f"largest absolute change of a stage's primary metric (default {DEFAULT_TOLERANCE:g}, measured: README)",
+    ),
+    workdir: Path | None = typer.Option(
+        None,
+        "--workdir",
+        help="keep the recipe, lock and reproduction.json here (default: a temporary folder, removed)",
+    ),
+) -> None:
     """Re-run a recorded recipe run from scratch and compare every stage's metrics with the original's."""
     import shutil
     import tempfile
@@ -313,8 +384,12 @@ def reproduce(run_ref: str = typer.Argument(..., metavar="RUN", help="a recipe r
             raise typer.Exit(2)
         for note in notes:
             console.print(f"[warn]   {note}", markup=False, highlight=False)
-        console.print(f"reproducing run {original.run_id} ({original.lock.get('recipe')}) from scratch into {uri}, "
-                      f"experiment {original.experiment}", markup=False, highlight=False)
+        console.print(
+            f"reproducing run {original.run_id} ({original.lock.get('recipe')}) from scratch into {uri}, "
+            f"experiment {original.experiment}",
+            markup=False,
+            highlight=False,
+        )
         try:
             _run_quietly(plan)
         except StageFailed as exc:
@@ -349,11 +424,16 @@ def _print_trials(client, run) -> None:
 
 
 @app.command()
-def ui(target: Optional[str] = typer.Argument(None, metavar="[RECIPE|EXPERIMENT|RUN]", show_default=False,
-                                             help="a recipe file, experiment name or recipe run id (none: the newest "
-                                                  "recipe run in the store)"),
-       tracking_uri: Optional[str] = UriOpt,
-       no_browser: bool = typer.Option(False, "--no-browser", help="print the link only")) -> None:
+def ui(
+    target: str | None = typer.Argument(
+        None,
+        metavar="[RECIPE|EXPERIMENT|RUN]",
+        show_default=False,
+        help="a recipe file, experiment name or recipe run id (none: the newest recipe run in the store)",
+    ),
+    tracking_uri: str | None = UriOpt,
+    no_browser: bool = typer.Option(False, "--no-browser", help="print the link only"),
+) -> None:
     """MLflow's web UI on a recipe's runs, their stage metrics charted side by side; Ctrl-C stops it."""
     import time
 
@@ -397,15 +477,20 @@ def _run_quietly(plan) -> list:
     from . import executors
     from .engine import Engine
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
 
         def factory(description: str, total: int):
             task = progress.add_task(description, total=total)
             return lambda n: progress.advance(task, n)
 
-        return Engine(plan, factory, announce=lambda line: progress.console.print(line, markup=False, highlight=False),
-                      executor=executors.make("sequential")).run()
+        return Engine(
+            plan,
+            factory,
+            announce=lambda line: progress.console.print(line, markup=False, highlight=False),
+            executor=executors.make("sequential"),
+        ).run()
 
 
 def _print_versions(differences: list[tuple[str, str, str]]) -> None:
@@ -421,21 +506,34 @@ def _print_versions(differences: list[tuple[str, str, str]]) -> None:
 
 
 def _print_outcome(original_id: str, outcome, tolerance: float) -> None:
-    table = Table(title=f"original {original_id[:8]} vs reproduction {(outcome.run_id or '-')[:8]} "
-                        f"(primary metric within {tolerance:g}?)")
+    table = Table(
+        title=f"original {original_id[:8]} vs reproduction {(outcome.run_id or '-')[:8]} "
+        f"(primary metric within {tolerance:g}?)"
+    )
     for column in ("stage", "metric", "original", "reproduced", "diff", "ok"):
         table.add_column(column, overflow="fold")
     previous = None
     for row in outcome.rows:
         verdict = ("[green]yes[/]" if row.ok else "[red]NO[/]") if row.judged else ""
         diff = "-" if row.diff is None else f"{row.diff:+.4g}"
-        table.add_row(escape(row.node_id) if row.node_id != previous else "", escape(row.metric), _fmt(row.original),
-                      _fmt(row.reproduced), diff, verdict)
+        table.add_row(
+            escape(row.node_id) if row.node_id != previous else "",
+            escape(row.metric),
+            _fmt(row.original),
+            _fmt(row.reproduced),
+            diff,
+            verdict,
+        )
         previous = row.node_id
     console.print(table)
     failed = [r.node_id for r in outcome.rows if not r.ok]
-    console.print(f"reproduced within {tolerance:g}" if not failed else f"NOT reproduced within {tolerance:g}: {', '.join(failed)}",
-                  markup=False, highlight=False)
+    console.print(
+        f"reproduced within {tolerance:g}"
+        if not failed
+        else f"NOT reproduced within {tolerance:g}: {', '.join(failed)}",
+        markup=False,
+        highlight=False,
+    )
 
 
 def _fmt(value) -> str:

@@ -9,6 +9,7 @@ the rows are one per stage run, in a fixed column order so csv/json/markdown sta
 `host` is the machine that measured the row (latency is a property of a machine): for a reused stage, the
 host of the run it reuses.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,7 +18,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from . import persistence as T
 from .registry import did_you_mean
@@ -60,10 +61,10 @@ class Comparison:
         return notes
 
 
-def run_id_of(text: str) -> Optional[str]:
+def run_id_of(text: str) -> str | None:
     """The run id in `runs:/<id>[/path]` or a bare 32-hex id; None if `text` is neither."""
     if text.startswith("runs:/"):
-        return text[len("runs:/"):].strip("/").split("/")[0] or None
+        return text[len("runs:/") :].strip("/").split("/")[0] or None
     return text if RUN_ID.fullmatch(text) else None
 
 
@@ -97,8 +98,7 @@ def _resolve_one(client: Any, target: str, every_run: bool) -> list[RecipeRun]:
             run = client.get_run(run.data.tags[T.PARENT_RUN])  # a stage run: compare its whole recipe run
         if run.data.tags.get(T.ROLE) != "recipe":
             raise CompareError(f"run '{run_id}' is not a recipe run (no tag {T.ROLE}=recipe)")
-        return [RecipeRun(run.info.run_id, run.data.tags.get(T.RECIPE_NAME, run.info.run_name),
-                          run.info.experiment_id)]
+        return [RecipeRun(run.info.run_id, run.data.tags.get(T.RECIPE_NAME, run.info.run_name), run.info.experiment_id)]
     recipe_name = None
     experiment_name = target
     if Path(target).suffix in (".yaml", ".yml") or Path(target).is_file():
@@ -106,7 +106,9 @@ def _resolve_one(client: Any, target: str, every_run: bool) -> list[RecipeRun]:
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         names = [e.name for e in client.search_experiments()]
-        what = f"experiment '{experiment_name}' (of recipe {target})" if recipe_name else f"experiment or run '{target}'"
+        what = (
+            f"experiment '{experiment_name}' (of recipe {target})" if recipe_name else f"experiment or run '{target}'"
+        )
         raise CompareError(f"no {what} in {client.tracking_uri}{did_you_mean(experiment_name, names)}")
     runs = _recipe_runs(client, [experiment.experiment_id], recipe_name, every_run)
     if not runs:
@@ -128,14 +130,16 @@ def _recipe_file_experiment(path: Path) -> tuple[str, str]:
     return recipe.tracking.experiment or recipe.name, recipe.name
 
 
-def _recipe_runs(client: Any, experiments: list[str], recipe_name: Optional[str], every_run: bool) -> list[RecipeRun]:
+def _recipe_runs(client: Any, experiments: list[str], recipe_name: str | None, every_run: bool) -> list[RecipeRun]:
     query = f"tags.`{T.ROLE}` = 'recipe'"
     if recipe_name:
         query += f" and tags.`{T.RECIPE_NAME}` = '{recipe_name}'"
-    runs = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"],
-                              max_results=1000 if every_run else 1)
-    return [RecipeRun(r.info.run_id, r.data.tags.get(T.RECIPE_NAME, r.info.run_name), r.info.experiment_id)
-            for r in runs]
+    runs = client.search_runs(
+        experiments, query, order_by=["attributes.start_time DESC"], max_results=1000 if every_run else 1
+    )
+    return [
+        RecipeRun(r.info.run_id, r.data.tags.get(T.RECIPE_NAME, r.info.run_name), r.info.experiment_id) for r in runs
+    ]
 
 
 def compare(client: Any, runs: list[RecipeRun], extra_metrics: list[str] = ()) -> Comparison:
@@ -144,8 +148,12 @@ def compare(client: Any, runs: list[RecipeRun], extra_metrics: list[str] = ()) -
     sweep_keys: list[str] = []
     logged: set[str] = set()
     for recipe_run in runs:
-        children = client.search_runs([recipe_run.experiment_id], f"tags.`{T.PARENT_RUN}` = '{recipe_run.run_id}'",
-                                      order_by=["attributes.start_time ASC"], max_results=5000)
+        children = client.search_runs(
+            [recipe_run.experiment_id],
+            f"tags.`{T.PARENT_RUN}` = '{recipe_run.run_id}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=5000,
+        )
         # a stage that failed (e.g. quantize's accuracy guard) or was cut off is not a result to compare or plot
         for child in (c for c in children if c.info.status == "FINISHED"):
             logged.update(child.data.metrics)
@@ -165,10 +173,14 @@ def _stage_row(client: Any, recipe_run: RecipeRun, run: Any, extra_metrics: list
         params = {**source.data.params, **params}
     metric = next((m for m in PRIMARY if m in metrics), None)
     row: dict[str, Any] = {
-        "recipe_run": recipe_run.run_id, "recipe": recipe_run.name, "node_id": tags.get(T.NODE_ID, run.info.run_name),
-        "stage_type": tags.get(T.STAGE_TYPE), "action": action_of(tags),
+        "recipe_run": recipe_run.run_id,
+        "recipe": recipe_run.name,
+        "node_id": tags.get(T.NODE_ID, run.info.run_name),
+        "stage_type": tags.get(T.STAGE_TYPE),
+        "action": action_of(tags),
         **{k: _param_value(v) for k, v in params.items() if k.startswith("sweep.")},
-        "metric": metric, "value": metrics.get(metric) if metric else None,
+        "metric": metric,
+        "value": metrics.get(metric) if metric else None,
         "seconds": (timed.info.end_time - timed.info.start_time) / 1000 if timed.info.end_time else None,
         "host": timed.data.tags.get(T.LEASE_HOST),
     }
@@ -184,7 +196,7 @@ def action_of(tags: dict[str, str]) -> str:
     return "resumed" if T.RESUMED_FROM in tags else "ran"
 
 
-def _source_run(client: Any, run_id: Optional[str]) -> Any:
+def _source_run(client: Any, run_id: str | None) -> Any:
     """The run a reused stage points to; None if there is none or it was deleted (its time is then unknown)."""
     if not run_id:
         return None
@@ -273,13 +285,15 @@ def open_store(uri: str) -> Any:
             requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
         except requests.RequestException as exc:
             raise T.TrackingError(f"cannot reach the MLflow tracking server at {uri}: {type(exc).__name__}") from None
-    elif uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise CompareError(f"no MLflow store at {uri[len('sqlite:///'):]} (pass --tracking-uri or set MLFLOW_TRACKING_URI)")
+    elif uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise CompareError(
+            f"no MLflow store at {uri[len('sqlite:///') :]} (pass --tracking-uri or set MLFLOW_TRACKING_URI)"
+        )
     T.quiet_mlflow()
     return MlflowClient(tracking_uri=uri)
 
 
-def tracking_uri_for(targets: list[str], cli_uri: Optional[str]) -> str:
+def tracking_uri_for(targets: list[str], cli_uri: str | None) -> str:
     """--tracking-uri, else the tracking.uri of the first recipe file argument that sets one, else the default."""
     recipe_uri = None
     for target in targets:

@@ -1,11 +1,12 @@
 """Pydantic building blocks shared by the stage configs (no torch here: validation stays fast)."""
+
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Device = Union[Literal["cpu"], int, str, list[int]]
+Device = Literal["cpu"] | int | str | list[int]
 
 
 class StrictModel(BaseModel):
@@ -26,19 +27,27 @@ class ConfigProblem(ValueError):
 class Resources(StrictModel):
     """What one stage's Ray task reserves (--executor ray); the sequential executor ignores it."""
 
-    cpus: Optional[float] = Field(None, gt=0, description="CPUs to reserve (default 1)")
-    gpus: Optional[float] = Field(None, ge=0, description="GPUs to reserve (default: 1 when device is a GPU, else 0)")
+    cpus: float | None = Field(None, gt=0, description="CPUs to reserve (default 1)")
+    gpus: float | None = Field(None, ge=0, description="GPUs to reserve (default: 1 when device is a GPU, else 0)")
 
 
 class Distill(StrictModel):
     """Knowledge distillation from another stage's model while this stage trains."""
 
-    teacher: str = Field(description="the stage whose model teaches: any stage giving a PyTorch model that is not "
-                                     "this stage or one of its descendants (its cache key joins this stage's key)")
-    weight: float = Field(0.5, ge=0, le=1, description="share of the distillation loss: loss = (1 - weight) * task + "
-                                                       "weight * distillation (yolo: see the README)")
-    temperature: float = Field(4.0, gt=0, le=100, description="softmax temperature of the logits (classifiers; Hinton "
-                                                              "KD, scaled by T^2)")
+    teacher: str = Field(
+        description="the stage whose model teaches: any stage giving a PyTorch model that is not "
+        "this stage or one of its descendants (its cache key joins this stage's key)"
+    )
+    weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="share of the distillation loss: loss = (1 - weight) * task + "
+        "weight * distillation (yolo: see the README)",
+    )
+    temperature: float = Field(
+        4.0, gt=0, le=100, description="softmax temperature of the logits (classifiers; Hinton KD, scaled by T^2)"
+    )
 
 
 # keys naming other stages (graph inputs): out of the cache key at their default, so older keys stay as they were
@@ -49,12 +58,20 @@ class StageConfig(StrictModel):
     """Keys every stage has. `from` names the parent stage (default: the previous stage in the file)."""
 
     type: str
-    from_: Optional[str] = Field(None, alias="from", description="parent stage id; default: the previous stage in the file")
-    device: Device = Field("cpu", description="cpu, a GPU index (0), cuda:N, mps, or a list of GPU indices ([0, 1]): "
-                                              "the yolo family trains on all of them with DDP (validation uses the "
-                                              "first); the torchvision family takes one device")
-    resources: Optional[Resources] = Field(None, description="with --executor ray: what this stage's task reserves "
-                                                             "(cpus, gpus); default: 1 GPU for a GPU device, else 1 CPU")
+    from_: str | None = Field(
+        None, alias="from", description="parent stage id; default: the previous stage in the file"
+    )
+    device: Device = Field(
+        "cpu",
+        description="cpu, a GPU index (0), cuda:N, mps, or a list of GPU indices ([0, 1]): "
+        "the yolo family trains on all of them with DDP (validation uses the "
+        "first); the torchvision family takes one device",
+    )
+    resources: Resources | None = Field(
+        None,
+        description="with --executor ray: what this stage's task reserves "
+        "(cpus, gpus); default: 1 GPU for a GPU device, else 1 CPU",
+    )
 
     # Keys that do not change a stage's result, so they stay out of its cache key.
     NOT_IDENTITY: ClassVar[frozenset[str]] = frozenset({"from_", "device", "workers", "checkpoint_every", "resources"})
@@ -81,17 +98,22 @@ class StageConfig(StrictModel):
         return {}
 
     @model_validator(mode="after")
-    def _gpu_list_is_usable(self) -> "StageConfig":
+    def _gpu_list_is_usable(self) -> StageConfig:
         if isinstance(self.device, list):
             if not self.device:
                 raise ValueError("device: an empty list; write cpu, a GPU index, or a list of GPU indices")
             if len(set(self.device)) != len(self.device):
                 raise ValueError(f"device: {self.device} names a GPU twice")
             # a Ray task sees only the GPUs it reserved
-            if self.resources is not None and self.resources.gpus is not None and \
-                    self.resources.gpus < len(self.device):
-                raise ValueError(f"resources.gpus {self.resources.gpus:g} is fewer than the {len(self.device)} GPUs "
-                                 f"device: {self.device} trains on")
+            if (
+                self.resources is not None
+                and self.resources.gpus is not None
+                and self.resources.gpus < len(self.device)
+            ):
+                raise ValueError(
+                    f"resources.gpus {self.resources.gpus:g} is fewer than the {len(self.device)} GPUs "
+                    f"device: {self.device} trains on"
+                )
         return self
 
 
@@ -105,13 +127,19 @@ class TrainingKnobs(StrictModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0, lt=1)
     workers: int = Field(0, ge=0, le=64, description="data-loader worker processes")
-    checkpoint_every: Union[Literal["auto"], Annotated[int, Field(ge=1, le=10000)]] = Field(
-        "auto", description="epochs between resumable epoch checkpoints written to the tracking store; auto: every "
-                            "epoch while writing them costs under 3% of the training time, else as often as that "
-                            "allows (not part of the cache key)")
-    args: dict[str, Any] = Field(default_factory=dict, description="extra trainer arguments passed through to the family (e.g. Ultralytics train args)")
-    distill: Optional[Distill] = Field(None, description="learn from a teacher stage's model too: {teacher: <stage>, "
-                                                         "weight: 0.5, temperature: 4}")
+    checkpoint_every: Literal["auto"] | Annotated[int, Field(ge=1, le=10000)] = Field(
+        "auto",
+        description="epochs between resumable epoch checkpoints written to the tracking store; auto: every "
+        "epoch while writing them costs under 3% of the training time, else as often as that "
+        "allows (not part of the cache key)",
+    )
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra trainer arguments passed through to the family (e.g. Ultralytics train args)",
+    )
+    distill: Distill | None = Field(
+        None, description="learn from a teacher stage's model too: {teacher: <stage>, weight: 0.5, temperature: 4}"
+    )
 
     def inputs(self) -> dict[str, str]:
         return {"teacher": self.distill.teacher} if self.distill is not None else {}
@@ -123,9 +151,11 @@ class TrainingStageConfig(StageConfig, TrainingKnobs):
     inputs = TrainingKnobs.inputs  # StageConfig's (none) comes first in the bases
 
     @model_validator(mode="after")
-    def _batch_covers_devices(self) -> "TrainingStageConfig":
+    def _batch_covers_devices(self) -> TrainingStageConfig:
         # DDP gives each GPU batch // len(device) images; zero would fail only once the workers start
         if isinstance(self.device, list) and self.batch < len(self.device):
-            raise ValueError(f"batch {self.batch} is split over {len(self.device)} GPUs (device: {self.device}): "
-                             f"use batch >= {len(self.device)}, ideally a multiple of it")
+            raise ValueError(
+                f"batch {self.batch} is split over {len(self.device)} GPUs (device: {self.device}): "
+                f"use batch >= {len(self.device)}, ideally a multiple of it"
+            )
         return self

@@ -8,6 +8,7 @@ For each node, in topological order:
 A node starts once its parent is done; an executor (executors/) runs it, in this process by default. A failure
 stops the run, or with on_error='keep-going' skips only the failed node's descendants.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,35 +19,48 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 from mlflow.exceptions import MlflowException
 
 from . import persistence as T
-from .persistence import leases
-from .persistence import records as R
-from .persistence import versions as V
-from .timing import section, timed
-from .persistence import CheckpointError, EpochCadence, load_checkpoint, save_checkpoint, sha256_of
 from .config_base import TrainingKnobs
 from .data import cache_root
 from .executors import Executor, KnownOutput, RunnerFactory
 from .executors.sequential import SequentialExecutor
 from .graph import StageNode
 from .models import handoff_problems
+
 # the outcome types live apart (executors build them too); imported from here by older code, so re-exported
 from .outcomes import RunFailed, StageFailed, StageReport
+from .persistence import CheckpointError, EpochCadence, leases, load_checkpoint, save_checkpoint, sha256_of
+from .persistence import records as R
+from .persistence import versions as V
 from .planner import Plan, PlannedStage
 from .pruning.unstructured import sparsity as weight_sparsity
 from .stages import STAGES, StageOutput
+from .timing import section, timed
 
 __all__ = ["Engine", "RunFailed", "RunningStage", "StageFailed", "StageInput", "StageReport", "stage_runner"]
 
-PACKAGES = ["recipe-runner", "torch", "torchvision", "torch-pruning", "ultralytics-opencv-headless", "ultralytics", "mlflow",
-            "onnx", "onnxruntime", "pydantic", "openvino", "nncf"]
+PACKAGES = [
+    "recipe-runner",
+    "torch",
+    "torchvision",
+    "torch-pruning",
+    "ultralytics-opencv-headless",
+    "ultralytics",
+    "mlflow",
+    "onnx",
+    "onnxruntime",
+    "pydantic",
+    "openvino",
+    "nncf",
+]
 
 
 #: what a stage failure does to the rest of the run (like DVC's on_error): stop at once, or finish every stage
@@ -60,8 +74,16 @@ ProgressFactory = Callable[[str, int], Callable[[int], None]]
 class RunningStage:
     """The StageContext a stage sees: logging, epoch checkpoints and progress, bound to one MLflow run."""
 
-    def __init__(self, engine: "Engine", node: StageNode, run_id: str, workdir: Path, parent: StageInput,
-                 resume_state: Optional[dict], prefix: str = ""):
+    def __init__(
+        self,
+        engine: Engine,
+        node: StageNode,
+        run_id: str,
+        workdir: Path,
+        parent: StageInput,
+        resume_state: dict | None,
+        prefix: str = "",
+    ):
         self.engine, self.node, self.run_id, self.workdir = engine, node, run_id, workdir
         self.stage_id, self.family, self.data, self.seed = node.id, engine.family, engine.data, engine.plan.recipe.seed
         self.model_source = engine.plan.recipe.model.source
@@ -97,7 +119,7 @@ class RunningStage:
             self._inputs[role] = model
         return self._inputs[role]
 
-    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.engine.tracker.log_metrics(self.run_id, {self.prefix + k: v for k, v in metrics.items()}, step)
 
     def epoch_state_due(self, epoch: int) -> bool:
@@ -118,8 +140,9 @@ class RunningStage:
         upload, self.upload_due = self.upload_due, True
         if not upload:  # this machine only: the newest state, for a resume here (which falls back to the store's)
             started = self.local_cadence.clock()
-            save_checkpoint({"cache_key": self.node.cache_key, **state}, local_latest_state(self.node.cache_key),
-                            durable=False)
+            save_checkpoint(
+                {"cache_key": self.node.cache_key, **state}, local_latest_state(self.node.cache_key), durable=False
+            )
             self.local_cadence.written(epoch, started)
             return
         started = self.cadence.clock()
@@ -132,7 +155,7 @@ class RunningStage:
         self.engine.tracker.set_tags(self.run_id, {T.EPOCH: epoch, T.EPOCH_SHA: sha, T.EPOCH_SLOT: slot})
         self.cadence.written(epoch, started)
 
-    def log_artifact(self, path: Path, folder: Optional[str] = None) -> None:
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self.engine.tracker.log_artifact(self.run_id, path, folder)
 
     def warn(self, message: str) -> None:
@@ -149,9 +172,10 @@ class RunningStage:
     def progress(self, description: str, total: int) -> Callable[[int], None]:
         return self.engine.progress(f"{self.node.id}: {self.prefix}{description}", total)
 
-    def nested(self, prefix: str) -> "RunningStage":
-        child = RunningStage(self.engine, self.node, self.run_id, self.workdir, StageInput(), None,
-                             f"{self.prefix}{prefix}/")
+    def nested(self, prefix: str) -> RunningStage:
+        child = RunningStage(
+            self.engine, self.node, self.run_id, self.workdir, StageInput(), None, f"{self.prefix}{prefix}/"
+        )
         child._inputs = self._inputs  # a teacher is loaded once per stage, not once per prune step
         return child
 
@@ -161,7 +185,7 @@ class StageInput:
     """What a stage receives from its parent: a module or a verified file, and the parent's metrics."""
 
     model: Any = None
-    file: Optional[Path] = None
+    file: Path | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -170,8 +194,14 @@ class Engine:
     Without an executor, stages run in this process, one at a time (a library caller's default; the CLI always
     passes one)."""
 
-    def __init__(self, plan: Plan, progress: ProgressFactory, announce: Callable[[str], None] = print,
-                 on_error: OnError = "stop", executor: Optional[Executor] = None):
+    def __init__(
+        self,
+        plan: Plan,
+        progress: ProgressFactory,
+        announce: Callable[[str], None] = print,
+        on_error: OnError = "stop",
+        executor: Executor | None = None,
+    ):
         self.plan, self.tracker, self.progress, self.announce = plan, plan.tracker, progress, announce
         self.on_error, self.executor = on_error, executor or SequentialExecutor()
         self.outputs: dict[str, Any] = {}  # node id -> model or file, for stages that ran in this process
@@ -184,15 +214,28 @@ class Engine:
 
     def run(self) -> list[StageReport]:
         recipe = self.plan.recipe
-        parent_id = self.tracker.start_run(R.parent_run_name(recipe.name), {
-            T.ROLE: "recipe", T.RECIPE_NAME: recipe.name, T.RECIPE_SHA: recipe.sha256,
-            T.NOTE: recipe.description,
-        })
+        parent_id = self.tracker.start_run(
+            R.parent_run_name(recipe.name),
+            {
+                T.ROLE: "recipe",
+                T.RECIPE_NAME: recipe.name,
+                T.RECIPE_SHA: recipe.sha256,
+                T.NOTE: recipe.description,
+            },
+        )
         self.tracker.log_dataset(parent_id, R.dataset_input(self.data, "recipe"))
         self.tracker.log_text(parent_id, recipe.text, f"recipe/{recipe.path.name}")
         self.tracker.log_text(parent_id, json.dumps(self.lock(), indent=2, default=str), "recipe/recipe.lock.json")
-        self.tracker.log_params(parent_id, {"recipe": recipe.name, "seed": recipe.seed, "model": recipe.model.source,
-                                            "data": recipe.data, "overrides": " ".join(recipe.overrides)})
+        self.tracker.log_params(
+            parent_id,
+            {
+                "recipe": recipe.name,
+                "seed": recipe.seed,
+                "model": recipe.model.source,
+                "data": recipe.data,
+                "overrides": " ".join(recipe.overrides),
+            },
+        )
         for note in self.plan.notes:
             self.announce(f"[note]   {note}")
         scratch = Path(tempfile.mkdtemp(prefix="recipe-runner-"))
@@ -223,9 +266,15 @@ class Engine:
             raise RunFailed(reports)
         return reports
 
-    def schedule(self, parent_id: str, scratch: Path, reports: list[StageReport],
-                 stages: Optional[list[PlannedStage]] = None, on_error: Optional[OnError] = None,
-                 label: str = "stages") -> None:
+    def schedule(
+        self,
+        parent_id: str,
+        scratch: Path,
+        reports: list[StageReport],
+        stages: list[PlannedStage] | None = None,
+        on_error: OnError | None = None,
+        label: str = "stages",
+    ) -> None:
         """Hand every stage (of `stages`, default the plan's) whose parent is done to the executor, until none is
         left; apply the error policy (default the engine's). A parent outside `stages` must be done already."""
         on_error = on_error or self.on_error
@@ -299,23 +348,37 @@ class Engine:
     def _stage_tags(self, planned: PlannedStage) -> dict[str, Any]:
         """The tags of a stage run: its key, names, recipe, action, and which runs hold its inputs."""
         node = planned.node
-        tags = {T.ROLE: "stage", T.CACHE_KEY: node.cache_key, T.STAGE_ID: node.stage_id, T.NODE_ID: node.id,
-                T.STAGE_TYPE: node.type, T.RECIPE_NAME: self.plan.recipe.name,
-                T.RECIPE_SHA: self.plan.recipe.sha256, T.ACTION: planned.action,
-                T.RUN_NAME: R.run_name(node.stage_id, node.sweep)}
+        tags = {
+            T.ROLE: "stage",
+            T.CACHE_KEY: node.cache_key,
+            T.STAGE_ID: node.stage_id,
+            T.NODE_ID: node.id,
+            T.STAGE_TYPE: node.type,
+            T.RECIPE_NAME: self.plan.recipe.name,
+            T.RECIPE_SHA: self.plan.recipe.sha256,
+            T.ACTION: planned.action,
+            T.RUN_NAME: R.run_name(node.stage_id, node.sweep),
+        }
         for role, input_id in node.inputs.items():  # e.g. the teacher: which stage, and which run holds its model
             tags.update({T.input_stage(role): input_id, T.input_run(role): self.output_run(input_id)})
         return tags
 
-    def _claim(self, planned: PlannedStage, tags: dict[str, Any],
-               parent_id: str) -> tuple[PlannedStage, leases.Claim]:
+    def _claim(self, planned: PlannedStage, tags: dict[str, Any], parent_id: str) -> tuple[PlannedStage, leases.Claim]:
         """Take the stage's key (leases.py) and decide its action now, not at plan time: another process may have
         finished or started this key meanwhile. A planned reuse claims nothing. Updates tags' action."""
         node = planned.node
         if planned.action == "reuse":
             return planned, leases.Claim()
-        claim = leases.acquire(self.tracker, node.id, node.cache_key, {**tags, **V.version_tags()}, parent_id,
-                               planned.forced, self.announce, done=T.done_tag(self.plan.graph.gives(node.id)))
+        claim = leases.acquire(
+            self.tracker,
+            node.id,
+            node.cache_key,
+            {**tags, **V.version_tags()},
+            parent_id,
+            planned.forced,
+            self.announce,
+            done=T.done_tag(self.plan.graph.gives(node.id)),
+        )
         source = claim.reuse or claim.resume
         planned = PlannedStage(node, "reuse" if claim.reuse else "resume" if claim.resume else "run", source)
         tags[T.ACTION] = planned.action
@@ -328,8 +391,11 @@ class Engine:
         host = source.tags.get(T.LEASE_HOST)
         elsewhere = {T.MEASURED_ON: host} if host and host != leases.me().host else {}
         # the model was made by the source run's versions, not by the installed ones
-        run_id = self.tracker.start_run(node.id, {**tags, **V.recorded(source.tags), T.ROLE: "reused",
-                                                  T.REUSED_FROM: source.run_id, **elsewhere}, parent_id)
+        run_id = self.tracker.start_run(
+            node.id,
+            {**tags, **V.recorded(source.tags), T.ROLE: "reused", T.REUSED_FROM: source.run_id, **elsewhere},
+            parent_id,
+        )
         self.tracker.log_params(run_id, _params(node))
         self.tracker.log_dataset(run_id, R.dataset_input(self.data, node.type))
         metrics = {**source.metrics, "epochs_trained": 0.0}
@@ -374,7 +440,7 @@ class Engine:
             raise StageFailed(node.id, exc, run_id) from exc
         return planned.action, result, metrics
 
-    def _resume_state(self, planned: PlannedStage, run_id: str, workdir: Path) -> tuple[PlannedStage, Optional[dict]]:
+    def _resume_state(self, planned: PlannedStage, run_id: str, workdir: Path) -> tuple[PlannedStage, dict | None]:
         """The verified epoch state a resume continues from, or none (a resume that cannot verify one runs from the
         start); tags the run with the final action and says which it is."""
         node = planned.node
@@ -383,13 +449,16 @@ class Engine:
             try:
                 resume_state = self._load_epoch_state(planned.source, workdir)
             except (CheckpointError, OSError, MlflowException) as exc:  # not verified: not trusted; start over
-                self.announce(f"[warn]   {node.id}: cannot resume run {planned.source.run_id[:8]} ({exc}); starting over")
+                self.announce(
+                    f"[warn]   {node.id}: cannot resume run {planned.source.run_id[:8]} ({exc}); starting over"
+                )
                 planned = PlannedStage(node, "run")
         # the claim run was created before the action was final
         self.tracker.set_tags(run_id, {T.ACTION: planned.action})
         if resume_state is not None:
-            self.tracker.set_tags(run_id, {T.RESUMED_FROM: planned.source.run_id,
-                                           T.RESUMED_EPOCH: resume_state["epoch"]})
+            self.tracker.set_tags(
+                run_id, {T.RESUMED_FROM: planned.source.run_id, T.RESUMED_EPOCH: resume_state["epoch"]}
+            )
             self.announce(f"[resume] {node.id}  from epoch {resume_state['epoch']} of run {planned.source.run_id[:8]}")
         else:
             self.announce(f"[run]    {node.id}")
@@ -414,7 +483,7 @@ class Engine:
         source = self.sources.get(node_id)
         return source.run_id if source is not None else self.run_ids.get(node_id, "")
 
-    def _finish_dead_recipe_run(self, run_id: Optional[str], own_id: str) -> None:
+    def _finish_dead_recipe_run(self, run_id: str | None, own_id: str) -> None:
         """Mark KILLED the recipe run of a cut-off attempt we took over, else it shows as running forever.
 
         Its process is gone (its stage's lease was stale) and one process runs one stage at a time, so no
@@ -430,8 +499,10 @@ class Engine:
             raise TypeError(f"stage type '{node.type}' gives a model but its run returned none")
         problems = handoff_problems(output.model)
         if problems:
-            raise TypeError(f"stage type '{node.type}' returned a model that is not on the CPU in fp32, as stages hand "
-                            f"models over: {'; '.join(problems)}")
+            raise TypeError(
+                f"stage type '{node.type}' returned a model that is not on the CPU in fp32, as stages hand "
+                f"models over: {'; '.join(problems)}"
+            )
         if output.evaluate_output:
             metrics.update(self.evaluate(output.model, node.config, output.evaluation))
         path = workdir / "checkpoint" / "model.pt"
@@ -462,12 +533,13 @@ class Engine:
     def _describe(self, parent_id: str, reports: list[StageReport], status: str) -> None:
         """The parent run's description: the recipe's own text, then a table of the stages this run went through."""
         nodes = [self.plan.graph.nodes[r.node_id] for r in reports]
-        rows = [R.StageRow(R.run_name(n.stage_id, n.sweep), n.type, r.action, r.metrics)
-                for n, r in zip(nodes, reports)]
+        rows = [
+            R.StageRow(R.run_name(n.stage_id, n.sweep), n.type, r.action, r.metrics) for n, r in zip(nodes, reports)
+        ]
         table = R.stage_table(rows, self.family.primary_metric)
         self.tracker.set_tags(parent_id, {T.NOTE: R.description(self.plan.recipe.description, table, status)})
 
-    def evaluate(self, model: Any, config: Any, measured: Optional[dict[str, float]] = None) -> dict[str, float]:
+    def evaluate(self, model: Any, config: Any, measured: dict[str, float] | None = None) -> dict[str, float]:
         """The standard evaluation; `measured`: the family's accuracy metrics of this model, already taken."""
         metrics = dict(measured) if measured is not None else dict(self.family.evaluate(model, self.data, config))
         metrics.update(self.family.cost(model, config.imgsz))
@@ -509,12 +581,15 @@ class Engine:
         artifact = source.tags.get(T.OUTPUT_ARTIFACT, "")
         folder, _, name = artifact.partition("/")
         if folder != "output" or not OUTPUT_NAME.fullmatch(name) or not name.endswith(suffix):
-            raise CheckpointError(f"run {source.run_id[:8]} records its output as {artifact[:120]!r}; this stage's "
-                                  f"output is output/<name>{suffix} (letters, digits, '_', '-'): refusing to fetch it")
+            raise CheckpointError(
+                f"run {source.run_id[:8]} records its output as {artifact[:120]!r}; this stage's "
+                f"output is output/<name>{suffix} (letters, digits, '_', '-'): refusing to fetch it"
+            )
         download = self.tracker.download(source.run_id, artifact, dest / "download")
         if sha256_of(download) != source.tags.get(T.OUTPUT_SHA):
-            raise CheckpointError(f"output file {download} of run {source.run_id[:8]} does not match its recorded "
-                                  "sha256")
+            raise CheckpointError(
+                f"output file {download} of run {source.run_id[:8]} does not match its recorded sha256"
+            )
         path = dest / f"model{suffix}"
         download.replace(path)
         return path
@@ -531,8 +606,10 @@ class Engine:
                 raise
             tagged = None
         if latest is not None and (tagged is None or latest["epoch"] > tagged["epoch"]):
-            self.announce(f"[resume] {source.tags.get(T.NODE_ID, '')}: epoch {latest['epoch']}'s state found on "
-                          f"this machine (the store has {tagged['epoch'] if tagged else 'none that verifies'})")
+            self.announce(
+                f"[resume] {source.tags.get(T.NODE_ID, '')}: epoch {latest['epoch']}'s state found on "
+                f"this machine (the store has {tagged['epoch'] if tagged else 'none that verifies'})"
+            )
             return latest
         return tagged
 
@@ -543,8 +620,9 @@ class Engine:
             self.announce(f"[resume] {source.tags.get(T.NODE_ID, '')}: epoch checkpoint found on this machine")
             state = load_checkpoint(local, expected)
         else:
-            state = load_checkpoint(self.tracker.download(source.run_id, T.epoch_artifact(slot), workdir / "resume"),
-                                    expected)
+            state = load_checkpoint(
+                self.tracker.download(source.run_id, T.epoch_artifact(slot), workdir / "resume"), expected
+            )
         if not _state_of(state, key):
             found = f"cache key {str(state.get('cache_key'))[:12]}, epoch {str(state.get('epoch'))[:12]}"
             raise CheckpointError(f"the epoch checkpoint of run {source.run_id[:8]} is not one of this stage ({found})")
@@ -560,23 +638,38 @@ class Engine:
             except metadata.PackageNotFoundError:
                 pass
         return {
-            "recipe": recipe.name, "recipe_file": str(recipe.path), "recipe_sha256": recipe.sha256,
-            "overrides": recipe.overrides, "seed": recipe.seed, "model": recipe.model.model_dump(),
+            "recipe": recipe.name,
+            "recipe_file": str(recipe.path),
+            "recipe_sha256": recipe.sha256,
+            "overrides": recipe.overrides,
+            "seed": recipe.seed,
+            "model": recipe.model.model_dump(),
             # the local files by content (reproduce checks a custom module's file against it before importing it)
             "model_identity": next(n.identity["parent"]["model"] for n in graph.nodes.values() if n.parent is None),
-            "model_notes": self.plan.notes, "preprocessing": self.family.preprocessing(),
+            "model_notes": self.plan.notes,
+            "preprocessing": self.family.preprocessing(),
             "data": {"spec": recipe.data, "fingerprint": self.data.fingerprint, "classes": self.data.names},
-            "stages": {n.id: {"type": n.type, "parent": n.parent, **({"inputs": n.inputs} if n.inputs else {}),
-                              "cache_key": n.cache_key, "sweep": n.sweep,
-                              "config": n.config.model_dump(mode="json", by_alias=True)} for n in graph.nodes.values()},
-            "versions": versions, "git_commit": _git_commit(recipe.path.parent), "runner_git_commit": V.runner_commit(),
+            "stages": {
+                n.id: {
+                    "type": n.type,
+                    "parent": n.parent,
+                    **({"inputs": n.inputs} if n.inputs else {}),
+                    "cache_key": n.cache_key,
+                    "sweep": n.sweep,
+                    "config": n.config.model_dump(mode="json", by_alias=True),
+                }
+                for n in graph.nodes.values()
+            },
+            "versions": versions,
+            "git_commit": _git_commit(recipe.path.parent),
+            "runner_git_commit": V.runner_commit(),
         }
 
 
 def stage_runner(plan: Plan, announce: Callable[[str], None], known: dict[str, KnownOutput]) -> Engine:
     """An Engine that runs single stages in another process (a Ray worker): no progress display, and the done
     outputs its stage reads (parent, inputs) found through their finished runs."""
-    runner = Engine(plan, lambda description, total: (lambda n: None), announce=announce)
+    runner = Engine(plan, lambda description, total: lambda n: None, announce=announce)
     for node_id, (source, metrics) in known.items():
         if source is not None:
             runner.sources[node_id] = source
@@ -618,7 +711,7 @@ def _state_of(state: dict, cache_key: str) -> bool:
     return state.get("cache_key") == cache_key and isinstance(state.get("epoch"), int)
 
 
-def _local_latest(cache_key: str) -> Optional[dict]:
+def _local_latest(cache_key: str) -> dict | None:
     """This machine's newest unuploaded state of the key, if it loads (written here: no sha256 to check against;
     still loaded as plain data)."""
     path = local_latest_state(cache_key)
@@ -636,7 +729,7 @@ def _params(node: StageNode) -> dict[str, Any]:
     return {**node.params(), **{f"sweep.{k}": v for k, v in node.sweep.items()}}
 
 
-def _git_commit(folder: Path) -> Optional[str]:
+def _git_commit(folder: Path) -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder or ".", capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None if out.returncode == 0 else None

@@ -6,13 +6,15 @@ the result, like `device`), its parent's key, and for a root stage the model,
 the data fingerprint and the seed: equal keys mean equal results, so a finished
 run with the same key anywhere in MLflow can be reused.
 """
+
 from __future__ import annotations
 
 import graphlib
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any, Collection, Optional
+from typing import Any
 
 from .recipe import Problem, Recipe, RecipeError, StageDecl, search_subtree
 
@@ -25,7 +27,7 @@ class StageNode:
     stage_id: str  # the id in the recipe
     type: str
     config: Any
-    parent: Optional[str]
+    parent: str | None
     sweep: dict[str, Any]
     cache_key: str = ""
     identity: dict[str, Any] = field(default_factory=dict)
@@ -52,8 +54,9 @@ class StageGraph:
         of `prune` is `prune[trial=k]`, its `sweep` holds {"trial": k, "<stage>.<key>": value, ...}, and its cache key
         comes from the sampled values (not from k: a trial that samples what another ran reuses it)."""
         recipe = self.recipe
-        inside = search_subtree({sid: d.parent for sid, d in recipe.stages.items()},
-                                {sid for sid, d in recipe.stages.items() if d.search})
+        inside = search_subtree(
+            {sid: d.parent for sid, d in recipe.stages.items()}, {sid for sid, d in recipe.stages.items() if d.search}
+        )
         added: list[StageNode] = []
         for k, values in sorted(trials.items()):
             copies: dict[str, StageNode] = {}
@@ -66,10 +69,13 @@ class StageGraph:
                     # a shared stage above the search: one node, as a recipe with search: has no sweeps
                     parent = next(n for n in self.nodes.values() if n.stage_id == decl.parent)
                 # a teacher is this trial's copy of its stage, or the one shared node above the search
-                inputs = {role: copies.get(stage) or next(n for n in self.nodes.values() if n.stage_id == stage)
-                          for role, stage in config.inputs().items()}
-                node = _node(sid, decl, config, parent, {"trial": k, **values}, self.root, hidden=set(values),
-                             inputs=inputs)
+                inputs = {
+                    role: copies.get(stage) or next(n for n in self.nodes.values() if n.stage_id == stage)
+                    for role, stage in config.inputs().items()
+                }
+                node = _node(
+                    sid, decl, config, parent, {"trial": k, **values}, self.root, hidden=set(values), inputs=inputs
+                )
                 copies[sid] = self.nodes[node.id] = node
                 added.append(node)
         return added
@@ -125,18 +131,23 @@ class StageGraph:
         if not found:
             from .registry import did_you_mean
 
-            raise KeyError(f"no stage '{stage}' in the recipe{did_you_mean(stage, [n.stage_id for n in self.nodes.values()])}")
+            raise KeyError(
+                f"no stage '{stage}' in the recipe{did_you_mean(stage, [n.stage_id for n in self.nodes.values()])}"
+            )
         return found
 
 
-def compile_graph(recipe: Recipe, data_fingerprint: str = "", model_identity: Optional[dict] = None) -> StageGraph:
+def compile_graph(recipe: Recipe, data_fingerprint: str = "", model_identity: dict | None = None) -> StageGraph:
     """`model_identity` replaces the model spec in root keys (the planner passes local files by content)."""
     order = _topological_order(recipe)
     model = model_identity if model_identity is not None else recipe.model.model_dump()
     root = {"model": model, "data": data_fingerprint, "seed": recipe.seed}
     # searched stages and their descendants exist only as trial copies (StageGraph.add_trials)
-    searched = set(search_subtree({sid: d.parent for sid, d in recipe.stages.items()},
-                                  {sid for sid, d in recipe.stages.items() if d.search}))
+    searched = set(
+        search_subtree(
+            {sid: d.parent for sid, d in recipe.stages.items()}, {sid for sid, d in recipe.stages.items() if d.search}
+        )
+    )
     nodes: dict[str, StageNode] = {}
     copies: dict[str, list[StageNode]] = {}
     for sid in (s for s in order if s not in searched):
@@ -147,23 +158,36 @@ def compile_graph(recipe: Recipe, data_fingerprint: str = "", model_identity: Op
             for assignment, config in decl.variants:
                 sweep = dict(parent.sweep) if parent else {}
                 sweep.update({f"{sid}.{k}": v for k, v in assignment.items()})
-                inputs = {role: _input_copy(recipe, decl, role, copies[stage], sweep, sid)
-                          for role, stage in config.inputs().items()}
+                inputs = {
+                    role: _input_copy(recipe, decl, role, copies[stage], sweep, sid)
+                    for role, stage in config.inputs().items()
+                }
                 node = _node(sid, decl, config, parent, sweep, root, inputs=inputs)
                 nodes[node.id] = node
                 copies[sid].append(node)
     return StageGraph(recipe, nodes, root)
 
 
-def _node(sid: str, decl: StageDecl, config: Any, parent: Optional[StageNode], sweep: dict[str, Any],
-          root: dict[str, Any], hidden: Collection[str] = (), inputs: Optional[dict[str, StageNode]] = None
-          ) -> StageNode:
+def _node(
+    sid: str,
+    decl: StageDecl,
+    config: Any,
+    parent: StageNode | None,
+    sweep: dict[str, Any],
+    root: dict[str, Any],
+    hidden: Collection[str] = (),
+    inputs: dict[str, StageNode] | None = None,
+) -> StageNode:
     """One copy of a stage: its id names the sweep values (minus `hidden` ones: a trial's sampled values would make
     ids unreadable), its key hashes its config, its parent's key and its inputs' keys (a teacher)."""
     shown = {k: v for k, v in sweep.items() if k not in hidden}
     node = StageNode(
         id=sid + (f"[{','.join(f'{k}={v}' for k, v in shown.items())}]" if shown else ""),
-        stage_id=sid, type=decl.type, config=config, parent=parent.id if parent else None, sweep=sweep,
+        stage_id=sid,
+        type=decl.type,
+        config=config,
+        parent=parent.id if parent else None,
+        sweep=sweep,
     )
     node.identity = {
         "format": KEY_FORMAT,
@@ -178,19 +202,26 @@ def _node(sid: str, decl: StageDecl, config: Any, parent: Optional[StageNode], s
     return node
 
 
-def _input_copy(recipe: Recipe, decl: Any, role: str, candidates: list[StageNode], sweep: dict[str, Any],
-                node_id: str) -> StageNode:
+def _input_copy(
+    recipe: Recipe, decl: Any, role: str, candidates: list[StageNode], sweep: dict[str, Any], node_id: str
+) -> StageNode:
     """The copy of an input stage a node reads: the one whose sweep values agree with the node's on every key
     they share (a sweep copy reads the teacher of its own branch)."""
     fitting = [c for c in candidates if all(sweep[k] == v for k, v in c.sweep.items() if k in sweep)]
     if len(fitting) != 1:
         stage = candidates[0].stage_id if candidates else "?"
         copies = ", ".join(c.id for c in candidates)
-        raise RecipeError([Problem(recipe.locations.get(("stages", decl.id, "distill", role)) or decl.location,
-                                   f"stages.{decl.id}.distill.{role}: '{stage}' has {len(candidates)} copies "
-                                   f"({copies}) "
-                                   f"and {len(fitting)} of them follow the sweep values of {node_id}: make the "
-                                   f"{role} a stage this one descends from, or one that is not swept")])
+        raise RecipeError(
+            [
+                Problem(
+                    recipe.locations.get(("stages", decl.id, "distill", role)) or decl.location,
+                    f"stages.{decl.id}.distill.{role}: '{stage}' has {len(candidates)} copies "
+                    f"({copies}) "
+                    f"and {len(fitting)} of them follow the sweep values of {node_id}: make the "
+                    f"{role} a stage this one descends from, or one that is not swept",
+                )
+            ]
+        )
     return fitting[0]
 
 
@@ -205,8 +236,14 @@ def _topological_order(recipe: Recipe) -> list[str]:
     except graphlib.CycleError as exc:
         cycle = exc.args[1]
         first = recipe.stages[cycle[0]]
-        raise RecipeError([Problem(first.from_location or first.location,
-                                   f"stages.{cycle[0]}.from: cycle: {' -> '.join(reversed(cycle))}")]) from None
+        raise RecipeError(
+            [
+                Problem(
+                    first.from_location or first.location,
+                    f"stages.{cycle[0]}.from: cycle: {' -> '.join(reversed(cycle))}",
+                )
+            ]
+        ) from None
     position = {sid: i for i, sid in enumerate(recipe.stages)}
     order: list[str] = []
     while sorter.is_active():

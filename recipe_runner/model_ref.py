@@ -4,18 +4,19 @@ A local file (a YOLO yaml or .pt, a weights file, a custom module's .py) enters 
 edited file reruns and the same file elsewhere (another folder, a colleague's machine) keeps its key. Relative
 paths are looked up as `data:` is: in the working directory, else in the recipe's folder.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from .persistence.checkpoints import sha256_of
 from .models import FAMILIES
 from .models.base import ModelRef
+from .persistence.checkpoints import sha256_of
 from .recipe import CUSTOM_SOURCE, WEIGHTS_NAME, Recipe
 
 
-def local_file(text: str, recipe: Recipe) -> Optional[Path]:
+def local_file(text: str, recipe: Recipe) -> Path | None:
     """The file `text` names: absolute as given, else in the working directory, else in the recipe's folder."""
     path = Path(text).expanduser()
     candidates = [path] if path.is_absolute() else [Path.cwd() / path, recipe.path.parent / path]
@@ -25,8 +26,11 @@ def local_file(text: str, recipe: Recipe) -> Optional[Path]:
 def _missing(text: str, recipe: Recipe, what: str) -> str:
     path = Path(text).expanduser()
     where = str(path) if path.is_absolute() else f"{Path.cwd() / path} nor {recipe.path.parent.resolve() / path}"
-    return f"{what} '{text}' not found (neither {where} exists)" if not path.is_absolute() else \
-        f"{what} '{text}' not found ({where} does not exist)"
+    return (
+        f"{what} '{text}' not found (neither {where} exists)"
+        if not path.is_absolute()
+        else f"{what} '{text}' not found ({where} does not exist)"
+    )
 
 
 def resolve_model(recipe: Recipe) -> ModelRef:
@@ -49,7 +53,7 @@ def resolve_model(recipe: Recipe) -> ModelRef:
     return ModelRef(spec.family, source, weights, dict(spec.args))
 
 
-def model_identity(recipe: Recipe, ref: Optional[ModelRef] = None) -> dict[str, Any]:
+def model_identity(recipe: Recipe, ref: ModelRef | None = None) -> dict[str, Any]:
     """What the cache key knows of the model: a local file (yaml, .pt, weights, a custom module) by its content, so
     an edited file reruns and `./net.yaml` equals `net.yaml`; a shipped name by its name. Keys left at their
     defaults are left out, so a recipe written before `weights`/`args` existed keeps its keys."""

@@ -1,4 +1,5 @@
 """Keep Ultralytics and MLflow from reaching the network or the user's home, before they are imported."""
+
 from __future__ import annotations
 
 import os

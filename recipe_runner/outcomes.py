@@ -1,5 +1,6 @@
 """What a run reports: one stage's report, a stage's failure, a run that ended FAILED, a search with no feasible
 trial. Plain types that import nothing of the engine, so the executors (below the engine) can build them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,10 @@ class RunFailed(RuntimeError):
         self.reports = reports
         self.failed = [r for r in reports if r.action == "failed"]
         self.skipped = [r for r in reports if r.action == "skipped"]
-        super().__init__(f"{len(self.failed)} stage(s) failed, {len(self.skipped)} skipped: "
-                         + "; ".join(r.error for r in self.failed))
+        super().__init__(
+            f"{len(self.failed)} stage(s) failed, {len(self.skipped)} skipped: "
+            + "; ".join(r.error for r in self.failed)
+        )
 
 
 class SearchFailed(RuntimeError):

@@ -2,14 +2,19 @@
 
 Uses matplotlib's Figure directly (no pyplot), so no GUI backend is ever chosen on a headless machine.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 # (x column, axis label); the latency panel appears only when some stage logged that latency
-COSTS = [("macs", "MACs"), ("latency_ms", "PyTorch latency (ms, CPU, batch 1)"),
-         ("onnx_latency_ms", "ONNX Runtime latency (ms, 1 thread, batch 1)")]
+COSTS = [
+    ("macs", "MACs"),
+    ("latency_ms", "PyTorch latency (ms, CPU, batch 1)"),
+    ("onnx_latency_ms", "ONNX Runtime latency (ms, 1 thread, batch 1)"),
+]
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -28,8 +33,12 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> Path:
     from matplotlib.figure import Figure
 
     metrics = sorted({r["metric"] for r in rows if r["metric"] and r["value"] is not None})
-    panels = [(m, cost, label) for m in metrics for cost, label in COSTS
-              if any(r["metric"] == m and r.get(cost) is not None and r["value"] is not None for r in rows)]
+    panels = [
+        (m, cost, label)
+        for m in metrics
+        for cost, label in COSTS
+        if any(r["metric"] == m and r.get(cost) is not None and r["value"] is not None for r in rows)
+    ]
     figure = Figure(figsize=(6.5 * max(1, len(panels)), 5), layout="constrained")
     axes = figure.subplots(1, max(1, len(panels)), squeeze=False)[0]
     if not panels:
@@ -46,11 +55,21 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> Path:
                 name = f"{mine[0][1]['recipe']} ({run[:8]})"
                 ax.scatter([p[0] for p, _ in mine], [p[1] for p, _ in mine], color=colours[run], label=name, zorder=2)
         front = pareto_front(points)
-        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, zorder=1, label="Pareto front")
-        ax.scatter([points[i][0] for i in front], [points[i][1] for i in front], s=160, facecolors="none",
-                   edgecolors="k", zorder=3)
+        ax.plot(
+            [points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, zorder=1, label="Pareto front"
+        )
+        ax.scatter(
+            [points[i][0] for i in front],
+            [points[i][1] for i in front],
+            s=160,
+            facecolors="none",
+            edgecolors="k",
+            zorder=3,
+        )
         labels: dict[tuple[float, float], list[str]] = {}
-        for point, r in zip(points, shown):  # stages on one point (a fine-tune that kept its parent's top1) share a label
+        for point, r in zip(
+            points, shown
+        ):  # stages on one point (a fine-tune that kept its parent's top1) share a label
             labels.setdefault(point, []).append(r["node_id"])
         for point, names in labels.items():
             ax.annotate("\n".join(dict.fromkeys(names)), point, textcoords="offset points", xytext=(4, 4), fontsize=7)

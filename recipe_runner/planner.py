@@ -1,5 +1,6 @@
 """Plan a recipe run: validate, compile, check model/data/devices/tracking, and decide per stage
 whether MLflow lets it be reused, resumed, or whether it must run. Nothing is trained here."""
+
 from __future__ import annotations
 
 import functools
@@ -9,16 +10,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from . import persistence as T
-from .persistence import leases, versions
 from .config_base import ConfigProblem
 from .data import DataError, cache_root, fingerprint_data, resolve_data
 from .graph import StageGraph, StageNode, compile_graph
 from .model_ref import model_identity, resolve_model
 from .models import FAMILIES, ModelRef
 from .offline import configure_offline
+from .persistence import leases, versions
 from .recipe import Location, Problem, Recipe, RecipeError, load_recipe
 from .stages import STAGES
 
@@ -28,14 +29,14 @@ class RunOptions:
     overrides: list[str] = field(default_factory=list)
     force: list[str] = field(default_factory=list)  # rerun these stages and their descendants
     only: list[str] = field(default_factory=list)  # run only these stages (and what they need)
-    tracking_uri: Optional[str] = None
+    tracking_uri: str | None = None
 
 
 @dataclass
 class PlannedStage:
     node: StageNode
     action: str  # reuse | resume | wait | run | skip
-    source: Optional[T.StageRun] = None
+    source: T.StageRun | None = None
     forced: bool = False  # --force: neither reuse nor resume, nor wait for another process's lease
 
 
@@ -68,7 +69,9 @@ def prepare(recipe_path: Path, options: RunOptions) -> Plan:
     forced = {d for name in options.force for nid in _ids(graph, name) for d in [nid, *graph.descendants(nid)]}
     family, data = _load_family_and_data(recipe, base, identity, model)
     notes = _model_notes(recipe, family, data, identity)
-    tracker = T.Tracker(T.resolve_uri(options.tracking_uri, recipe.tracking.uri), recipe.tracking.experiment or recipe.name)
+    tracker = T.Tracker(
+        T.resolve_uri(options.tracking_uri, recipe.tracking.uri), recipe.tracking.experiment or recipe.name
+    )
     tracker.check()
     stages = []
     for node in graph.nodes.values():
@@ -113,8 +116,12 @@ def _model_notes(recipe: Recipe, family: Any, data: Any, identity: dict[str, Any
     """The family's notes on fitting the model to the data (a replaced head), or a located error; remembered
     like the checks, so a cached re-run does not load the weights again."""
     # a torchvision weights name is found in $TORCH_HOME's hub cache: another cache is looked at again
-    facts = {"model": identity, "data": data.fingerprint, "versions": versions.installed(),
-             "torch_home": os.environ.get("TORCH_HOME")}
+    facts = {
+        "model": identity,
+        "data": data.fingerprint,
+        "versions": versions.installed(),
+        "torch_home": os.environ.get("TORCH_HOME"),
+    }
     memo = cache_root() / "notes" / hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
     if memo.is_file():
         return list(json.loads(memo.read_text()))
@@ -139,8 +146,10 @@ def _checks_key(recipe: Recipe, identity: dict[str, Any]) -> str:
     (the tracked packages and the runner's own commit)."""
     import platform
 
-    stages = {sid: [config.model_dump(mode="json", by_alias=True) for _, config in decl.variants]
-              for sid, decl in recipe.stages.items()}
+    stages = {
+        sid: [config.model_dump(mode="json", by_alias=True) for _, config in decl.variants]
+        for sid, decl in recipe.stages.items()
+    }
     facts = {"model": identity, "stages": stages, "host": platform.node(), "versions": versions.installed()}
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 

@@ -1,9 +1,11 @@
 """A tiny name -> entry registry, so new stages, pruning methods and model
 families are added by registering them in one place instead of editing if-chains."""
+
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 

@@ -11,6 +11,7 @@ What is reproduced is what the run recorded: its recipe file and lock (artifacts
   with other package versions would silently replace what colleagues reuse.
 The cost: a killed reproduction is not resumed (run it again).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from . import persistence as T
 from .compare import PRIMARY, run_id_of
@@ -30,8 +31,18 @@ from .compare import PRIMARY, run_id_of
 # count, top-1 still 0.0 but val_loss 0.007 with 1 thread instead of 2; 0.02 leaves two flipped images in 128.
 DEFAULT_TOLERANCE = 0.02
 # shown side by side besides the primary metric; latency is wall-clock, shown but never judged
-SHOWN = ["val_loss", "mAP50", "precision", "recall", "macs", "params", "sparsity", "size_mb", "latency_ms",
-         "onnx_latency_ms"]
+SHOWN = [
+    "val_loss",
+    "mAP50",
+    "precision",
+    "recall",
+    "macs",
+    "params",
+    "sparsity",
+    "size_mb",
+    "latency_ms",
+    "onnx_latency_ms",
+]
 LOCK, RECIPE_FOLDER = "recipe.lock.json", "recipe"
 
 
@@ -53,13 +64,13 @@ class Original:
 class Row:
     node_id: str
     metric: str
-    original: Optional[float]
-    reproduced: Optional[float]
+    original: float | None
+    reproduced: float | None
     judged: bool  # the primary metric: within tolerance or not decides the exit code
     ok: bool = True
 
     @property
-    def diff(self) -> Optional[float]:
+    def diff(self) -> float | None:
         return None if self.original is None or self.reproduced is None else self.reproduced - self.original
 
 
@@ -101,10 +112,16 @@ def fetch_original(client: Any, ref: str, workdir: Path) -> Original:
     recorded = {lock.get("recipe_sha256"), run.data.tags.get(T.RECIPE_SHA)}
     if recorded != {digest}:
         shown = ", ".join(sorted(str(r)[:12] for r in recorded))
-        raise ReproduceError(f"run '{run_id}': the recipe file's sha256 ({digest[:12]}) does not match the one its lock "
-                             f"and tags record ({shown}): the record was altered; refusing to reproduce it")
-    children = client.search_runs([run.info.experiment_id], f"tags.`{T.PARENT_RUN}` = '{run_id}'",
-                                  order_by=["attributes.start_time ASC"], max_results=5000)
+        raise ReproduceError(
+            f"run '{run_id}': the recipe file's sha256 ({digest[:12]}) does not match the one its lock "
+            f"and tags record ({shown}): the record was altered; refusing to reproduce it"
+        )
+    children = client.search_runs(
+        [run.info.experiment_id],
+        f"tags.`{T.PARENT_RUN}` = '{run_id}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=5000,
+    )
     stages = {c.data.tags[T.NODE_ID]: dict(c.data.metrics) for c in children if T.NODE_ID in c.data.tags}
     experiment = client.get_experiment(run.info.experiment_id).name
     return Original(run_id, experiment, recipe_path, lock, stages, T.REPRODUCTION_OF in run.data.tags)
@@ -134,8 +151,11 @@ def _lock_of(path: Path, run_id: str) -> dict[str, Any]:
         raise ReproduceError(f"run '{run_id}': its {LOCK} is not JSON ({str(exc)[:80]})") from None
     shapes = {"model": dict, "data": dict, "stages": dict, "overrides": list, "versions": dict}
     wrong = [k for k, kind in shapes.items() if not isinstance(lock, dict) or not isinstance(lock.get(k, kind()), kind)]
-    if wrong or not all(isinstance(s, dict) for s in lock.get("stages", {}).values()) \
-            or not all(isinstance(o, str) for o in lock.get("overrides", [])):
+    if (
+        wrong
+        or not all(isinstance(s, dict) for s in lock.get("stages", {}).values())
+        or not all(isinstance(o, str) for o in lock.get("overrides", []))
+    ):
         raise ReproduceError(f"run '{run_id}': its {LOCK} is not a recipe-runner lock ({', '.join(wrong) or 'stages'})")
     return lock
 
@@ -156,8 +176,10 @@ def check_model_file(lock: dict[str, Any]) -> None:
     try:
         FAMILIES.get(family).load().check_source(source)
     except (KeyError, ValueError):
-        raise ReproduceError(f"model file '{source}' is missing: the original run read it relative to its working "
-                             f"directory; put the same file at {Path.cwd() / path}") from None
+        raise ReproduceError(
+            f"model file '{source}' is missing: the original run read it relative to its working "
+            f"directory; put the same file at {Path.cwd() / path}"
+        ) from None
 
 
 def check_custom_module(source: str, identity: dict[str, Any]) -> None:
@@ -170,14 +192,17 @@ def check_custom_module(source: str, identity: dict[str, Any]) -> None:
         path = Path(module).expanduser()
         local = path if path.is_absolute() else Path.cwd() / path
         if not local.is_file():
-            raise ReproduceError(f"custom model module '{module}' is missing: the original run imported it; put the "
-                                 f"same file at {local}")
+            raise ReproduceError(
+                f"custom model module '{module}' is missing: the original run imported it; put the same file at {local}"
+            )
         module = str(local)
     recorded = str(identity.get("source", ""))
     here = f"{module_identity(module)}:{name}"
     if here != recorded:
-        raise ReproduceError(f"custom model module '{module}' here ({here}) is not the one the original run imported "
-                             f"({recorded or 'not recorded'}): refusing to import it")
+        raise ReproduceError(
+            f"custom model module '{module}' here ({here}) is not the one the original run imported "
+            f"({recorded or 'not recorded'}): refusing to import it"
+        )
 
 
 def check_data_path(lock: dict[str, Any]) -> None:
@@ -185,11 +210,13 @@ def check_data_path(lock: dict[str, Any]) -> None:
     reads it first); a builtin spec is regenerated. Whether it holds the same files is checked by fingerprint."""
     spec = str(lock.get("data", {}).get("spec", ""))
     if spec and not spec.startswith("builtin:") and not Path(spec).expanduser().exists():
-        raise ReproduceError(f"dataset path '{spec}' does not exist here ({Path.cwd() / Path(spec).expanduser()}): the "
-                             "original run read it relative to its working directory; put the same data there")
+        raise ReproduceError(
+            f"dataset path '{spec}' does not exist here ({Path.cwd() / Path(spec).expanduser()}): the "
+            "original run read it relative to its working directory; put the same data there"
+        )
 
 
-def prepare_reproduction(original: Original, uri: str, run_nodes: Optional[set[str]] = None) -> tuple[Any, list[str]]:
+def prepare_reproduction(original: Original, uri: str, run_nodes: set[str] | None = None) -> tuple[Any, list[str]]:
     """The plan that re-runs every stage of the original under salted keys, and notes for the user.
 
     Raises ReproduceError when the data here is not the data the original used."""
@@ -198,19 +225,25 @@ def prepare_reproduction(original: Original, uri: str, run_nodes: Optional[set[s
 
     check_model_file(original.lock)
     check_data_path(original.lock)
-    plan = prepare(original.recipe_path, RunOptions(overrides=list(original.lock.get("overrides", [])), tracking_uri=uri))
+    plan = prepare(
+        original.recipe_path, RunOptions(overrides=list(original.lock.get("overrides", [])), tracking_uri=uri)
+    )
     recorded = original.lock.get("data", {})
     if plan.data.fingerprint != recorded.get("fingerprint"):
         why = "its generator changed" if plan.recipe.data.startswith("builtin:") else "its files differ"
-        raise ReproduceError(f"data '{plan.recipe.data}' here ({plan.data.path}) is not the data of the original run: "
-                             f"fingerprint {plan.data.fingerprint}, recorded {recorded.get('fingerprint')} ({why})")
+        raise ReproduceError(
+            f"data '{plan.recipe.data}' here ({plan.data.path}) is not the data of the original run: "
+            f"fingerprint {plan.data.fingerprint}, recorded {recorded.get('fingerprint')} ({why})"
+        )
     notes = []
     locked = {nid: s.get("cache_key") for nid, s in original.lock.get("stages", {}).items()}
     changed = [n.id for n in plan.graph.nodes.values() if locked.get(n.id) != n.cache_key]
     # a reproduction's lock holds its salted keys, which never equal the keys computed here
     if changed and not original.salted:
-        notes.append(f"cache keys here differ from the lock's for {', '.join(changed)} (the model file, the runner's "
-                     "key format or a stage default changed): the reproduction may not be the same work")
+        notes.append(
+            f"cache keys here differ from the lock's for {', '.join(changed)} (the model file, the runner's "
+            "key format or a stage default changed): the reproduction may not be the same work"
+        )
     salt = f"{original.run_id}:{uuid.uuid4().hex}"
     graph = compile_graph(plan.recipe, plan.data.fingerprint, {**model_identity(plan.recipe), "reproduction": salt})
     wanted = set(original.stages) if run_nodes is None else run_nodes
@@ -228,9 +261,9 @@ class ReproductionTracker(T.Tracker):
     def __init__(self, uri: str, experiment: str, original_run_id: str):
         super().__init__(uri, experiment)
         self.original_run_id = original_run_id
-        self.recipe_run_id: Optional[str] = None  # the reproduction's parent run, once started
+        self.recipe_run_id: str | None = None  # the reproduction's parent run, once started
 
-    def start_run(self, name: str, tags: dict[str, str], parent_id: Optional[str] = None) -> str:
+    def start_run(self, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
         run_id = super().start_run(name, {**tags, T.REPRODUCTION_OF: self.original_run_id}, parent_id)
         if tags.get(T.ROLE) == "recipe":
             self.recipe_run_id = run_id
@@ -238,8 +271,9 @@ class ReproductionTracker(T.Tracker):
 
     def stage_metrics(self) -> dict[str, dict[str, float]]:
         """Node id -> metrics of the reproduction's stage runs, read back from MLflow like the original's."""
-        children = self.client.search_runs([self.experiment_id], f"tags.`{T.PARENT_RUN}` = '{self.recipe_run_id}'",
-                                           max_results=5000)
+        children = self.client.search_runs(
+            [self.experiment_id], f"tags.`{T.PARENT_RUN}` = '{self.recipe_run_id}'", max_results=5000
+        )
         return {c.data.tags[T.NODE_ID]: dict(c.data.metrics) for c in children if T.NODE_ID in c.data.tags}
 
 
@@ -261,9 +295,28 @@ def judge(original: Original, reproduced: dict[str, dict[str, float]], tolerance
 
 def report_json(original: Original, outcome: Outcome, tolerance: float, versions: list[tuple[str, str, str]]) -> str:
     """What `--workdir` keeps next to the recipe and lock: the comparison as data."""
-    return json.dumps({
-        "original_run": original.run_id, "reproduction_run": outcome.run_id, "tolerance": tolerance, "ok": outcome.ok,
-        "version_differences": [{"package": p, "recorded": r, "installed": i} for p, r, i in versions],
-        "rows": [{"node_id": r.node_id, "metric": r.metric, "original": r.original, "reproduced": r.reproduced,
-                  "diff": r.diff, "judged": r.judged, "ok": r.ok} for r in outcome.rows],
-    }, indent=2) + "\n"
+    return (
+        json.dumps(
+            {
+                "original_run": original.run_id,
+                "reproduction_run": outcome.run_id,
+                "tolerance": tolerance,
+                "ok": outcome.ok,
+                "version_differences": [{"package": p, "recorded": r, "installed": i} for p, r, i in versions],
+                "rows": [
+                    {
+                        "node_id": r.node_id,
+                        "metric": r.metric,
+                        "original": r.original,
+                        "reproduced": r.reproduced,
+                        "diff": r.diff,
+                        "judged": r.judged,
+                        "ok": r.ok,
+                    }
+                    for r in outcome.rows
+                ],
+            },
+            indent=2,
+        )
+        + "\n"
+    )

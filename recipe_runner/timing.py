@@ -6,6 +6,7 @@ Sections nest; each keeps only its exclusive time (an MLflow upload inside an ep
 so the totals add up without double counting. Only the main thread's time counts (the lease heartbeat's calls
 overlap it and would count twice). Timing is two perf_counter calls per section: always on.
 """
+
 from __future__ import annotations
 
 import functools
@@ -14,9 +15,10 @@ import os
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 ENV = "RECIPE_RUNNER_TIMINGS"
 

@@ -6,9 +6,10 @@ with no metric. Two pieces of URL state, read from MLflow's own UI code and chec
 - `workflowType=machine_learning` opens the "Model training" view, and `compareRunsMode=CHART` its chart view;
 - `viewStateShareKey=<key>` loads a *shared view*: a JSON UI state kept in the experiment tag
   `mlflow.sharedViewState.<key>` (what MLflow's own "share" button writes). Ours filters the charts to the
-  recipe runs' `pipeline/*` metrics (one step per stage, the recipe runs overlaid; records.py) and preselects the stages'
-  metrics as table columns, for when the user switches to the table and expands a recipe run.
+  recipe runs' `pipeline/*` metrics (one step per stage, the recipe runs overlaid; records.py) and preselects the
+  stages' metrics as table columns, for when the user switches to the table and expands a recipe run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,7 @@ import webbrowser
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from . import persistence as T
 from .persistence import LocalServer, is_file_store, needs_server
@@ -36,7 +37,7 @@ class UiError(ValueError):
 @dataclass
 class Landing:
     experiment_id: str
-    share_key: Optional[str]  # None when the store refused the experiment tag: the link still opens the charts
+    share_key: str | None  # None when the store refused the experiment tag: the link still opens the charts
 
     def link(self, base: str) -> str:
         query = f"{ML_VIEW}&compareRunsMode=CHART" + (f"&viewStateShareKey={self.share_key}" if self.share_key else "")
@@ -46,16 +47,23 @@ class Landing:
 def view_state(metric_names: list[str]) -> dict[str, Any]:
     """The shared view: the recipe runs' `pipeline/*` charts, and the stage metrics (the primary one first), what
     each stage did and the recipe run's overrides as table columns next to MLflow's Dataset and Models."""
-    ordered = sorted(metric_names, key=lambda m: (m in PIPELINE_METRICS, PIPELINE_METRICS.index(m)
-                                                  if m in PIPELINE_METRICS else 0, m))
-    columns = ["attributes.`Dataset`", "attributes.`Models`", *(f"metrics.`{m}`" for m in ordered),
-               f"tags.`{T.ACTION}`", "params.`overrides`"]
+    ordered = sorted(
+        metric_names,
+        key=lambda m: (m in PIPELINE_METRICS, PIPELINE_METRICS.index(m) if m in PIPELINE_METRICS else 0, m),
+    )
+    columns = [
+        "attributes.`Dataset`",
+        "attributes.`Models`",
+        *(f"metrics.`{m}`" for m in ordered),
+        f"tags.`{T.ACTION}`",
+        "params.`overrides`",
+    ]
     # a regular expression: size_mb follows params, and without it the primary metric, MACs and params fit in
     # one row of charts beside the run list (MLflow orders charts by name)
     return {"chartsSearchFilter": f"^{PIPELINE_PREFIX}(?!size_mb$)", "selectedColumns": columns}
 
 
-def share(client: Any, experiment_id: str, state: dict[str, Any]) -> Optional[str]:
+def share(client: Any, experiment_id: str, state: dict[str, Any]) -> str | None:
     """Store `state` as a shared view of the experiment and return its key (named by its content, so showing the
     same recipe again writes the same tag), or None when the store refuses (a read-only server)."""
     from mlflow.exceptions import MlflowException
@@ -76,12 +84,12 @@ def landing(client: Any, runs: list[Any]) -> Landing:
     names: set[str] = set()
     for run in runs[:20]:
         metrics = client.get_run(run.run_id).data.metrics
-        names.update(k[len(PIPELINE_PREFIX):] for k in metrics if k.startswith(PIPELINE_PREFIX))
+        names.update(k[len(PIPELINE_PREFIX) :] for k in metrics if k.startswith(PIPELINE_PREFIX))
     return Landing(experiment_id, share(client, experiment_id, view_state(sorted(names))))
 
 
 @contextmanager
-def served(uri: str) -> Iterator[tuple[str, Optional[LocalServer]]]:
+def served(uri: str) -> Iterator[tuple[str, LocalServer | None]]:
     """The web address of the store at `uri`: a server's own, or a local `mlflow server` on a free loopback port
     in front of a local store (sqlite or folder), stopped on exit."""
     if uri.startswith(("http://", "https://")):

@@ -18,6 +18,7 @@ the other pages. Writes to --out:
     python scripts/ui_screenshot.py --out docs/mlflow-ui                       # the tiny built-in recipe
     python scripts/ui_screenshot.py --out docs/mlflow-ui --recipe recipes/resnet18_depgraph.yaml
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional
+from typing import IO, Any
 
 # the quickstart's stages (train, iterative prune, finetune, ONNX) at test size: lenet on 32 px shapes
 TINY = """\
@@ -62,15 +64,21 @@ stages:
     type: export
 """
 # Chromium flags that work in containers and keep it off the network
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 VIEWPORT = {"width": 1800, "height": 760}
 ML_VIEW = "workflowType=machine_learning"  # opens the "Model training" view instead of the GenAI overview
 PAGES = ("landing", "runs", "prune_steps", "models")
 ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
-def find_chromium() -> Optional[str]:
+def find_chromium() -> str | None:
     """Debian's `chromium` first; any Chrome-like binary on PATH otherwise."""
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         if found := shutil.which(name):
@@ -113,7 +121,7 @@ def recipe_ui(recipe: Path, folder: Path, outcome: dict[str, Any]) -> Iterator[s
         log.close()
 
 
-def _first_link(stdout: IO[str], deadline: float) -> Optional[str]:
+def _first_link(stdout: IO[str], deadline: float) -> str | None:
     """The first line that is a link, read until the process ends or the deadline passes."""
     for line in stdout:
         if line.startswith("http"):
@@ -143,20 +151,34 @@ def records(uri: str) -> dict[str, Any]:
 
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
-    parents = client.search_runs(experiments, "tags.`recipe_runner.role` = 'recipe'",
-                                 order_by=["attributes.start_time ASC"])
+    parents = client.search_runs(
+        experiments, "tags.`recipe_runner.role` = 'recipe'", order_by=["attributes.start_time ASC"]
+    )
     out: dict[str, Any] = {"experiment_id": parents[0].info.experiment_id, "recipe_runs": []}
     for parent in parents:
-        children = client.search_runs([parent.info.experiment_id],
-                                      f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                                      order_by=["attributes.start_time ASC"])
-        out["recipe_runs"].append({
-            "run_id": parent.info.run_id, "name": parent.info.run_name, "metrics": parent.data.metrics,
-            "stages": [{"run_id": c.info.run_id, "name": c.info.run_name, "metrics": c.data.metrics,
+        children = client.search_runs(
+            [parent.info.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+            order_by=["attributes.start_time ASC"],
+        )
+        out["recipe_runs"].append(
+            {
+                "run_id": parent.info.run_id,
+                "name": parent.info.run_name,
+                "metrics": parent.data.metrics,
+                "stages": [
+                    {
+                        "run_id": c.info.run_id,
+                        "name": c.info.run_name,
+                        "metrics": c.data.metrics,
                         "type": c.data.tags.get("recipe_runner.stage_type"),
                         "role": c.data.tags.get("recipe_runner.role"),
-                        "artifacts": [a.path for a in client.list_artifacts(c.info.run_id)]} for c in children],
-        })
+                        "artifacts": [a.path for a in client.list_artifacts(c.info.run_id)],
+                    }
+                    for c in children
+                ],
+            }
+        )
     return out
 
 
@@ -191,8 +213,10 @@ def _widen(page: Any, col_id: str, pixels: int) -> None:
 def _shoot(page: Any, path: Path, elements_js: str) -> None:
     """A screenshot down to the lowest of `elements_js` (a JavaScript array of elements): no empty page below."""
     bottom = page.evaluate(f"Math.max(...({elements_js}).map(e => e.getBoundingClientRect().bottom))")
-    page.screenshot(path=str(path), clip={"x": 0, "y": 0, "width": VIEWPORT["width"],
-                                          "height": min(VIEWPORT["height"], bottom + 24)})
+    page.screenshot(
+        path=str(path),
+        clip={"x": 0, "y": 0, "width": VIEWPORT["width"], "height": min(VIEWPORT["height"], bottom + 24)},
+    )
 
 
 def _page_record(page: Any) -> dict[str, Any]:
@@ -200,8 +224,9 @@ def _page_record(page: Any) -> dict[str, Any]:
     return {"url": page.url, "text": page.inner_text("body"), "image_alts": [a for a in images if a]}
 
 
-def screenshots(link: str, facts: dict[str, Any], out: Path, chromium: str, wanted: tuple[str, ...] = PAGES
-                ) -> dict[str, Any]:
+def screenshots(
+    link: str, facts: dict[str, Any], out: Path, chromium: str, wanted: tuple[str, ...] = PAGES
+) -> dict[str, Any]:
     """Drive Chromium from `recipe ui`'s link (recorded before any click) to the other pages in `wanted`."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
@@ -219,11 +244,16 @@ def screenshots(link: str, facts: dict[str, Any], out: Path, chromium: str, want
         page.goto(link)
         # every recipe run's line in the charts' legends, "<run name> (pipeline/<metric>)", or what came in 90 s
         # (the test then says what is missing); size_mb is left out of the charts by recipe ui's view
-        legends = [f"{r['name']} ({k})" for r in parents for k in r["metrics"]
-                   if k.startswith("pipeline/") and k != "pipeline/size_mb"]
+        legends = [
+            f"{r['name']} ({k})"
+            for r in parents
+            for k in r["metrics"]
+            if k.startswith("pipeline/") and k != "pipeline/size_mb"
+        ]
         try:
-            page.wait_for_function("texts => texts.every(t => document.body.innerText.includes(t))", arg=legends,
-                                   timeout=90000)
+            page.wait_for_function(
+                "texts => texts.every(t => document.body.innerText.includes(t))", arg=legends, timeout=90000
+            )
         except PlaywrightTimeout:
             pass
         pages["landing"] = {**_page_record(page), "seconds": round(time.monotonic() - start, 1)}
@@ -231,8 +261,12 @@ def screenshots(link: str, facts: dict[str, Any], out: Path, chromium: str, want
         # room for the charts and, later, for the table's columns: the sidebar folds (kept for the next pages)
         page.locator("button[data-component-id='mlflow_header.toggle_sidebar_button']").click()
         _settle(page, 1500)
-        _shoot(page, out / "charts.png", "[...document.querySelectorAll('*')].filter(e => e.children.length === 0 && "
-                                         "e.textContent.includes('(pipeline/'))")
+        _shoot(
+            page,
+            out / "charts.png",
+            "[...document.querySelectorAll('*')].filter(e => e.children.length === 0 && "
+            "e.textContent.includes('(pipeline/'))",
+        )
 
         if "runs" in wanted:
             # the same shared view as a table: it selected the stages' metrics, action and overrides as columns
@@ -271,15 +305,19 @@ def screenshots(link: str, facts: dict[str, Any], out: Path, chromium: str, want
     return pages
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the PNGs and pages.json")
     parser.add_argument("--recipe", type=Path, help="recipe to run (default: the quickstart's stages at test size)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for both runs")
-    parser.add_argument("--second", action="append", default=None,
-                        help="override for the second run (default: stages.prune.ratio=0.3)")
-    parser.add_argument("--pages", default=",".join(PAGES),
-                        help=f"pages to visit after the landing one (default: all of {','.join(PAGES)})")
+    parser.add_argument(
+        "--second", action="append", default=None, help="override for the second run (default: stages.prune.ratio=0.3)"
+    )
+    parser.add_argument(
+        "--pages",
+        default=",".join(PAGES),
+        help=f"pages to visit after the landing one (default: all of {','.join(PAGES)})",
+    )
     parser.add_argument("--chromium", default=find_chromium(), help="Chromium executable (default: from PATH)")
     args = parser.parse_args(argv)
     if not args.chromium:

@@ -1,4 +1,5 @@
 """Shared fixtures: every test gets its own working directory, dataset cache and MLflow store."""
+
 from __future__ import annotations
 
 import os
@@ -61,10 +62,13 @@ def stage_runs(uri: str, recipe_name: str | None = None) -> list:
 
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
-    parents = client.search_runs(experiments, "tags.`recipe_runner.role` = 'recipe'", order_by=["attributes.start_time DESC"])
+    parents = client.search_runs(
+        experiments, "tags.`recipe_runner.role` = 'recipe'", order_by=["attributes.start_time DESC"]
+    )
     parent = parents[0]
-    children = client.search_runs(experiments, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                                  order_by=["attributes.start_time ASC"])
+    children = client.search_runs(
+        experiments, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", order_by=["attributes.start_time ASC"]
+    )
     return children
 
 

@@ -1,5 +1,6 @@
 """Real servers for the tests: an `mlflow server` process on loopback, and a private, throwaway PostgreSQL cluster
 behind it (the README's team setup), each started in a temporary folder and stopped afterwards."""
+
 from __future__ import annotations
 
 import glob
@@ -19,8 +20,10 @@ from pathlib import Path
 
 import requests
 
-NO_POSTGRES = ("PostgreSQL is not installed: no initdb on PATH or in /usr/lib/postgresql/*/bin "
-               "(Debian: apt-get install postgresql)")
+NO_POSTGRES = (
+    "PostgreSQL is not installed: no initdb on PATH or in /usr/lib/postgresql/*/bin "
+    "(Debian: apt-get install postgresql)"
+)
 
 
 def free_port() -> int:
@@ -35,10 +38,26 @@ def mlflow_server(root: Path, backend_uri: str) -> Iterator[str]:
     port = free_port()
     log = root / "server.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", backend_uri, "--artifacts-destination", str(root / "artifacts"),
-         "--serve-artifacts", "--workers", "1"],
-        cwd=root, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            backend_uri,
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--serve-artifacts",
+            "--workers",
+            "1",
+        ],
+        cwd=root,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
     )
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -121,16 +140,36 @@ def postgres_cluster(bin_dir: Path) -> Iterator[Cluster]:
         os.chown(root, as_user["user"], as_user["group"])
     data, log = root / "data", root / "postgres.log"
     try:
-        init = subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                               "-E", "UTF8", "--no-sync"], cwd=root, capture_output=True, text=True, **as_user)
+        init = subprocess.run(
+            [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            **as_user,
+        )
         if init.returncode:
             raise RuntimeError("initdb failed:\n" + init.stdout[-2000:] + init.stderr[-2000:])
         port = free_port()
         # fsync=off: a throwaway cluster; what other sessions see after a commit does not depend on it
-        proc = subprocess.Popen([str(bin_dir / "postgres"), "-D", str(data), "-p", str(port),
-                                 "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-                                 "-c", "fsync=off"],
-                                cwd=root, stdout=open(log, "w"), stderr=subprocess.STDOUT, **as_user)
+        proc = subprocess.Popen(
+            [
+                str(bin_dir / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "unix_socket_directories=",
+                "-c",
+                "fsync=off",
+            ],
+            cwd=root,
+            stdout=open(log, "w"),
+            stderr=subprocess.STDOUT,
+            **as_user,
+        )
 
         def accepts() -> bool:
             try:

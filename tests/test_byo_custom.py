@@ -1,6 +1,7 @@
 """The custom family: a user's own nn.Module from a file or a package, trained and pruned by DepGraph, rebuilt
 from a plain-data checkpoint (factory + architecture snapshot, no pickled code) into identical outputs; bad
 sources are located errors at plan time; reproduce refuses a module that is not the one the run imported."""
+
 from __future__ import annotations
 
 import shutil
@@ -10,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli, local_uri, stage_runs
 
-from recipe_runner.persistence import load_checkpoint, save_checkpoint
 from recipe_runner.models import ModelRef
 from recipe_runner.models.custom import CustomFamily
+from recipe_runner.persistence import load_checkpoint, save_checkpoint
 from recipe_runner.reproduce import ReproduceError, check_model_file
-
-from conftest import cli, local_uri, stage_runs
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "custom_model"
 DATA = "builtin:shapes-cls?train=64&val=32&imgsz=32"
@@ -24,7 +24,8 @@ DATA = "builtin:shapes-cls?train=64&val=32&imgsz=32"
 
 def _recipe(folder: Path, model: str, stages: str) -> Path:
     path = folder / "recipe.yaml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         version: 1
         name: byo-custom
         model:
@@ -33,7 +34,8 @@ def _recipe(folder: Path, model: str, stages: str) -> Path:
         defaults: {{imgsz: 32, batch: 16}}
         stages:
         {stages}
-        """).format(model=textwrap.indent(model, "  "), data=DATA, stages=textwrap.indent(stages, "  ")))
+        """).format(model=textwrap.indent(model, "  "), data=DATA, stages=textwrap.indent(stages, "  "))
+    )
     return path
 
 
@@ -53,8 +55,11 @@ def _bound(source: str, **args) -> CustomFamily:
 def test_a_file_module_trains_in_a_recipe_that_starts_with_prune_and_rebuilds_from_the_store(workspace: Path):
     (workspace / "models").mkdir()
     shutil.copy(EXAMPLE / "net.py", workspace / "models" / "net.py")
-    recipe = _recipe(workspace, "family: custom\nsource: models/net.py:Net\nargs: {in_channels: 3}",
-                     "prune: {type: prune, method: depgraph, ratio: 0.5}\nft: {type: finetune, epochs: 1}")
+    recipe = _recipe(
+        workspace,
+        "family: custom\nsource: models/net.py:Net\nargs: {in_channels: 3}",
+        "prune: {type: prune, method: depgraph, ratio: 0.5}\nft: {type: finetune, epochs: 1}",
+    )
     assert cli("run", recipe).exit_code == 0
     # the finetune stage again, from the prune stage's checkpoint in MLflow: the factory rebuilt, then the snapshot
     again = cli("run", recipe, "--force", "ft")
@@ -92,13 +97,15 @@ def test_a_package_factory_with_args_and_weights(workspace: Path, data, monkeypa
     package = workspace / "site" / "mynets"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    (package / "small.py").write_text(textwrap.dedent("""\
+    (package / "small.py").write_text(
+        textwrap.dedent("""\
         from torch import nn
 
         def make(width=8, classes=3):  # a factory whose class count is not called num_classes
             return nn.Sequential(nn.Conv2d(3, width, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                  nn.Linear(width, classes))
-        """))
+        """)
+    )
     monkeypatch.syspath_prepend(str(workspace / "site"))
     family = _bound("mynets.small:make", width=6)
     model = family.build("mynets.small:make", data, seed=0)
@@ -116,23 +123,27 @@ def test_a_package_factory_with_args_and_weights(workspace: Path, data, monkeypa
     built = weighted.build("mynets.small:make", data, seed=0)
     assert torch.equal(built[0].weight, trained["0.weight"]) and built[4].out_features == 4
     # in a recipe: keyed by the module file's content and the arguments
-    from recipe_runner.persistence import sha256_of
     from recipe_runner.model_ref import model_identity
+    from recipe_runner.persistence import sha256_of
     from recipe_runner.recipe import load_recipe
 
-    recipe = load_recipe(_recipe(workspace, "family: custom\nsource: mynets.small:make\nargs: {width: 6}",
-                                 "ev: {type: evaluate}"))
+    recipe = load_recipe(
+        _recipe(workspace, "family: custom\nsource: mynets.small:make\nargs: {width: 6}", "ev: {type: evaluate}")
+    )
     identity = model_identity(recipe)
     assert identity["source"] == f"module:mynets.small:sha256:{sha256_of(package / 'small.py')}:make"
     assert identity["args"] == {"width": 6}
 
 
-@pytest.mark.parametrize("model, line, words", [
-    ("family: custom\nsource: net.py:Nope", 5, "has no 'Nope' (it defines: Net)"),
-    ("family: custom\nsource: missing.py:Net", 5, "module file 'missing.py' not found"),
-    ("family: custom\nsource: net.py:Net\nargs: {in_channels: -1}", 6, "Net(in_channels=-1) raised RuntimeError"),
-    ("family: custom\nsource: net.py:Net\nweights: nowhere.pth", 6, "weights file 'nowhere.pth' not found"),
-])
+@pytest.mark.parametrize(
+    "model, line, words",
+    [
+        ("family: custom\nsource: net.py:Nope", 5, "has no 'Nope' (it defines: Net)"),
+        ("family: custom\nsource: missing.py:Net", 5, "module file 'missing.py' not found"),
+        ("family: custom\nsource: net.py:Net\nargs: {in_channels: -1}", 6, "Net(in_channels=-1) raised RuntimeError"),
+        ("family: custom\nsource: net.py:Net\nweights: nowhere.pth", 6, "weights file 'nowhere.pth' not found"),
+    ],
+)
 def test_bad_custom_models_are_located_errors_before_anything_runs(workspace: Path, model: str, line: int, words: str):
     shutil.copy(EXAMPLE / "net.py", workspace / "net.py")
     result = cli("plan", _recipe(workspace, model, "ev: {type: evaluate}"))
@@ -145,8 +156,10 @@ def test_reproduce_imports_a_custom_module_only_if_it_is_the_one_the_run_importe
     from recipe_runner.model_ref import module_identity
 
     shutil.copy(EXAMPLE / "net.py", workspace / "net.py")
-    lock = {"model": {"family": "custom", "source": "net.py:Net"},
-            "model_identity": {"source": f"{module_identity(str(workspace / 'net.py'))}:Net"}}
+    lock = {
+        "model": {"family": "custom", "source": "net.py:Net"},
+        "model_identity": {"source": f"{module_identity(str(workspace / 'net.py'))}:Net"},
+    }
     check_model_file(lock)  # the same file: fine
     (workspace / "net.py").write_text("raise SystemExit('imported')\n")  # another file under the same name
     before = set(sys.modules)

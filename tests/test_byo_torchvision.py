@@ -1,6 +1,7 @@
 """Bring your own torchvision weights: a state-dict file or checkpoint dict (weights_only), or a weights name found
 in the local torch hub cache (never downloaded); the head kept when it fits the data, replaced (seeded, with a
 [note]) when it does not; a recipe may start with `evaluate`."""
+
 from __future__ import annotations
 
 import json
@@ -10,18 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from conftest import cli, local_uri, stage_runs
 
 from recipe_runner.models import ModelRef
 from recipe_runner.models.torchvision import TorchvisionFamily
-
-from conftest import cli, local_uri, stage_runs
 
 DATA = "builtin:shapes-cls?train=64&val=32&imgsz=32"  # 4 classes
 
 
 def _recipe(folder: Path, weights: str, stages: str = "eval: {type: evaluate}") -> Path:
     path = folder / "recipe.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         version: 1
         name: byo-tv
         model:
@@ -32,7 +33,8 @@ def _recipe(folder: Path, weights: str, stages: str = "eval: {type: evaluate}") 
         defaults: {{imgsz: 32, batch: 16}}
         stages:
           {stages}
-        """))
+        """)
+    )
     return path
 
 
@@ -88,8 +90,11 @@ def test_bad_weights_are_located_errors_before_anything_runs(workspace: Path):
     # a whole pickled module needs its class unpickled: refused, with how to save the weights instead
     torch.save(torchvision.models.resnet18(num_classes=4), workspace / "whole.pt")
     torch.save(torchvision.models.resnet34(num_classes=4).state_dict(), workspace / "other_arch.pth")
-    cases = {"whole.pt": "refused: save the weights alone", "nowhere.pth": "weights file 'nowhere.pth' not found",
-             "other_arch.pth": "the weights do not fit resnet18"}
+    cases = {
+        "whole.pt": "refused: save the weights alone",
+        "nowhere.pth": "weights file 'nowhere.pth' not found",
+        "other_arch.pth": "the weights do not fit resnet18",
+    }
     for weights, words in cases.items():
         result = cli("plan", _recipe(workspace, weights))
         assert result.exit_code == 2, result.output
@@ -119,7 +124,9 @@ def test_a_weights_name_comes_from_the_local_hub_cache_only(workspace: Path, mon
 
     client = MlflowClient(local_uri(workspace))
     parent = run.data.tags["mlflow.parentRunId"]
-    lock = json.loads(Path(client.download_artifacts(parent, "recipe/recipe.lock.json", str(workspace / "dl"))).read_text())
+    lock = json.loads(
+        Path(client.download_artifacts(parent, "recipe/recipe.lock.json", str(workspace / "dl"))).read_text()
+    )
     # the weights' own preprocessing (256/224 resize, centre crop, its mean and std), recorded with the run
     assert lock["preprocessing"]["from"] == "ResNet18_Weights.IMAGENET1K_V1.transforms()"
     assert "centre crop" in lock["preprocessing"]["resize"] and lock["preprocessing"]["mean"] == [0.485, 0.456, 0.406]

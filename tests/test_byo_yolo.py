@@ -1,5 +1,6 @@
 """Bring your own YOLO model: a best.pt from the user's own Ultralytics training starts a recipe whose first stage
 is `prune` (the root stage's parent is the model as given), offline, with the user's data.yaml."""
+
 from __future__ import annotations
 
 import socket
@@ -8,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli, local_uri, stage_runs
 
 from recipe_runner import persistence as T
-
-from conftest import cli, local_uri, stage_runs
 
 
 @pytest.fixture
@@ -21,7 +21,9 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     connect, lookup = socket.socket.connect, socket.getaddrinfo
 
     def local(host) -> bool:
-        return host is None or (isinstance(host, str) and (host.startswith(("127.", "/")) or host in ("localhost", "::1")))
+        return host is None or (
+            isinstance(host, str) and (host.startswith(("127.", "/")) or host in ("localhost", "::1"))
+        )
 
     def guarded_connect(self, address):
         if self.family == socket.AF_UNIX or local(address[0] if isinstance(address, tuple) else address):
@@ -47,8 +49,21 @@ def _ultralytics_best_pt(data_yaml: str, folder: Path) -> Path:
     ultralytics_ready()  # offline settings, the font Ultralytics' dataset check wants, integrations off
     from ultralytics import YOLO
 
-    YOLO("yolov8n.yaml").train(data=data_yaml, imgsz=64, epochs=1, batch=8, workers=0, device="cpu", plots=False,
-                               project=str(folder), name="t", exist_ok=True, verbose=False, amp=False, seed=0)
+    YOLO("yolov8n.yaml").train(
+        data=data_yaml,
+        imgsz=64,
+        epochs=1,
+        batch=8,
+        workers=0,
+        device="cpu",
+        plots=False,
+        project=str(folder),
+        name="t",
+        exist_ok=True,
+        verbose=False,
+        amp=False,
+        seed=0,
+    )
     best = folder / "t" / "weights" / "best.pt"
     assert best.is_file()
     return best
@@ -65,7 +80,8 @@ def test_a_users_best_pt_is_pruned_by_a_recipe_that_starts_with_prune(workspace:
     # download from github.com); from here on every attempt is the runner's
     no_network.clear()
     recipe = workspace / "byo.yaml"
-    recipe.write_text(textwrap.dedent(f"""\
+    recipe.write_text(
+        textwrap.dedent(f"""\
         version: 1
         name: byo-yolo
         model: {best}
@@ -74,7 +90,8 @@ def test_a_users_best_pt_is_pruned_by_a_recipe_that_starts_with_prune(workspace:
         stages:
           prune: {{type: prune, method: depgraph, ratio: 0.3}}
           onnx: {{type: export, format: onnx}}
-        """))
+        """)
+    )
     assert cli("validate", recipe).exit_code == 0
     result = cli("run", recipe)
     assert result.exit_code == 0, result.output

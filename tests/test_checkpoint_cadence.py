@@ -1,14 +1,14 @@
 """How often training stages write resumable epoch checkpoints (`checkpoint_every`), and that it is not in the key."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import cli, local_uri, stage_runs, write_recipe
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import persistence as T
 from recipe_runner.persistence import EpochCadence
-
-from conftest import cli, local_uri, stage_runs, write_recipe
 
 
 class Clock:

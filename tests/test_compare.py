@@ -1,4 +1,5 @@
 """`recipe compare` on a real MLflow store: a two-branch sweep recipe run twice (the second run reuses)."""
+
 from __future__ import annotations
 
 import csv
@@ -6,12 +7,11 @@ import io
 import json
 from pathlib import Path
 
+from conftest import cli, local_uri, stage_runs, write_recipe
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import compare as C
 from recipe_runner import persistence as T
-
-from conftest import cli, local_uri, stage_runs, write_recipe
 
 SWEEP = """\
   train:
@@ -25,7 +25,13 @@ SWEEP = """\
     type: finetune
     epochs: 1
 """
-NODES = ["train", "prune[prune.ratio=0.3]", "prune[prune.ratio=0.5]", "finetune[prune.ratio=0.3]", "finetune[prune.ratio=0.5]"]
+NODES = [
+    "train",
+    "prune[prune.ratio=0.3]",
+    "prune[prune.ratio=0.5]",
+    "finetune[prune.ratio=0.3]",
+    "finetune[prune.ratio=0.5]",
+]
 
 
 def test_compare_sweep_runs_side_by_side(workspace: Path):
@@ -93,8 +99,7 @@ def test_compare_unknown_run_or_experiment_exits_2(workspace: Path):
     assert cli("compare", stage.info.run_id, "--no-plot").exit_code == 0
 
     # a --metric no stage logged (a typo) is named, with the logged name it is close to; still exit 0
-    typo = cli("compare", "known", "--no-plot", "--format", "csv",
-               "--metric", "sparsty", "--metric", "sparsity")
+    typo = cli("compare", "known", "--no-plot", "--format", "csv", "--metric", "sparsty", "--metric", "sparsity")
     assert typo.exit_code == 0, typo.output
     assert "--metric 'sparsty' (did you mean 'sparsity'?)" in typo.stderr and "'sparsity':" not in typo.stderr
 

@@ -2,6 +2,7 @@
 is marked KILLED, and a stale lease (its owner died) is taken over by resuming it. Every test runs twice: against
 a server on sqlite and against one on PostgreSQL (the README's team setup), since leases rest on what the database
 behind the server shows a reader right after another client's write."""
+
 from __future__ import annotations
 
 import os
@@ -13,12 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+import servers
 from mlflow.tracking import MlflowClient
 
-from recipe_runner.persistence import leases as L
 from recipe_runner import persistence as T
-
-import servers
+from recipe_runner.persistence import leases as L
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -71,11 +71,21 @@ main()
 
 
 def _start(workspace: Path, recipe: Path, uri: str, log: str, gate: Path) -> subprocess.Popen:
-    env = {**os.environ, "RECIPE_RUNNER_HEARTBEAT_S": "1", "RR_TEST_GATE": str(gate), "PYTHONUNBUFFERED": "1",
-           "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", GATED_CLI, "run", str(recipe), "--tracking-uri", uri],
-                            cwd=workspace, env=env, stdout=open(workspace / log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    env = {
+        **os.environ,
+        "RECIPE_RUNNER_HEARTBEAT_S": "1",
+        "RR_TEST_GATE": str(gate),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", GATED_CLI, "run", str(recipe), "--tracking-uri", uri],
+        cwd=workspace,
+        env=env,
+        stdout=open(workspace / log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _wait_for(condition, what: str, procs: list[subprocess.Popen], limit: float = 240) -> None:
@@ -132,8 +142,11 @@ def test_two_processes_train_each_stage_once_and_the_second_waits(mlflow_server:
     procs = [_start(workspace, recipe, mlflow_server, log, gate) for log in logs]  # at once, same recipe
     try:
         # the trainer is held after epoch 1 until the other process has met its lease and waits for it
-        _wait_for(lambda: any("waiting for run" in (workspace / log).read_text() for log in logs),
-                  "one process to wait for the other's lease", procs)
+        _wait_for(
+            lambda: any("waiting for run" in (workspace / log).read_text() for log in logs),
+            "one process to wait for the other's lease",
+            procs,
+        )
         gate.touch()
         outputs = _finish(procs, workspace, logs)
     finally:
@@ -174,8 +187,9 @@ def test_a_stale_lease_is_taken_over_by_exactly_one_of_two_processes(mlflow_serv
     # make it look long dead: heartbeat far in the past, owner pid gone (the killed process)
     client.set_tag(stale.info.run_id, T.LEASE_HEARTBEAT, f"{time.time() - 3600:.3f}")
     assert not L.pid_alive(int(stale.data.tags[T.LEASE_PID]))
-    assert not L.is_live(T.StageRun(stale.info.run_id, "RUNNING", client.get_run(stale.info.run_id).data.tags, {}, {}),
-                         time.time())
+    assert not L.is_live(
+        T.StageRun(stale.info.run_id, "RUNNING", client.get_run(stale.info.run_id).data.tags, {}, {}), time.time()
+    )
 
     gate.touch()
     logs = ["a.log", "b.log"]
@@ -208,12 +222,14 @@ def test_runs_logging_the_same_new_dataset_at_once_all_get_it(mlflow_server: str
     # a few rounds, each with a new dataset: the race window is a few milliseconds
     for round in range(5):
         run_ids = [t.start_run(f"r{round}.{i}", {}) for i, t in enumerate(trackers)]
-        dataset = DatasetInput(Dataset(name="shapes", digest=f"{round}-{time.time():.6f}", source_type="code",
-                                       source="{}"))
+        dataset = DatasetInput(
+            Dataset(name="shapes", digest=f"{round}-{time.time():.6f}", source_type="code", source="{}")
+        )
         barrier = threading.Barrier(len(trackers))
 
-        def log(tracker: T.Tracker, run_id: str, barrier: threading.Barrier = barrier,
-                dataset: DatasetInput = dataset) -> None:
+        def log(
+            tracker: T.Tracker, run_id: str, barrier: threading.Barrier = barrier, dataset: DatasetInput = dataset
+        ) -> None:
             barrier.wait()
             try:
                 tracker.log_dataset(run_id, dataset)

@@ -1,4 +1,5 @@
 """The data fingerprint of a user dataset counts exactly its files: images and labels by content, nothing else."""
+
 from __future__ import annotations
 
 import os
@@ -6,10 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import cli
 
 from recipe_runner.data import fingerprint_data
-
-from conftest import cli
 
 
 def _write(path: Path, data: bytes | str) -> Path:
@@ -76,8 +76,8 @@ def test_a_changed_image_or_label_under_path_changes_the_key(detect_data: Path, 
 
 
 def test_touching_files_keeps_the_key_and_a_rerun_reads_no_file(detect_data: Path):
-    from recipe_runner.data._fingerprint import fingerprint_path
     from recipe_runner.data import cache_root
+    from recipe_runner.data._fingerprint import fingerprint_path
 
     key, count, read = fingerprint_path(detect_data, cache_root())
     assert count == 7 and read == 12  # the yaml + 6 images; 6 images and 6 labels hashed
@@ -138,8 +138,9 @@ def test_a_recipe_beside_its_sqlite_store_reuses_every_stage(workspace: Path):
     builtin = Path(resolve_data("builtin:shapes?train=16&val=8&imgsz=64", "detect").path).parent
     shutil.copytree(builtin / "images", workspace / "images")
     shutil.copytree(builtin / "labels", workspace / "labels")
-    (workspace / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\n"
-                                         "names: [circle, square, triangle]\n")
+    (workspace / "data.yaml").write_text(
+        "path: .\ntrain: images/train\nval: images/val\nnames: [circle, square, triangle]\n"
+    )
     (workspace / "recipe.yaml").write_text(RECIPE)
     first = cli("run", "recipe.yaml")
     assert first.exit_code == 0, first.output

@@ -3,6 +3,7 @@ by the engine, never part of the student's checkpoint; classifiers learn by Hint
 
 Tiny sizes: lenet at 32 px on 64 generated images, 1-2 epochs.
 """
+
 from __future__ import annotations
 
 import math
@@ -10,15 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_CLS, cli, local_uri, stage_runs, write_recipe
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import persistence as T
-from recipe_runner.persistence import load_checkpoint
 from recipe_runner.graph import compile_graph
 from recipe_runner.models.distill import kd_loss
+from recipe_runner.persistence import load_checkpoint
 from recipe_runner.recipe import RecipeError, parse_recipe
-
-from conftest import TINY_CLS, cli, local_uri, stage_runs, write_recipe
 
 
 def test_kd_loss_matches_a_hand_computation():
@@ -57,8 +57,9 @@ KD_STAGES = """\
 
 
 def test_the_teacher_is_an_input_in_the_cache_key_and_follows_its_sweep_copy():
-    plain = compile_graph(_recipe(KD_STAGES.replace("    distill: {teacher: train, weight: 0.5, temperature: 4}\n",
-                                                    "")))
+    plain = compile_graph(
+        _recipe(KD_STAGES.replace("    distill: {teacher: train, weight: 0.5, temperature: 4}\n", ""))
+    )
     taught = compile_graph(_recipe(KD_STAGES))
     assert taught.nodes["finetune"].inputs == {"teacher": "train"}
     assert taught.nodes["finetune"].identity["inputs"] == {"teacher": taught.nodes["train"].cache_key}
@@ -69,7 +70,8 @@ def test_the_teacher_is_an_input_in_the_cache_key_and_follows_its_sweep_copy():
     other = compile_graph(_recipe(KD_STAGES.replace("weight: 0.5", "weight: 0.7")))
     assert other.nodes["finetune"].cache_key != taught.nodes["finetune"].cache_key
     # a teacher stage of its own branch, ordered before the student although it comes later in the file
-    late = compile_graph(_recipe("""\
+    late = compile_graph(
+        _recipe("""\
   train:
     type: train
     epochs: {sweep: [1, 2]}
@@ -79,7 +81,8 @@ def test_the_teacher_is_an_input_in_the_cache_key_and_follows_its_sweep_copy():
   big:
     type: train
     from: train
-"""))
+""")
+    )
     order = list(late.nodes)
     for epochs in (1, 2):
         student, teacher = f"finetune[train.epochs={epochs}]", f"big[train.epochs={epochs}]"
@@ -89,7 +92,9 @@ def test_the_teacher_is_an_input_in_the_cache_key_and_follows_its_sweep_copy():
 
 
 def test_a_teacher_with_copies_off_the_students_branch_is_a_located_error(workspace: Path):
-    path = write_recipe(workspace, """\
+    path = write_recipe(
+        workspace,
+        """\
   big:
     type: train
     epochs: {sweep: [1, 2]}
@@ -97,20 +102,24 @@ def test_a_teacher_with_copies_off_the_students_branch_is_a_located_error(worksp
     type: train
     from: null
     distill: {teacher: big}
-""")
+""",
+    )
     result = cli("validate", path)
     line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "distill:" in text)
     assert result.exit_code == 2 and f"recipe.yaml:{line}:" in result.output, result.output
     assert "'big' has 2 copies" in result.output
 
 
-@pytest.mark.parametrize("teacher, words", [
-    ("trian", "no stage named 'trian'; did you mean 'train'?"),
-    ("finetune", "is this stage itself"),
-    ("later", "'later' descends from 'finetune'"),
-    ("int8", "'int8' (quantize) gives a model file"),
-    ("onnx", "'onnx' (export) gives a model file"),
-])
+@pytest.mark.parametrize(
+    "teacher, words",
+    [
+        ("trian", "no stage named 'trian'; did you mean 'train'?"),
+        ("finetune", "is this stage itself"),
+        ("later", "'later' descends from 'finetune'"),
+        ("int8", "'int8' (quantize) gives a model file"),
+        ("onnx", "'onnx' (export) gives a model file"),
+    ],
+)
 def test_a_bad_teacher_is_a_located_error(workspace: Path, teacher: str, words: str):
     stages = f"""\
   train:

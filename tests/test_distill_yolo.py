@@ -1,16 +1,16 @@
 """YOLO distillation through Ultralytics' DistillationModel: a pruned student (other widths than its teacher) trains
 with projectors, its states and output hold the student alone, a resume restores the projectors, and the result
 exports without the teacher. 64 px, 16 images, 1-2 epochs."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import onnx
 import torch
+from conftest import RecordingContext
 
 from recipe_runner.models.distill import Distillation
-
-from conftest import RecordingContext
 
 
 def _pruned(family, data):
@@ -18,8 +18,9 @@ def _pruned(family, data):
 
     method = METHODS.get("depgraph")
     model = family.build("yolov8n.yaml", data, seed=0)
-    return method.prune_step(model, family, data, method.config(method="depgraph", imgsz=64, ratio=0.5),
-                             plan_steps(0.5, 1)[0])
+    return method.prune_step(
+        model, family, data, method.config(method="depgraph", imgsz=64, ratio=0.5), plan_steps(0.5, 1)[0]
+    )
 
 
 def _hooked(model) -> int:
@@ -72,9 +73,14 @@ def test_a_pruned_yolo_student_learns_from_its_teacher_and_exports_alone(family,
 
     yolo_train.EpochCallbacks.train_start = train_start
     try:
-        resumed = family.train(family.build("yolov8n.yaml", tiny_data, seed=0), tiny_data, knobs, 2,
-                               RecordingContext(tmp_path, resume_state=first.states[0]),
-                               distill=Distillation(teacher, 0.5, 4.0))
+        resumed = family.train(
+            family.build("yolov8n.yaml", tiny_data, seed=0),
+            tiny_data,
+            knobs,
+            2,
+            RecordingContext(tmp_path, resume_state=first.states[0]),
+            distill=Distillation(teacher, 0.5, 4.0),
+        )
     finally:
         yolo_train.EpochCallbacks.train_start = original
     saved = first.states[0]["distill"]["projector"]

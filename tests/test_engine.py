@@ -1,16 +1,16 @@
 """The engine end to end on a tiny classifier: real torch-pruning, real MLflow (sqlite store in a temp dir)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+from conftest import cli, local_uri, stage_runs, write_recipe
 from mlflow.tracking import MlflowClient
 
-from recipe_runner.persistence import load_checkpoint
-from recipe_runner.models.torchvision import TorchvisionFamily
 from recipe_runner import persistence as T
-
-from conftest import cli, local_uri, stage_runs, write_recipe
+from recipe_runner.models.torchvision import TorchvisionFamily
+from recipe_runner.persistence import load_checkpoint
 
 THREE_STAGES = """\
   train:
@@ -123,17 +123,27 @@ def test_sweep_makes_branches_with_distinct_keys(workspace: Path):
     assert plan.exit_code == 0, plan.output
     assert cli("run", recipe).exit_code == 0
     runs = by_node(stage_runs(local_uri(workspace)))
-    assert set(runs) == {"train", "prune[prune.ratio=0.3]", "prune[prune.ratio=0.5]",
-                         "finetune[prune.ratio=0.3]", "finetune[prune.ratio=0.5]"}
+    assert set(runs) == {
+        "train",
+        "prune[prune.ratio=0.3]",
+        "prune[prune.ratio=0.5]",
+        "finetune[prune.ratio=0.3]",
+        "finetune[prune.ratio=0.5]",
+    }
     keys = {r.data.tags[T.CACHE_KEY] for r in runs.values()}
     assert len(keys) == 5
-    assert runs["finetune[prune.ratio=0.3]"].data.tags["mlflow.parentRunId"] == runs["train"].data.tags["mlflow.parentRunId"]
+    assert (
+        runs["finetune[prune.ratio=0.3]"].data.tags["mlflow.parentRunId"]
+        == runs["train"].data.tags["mlflow.parentRunId"]
+    )
     assert runs["prune[prune.ratio=0.3]"].data.metrics["macs"] > runs["prune[prune.ratio=0.5]"].data.metrics["macs"]
 
 
 def test_unstructured_pruning_reports_real_sparsity_and_keeps_it_through_finetune(workspace: Path):
-    stages = THREE_STAGES.replace("method: depgraph\n    importance: group-l2\n    ratio: 0.5",
-                                  "method: l1-unstructured\n    ratio: 0.6\n    steps: 2\n    finetune_epochs: 1")
+    stages = THREE_STAGES.replace(
+        "method: depgraph\n    importance: group-l2\n    ratio: 0.5",
+        "method: l1-unstructured\n    ratio: 0.6\n    steps: 2\n    finetune_epochs: 1",
+    )
     recipe = write_recipe(workspace, stages)
     result = cli("run", recipe)
     assert result.exit_code == 0, result.output
@@ -178,16 +188,28 @@ def test_unknown_model_or_missing_data_is_a_located_error_that_starts_nothing(wo
     recipe.write_text(recipe.read_text().replace("model: lenet", "model: resnet81"))
     result = cli("run", recipe)
     assert result.exit_code == 2
-    assert f"{recipe}:4:1: model: unknown torchvision classification model 'resnet81'; did you mean 'resnet18'?" in result.output
+    assert (
+        f"{recipe}:4:1: model: unknown torchvision classification model 'resnet81'; did you mean 'resnet18'?"
+        in result.output
+    )
     recipe.write_text(recipe.read_text().replace("model: resnet81", "model: yolov8n"))
     result = cli("plan", recipe)
     assert result.exit_code == 2 and "write 'yolov8n.yaml'" in result.output
-    recipe.write_text(recipe.read_text().replace("model: yolov8n", "model: lenet").replace(
-        "epochs: 2\n", "epochs: 2\n    args: {foo: 1}\n"))
+    recipe.write_text(
+        recipe.read_text()
+        .replace("model: yolov8n", "model: lenet")
+        .replace("epochs: 2\n", "epochs: 2\n    args: {foo: 1}\n")
+    )
     result = cli("plan", recipe)
-    assert result.exit_code == 2 and "stages.train.args: the torchvision family takes no extra trainer arguments" in result.output
-    recipe.write_text(recipe.read_text().replace("    args: {foo: 1}\n", "").replace(
-        "data: builtin:shapes-cls?train=64&val=32&imgsz=32", "data: no/such/folder"))
+    assert (
+        result.exit_code == 2
+        and "stages.train.args: the torchvision family takes no extra trainer arguments" in result.output
+    )
+    recipe.write_text(
+        recipe.read_text()
+        .replace("    args: {foo: 1}\n", "")
+        .replace("data: builtin:shapes-cls?train=64&val=32&imgsz=32", "data: no/such/folder")
+    )
     result = cli("run", recipe)
     assert result.exit_code == 2
     assert f"{recipe}:5:1: data: dataset path 'no/such/folder' does not exist" in result.output
@@ -234,7 +256,9 @@ def test_a_device_this_machine_lacks_is_a_located_error_before_anything_runs(wor
     recipe = write_recipe(workspace, THREE_STAGES.replace("    epochs: 1\n", "    epochs: 1\n    device: 0\n"))
     result = cli("run", recipe)
     assert result.exit_code == 2
-    assert "stages.finetune.device: device 0 needs a CUDA GPU and this machine has none; use device: cpu" in result.stderr
+    assert (
+        "stages.finetune.device: device 0 needs a CUDA GPU and this machine has none; use device: cpu" in result.stderr
+    )
     assert f"{recipe}:" in result.stderr
     assert not (workspace / "mlflow.db").exists()
 
@@ -246,7 +270,8 @@ def test_lone_last_batch_trains_and_onnx_check_covers_every_val_image(workspace:
     recipe.write_text(
         "version: 1\nname: lone\nmodel: resnet18\ndata: builtin:shapes-cls?train=33&val=12&imgsz=32\n"
         "defaults: {imgsz: 32, batch: 16}\nstages:\n  train: {type: train, epochs: 1}\n"
-        "  onnx: {type: export, format: onnx, dynamic: true}\n")
+        "  onnx: {type: export, format: onnx, dynamic: true}\n"
+    )
     result = cli("run", recipe)
     assert result.exit_code == 0, result.output
     runs = {r.data.tags[T.NODE_ID]: r for r in stage_runs(local_uri(workspace))}
@@ -257,7 +282,9 @@ def test_lone_last_batch_trains_and_onnx_check_covers_every_val_image(workspace:
 
 def test_max_map_drop_keeps_the_last_model_within_the_bound_and_says_so(workspace: Path):
     """A step whose accuracy falls too far is rejected: the stage keeps the model before it and warns."""
-    stages = THREE_STAGES.replace("group-l2", "random").replace("ratio: 0.5", "ratio: 0.95\n    steps: 2\n    max_map_drop: 0.0")
+    stages = THREE_STAGES.replace("group-l2", "random").replace(
+        "ratio: 0.5", "ratio: 0.95\n    steps: 2\n    max_map_drop: 0.0"
+    )
     result = cli("run", write_recipe(workspace, stages))
     assert result.exit_code == 0, result.output
     runs = by_node(stage_runs(local_uri(workspace)))
@@ -291,8 +318,10 @@ def test_user_image_folder_skips_hidden_folders_and_names_an_unreadable_image(wo
     for split in ("train", "val"):
         (workspace / "mydata" / split / ".ipynb_checkpoints").mkdir()  # what Jupyter leaves behind: not a class
     recipe = workspace / "recipe.yaml"
-    recipe.write_text("version: 1\nname: folder\nmodel: lenet\ndata: mydata\ndefaults: {imgsz: 32, batch: 8}\n"
-                      "stages:\n  train: {type: train, epochs: 1}\n")
+    recipe.write_text(
+        "version: 1\nname: folder\nmodel: lenet\ndata: mydata\ndefaults: {imgsz: 32, batch: 8}\n"
+        "stages:\n  train: {type: train, epochs: 1}\n"
+    )
     result = cli("run", recipe)
     assert result.exit_code == 0, result.output
     assert "." not in "".join(resolve_data("mydata", "classify", workspace).names)

@@ -1,20 +1,20 @@
 """A stage's final evaluation is not run twice: where the trainer (or prune's last step) already evaluated exactly
 the output weights with the stage's config, the engine logs those numbers, and they equal a fresh evaluation."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
+from conftest import cli, local_uri, stage_runs, write_recipe
 
-from recipe_runner import timing
 from recipe_runner import persistence as T
-from recipe_runner.persistence import load_checkpoint
+from recipe_runner import timing
 from recipe_runner.data import resolve_data
 from recipe_runner.models.torchvision import TorchvisionFamily
+from recipe_runner.persistence import load_checkpoint
 from recipe_runner.stages.train import TrainConfig
-
-from conftest import cli, local_uri, stage_runs, write_recipe
 
 STAGES = """\
   train: {type: train, epochs: 2}

@@ -1,16 +1,16 @@
 """--keep-going on the default (sequential) executor, and the executor's command-line errors. Real MLflow (sqlite), real
 stages; the failure is genuine: a parent checkpoint corrupted in the store, which its child refuses (sha256)."""
+
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import cli, local_uri, stage_runs, write_recipe
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import persistence as T
-
-from conftest import cli, local_uri, stage_runs, write_recipe
 
 SWEEP = """\
   train:
@@ -71,7 +71,7 @@ def test_keep_going_finishes_the_other_branch_and_skips_the_failed_ones_descenda
     # the summary names what failed and what was skipped
     assert "error: stage 'finetune[prune.ratio=0.5]' failed: CheckpointError" in going.output
     assert "skipped (an ancestor failed): check[prune.ratio=0.5]" in going.output
-    summary = going.output[going.output.index("kg: FAILED"):]
+    summary = going.output[going.output.index("kg: FAILED") :]
     assert "│ skipped " in summary and "│ failed " in summary
 
     # the failed stage was the last to run and only its descendant is left: skipped, and the run ends
@@ -80,7 +80,9 @@ def test_keep_going_finishes_the_other_branch_and_skips_the_failed_ones_descenda
     assert "skipped (an ancestor failed): check[prune.ratio=0.5]" in last.output
 
 
-def test_ray_executor_without_ray_is_one_clear_line_and_starts_nothing(workspace: Path, monkeypatch: pytest.MonkeyPatch):
+def test_ray_executor_without_ray_is_one_clear_line_and_starts_nothing(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed: `import ray` fails
     recipe = write_recipe(workspace, SWEEP)
     result = cli("run", recipe, "--executor", "ray")
@@ -107,7 +109,9 @@ def test_resources_key_sets_what_a_ray_task_reserves_and_stays_out_of_the_cache_
     plain = compile_graph(load_recipe(recipe, []))
     overrides = ["stages.finetune.resources={cpus: 2, gpus: 0.5}", "stages.train.device=0"]
     sized = compile_graph(load_recipe(recipe, overrides))
-    assert {n: node.cache_key for n, node in sized.nodes.items()} == {n: node.cache_key for n, node in plain.nodes.items()}
+    assert {n: node.cache_key for n, node in sized.nodes.items()} == {
+        n: node.cache_key for n, node in plain.nodes.items()
+    }
     assert resources(plain.nodes["train"].config) == {"num_cpus": 1.0, "num_gpus": 0.0}
     assert resources(sized.nodes["train"].config) == {"num_cpus": 1.0, "num_gpus": 1.0}  # a GPU stage: one GPU
     assert resources(sized.nodes["finetune[prune.ratio=0.3]"].config) == {"num_cpus": 2.0, "num_gpus": 0.5}

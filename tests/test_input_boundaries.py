@@ -1,11 +1,11 @@
 """Inputs that reach the cache key or the dataset: one resolution everywhere, the same one the library uses."""
+
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_DATA
 
 RECIPE = """\
@@ -74,8 +74,15 @@ def test_tilde_in_a_data_yaml_and_txt_lists_resolve_as_ultralytics_reads_them(wo
     assert sorted(f.name for f in files) == sorted(f.name for f in (user_data / "images" / "val").glob("*.png"))
 
 
-@pytest.mark.parametrize("spec", ["builtin:shapes?train=99999999999999999", "builtin:shapes?imgsz=1",
-                                  "builtin:shapes-cls?imgsz=100000", "builtin:shapes?objects=0"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "builtin:shapes?train=99999999999999999",
+        "builtin:shapes?imgsz=1",
+        "builtin:shapes-cls?imgsz=100000",
+        "builtin:shapes?objects=0",
+    ],
+)
 def test_builtin_options_out_of_bounds_are_refused_before_generating(spec: str, workspace: Path):
     """A few extra digits would otherwise generate images for hours (or fail deep in the generator)."""
     from recipe_runner.data import DataError, resolve_data

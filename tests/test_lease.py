@@ -1,4 +1,5 @@
 """Lease decisions, the claim protocol and concurrent dataset generation, without training (fast)."""
+
 from __future__ import annotations
 
 import itertools
@@ -6,19 +7,25 @@ import threading
 import time
 from pathlib import Path
 
+from conftest import cli, write_recipe
 from mlflow.tracking import MlflowClient
 
-from recipe_runner.persistence import leases as L
 from recipe_runner import persistence as T
 from recipe_runner.data import _resolve as R
-
-from conftest import cli, write_recipe
+from recipe_runner.persistence import leases as L
 
 NOW = 1_000_000.0
 
 
-def run(run_id: str, status: str = "RUNNING", host: str = "other", pid: int = 42, age: float = 0.0,
-        interval: float = 30, **extra: str) -> T.StageRun:
+def run(
+    run_id: str,
+    status: str = "RUNNING",
+    host: str = "other",
+    pid: int = 42,
+    age: float = 0.0,
+    interval: float = 30,
+    **extra: str,
+) -> T.StageRun:
     tags = {**L.lease_tags(L.Owner(host, pid, "tok"), NOW - age, interval), **extra}
     return T.StageRun(run_id, status, tags, {}, {})
 
@@ -46,8 +53,14 @@ def test_a_lease_is_live_while_running_with_a_fresh_heartbeat_and_a_living_local
 def test_a_garbled_lease_is_nobodys():
     """Lease tags are written by whoever can write to the store: one write must not make a lease live for ever
     (every reader would wait on it) nor crash the readers."""
-    for garbled in ({T.LEASE_HEARTBEAT: "inf"}, {T.LEASE_HEARTBEAT: "nan"}, {T.LEASE_INTERVAL: "nan"},
-                    {T.LEASE_INTERVAL: "1e12"}, {T.LEASE_HEARTBEAT: str(NOW + 10_000)}, {T.LEASE_INTERVAL: "-30"}):
+    for garbled in (
+        {T.LEASE_HEARTBEAT: "inf"},
+        {T.LEASE_HEARTBEAT: "nan"},
+        {T.LEASE_INTERVAL: "nan"},
+        {T.LEASE_INTERVAL: "1e12"},
+        {T.LEASE_HEARTBEAT: str(NOW + 10_000)},
+        {T.LEASE_INTERVAL: "-30"},
+    ):
         assert not live(run("a", **garbled)), garbled
     for pid in ("0", "-1", str(2**64)):  # os.kill would overflow on the last
         assert not L.is_live(run("a", host="here", **{T.LEASE_PID: pid}), NOW, pid_space="here"), pid
@@ -126,8 +139,7 @@ def test_two_claims_that_see_each_other_both_withdraw_then_exactly_one_wins():
     lines: list[str] = []
 
     def contender(name: str, delay: float) -> None:
-        claims[name] = L.acquire(store, name, "key", {}, None, announce=lines.append,
-                                 sleep=lambda s: time.sleep(delay))
+        claims[name] = L.acquire(store, name, "key", {}, None, announce=lines.append, sleep=lambda s: time.sleep(delay))
 
     threads = [threading.Thread(target=contender, args=(n, d), name=n) for n, d in (("a", 0.01), ("b", 0.3))]
     for t in threads:

@@ -1,5 +1,6 @@
 """Planning a recipe whose checks already passed (and a fully cached re-run) does not import Ultralytics or torch;
 a changed recipe is checked again in full."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,14 @@ main()
 def _plan(workspace: Path) -> tuple[subprocess.CompletedProcess, dict]:
     probe = workspace / "probe.json"
     env = {**os.environ, "RR_PROBE": str(probe)}
-    done = subprocess.run([sys.executable, "-c", PROBE, "plan", "recipe.yaml"], cwd=workspace, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, "plan", "recipe.yaml"],
+        cwd=workspace,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return done, json.loads(probe.read_text())
 
 

@@ -1,4 +1,5 @@
 """method: low-rank: SVD / Tucker-2 factors, the rebuild from a weights_only checkpoint, ONNX, recipes end to end."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_DATA, cli, local_uri, stage_runs, write_recipe
 from mlflow.tracking import MlflowClient
 from torch import nn
 
@@ -16,8 +18,6 @@ from recipe_runner.models.lowrank_layers import LowRankConv2d
 from recipe_runner.models.torchvision import TorchvisionFamily
 from recipe_runner.pruning import METHODS, plan_steps
 from recipe_runner.pruning.lowrank import LowRankConfig, decompose_conv, decompose_linear
-
-from conftest import TINY_DATA, cli, local_uri, stage_runs, write_recipe
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -63,8 +63,10 @@ def test_pointwise_conv_and_linear_are_svd_exact_at_full_rank():
     errors = [_relative_error(decompose_linear(linear, r)(v), linear(v)) for r in (10, 5, 2)]
     assert errors == sorted(errors) and errors[1] < 0.1 and errors[2] > 0.3, errors
     # multiplied back out: the factors are the layer they replace
-    assert torch.allclose(decompose_linear(linear, 7).dense().weight,
-                          decompose_linear(linear, 7).expand.weight @ decompose_linear(linear, 7).reduce.weight)
+    assert torch.allclose(
+        decompose_linear(linear, 7).dense().weight,
+        decompose_linear(linear, 7).expand.weight @ decompose_linear(linear, 7).reduce.weight,
+    )
 
 
 def _resnet18(classes: int = 3) -> nn.Module:

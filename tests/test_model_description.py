@@ -1,5 +1,6 @@
 """The model-description envelope (models/base.py ModelDescription): what describe() writes into stage and epoch
 checkpoints and rebuild() checks before building anything."""
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,10 @@ def lenet():
 def _same_outputs(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> bool:
     with torch.no_grad():
         first, second = a(x), b(x)
-    return torch.equal(first[0] if isinstance(first, (list, tuple)) else first,
-                       second[0] if isinstance(second, (list, tuple)) else second)
+    return torch.equal(
+        first[0] if isinstance(first, (list, tuple)) else first,
+        second[0] if isinstance(second, (list, tuple)) else second,
+    )
 
 
 def test_a_torchvision_description_in_the_pre_envelope_shape_rebuilds(lenet):
@@ -32,9 +35,13 @@ def test_a_torchvision_description_in_the_pre_envelope_shape_rebuilds(lenet):
     from recipe_runner.models._shapes import module_attributes
 
     family, model = lenet
-    old = {"family": "torchvision", "source": "lenet", "num_classes": 3,
-           "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-           "attributes": module_attributes(model)}
+    old = {
+        "family": "torchvision",
+        "source": "lenet",
+        "num_classes": 3,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "attributes": module_attributes(model),
+    }
     rebuilt = family.rebuild(old)
     assert _same_outputs(model, rebuilt, torch.randn(2, 3, 32, 32))
 
@@ -74,11 +81,19 @@ def test_a_pruned_yolo_description_in_the_pre_envelope_shape_rebuilds(family):
     """What yolo's describe() wrote before the envelope, key for key, with the C2f split to replay."""
     from recipe_runner.models._shapes import module_attributes
 
-    model = family.prepare_for_pruning(family.build("yolov8n.yaml", SimpleNamespace(num_classes=2, names=["a", "b"]),
-                                                    seed=0)).eval()
-    old = {"family": "yolo", "format": 1, "yaml": copy.deepcopy(model.yaml), "nc": 2, "names": ["a", "b"],
-           "split_c2f": True, "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-           "attributes": module_attributes(model)}
+    model = family.prepare_for_pruning(
+        family.build("yolov8n.yaml", SimpleNamespace(num_classes=2, names=["a", "b"]), seed=0)
+    ).eval()
+    old = {
+        "family": "yolo",
+        "format": 1,
+        "yaml": copy.deepcopy(model.yaml),
+        "nc": 2,
+        "names": ["a", "b"],
+        "split_c2f": True,
+        "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+        "attributes": module_attributes(model),
+    }
     rebuilt = family.rebuild(old)
     assert any(type(m).__name__ == "SplitC2f" for m in rebuilt.modules())
     assert rebuilt.names == {0: "a", 1: "b"}

@@ -3,18 +3,18 @@
 Real torch-pruning on resnet18 (a whole recipe, fine-tuning between steps) and yolov8n (global ranking); the
 bracketing and bisection on a cost curve that turns up again near ratio 1, as torch-pruning's does.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from conftest import cli, local_uri, stage_runs, write_recipe
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import persistence as T
 from recipe_runner.pruning import METHODS, TargetUnreachable, cost_target, plan_steps, reach_target
 from recipe_runner.pruning.targets import bisect_ratio
-
-from conftest import cli, local_uri, stage_runs, write_recipe
 
 
 def _curve(ratio: float) -> float:
@@ -80,8 +80,9 @@ def test_target_params_on_yolov8n_with_global_pruning(family, tiny_data):
     target = cost_target(config)
     model = family.build("yolov8n.yaml", tiny_data, seed=0)
     base = family.cost(model, 64)["params"]
-    model, plan = reach_target(model, family, tiny_data, config, method, plan_steps(config.ratio, 1)[0], target,
-                               base_cost=base, done=0.0)
+    model, plan = reach_target(
+        model, family, tiny_data, config, method, plan_steps(config.ratio, 1)[0], target, base_cost=base, done=0.0
+    )
     reached = family.cost(model, 64)["params"] / base
     assert 0.4 * 0.98 <= reached <= 0.4
     assert plan.cumulative == plan.step_ratio and 0.2 < plan.step_ratio < 0.7
@@ -139,8 +140,9 @@ def test_prune_head_prunes_detect_branches_and_the_model_still_rebuilds_and_expo
     for prune_head in (False, True):
         config = method.config(method="depgraph", imgsz=64, ratio=0.5, prune_head=prune_head)
         assert ("prune_head" in config.identity()) is prune_head
-        pruned[prune_head] = method.prune_step(copy.deepcopy(model), family, tiny_data, config,
-                                               StepPlan(1, 1, 0.5, 0.5))
+        pruned[prune_head] = method.prune_step(
+            copy.deepcopy(model), family, tiny_data, config, StepPlan(1, 1, 0.5, 0.5)
+        )
     whole = next(m for m in model.modules() if isinstance(m, Detect))
     head = next(m for m in pruned[True].modules() if isinstance(m, Detect))
     assert head.cv2[0][1].conv.out_channels < whole.cv2[0][1].conv.out_channels

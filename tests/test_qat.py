@@ -2,6 +2,7 @@
 
 Tiny sizes: lenet at 32 px on 64 generated images, 1-2 epochs; YOLOv8n at 64 px on 16 images, 1 epoch.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import RecordingContext, cli, local_uri, stage_runs, write_recipe
 from mlflow.tracking import MlflowClient
 from torch import nn
 
 from recipe_runner import persistence as T
 from recipe_runner.quantization import layer_precision, qat
-
-from conftest import RecordingContext, cli, local_uri, stage_runs, write_recipe
 
 QAT_STAGES = """\
   train:
@@ -61,8 +61,15 @@ def test_fake_quant_state_survives_a_resume(tmp_path: Path, workspace: Path):
     layers = qat.quantizable(family.build("lenet", data, 0))
     assert set(saved) == set(layers) and all(high > low for low, high in saved.values())
     again = qat.FakeQuant()
-    resumed = family.train(family.build("lenet", data, 0), data, config, 2,
-                           RecordingContext(tmp_path, resume_state=first.states[0]), hooks=[again], keep="last")
+    resumed = family.train(
+        family.build("lenet", data, 0),
+        data,
+        config,
+        2,
+        RecordingContext(tmp_path, resume_state=first.states[0]),
+        hooks=[again],
+        keep="last",
+    )
     assert resumed.epochs_trained == 1
     assert again.ranges == saved  # the trainer handed the saved ranges back before training went on
     # and training continued from them: one epoch of 4 batches moves a range by the moving average only
@@ -94,10 +101,11 @@ def test_qat_of_a_pruned_lenet_gives_an_int8_file_ort_runs_and_a_rerun_reuses_it
 
 
 def test_qat_needs_epochs_and_a_backend_that_does_it(workspace: Path):
-    for body, words in (("    mode: int8-qat\n    epochs: 0\n",
-                         "stages.int8.epochs: Input should be greater than or equal to 1"),
-                        ("    mode: int8-qat\n", "mode int8-qat fine-tunes the model: set epochs"),
-                        ("    backend: openvino\n    mode: int8-qat\n    epochs: 1\n", "backend openvino does mode")):
+    for body, words in (
+        ("    mode: int8-qat\n    epochs: 0\n", "stages.int8.epochs: Input should be greater than or equal to 1"),
+        ("    mode: int8-qat\n", "mode int8-qat fine-tunes the model: set epochs"),
+        ("    backend: openvino\n    mode: int8-qat\n    epochs: 1\n", "backend openvino does mode"),
+    ):
         path = write_recipe(workspace, f"  train:\n    type: train\n  int8:\n    type: quantize\n{body}")
         result = cli("validate", path)
         assert result.exit_code == 2 and words in result.output and "recipe.yaml:" in result.output, result.output
@@ -112,7 +120,6 @@ def test_training_keys_leave_ptq_keys_alone(mode: str):
     assert "epochs" not in plain and "lr" not in plain
 
 
-
 def test_qat_of_a_pruned_yolo_keeps_only_the_decode_float(family, tiny_data, tmp_path: Path):
     """The stage's steps, without the recipe around them (the lenet test runs those): fine-tune with fake
     quantization, snap, export, quantize as int8-static does."""
@@ -123,8 +130,13 @@ def test_qat_of_a_pruned_yolo_keeps_only_the_decode_float(family, tiny_data, tmp
     from recipe_runner.stages.quantize import QuantizeConfig
 
     method = METHODS.get("depgraph")
-    model = method.prune_step(family.build("yolov8n.yaml", tiny_data, seed=0), family, tiny_data,
-                              method.config(method="depgraph", imgsz=64, ratio=0.5), plan_steps(0.5, 1)[0])
+    model = method.prune_step(
+        family.build("yolov8n.yaml", tiny_data, seed=0),
+        family,
+        tiny_data,
+        method.config(method="depgraph", imgsz=64, ratio=0.5),
+        plan_steps(0.5, 1)[0],
+    )
     cost = family.cost(model, 64)
     config = QuantizeConfig(mode="int8-qat", epochs=1, imgsz=64, batch=8)
     hook = qat.FakeQuant(family.qat_float_layers)
@@ -133,8 +145,9 @@ def test_qat_of_a_pruned_yolo_keeps_only_the_decode_float(family, tiny_data, tmp
     tuned = qat.finish(result.model, family.qat_float_layers)
     assert family.cost(tuned, 64) == cost
     fp32 = family.write_onnx(tuned, tmp_path / "fp32.onnx", 64)
-    request = QuantizeRequest(fp32, tmp_path / "int8.onnx", "int8-static",
-                              calibration=family.calibration_batches(tiny_data, 64, 4))
+    request = QuantizeRequest(
+        fp32, tmp_path / "int8.onnx", "int8-static", calibration=family.calibration_batches(tiny_data, 64, 4)
+    )
     request.keep_float = family.float_nodes(onnx.load(str(fp32)))
     BACKENDS.get("onnxruntime").quantize(request)
     precision = layer_precision(request.target)

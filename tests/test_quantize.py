@@ -1,5 +1,6 @@
 """quantize, evaluate-a-file and benchmark stages through the engine, with real ONNX Runtime (and OpenVINO where
 installed), on a tiny pruned classifier. The YOLO cases are in test_quantize_yolo.py."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -8,23 +9,25 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import cli, local_uri, stage_runs, write_recipe
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import persistence as T
-
-from conftest import cli, local_uri, stage_runs, write_recipe
 
 PRUNED = """\
   train: {type: train, epochs: 2, lr: 0.05}
   prune: {type: prune, method: depgraph, ratio: 0.5}
 """
-QUANTIZED = PRUNED + """\
+QUANTIZED = (
+    PRUNED
+    + """\
   int8: {type: quantize, from: prune, calibration_images: 32}
   fp16: {type: quantize, from: prune, mode: fp16}
   dynamic: {type: quantize, from: prune, mode: int8-dynamic}
   bench: {type: benchmark, from: int8, bench_imgsz: 48, batch: 4}
   evaluate: {type: evaluate, from: bench}
 """
+)
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
 NO_OPENVINO = "the openvino extra is not installed (pip install 'recipe-runner[openvino]')"
 
@@ -46,9 +49,12 @@ def int8_weight_inputs(path: Path) -> dict[str, bool]:
     for node in model.graph.node:
         if node.op_type in ("Conv", "Gemm", "MatMul"):
             source = producer.get(node.input[1])
-            found[node.name] = bool(source is not None and source.op_type == "DequantizeLinear"
-                                    and inits.get(source.input[0]) is not None
-                                    and inits[source.input[0]].data_type == onnx.TensorProto.INT8)
+            found[node.name] = bool(
+                source is not None
+                and source.op_type == "DequantizeLinear"
+                and inits.get(source.input[0]) is not None
+                and inits[source.input[0]].data_type == onnx.TensorProto.INT8
+            )
     return found
 
 
@@ -68,8 +74,19 @@ def test_int8_fp16_dynamic_of_a_pruned_classifier_then_benchmark_and_evaluate_th
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert sess.run(None, {"images": np.zeros((2, 3, 32, 32), np.float32)})[0].shape == (2, 4)  # dynamic batch
     # its own accuracy, next to the FP32 file's and the parent run's; smaller than FP32; timed
-    for name in ("top1", "fp32_top1", "parent_top1", "metric_drop", "latency_ms_t1", "latency_p90_ms_t1",
-                 "fp32_latency_ms_t1", "speedup_t1", "calibration_images", "macs", "params"):
+    for name in (
+        "top1",
+        "fp32_top1",
+        "parent_top1",
+        "metric_drop",
+        "latency_ms_t1",
+        "latency_p90_ms_t1",
+        "fp32_latency_ms_t1",
+        "speedup_t1",
+        "calibration_images",
+        "macs",
+        "params",
+    ):
         assert name in int8.metrics, name
     assert int8.metrics["top1"] == int8.metrics["q_top1"]
     # the export stage's name for the same ONNX Runtime timing, so compare puts INT8 next to FP32 exports
@@ -122,9 +139,11 @@ def test_benchmark_of_a_model_exports_fp32_at_both_sizes(workspace: Path):
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason=NO_OPENVINO)
 def test_openvino_backend_quantizes_a_pruned_classifier(workspace: Path):
-    stages = PRUNED + ("  ov: {type: quantize, backend: openvino, calibration_images: 32}\n"
-                       "  bench_ov: {type: benchmark, from: ov, batch: 2}\n"
-                       "  bench_fp32_ov: {type: benchmark, from: prune, runtime: openvino, batch: 2}\n")
+    stages = PRUNED + (
+        "  ov: {type: quantize, backend: openvino, calibration_images: 32}\n"
+        "  bench_ov: {type: benchmark, from: ov, batch: 2}\n"
+        "  bench_fp32_ov: {type: benchmark, from: prune, runtime: openvino, batch: 2}\n"
+    )
     result = cli("run", write_recipe(workspace, stages))
     assert result.exit_code == 0, result.output
     uri = local_uri(workspace)

@@ -5,6 +5,7 @@ A collapse is only measurable on a model that detects something: 1-2 epochs leav
 the module trains one model 30 epochs (32 images, 64 px: mAP50-95 about 0.17) once, and every test's recipe
 shares that train stage (reused by cache key from the module's MLflow store).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -13,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import cli, local_uri, stage_runs
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import persistence as T
-
-from conftest import cli, local_uri, stage_runs
 
 HEADER = """\
 version: 1
@@ -56,8 +56,11 @@ def run(folder: Path, stages: str):
 
 def download(folder: Path, run_) -> Path:
     client = MlflowClient(local_uri(folder))
-    return Path(client.download_artifacts(run_.info.run_id, run_.data.tags[T.OUTPUT_ARTIFACT],
-                                          str(folder / "dl" / run_.info.run_id)))
+    return Path(
+        client.download_artifacts(
+            run_.info.run_id, run_.data.tags[T.OUTPUT_ARTIFACT], str(folder / "dl" / run_.info.run_id)
+        )
+    )
 
 
 def test_forced_head_quantization_collapses_and_the_guard_fails_the_stage(here: Path):
@@ -75,8 +78,10 @@ def test_forced_head_quantization_collapses_and_the_guard_fails_the_stage(here: 
     reference, collapsed = failed.data.metrics["fp32_mAP50-95"], failed.data.metrics["q_mAP50-95"]
     assert reference - collapsed > 0.05
     message = failed.data.tags[T.ERROR]
-    assert f"int8-static mAP50-95 {collapsed:.4f} is {reference - collapsed:.4f} below the FP32 model's " \
-           f"{reference:.4f} (max_metric_drop 0.05)" in message
+    assert (
+        f"int8-static mAP50-95 {collapsed:.4f} is {reference - collapsed:.4f} below the FP32 model's "
+        f"{reference:.4f} (max_metric_drop 0.05)" in message
+    )
     assert "(test only)" in failed.data.tags[T.WARNING]
 
 
@@ -99,16 +104,23 @@ def test_int8_and_fp16_of_a_pruned_yolo_keep_the_head_decode_float(here: Path):
     inits = {t.name: t for t in model.graph.initializer}
     producer = {out: n for n in model.graph.node for out in n.output}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    int8_convs = [n.name for n in convs if producer.get(n.input[1]) is not None
-                  and producer[n.input[1]].op_type == "DequantizeLinear"
-                  and inits[producer[n.input[1]].input[0]].data_type == onnx.TensorProto.INT8]
+    int8_convs = [
+        n.name
+        for n in convs
+        if producer.get(n.input[1]) is not None
+        and producer[n.input[1]].op_type == "DequantizeLinear"
+        and inits[producer[n.input[1]].input[0]].data_type == onnx.TensorProto.INT8
+    ]
     float_convs = sorted({n.name for n in convs} - set(int8_convs))
     # every convolution on int8 weights, except the head's DFL (its fixed 0..15 projection is decode, not features)
     assert float_convs == ["/model.22/dfl/conv/Conv"], float_convs
     assert int8.metrics["int8_layers"] == len(int8_convs) and int8.metrics["float_layers"] == 1
     # nothing after the head's branches is quantized: the final Concat of boxes and scores is fed in float
-    head_decode = [n for n in model.graph.node if n.name.startswith("/model.22/") and "/cv2." not in n.name
-                   and "/cv3." not in n.name]
+    head_decode = [
+        n
+        for n in model.graph.node
+        if n.name.startswith("/model.22/") and "/cv2." not in n.name and "/cv3." not in n.name
+    ]
     assert not [n.name for n in head_decode if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     final = producer[model.graph.output[0].name]
     assert final.op_type == "Concat" and all(producer[i].op_type != "DequantizeLinear" for i in final.input)
@@ -116,7 +128,8 @@ def test_int8_and_fp16_of_a_pruned_yolo_keep_the_head_decode_float(here: Path):
     import onnxruntime as ort
 
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        None, {"images": np.zeros((1, 3, 96, 96), np.float32)})[0]
+        None, {"images": np.zeros((1, 3, 96, 96), np.float32)}
+    )[0]
     assert out.shape[0] == 1 and out.shape[1] == 4 + 3
     for metrics in (int8.metrics, fp16.metrics):
         for name in ("mAP50", "mAP50-95", "fp32_mAP50-95", "parent_mAP50-95", "size_mb", "latency_ms_t1"):

@@ -1,5 +1,6 @@
 """--executor ray on this machine: one local Ray for the module, real stages in real worker processes, a real local
 `mlflow server` in front of each run's sqlite store (started and stopped by the executor)."""
+
 from __future__ import annotations
 
 import os
@@ -10,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import cli, local_uri, stage_runs, write_recipe
 from mlflow.tracking import MlflowClient
+from test_executors import SWEEP, by_node, corrupt_checkpoint
 
 from recipe_runner import persistence as T
-
-from conftest import cli, local_uri, stage_runs, write_recipe
-from test_executors import SWEEP, by_node, corrupt_checkpoint
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 
@@ -60,8 +60,9 @@ def _run(folder: Path, monkeypatch: pytest.MonkeyPatch, *args: str):
     return cli("run", write_recipe(folder, SWEEP, name="par"), *args)
 
 
-def test_branches_run_in_parallel_workers_and_match_the_sequential_run(local_ray, workspace: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch):
+def test_branches_run_in_parallel_workers_and_match_the_sequential_run(
+    local_ray, workspace: Path, monkeypatch: pytest.MonkeyPatch
+):
     sequential = _run(workspace / "seq", monkeypatch)
     assert sequential.exit_code == 0, sequential.output
     parallel = _run(workspace / "ray", monkeypatch, "--executor", "ray")
@@ -198,8 +199,11 @@ def test_search_with_parallel_runs_a_batch_of_trials_at_once(local_ray, workspac
     """search.parallel: 2 asks two trials before telling either; Ray runs both at once, each worker given the plan
     with the trial nodes the search added after the run began."""
     path = write_recipe(workspace, SEARCH, name="par-search")
-    path.write_text(path.read_text().replace("stages:\n", "search:\n  trials: 2\n  parallel: 2\n  sampler: grid\n"
-                                             "  maximize: prune.top1\nstages:\n"))
+    path.write_text(
+        path.read_text().replace(
+            "stages:\n", "search:\n  trials: 2\n  parallel: 2\n  sampler: grid\n  maximize: prune.top1\nstages:\n"
+        )
+    )
     result = cli("run", path, "--executor", "ray")
     assert result.exit_code == 0, result.output
     prunes = [r for r in stage_runs(local_uri(workspace)) if r.data.tags[T.STAGE_ID] == "prune"]
@@ -207,5 +211,7 @@ def test_search_with_parallel_runs_a_batch_of_trials_at_once(local_ray, workspac
     a, b = prunes
     assert a.data.tags[T.LEASE_PID] != b.data.tags[T.LEASE_PID]
     assert a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time
-    assert "recipe_runner.best_trial" in MlflowClient(local_uri(workspace)).get_run(
-        prunes[0].data.tags["mlflow.parentRunId"]).data.tags
+    assert (
+        "recipe_runner.best_trial"
+        in MlflowClient(local_uri(workspace)).get_run(prunes[0].data.tags["mlflow.parentRunId"]).data.tags
+    )

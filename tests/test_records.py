@@ -2,6 +2,7 @@
 
 Real MLflow (sqlite store in a temp dir), the tiny classifier recipe with a sweep and an export stage.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,13 +11,12 @@ import mlflow.artifacts
 import mlflow.onnx
 import onnx
 import yaml
+from conftest import cli, local_uri, write_recipe
 from mlflow.tracking import MlflowClient
 
-from recipe_runner.persistence import records as R
 from recipe_runner import persistence as T
 from recipe_runner.data import fingerprint_data
-
-from conftest import cli, local_uri, write_recipe
+from recipe_runner.persistence import records as R
 
 SPEC = "builtin:shapes-cls?train=64&val=32&imgsz=32"
 SWEEP_EXPORT = """\
@@ -37,8 +37,15 @@ def recipe_runs(client: MlflowClient) -> list:
     """Parent runs, oldest first, each with its children in start order."""
     experiments = [e.experiment_id for e in client.search_experiments()]
     parents = client.search_runs(experiments, f"tags.`{T.ROLE}` = 'recipe'", order_by=["attributes.start_time ASC"])
-    return [(p, client.search_runs(experiments, f"tags.`mlflow.parentRunId` = '{p.info.run_id}'",
-                                   order_by=["attributes.start_time ASC"])) for p in parents]
+    return [
+        (
+            p,
+            client.search_runs(
+                experiments, f"tags.`mlflow.parentRunId` = '{p.info.run_id}'", order_by=["attributes.start_time ASC"]
+            ),
+        )
+        for p in parents
+    ]
 
 
 def test_records_of_a_sweep_with_export(workspace: Path):
@@ -78,8 +85,9 @@ def test_records_of_a_sweep_with_export(workspace: Path):
         dataset = inputs[0].dataset
         assert (dataset.name, dataset.digest, dataset.source_type) == ("shapes-cls", fingerprint, "code")
         assert SPEC in dataset.source
-    assert {t.key: t.value for t in client.get_run(children[1].info.run_id).inputs.dataset_inputs[0].tags} == \
-        {"mlflow.data.context": "prune"}
+    assert {t.key: t.value for t in client.get_run(children[1].info.run_id).inputs.dataset_inputs[0].tags} == {
+        "mlflow.data.context": "prune"
+    }
 
     # each exported .onnx is also an MLflow model (ONNX flavour) of its export run, loadable by MLflow, the same graph
     for export in children[3:]:

@@ -1,19 +1,19 @@
 """`recipe reproduce` against a real `mlflow server`, from a second working directory."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import pytest
+from conftest import TINY_CLS, cli, stage_runs, write_recipe
 from mlflow.tracking import MlflowClient
+from test_server import STAGES, mlflow_server  # noqa: F401  (the server fixture, started once for this module)
 
 from recipe_runner import persistence as T
-
-from conftest import TINY_CLS, cli, stage_runs, write_recipe
-from test_server import STAGES, mlflow_server  # noqa: F401  (the server fixture, started once for this module)
 
 TRAINED = ("train", "finetune")
 
@@ -23,8 +23,13 @@ def _reproductions(client: MlflowClient, original: str) -> list:
     return client.search_runs(experiments, f"tags.`{T.REPRODUCTION_OF}` = '{original}' and tags.`{T.ROLE}` = 'recipe'")
 
 
-def _copy_run(client: MlflowClient, original: str, edit_lock: Callable[[dict], None] = lambda lock: None,
-              shift: Optional[dict[str, float]] = None, recipe_text: Optional[str] = None) -> str:
+def _copy_run(
+    client: MlflowClient,
+    original: str,
+    edit_lock: Callable[[dict], None] = lambda lock: None,
+    shift: dict[str, float] | None = None,
+    recipe_text: str | None = None,
+) -> str:
     """A new recipe run holding the original's recipe (or `recipe_text`, with a matching sha256) and an edited
     copy of its lock, plus copies of its stage runs' metrics (top1 moved by `shift[node id]`)."""
     run = client.get_run(original)
@@ -51,8 +56,12 @@ def _copy_run(client: MlflowClient, original: str, edit_lock: Callable[[dict], N
     return copy
 
 
-def test_reproduce_from_second_directory(mlflow_server: str, workspace: Path, tmp_path_factory,  # noqa: F811
-                                         monkeypatch: pytest.MonkeyPatch):
+def test_reproduce_from_second_directory(
+    mlflow_server: str,
+    workspace: Path,
+    tmp_path_factory,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+):
     recipe = write_recipe(workspace, STAGES, name="repro")
     assert cli("run", recipe, "--tracking-uri", mlflow_server).exit_code == 0
     originals = {r.data.tags[T.NODE_ID]: r for r in stage_runs(mlflow_server)}
@@ -69,8 +78,10 @@ def test_reproduce_from_second_directory(mlflow_server: str, workspace: Path, tm
     assert list((elsewhere / "cache" / "datasets").glob("shapes-cls-*"))
     [parent] = _reproductions(client, original)
     assert parent.info.status == "FINISHED"
-    children = {r.data.tags[T.NODE_ID]: r for r in client.search_runs(
-        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
+    children = {
+        r.data.tags[T.NODE_ID]: r
+        for r in client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    }
     assert set(children) == set(originals)
     for node, run in children.items():
         assert run.data.tags[T.ROLE] == "stage" and run.data.tags[T.REPRODUCTION_OF] == original  # ran, not reused
@@ -96,8 +107,12 @@ def test_reproduce_from_second_directory(mlflow_server: str, workspace: Path, tm
     assert len(_reproductions(client, planted)) == 1
 
 
-def test_reproduce_refuses_what_it_cannot_reproduce(mlflow_server: str, workspace: Path, tmp_path_factory,  # noqa: F811
-                                                    monkeypatch: pytest.MonkeyPatch):
+def test_reproduce_refuses_what_it_cannot_reproduce(
+    mlflow_server: str,
+    workspace: Path,
+    tmp_path_factory,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+):
     recipe = write_recipe(workspace, "  train:\n    type: train\n    epochs: 1\n", name="refuse")
     assert cli("run", recipe, "--tracking-uri", mlflow_server).exit_code == 0
     original = stage_runs(mlflow_server)[0].data.tags["mlflow.parentRunId"]
@@ -115,15 +130,25 @@ def test_reproduce_refuses_what_it_cannot_reproduce(mlflow_server: str, workspac
     refused("0123456789abcdef0123456789abcdef", "no run '0123456789abcdef0123456789abcdef'")
     tampered = _copy_run(client, original, lambda lock: lock.update(recipe_sha256="0" * 64))
     refused(tampered, "does not match", "refusing")
-    refused(_copy_run(client, original, lambda lock: lock.update(model={"family": "torchvision", "source": "nets/mine.pt"})),
-            "model file 'nets/mine.pt' is missing")
+    refused(
+        _copy_run(
+            client, original, lambda lock: lock.update(model={"family": "torchvision", "source": "nets/mine.pt"})
+        ),
+        "model file 'nets/mine.pt' is missing",
+    )
     # a user dataset: missing here, then present but not the same files as recorded
     missing = TINY_CLS.format(name="refuse", stages="  train:\n    type: train\n    epochs: 1\n").replace(
-        "builtin:shapes-cls?train=64&val=32&imgsz=32", "mydata")
+        "builtin:shapes-cls?train=64&val=32&imgsz=32", "mydata"
+    )
+
     def user_data(lock: dict) -> None:
         lock["data"]["spec"] = "mydata"
 
     refused(_copy_run(client, original, user_data, recipe_text=missing), "dataset path 'mydata' does not exist here")
     builtin = next((Path(workspace.parent / "rr-cache") / "datasets").glob("shapes-cls-*"))
     shutil.copytree(builtin, Path.cwd() / "mydata")
-    refused(_copy_run(client, original, user_data, recipe_text=missing), "data 'mydata'", "is not the data of the original run")
+    refused(
+        _copy_run(client, original, user_data, recipe_text=missing),
+        "data 'mydata'",
+        "is not the data of the original run",
+    )

@@ -1,4 +1,5 @@
 """A stage killed mid-training (SIGKILL) resumes from its last epoch checkpoint on the next run."""
+
 from __future__ import annotations
 
 import os
@@ -10,12 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import cli, local_uri, stage_runs
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import persistence as T
 from recipe_runner.engine import local_epoch_state
-
-from conftest import cli, local_uri, stage_runs
 
 RECIPE = """\
 version: 1
@@ -48,8 +48,13 @@ def test_killed_training_resumes_from_epoch_checkpoint(workspace: Path):
     recipe = workspace / "recipe.yaml"
     recipe.write_text(RECIPE)
     db = workspace / "mlflow.db"
-    proc = subprocess.Popen([sys.executable, "-m", "recipe_runner.cli", "run", str(recipe)], cwd=workspace,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recipe_runner.cli", "run", str(recipe)],
+        cwd=workspace,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 180
         while _epoch_tag(db) < 3 and time.time() < deadline and proc.poll() is None:
@@ -170,7 +175,9 @@ def test_crashed_prune_stage_resumes_after_its_last_finished_step(workspace: Pat
     from recipe_runner.engine import RunningStage
 
     recipe = workspace / "recipe.yaml"
-    recipe.write_text(FAILING.replace("epochs: 8", "epochs: 1") + """\
+    recipe.write_text(
+        FAILING.replace("epochs: 8", "epochs: 1")
+        + """\
   prune:
     type: prune
     from: train
@@ -178,7 +185,8 @@ def test_crashed_prune_stage_resumes_after_its_last_finished_step(workspace: Pat
     ratio: 0.6
     steps: 3
     finetune_epochs: 1
-""")
+"""
+    )
     real_save = RunningStage.save_epoch_state
 
     def save_then_crash(self, state, epoch):
@@ -222,8 +230,13 @@ def test_sigterm_stops_like_ctrl_c_and_marks_the_runs_killed(workspace: Path):
     recipe = workspace / "recipe.yaml"
     recipe.write_text(RECIPE)
     db = workspace / "mlflow.db"
-    proc = subprocess.Popen([sys.executable, "-m", "recipe_runner.cli", "run", str(recipe)], cwd=workspace,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recipe_runner.cli", "run", str(recipe)],
+        cwd=workspace,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 180
     while _epoch_tag(db) < 1 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)

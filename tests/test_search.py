@@ -4,6 +4,7 @@ One workspace carries the end-to-end story (each step reuses the trials before i
 4 trials, a re-run that runs nothing, trials: 6 that runs 2 more, a constraint no trial meets, a metric never
 logged, and NSGA-II with two objectives.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,9 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import cli, local_uri, stage_runs
 from mlflow.tracking import MlflowClient
 
-from conftest import cli, local_uri, stage_runs
 from recipe_runner.engine import Engine
 from recipe_runner.planner import RunOptions, prepare
 from recipe_runner.recipe import parse_recipe
@@ -54,8 +55,11 @@ def _trials(runs: list, stage: str = "prune") -> list:
 
 def _parent(uri: str):
     client = MlflowClient(uri)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              "tags.`recipe_runner.role` = 'recipe'", order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        "tags.`recipe_runner.role` = 'recipe'",
+        order_by=["attributes.start_time DESC"],
+    )
     return client, runs[0]
 
 
@@ -132,7 +136,7 @@ def test_search_runs_trials_as_cached_branches_and_records_the_best(workspace: P
     # called as an API (bench/search_deploy.py does), the failure still carries what every trial measured
     plan = prepare(recipe, RunOptions(overrides=['search.constraints=["prune.macs <= 1"]'], tracking_uri=uri))
     with pytest.raises(SearchFailed) as failed:
-        Engine(plan, lambda description, total: (lambda n: None)).run()
+        Engine(plan, lambda description, total: lambda n: None).run()
     measured = {r.node_id: r.metrics["macs"] for r in failed.value.reports if r.node_id.startswith("prune[")}
     assert measured == {f"prune[trial={k}]": r.data.metrics["macs"] for k, r in enumerate(kept)}
 
@@ -251,17 +255,36 @@ def test_a_failed_trial_is_told_as_failed():
 
 
 BAD = [
-    ("defaults:\n  imgsz: 32\n", "defaults:\n  imgsz: 32\n  lr: {search: [0.1, 0.01]}\n", "defaults.lr: a {search: ...} value in defaults"),
-    ("    - prune.macs <= 4e6", "    - prnue.macs <= 4e6", "search.constraints.0: no stage 'prnue' in the recipe; did you mean 'prune'?"),
+    (
+        "defaults:\n  imgsz: 32\n",
+        "defaults:\n  imgsz: 32\n  lr: {search: [0.1, 0.01]}\n",
+        "defaults.lr: a {search: ...} value in defaults",
+    ),
+    (
+        "    - prune.macs <= 4e6",
+        "    - prnue.macs <= 4e6",
+        "search.constraints.0: no stage 'prnue' in the recipe; did you mean 'prune'?",
+    ),
     ("    - prune.macs <= 4e6", "    - prune.macs < 4e6", "unknown operator '<' (use <= or >=)"),
-    ("    - prune.macs <= 4e6", "    - prune.top1 >= 0.9 * trian.top1",
-     "search.constraints.0: no stage 'trian' in the recipe; did you mean 'train'?"),
+    (
+        "    - prune.macs <= 4e6",
+        "    - prune.top1 >= 0.9 * trian.top1",
+        "search.constraints.0: no stage 'trian' in the recipe; did you mean 'train'?",
+    ),
     ("    - prune.macs <= 4e6", "    - prune.top1 >= 0.9 x train.top1", "'0.9 x train.top1' is not a number"),
-    ("maximize: prune.top1", "maximize: train.top1", "search.maximize: 'train' is neither searched nor below a searched stage"),
+    (
+        "maximize: prune.top1",
+        "maximize: train.top1",
+        "search.maximize: 'train' is neither searched nor below a searched stage",
+    ),
     ("{low: 0.2, high: 0.7}", "{low: 0.7, high: 0.2}", "stages.prune.ratio.search: low 0.7 is above high 0.2"),
     ("{low: 0.2, high: 0.7}", "[]", "stages.prune.ratio: search: an empty choice list"),
     ("{low: 0.2, high: 0.7}", "{low: 0.2, high: 1.5}", "stages.prune.ratio: Input should be less than 1 (got 1.5)"),
-    ("    epochs: 1\n", "    epochs: {sweep: [1, 2]}\n", "stages.train.epochs: a recipe with search: cannot also sweep"),
+    (
+        "    epochs: 1\n",
+        "    epochs: {sweep: [1, 2]}\n",
+        "stages.train.epochs: a recipe with search: cannot also sweep",
+    ),
 ]
 
 
@@ -341,8 +364,13 @@ def test_a_relative_bound_is_a_factor_of_what_another_stage_measured_in_the_same
     text = RECIPE.replace("    - prune.macs <= 4e6", "    - prune.top1 >= 0.95 * train.top1\n    - prune.macs <= 4e6")
     study = Study(parse_recipe(text, "recipe.yaml"))
     relative, absolute = study.constraints
-    assert (relative.stage, relative.metric, relative.op, relative.bound, relative.reference) == \
-        ("prune", "top1", ">=", 0.95, ("train", "top1"))
+    assert (relative.stage, relative.metric, relative.op, relative.bound, relative.reference) == (
+        "prune",
+        "top1",
+        ">=",
+        0.95,
+        ("train", "top1"),
+    )
     assert absolute.reference is None and absolute.bound == 4e6
     node_of = {"train": "train", "prune": "prune[trial=0]"}
 

@@ -1,14 +1,14 @@
 """Remote tracking through a real `mlflow server` process on 127.0.0.1."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-from recipe_runner import persistence as T
-
 import servers
 from conftest import cli, stage_runs, write_recipe
+
+from recipe_runner import persistence as T
 
 STAGES = """\
   train:

@@ -1,4 +1,5 @@
-"""builtin:shapes-hard: deterministic, its own fingerprint, valid YOLO labels, classes told apart by shape and colour."""
+"""builtin:shapes-hard: deterministic, its own fingerprint, valid YOLO labels, classes told by shape and colour."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,8 +34,16 @@ def test_its_own_fingerprint():
 
 def test_labels_are_valid_yolo_boxes_of_small_to_large_objects(workspace: Path):
     data = resolve_data("builtin:shapes-hard?train=24&val=8&imgsz=96", "detect")
-    assert data.names == ["red-circle", "blue-circle", "red-square", "blue-square", "red-triangle", "blue-triangle",
-                          "red-cross", "blue-cross"]
+    assert data.names == [
+        "red-circle",
+        "blue-circle",
+        "red-square",
+        "blue-square",
+        "red-triangle",
+        "blue-triangle",
+        "red-cross",
+        "blue-cross",
+    ]
     assert "names:\n  0: red-circle\n" in data.path.read_text()
     labels = sorted((data.path.parent / "labels").rglob("*.txt"))
     assert len(labels) == 32

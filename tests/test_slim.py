@@ -2,22 +2,22 @@
 
 Real torch-pruning throughout; hand-made nets with hand-set gammas for exactness, tiny recipes end to end.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli, count_runs, local_uri, stage_runs, write_recipe
 from mlflow.tracking import MlflowClient
+from test_yolo import YOLO_RECIPE
 from torch import nn
 
 from recipe_runner import persistence as T
-from recipe_runner.persistence import load_checkpoint
 from recipe_runner.models.torchvision import TorchvisionFamily
+from recipe_runner.persistence import load_checkpoint
 from recipe_runner.pruning import METHODS, plan_steps
-
-from conftest import cli, count_runs, local_uri, stage_runs, write_recipe
-from test_yolo import YOLO_RECIPE
 
 
 class ConvBnNet(nn.Module):
@@ -153,15 +153,23 @@ def test_slim_prunes_yolo_end_to_end(workspace: Path):
     assert runs["onnx"].data.metrics["onnx_max_abs_diff"] < 1e-3
 
 
-@pytest.mark.parametrize("stage, keys, key, words", [
-    ("prune", "type: prune\n    method: slim", "method", "method: slim needs BatchNorm layers"),
-    ("prune", "type: prune\n    method: depgraph\n    importance: bn-scale", "importance",
-     "importance: bn-scale needs BatchNorm layers"),
-    # refused before the train stage before it trains for nothing
-    ("sparse", "type: sparse-train\n    penalty: bn-l1", "penalty", "penalty bn-l1 needs BatchNorm layers"),
-])
-def test_batchnorm_methods_refuse_a_model_without_batchnorm_before_anything_runs(workspace: Path, stage: str,
-                                                                                 keys: str, key: str, words: str):
+@pytest.mark.parametrize(
+    "stage, keys, key, words",
+    [
+        ("prune", "type: prune\n    method: slim", "method", "method: slim needs BatchNorm layers"),
+        (
+            "prune",
+            "type: prune\n    method: depgraph\n    importance: bn-scale",
+            "importance",
+            "importance: bn-scale needs BatchNorm layers",
+        ),
+        # refused before the train stage before it trains for nothing
+        ("sparse", "type: sparse-train\n    penalty: bn-l1", "penalty", "penalty bn-l1 needs BatchNorm layers"),
+    ],
+)
+def test_batchnorm_methods_refuse_a_model_without_batchnorm_before_anything_runs(
+    workspace: Path, stage: str, keys: str, key: str, words: str
+):
     recipe = write_recipe(workspace, f"  train:\n    type: train\n  {stage}:\n    {keys}\n")
     recipe.write_text(recipe.read_text().replace("model: lenet", "model: vgg11"))  # vgg11: no BatchNorm
     line = next(n for n, text in enumerate(recipe.read_text().splitlines(), 1) if text.startswith(f"    {key}:"))
@@ -200,9 +208,11 @@ def test_hessian_scores_read_the_mean_squared_batch_gradient_and_leave_batchnorm
 def test_depgraph_global_pruning_with_max_layer_ratio_caps_each_layer_within_the_step():
     """torch-pruning 1.6's global threshold alone would take 6 of layer 1's 8 channels; the cap stops it at 4."""
     method = METHODS.get("depgraph")
-    config = method.config(method="depgraph", importance="bn-scale", global_pruning=True, max_layer_ratio=0.5,
-                           ratio=0.5, imgsz=16)
-    pruned = method.prune_step(_net([0.01] * 6 + [1.0] * 2, [1.0] * 8), BareFamily(), None, config,
-                               plan_steps(0.5, 1)[0])
+    config = method.config(
+        method="depgraph", importance="bn-scale", global_pruning=True, max_layer_ratio=0.5, ratio=0.5, imgsz=16
+    )
+    pruned = method.prune_step(
+        _net([0.01] * 6 + [1.0] * 2, [1.0] * 8), BareFamily(), None, config, plan_steps(0.5, 1)[0]
+    )
     assert pruned.b1.weight.tolist() == pytest.approx([0.01, 0.01, 1.0, 1.0])
     assert pruned.b2.weight.numel() == 4 and pruned(torch.randn(1, 3, 16, 16)).shape == (1, 2)

@@ -4,6 +4,7 @@ gradients, resumable; the stage's output is the last epoch's model and stays a v
 Tiny sizes: lenet at 32 px, YOLOv8n at 64 px on 64 generated images. The strengths and learning rates are far above
 useful ones so that a few epochs show the effect.
 """
+
 from __future__ import annotations
 
 import copy
@@ -12,17 +13,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import RecordingContext, cli, local_uri, stage_runs, write_recipe
 from mlflow.tracking import MlflowClient
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from recipe_runner import persistence as T
-from recipe_runner.persistence import load_checkpoint
 from recipe_runner.models.hooks import HookChain, TrainHook
-from recipe_runner.pruning.regularizers import (BatchNormL1, gamma_magnitudes, gamma_stats, make_penalty,
-                                                prunable_batchnorms)
-
-from conftest import RecordingContext, cli, local_uri, stage_runs, write_recipe
+from recipe_runner.persistence import load_checkpoint
+from recipe_runner.pruning.regularizers import (
+    BatchNormL1,
+    gamma_magnitudes,
+    gamma_stats,
+    make_penalty,
+    prunable_batchnorms,
+)
 
 YOLO_DATA = "builtin:shapes?train=64&val=8&imgsz=64"
 
@@ -77,8 +82,9 @@ def test_bn_l1_moves_classifier_gammas_toward_zero(workspace: Path):
     # the final metrics describe the output model; the per-epoch ones show the schedule and the steps
     assert metrics["bn_gamma_below_1e-2"] == pytest.approx(sparse["bn_gamma_below_1e-2"])
     assert [s for s, _ in _history(workspace, runs["sparse"], "bn_gamma_below_1e-3")][:3] == [1, 2, 3]
-    assert dict(_history(workspace, runs["sparse"], "penalty_strength")) == pytest.approx({1: 0.5, 2: 0.5 * 2 / 3,
-                                                                                           3: 0.5 / 3})
+    assert dict(_history(workspace, runs["sparse"], "penalty_strength")) == pytest.approx(
+        {1: 0.5, 2: 0.5 * 2 / 3, 3: 0.5 / 3}
+    )
     assert _history(workspace, runs["sparse"], "penalty_steps") == [(1, 8.0), (2, 16.0), (3, 24.0)]  # 64 images / 8
     client = MlflowClient(local_uri(workspace))
     assert "bn_gamma_hist.png" in [a.path for a in client.list_artifacts(runs["sparse"].info.run_id)]
@@ -121,7 +127,9 @@ def test_group_l2_shrinks_classifier_groups(workspace: Path):
     config = SparseTrainConfig(penalty="group-l2", strength=0.5, imgsz=32, batch=16, lr=0.1, epochs=1)
     stats = {}
     for name, hooks in (("plain", []), ("group", [make_penalty("group-l2", family, 0.5, "none", 32)])):
-        result = family.train(family.build("lenet", data, seed=0), data, config, 1, RecordingContext(workspace), hooks=hooks)
+        result = family.train(
+            family.build("lenet", data, seed=0), data, config, 1, RecordingContext(workspace), hooks=hooks
+        )
         stats[name] = gamma_stats(gamma_magnitudes(prunable_batchnorms(result.model, family)))
     assert stats["group"]["bn_gamma_mean_abs"] < stats["plain"]["bn_gamma_mean_abs"]
 
@@ -192,9 +200,9 @@ class _Recorder(TrainHook):
 def test_yolo_optimizer_step_penalises_unscaled_gradients_under_a_grad_scaler():
     """RunnerTrainer.optimizer_step with a real GradScaler (CPU, scale 1024): the penalty sees and adds to the same
     gradients as without scaling, and the updated weights agree."""
-    from recipe_runner.models.yolo.training import make_trainer_class
-    from recipe_runner.models.torchvision.small_cnn import LeNet
     from recipe_runner.models.torchvision import TorchvisionFamily
+    from recipe_runner.models.torchvision.small_cnn import LeNet
+    from recipe_runner.models.yolo.training import make_trainer_class
 
     family, strength = TorchvisionFamily(), 0.05
     torch.manual_seed(0)
@@ -215,8 +223,9 @@ def test_yolo_optimizer_step_penalises_unscaled_gradients_under_a_grad_scaler():
         scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
         if scaled:
             assert batchnorms[0].weight.grad.abs().max() > 10 * strength  # really scaled before the step
-        trainer = types.SimpleNamespace(scaler=scaler, optimizer=optimizer, model=model, rr_hooks=chain, ema=None,
-                                        unwrapped=lambda: model)
+        trainer = types.SimpleNamespace(
+            scaler=scaler, optimizer=optimizer, model=model, rr_hooks=chain, ema=None, unwrapped=lambda: model
+        )
         step(trainer)
         return recorder.grads[0], model.state_dict(), [torch.sign(bn.weight.detach()) for bn in batchnorms]
 
@@ -322,8 +331,9 @@ def _crash_at_epoch(monkeypatch, epoch: int) -> None:
     monkeypatch.setattr(TorchvisionFamily, "evaluate", evaluate)
 
 
-def test_crashed_sparse_train_resumes_with_its_schedule_and_matches_an_uninterrupted_run(workspace: Path, monkeypatch,
-                                                                                         tmp_path_factory):
+def test_crashed_sparse_train_resumes_with_its_schedule_and_matches_an_uninterrupted_run(
+    workspace: Path, monkeypatch, tmp_path_factory
+):
     recipe = write_recipe(workspace, RESUME)
     with monkeypatch.context() as patch:
         _crash_at_epoch(patch, 2)

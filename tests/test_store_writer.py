@@ -4,6 +4,7 @@ The sha256 tag is the writer's too, so it proves nothing about origin. A reader 
 a runtime sees is named by the runner from the stage type (Ultralytics unpickles anything named *.pt), and an
 artifact path that could leave the download folder is refused before MLflow joins it to a local path.
 """
+
 from __future__ import annotations
 
 import csv
@@ -12,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_DATA, cli, local_uri, stage_runs, write_recipe
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import persistence as T
 from recipe_runner.persistence import sha256_of
-
-from conftest import TINY_DATA, cli, local_uri, stage_runs, write_recipe
 
 RECIPE = f"""\
 version: 1
@@ -88,8 +88,9 @@ def test_a_pickle_behind_a_yolo_export_runs_no_code_on_a_reader(workspace: Path)
     assert result.exit_code == 1 and "refusing to fetch it" in result.output, result.output
 
 
-@pytest.mark.parametrize("path", ["../x.onnx", "/etc/passwd", "output/../../x", "output//x", "output\\..\\x", "c:x",
-                                  ""])
+@pytest.mark.parametrize(
+    "path", ["../x.onnx", "/etc/passwd", "output/../../x", "output//x", "output\\..\\x", "c:x", ""]
+)
 def test_artifact_paths_that_could_leave_the_download_folder_are_refused(path: str, tmp_path: Path):
     tracker = T.Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "x")
     with pytest.raises(T.UnsafeArtifactPath):
@@ -116,8 +117,10 @@ def test_latencies_reused_from_another_host_say_so(workspace: Path):
     assert hosts == ["other-host", "other-host"]  # the original run and the reuse: both measured there
 
 
-@pytest.mark.parametrize("text", ["[]", '{"model": "x"}', "[" * 100_000 + "]" * 100_000, '{"stages": {"a": 1}}',
-                                  '{"overrides": [1]}', "not json"])
+@pytest.mark.parametrize(
+    "text",
+    ["[]", '{"model": "x"}', "[" * 100_000 + "]" * 100_000, '{"stages": {"a": 1}}', '{"overrides": [1]}', "not json"],
+)
 def test_a_stored_lock_that_is_not_a_lock_is_refused_by_reproduce(text: str, tmp_path: Path):
     from recipe_runner.reproduce import ReproduceError, _lock_of
 

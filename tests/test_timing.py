@@ -1,4 +1,5 @@
 """The runner's time sections (bench/overhead.py reads them): exclusive times, main thread only, JSON on request."""
+
 from __future__ import annotations
 
 import json

@@ -1,17 +1,17 @@
 """`recipe ui` without a browser: the link and the shared view it stores (the page itself: test_ui_screenshot.py)."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
+from conftest import cli, local_uri
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import compare as C
 from recipe_runner import persistence as T
 from recipe_runner import ui as U
-
-from conftest import cli, local_uri
 
 
 def _recipe_run(client: MlflowClient, experiment_id: str, metrics: dict[str, float]) -> str:
@@ -30,13 +30,22 @@ def test_the_link_lands_on_the_charts_of_the_recipe_runs_pipeline_metrics(worksp
     where = U.landing(client, C.resolve(client, [], every_run=True))
     assert where.experiment_id == experiment_id
     link = where.link("http://127.0.0.1:5000/")
-    assert link == (f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-                    f"&compareRunsMode=CHART&viewStateShareKey={where.share_key}")
+    assert link == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        f"&compareRunsMode=CHART&viewStateShareKey={where.share_key}"
+    )
     # the shared view MLflow's UI reads for that key: the primary metric first, then MACs, params, size
     state = json.loads(client.get_experiment(experiment_id).tags[U.SHARED_VIEW_TAG + str(where.share_key)])
-    assert state["selectedColumns"] == ["attributes.`Dataset`", "attributes.`Models`", "metrics.`top1`",
-                                        "metrics.`macs`", "metrics.`params`", "metrics.`size_mb`",
-                                        "tags.`recipe_runner.action`", "params.`overrides`"]
+    assert state["selectedColumns"] == [
+        "attributes.`Dataset`",
+        "attributes.`Models`",
+        "metrics.`top1`",
+        "metrics.`macs`",
+        "metrics.`params`",
+        "metrics.`size_mb`",
+        "tags.`recipe_runner.action`",
+        "params.`overrides`",
+    ]
     assert state["chartsSearchFilter"] == "^pipeline/(?!size_mb$)"
     # the same view again is the same tag, not one more
     assert U.landing(client, C.resolve(client, [], every_run=True)).share_key == where.share_key

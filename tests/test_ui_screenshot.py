@@ -1,6 +1,7 @@
 """What a person sees in MLflow's web UI after the quickstart: scripts/ui_screenshot.py runs a recipe twice, starts
 `recipe ui` (a real `mlflow server`) and opens its link in a real headless Chromium. The landing page is recorded
 before any click; what it shows is checked in the page text against what MLflow's API holds."""
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,23 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH (D
 def test_recipe_ui_lands_on_both_recipe_runs_stage_metrics_without_a_click(tmp_path: Path):
     pytest.importorskip("playwright.sync_api", reason="Playwright drives Chromium: pip install playwright")
     out = tmp_path / "ui"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "RECIPE_RUNNER_CACHE": str(tmp_path.parent / "rr-cache"), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "RECIPE_RUNNER_CACHE": str(tmp_path.parent / "rr-cache"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("DISPLAY", None)  # recipe ui would open a browser window
     # the landing page and the runs table; the artifact and model pages are for the docs (the script's default)
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "ui_screenshot.py"), "--out", str(out),
-                           "--pages", "landing,runs"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "ui_screenshot.py"), "--out", str(out), "--pages", "landing,runs"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for png in ("charts.png", "runs.png"):
         assert (out / png).stat().st_size > 20_000, png  # a rendered page, not a blank one

@@ -3,6 +3,7 @@
 The corpus is tests/malformed/, one mistake per file; the line the error must point at is marked
 in the file with a trailing `# <-` comment and listed in CASES with the words the message must hold.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import cli, count_runs
 
 from recipe_runner.stages import STAGES
-
-from conftest import cli, count_runs
 
 HERE = Path(__file__).parent
 MALFORMED = HERE / "malformed"
@@ -35,8 +35,11 @@ CASES: dict[str, tuple[int, str]] = {
     "unknown_stage_key": (11, "stages.prune.ratoi: unknown key 'ratoi'; did you mean 'ratio'?"),
     "stage_type_typo": (7, "unknown stage type 'trian'; did you mean 'train'?"),
     "stage_type_not_a_name": (7, "unknown stage type"),
-    "missing_stage_type": (6, "missing required key 'type' (known: benchmark, evaluate, export, prune, quantize, "
-                              "train, finetune, sparse-train)"),
+    "missing_stage_type": (
+        6,
+        "missing required key 'type' (known: benchmark, evaluate, export, prune, quantize, "
+        "train, finetune, sparse-train)",
+    ),
     "prune_method_typo": (10, "unknown method 'depgraf'; did you mean 'depgraph'?"),
     "prune_missing_method": (8, "missing required key 'method' (known: depgraph, slim, l1-unstructured, low-rank)"),
     "importance_typo": (11, "(got 'grop-l2'); did you mean 'group-l2'?"),
@@ -76,14 +79,25 @@ CASES: dict[str, tuple[int, str]] = {
     "export_bad_opset": (10, "stages.onnx.opset: Input should be greater than or equal to 11 (got 7)"),
     "finetune_from_export": (12, "a 'finetune' stage takes a PyTorch model, but 'onnx' (export) gives a model file"),
     "prune_from_int8": (13, "a 'prune' stage takes a PyTorch model, but 'int8' (quantize) gives a model file"),
-    "prune_from_benchmark_of_int8": (12, "a 'finetune' stage takes a PyTorch model, but 'bench' (benchmark) gives a model file"),
-    "quantize_mode_int3": (10, "stages.int8.mode: Input should be 'int8-static', 'int8-dynamic', 'fp16' or "
-                               "'int8-qat' (got 'int3')"),
-    "calibration_images_zero": (10, "stages.int8.calibration_images: Input should be greater than or equal to 1 (got 0)"),
+    "prune_from_benchmark_of_int8": (
+        12,
+        "a 'finetune' stage takes a PyTorch model, but 'bench' (benchmark) gives a model file",
+    ),
+    "quantize_mode_int3": (
+        10,
+        "stages.int8.mode: Input should be 'int8-static', 'int8-dynamic', 'fp16' or 'int8-qat' (got 'int3')",
+    ),
+    "calibration_images_zero": (
+        10,
+        "stages.int8.calibration_images: Input should be greater than or equal to 1 (got 0)",
+    ),
     "openvino_fp16": (11, "stages.int8.mode: backend openvino does mode int8-static only (got 'fp16')"),
     "negative_seed": (3, "seed: Input should be greater than or equal to 0 (got -1)"),
     "sparse_penalty_typo": (10, "stages.sparse.penalty: Input should be 'bn-l1' or 'group-l2' (got 'l3')"),
-    "sparse_negative_strength": (11, "stages.sparse.strength: Input should be greater than or equal to 0 (got -0.0001)"),
+    "sparse_negative_strength": (
+        11,
+        "stages.sparse.strength: Input should be greater than or equal to 0 (got -0.0001)",
+    ),
     "invalid_date": (5, "description: '2024-02-30' is not a valid timestamp (a date must exist"),
     "int_tag_not_int": (5, "seed: 'abc' is not a valid int"),
     "bool_tag_maybe": (10, "stages.onnx.dynamic: 'maybe' is not a valid bool"),
@@ -149,26 +163,34 @@ def test_run_of_a_malformed_recipe_starts_no_mlflow_run(stem: str, store: Path):
 def test_the_installed_command_exits_2_with_located_lines_on_stderr(tmp_path: Path):
     """Through the real entry point, not the in-process runner: stdout stays clean, stderr has the line."""
     path = MALFORMED / "unknown_stage_key.yaml"
-    done = subprocess.run([sys.executable, "-m", "recipe_runner.cli", "validate", str(path)],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "recipe_runner.cli", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""
     assert done.stderr.strip() == f"{path}:11:5: stages.prune.ratoi: unknown key 'ratoi'; did you mean 'ratio'?"
 
 
-@pytest.mark.parametrize("override, words", [
-    ("stages.prune.ratio=abc", "stages.prune.ratio: Input should be a valid number"),
-    ("stages.prune.ratio=1.5", "stages.prune.ratio: Input should be less than 1 (got 1.5)"),
-    ("stages.prune.ratoi=0.3", "unknown key 'ratoi'; did you mean 'ratio'?"),
-    ("stages.prune.ratio", "expected --set dotted.key=value"),
-    ("=0.3", "expected --set dotted.key=value"),
-    ("stages.prune.type=prnue", "unknown stage type 'prnue'; did you mean 'prune'?"),
-    ("seed=!!int abc", "value is not valid: 'abc' is not a valid int"),
-    ("stages.prune.ratio=!!bool maybe", "'maybe' is not a valid bool"),
-    ("description=2024-02-30", "'2024-02-30' is not a valid timestamp"),
-    ("description=!!python/object/apply:os.system [echo]", "is not allowed"),
-    ("description=[&x [*x]]", "recursive alias"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("stages.prune.ratio=abc", "stages.prune.ratio: Input should be a valid number"),
+        ("stages.prune.ratio=1.5", "stages.prune.ratio: Input should be less than 1 (got 1.5)"),
+        ("stages.prune.ratoi=0.3", "unknown key 'ratoi'; did you mean 'ratio'?"),
+        ("stages.prune.ratio", "expected --set dotted.key=value"),
+        ("=0.3", "expected --set dotted.key=value"),
+        ("stages.prune.type=prnue", "unknown stage type 'prnue'; did you mean 'prune'?"),
+        ("seed=!!int abc", "value is not valid: 'abc' is not a valid int"),
+        ("stages.prune.ratio=!!bool maybe", "'maybe' is not a valid bool"),
+        ("description=2024-02-30", "'2024-02-30' is not a valid timestamp"),
+        ("description=!!python/object/apply:os.system [echo]", "is not allowed"),
+        ("description=[&x [*x]]", "recursive alias"),
+    ],
+)
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_bad_set_exits_2_like_a_bad_recipe(command: str, override: str, words: str, store: Path):
     result = cli(command, VALID, "--set", override)
@@ -195,7 +217,7 @@ def test_validation_imports_neither_torch_nor_ultralytics():
 import sys
 from typer.testing import CliRunner
 from recipe_runner.cli import app
-for path in {[str(p) for p in RECIPES]!r} + [{str(MALFORMED / 'ratio_too_big.yaml')!r}]:
+for path in {[str(p) for p in RECIPES]!r} + [{str(MALFORMED / "ratio_too_big.yaml")!r}]:
     CliRunner().invoke(app, ["validate", path], catch_exceptions=False)
 heavy = sorted(m for m in sys.modules if m.split('.')[0] in ("torch", "torchvision", "ultralytics"))
 assert not heavy, heavy
@@ -232,16 +254,24 @@ def test_schema_rejects_an_out_of_range_ratio(schema: dict):
         jsonschema.validate(recipe, schema)
 
 
-def test_a_missing_optional_backend_is_a_located_error_at_plan_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                     store: Path):
+def test_a_missing_optional_backend_is_a_located_error_at_plan_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: Path
+):
     """`backend: openvino` without the extra installed: `plan` and `run` say how to install it, at the key's line."""
     import recipe_runner.quantization as quantization
 
-    monkeypatch.setattr(quantization, "missing_backend", lambda name: f"backend '{name}' needs openvino, nncf, "
-                        "which is not installed: pip install 'recipe-runner[openvino]'")
+    monkeypatch.setattr(
+        quantization,
+        "missing_backend",
+        lambda name: (
+            f"backend '{name}' needs openvino, nncf, which is not installed: pip install 'recipe-runner[openvino]'"
+        ),
+    )
     recipe = tmp_path / "ov.yaml"
-    recipe.write_text("version: 1\nname: ov\nmodel: lenet\ndata: builtin:shapes-cls?train=8&val=4&imgsz=32\nstages:\n"
-                      "  train: {type: train, epochs: 1}\n  int8:\n    type: quantize\n    backend: openvino\n")
+    recipe.write_text(
+        "version: 1\nname: ov\nmodel: lenet\ndata: builtin:shapes-cls?train=8&val=4&imgsz=32\nstages:\n"
+        "  train: {type: train, epochs: 1}\n  int8:\n    type: quantize\n    backend: openvino\n"
+    )
     assert cli("validate", recipe).exit_code == 0  # the text is fine; what is installed is plan's business
     for command in ("plan", "run"):
         result = cli(command, recipe)

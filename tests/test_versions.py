@@ -1,20 +1,21 @@
 """Every stage run records the versions that made it; plan and run say when a reused stage was made by others."""
+
 from __future__ import annotations
 
 import json
 from importlib import metadata
 from pathlib import Path
 
+from conftest import cli, local_uri, stage_runs, write_recipe
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import persistence as T
 from recipe_runner.persistence import versions as V
 
-from conftest import cli, local_uri, stage_runs, write_recipe
-
 
 def by_node(runs) -> dict:
     return {r.data.tags[T.NODE_ID]: r for r in runs}
+
 
 STAGES = """\
   train:

@@ -5,15 +5,15 @@ Documents are built three ways: YAML-ish text from the characters that make YAML
 aliases, flow collections, dates), a valid recipe with one line replaced by such text, and a valid recipe with a
 random value at a random key. Kept to a modest number of examples (about 15 s on an idle machine).
 """
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+from conftest import cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import cli
 
 BASE = """\
 version: 1
@@ -37,15 +37,88 @@ stages:
 
 # pieces that reach the loader's edge cases: every standard tag, a Python tag, anchors/aliases, merge keys,
 # dates that do not exist, special floats, flow collections and quotes
-PIECES = ["!!int ", "!!bool ", "!!timestamp ", "!!float ", "!!str ", "!!map ", "!!seq ", "!!null ", "!!binary ",
-          "!!python/object/apply:os.system ", "!env ", "&a ", "*a", "&b ", "*b", "<<: ", "? ", "- ", ": ", "{", "}",
-          "[", "]", ",", "'", '"', "#", "\n", "\n  ", "2024-02-30", "2024-13-01", "1e999", ".nan", "-.inf", "~",
-          "maybe", "abc", "0x1F", "0o17", "1_000", "yes", "---", "...", "%YAML 1.1\n", "|", ">", "\t", "type",
-          "train", "stages", "sweep", "from", "epochs", "ratio", "model", "''", "\\u0000", "é"]
+PIECES = [
+    "!!int ",
+    "!!bool ",
+    "!!timestamp ",
+    "!!float ",
+    "!!str ",
+    "!!map ",
+    "!!seq ",
+    "!!null ",
+    "!!binary ",
+    "!!python/object/apply:os.system ",
+    "!env ",
+    "&a ",
+    "*a",
+    "&b ",
+    "*b",
+    "<<: ",
+    "? ",
+    "- ",
+    ": ",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    "'",
+    '"',
+    "#",
+    "\n",
+    "\n  ",
+    "2024-02-30",
+    "2024-13-01",
+    "1e999",
+    ".nan",
+    "-.inf",
+    "~",
+    "maybe",
+    "abc",
+    "0x1F",
+    "0o17",
+    "1_000",
+    "yes",
+    "---",
+    "...",
+    "%YAML 1.1\n",
+    "|",
+    ">",
+    "\t",
+    "type",
+    "train",
+    "stages",
+    "sweep",
+    "from",
+    "epochs",
+    "ratio",
+    "model",
+    "''",
+    "\\u0000",
+    "é",
+]
 yamlish = st.lists(st.sampled_from(PIECES) | st.text(max_size=4), max_size=30).map("".join)
-KEYS = ["seed", "name", "model", "data", "description", "defaults.batch", "defaults.device", "tracking.experiment",
-        "stages.train.epochs", "stages.train.from", "stages.prune.ratio", "stages.prune.method", "stages.prune",
-        "stages.onnx.dynamic", "stages.onnx.opset", "stages", "stages.new.type", "version", "x.y.z"]
+KEYS = [
+    "seed",
+    "name",
+    "model",
+    "data",
+    "description",
+    "defaults.batch",
+    "defaults.device",
+    "tracking.experiment",
+    "stages.train.epochs",
+    "stages.train.from",
+    "stages.prune.ratio",
+    "stages.prune.method",
+    "stages.prune",
+    "stages.onnx.dynamic",
+    "stages.onnx.opset",
+    "stages",
+    "stages.new.type",
+    "version",
+    "x.y.z",
+]
 
 
 @st.composite
@@ -74,8 +147,9 @@ def _validate_answers_cleanly(path: Path, *args: str) -> None:
         assert "Traceback" not in result.stderr
 
 
-FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                        HealthCheck.too_slow])
+FAST = settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 @FAST
@@ -92,4 +166,3 @@ def test_any_set_value_validates_or_is_a_located_error(key: str, value: str, tmp
     path = tmp_path / "base.yaml"
     path.write_text("\n".join(BASE) + "\n")
     _validate_answers_cleanly(path, "--set", f"{key}={value}")
-

@@ -2,6 +2,7 @@
 
 Tiny sizes throughout (16 train / 8 val images at 64 px, 1 epoch per stage), so each test takes seconds to a minute.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_DATA, RecordingContext, cli, local_uri, stage_runs
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import persistence as T
 from recipe_runner.persistence import load_checkpoint
-
-from conftest import TINY_DATA, RecordingContext, cli, local_uri, stage_runs
-
 
 YOLO_RECIPE = f"""\
 version: 1
@@ -123,8 +122,12 @@ def test_check_source_rejects_missing_checkpoint_and_unknown_yaml(family):
 
 def test_args_must_be_ultralytics_train_arguments_the_runner_does_not_own(family):
     family.check_args({"nbs": 16, "mosaic": 0.0, "warmup_epochs": 0})
-    for args, message in [({"mosiac": 0}, "did you mean 'mosaic'"), ({"epochs": 3}, "set by recipe-runner itself"),
-                          ({"data": "x.yaml"}, "set by recipe-runner itself"), ({"lr0": 0.1}, "use the recipe key 'lr'")]:
+    for args, message in [
+        ({"mosiac": 0}, "did you mean 'mosaic'"),
+        ({"epochs": 3}, "set by recipe-runner itself"),
+        ({"data": "x.yaml"}, "set by recipe-runner itself"),
+        ({"lr0": 0.1}, "use the recipe key 'lr'"),
+    ]:
         with pytest.raises(ValueError, match=message):
             family.check_args(args)
 
@@ -172,7 +175,9 @@ def test_yolo_recipe_end_to_end_and_rerun_reuses(workspace: Path, family):
     x = family.example_inputs(model, 64)
     with torch.no_grad():
         ours = model(x)[0].numpy()
-    theirs = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    theirs = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[
+        0
+    ]
     assert abs(ours - theirs).max() < 1e-3
     # second run: every stage reused, nothing trained
     again = cli("run", recipe)
@@ -229,7 +234,8 @@ finally:
 def test_yolo_recipe_runs_with_network_blocked(tmp_path: Path):
     """A fresh process (fresh Ultralytics settings, fonts, dataset) with every non-loopback connection refused."""
     (tmp_path / "blocked.py").write_text(BLOCKED_RUN)
-    (tmp_path / "yolo.yaml").write_text(textwrap.dedent(f"""\
+    (tmp_path / "yolo.yaml").write_text(
+        textwrap.dedent(f"""\
         version: 1
         name: offline-yolo
         model: yolov8n.yaml
@@ -238,11 +244,18 @@ def test_yolo_recipe_runs_with_network_blocked(tmp_path: Path):
         stages:
           train: {{type: train, epochs: 1}}
           onnx: {{type: export, format: onnx}}
-        """))
+        """)
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "MLFLOW_", "RECIPE_RUNNER_"))}
     env.update(RECIPE_RUNNER_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path / "home"))
-    done = subprocess.run([sys.executable, "blocked.py", "run", "yolo.yaml"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "blocked.py", "run", "yolo.yaml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert json.loads((tmp_path / "attempts.json").read_text()) == []
     assert (tmp_path / "cache" / "ultralytics-config" / "Ultralytics" / "Arial.ttf").is_file()
@@ -264,7 +277,9 @@ def test_user_data_yaml_with_relative_path_txt_lists_and_name_list(workspace: Pa
         files = sorted((root / "images" / split).glob("*.png"))
         (root / f"{split}.txt").write_text("\n".join(f"./images/{split}/{f.name}" for f in files) + "\n")
     (workspace / "cfg").mkdir()
-    (workspace / "cfg" / "data.yaml").write_text("path: ../mydata\ntrain: train.txt\nval: val.txt\nnames: [circle, square, triangle]\n")
+    (workspace / "cfg" / "data.yaml").write_text(
+        "path: ../mydata\ntrain: train.txt\nval: val.txt\nnames: [circle, square, triangle]\n"
+    )
     data = resolve_data("cfg/data.yaml", "detect", workspace)
     assert data.names == ["circle", "square", "triangle"]
     model = family.build("yolov8n.yaml", data, seed=0)
@@ -332,8 +347,9 @@ def test_training_keeps_pruned_shapes_and_resumes_from_plain_state(family, tiny_
 
     method = METHODS.get("depgraph")
     model = family.build("yolov8n.yaml", tiny_data, seed=0)
-    model = method.prune_step(model, family, tiny_data, method.config(method="depgraph", imgsz=64, ratio=0.5),
-                              plan_steps(0.5, 1)[0])
+    model = method.prune_step(
+        model, family, tiny_data, method.config(method="depgraph", imgsz=64, ratio=0.5), plan_steps(0.5, 1)[0]
+    )
     pruned = family.cost(model, 64)
     knobs = TrainConfig(epochs=2, imgsz=64, batch=8, args={"close_mosaic": 1})
     first = RecordingContext(tmp_path)
@@ -343,8 +359,13 @@ def test_training_keeps_pruned_shapes_and_resumes_from_plain_state(family, tiny_
     assert [step for step, _ in first.logged] == [1, 2] and "mAP50-95" in first.logged[0][1]
     assert [s["epoch"] for s in first.states] == [1, 2]
     assert closed == [1]
-    resumed = family.train(family.build("yolov8n.yaml", tiny_data, seed=0), tiny_data, knobs, 2,
-                           RecordingContext(tmp_path, resume_state=first.states[0]))
+    resumed = family.train(
+        family.build("yolov8n.yaml", tiny_data, seed=0),
+        tiny_data,
+        knobs,
+        2,
+        RecordingContext(tmp_path, resume_state=first.states[0]),
+    )
     assert (resumed.epochs_trained, resumed.last_epoch) == (1, 2)
     assert family.cost(resumed.model, 64) == pruned
     assert closed == [1, 1]  # the resumed run closed mosaic at its first epoch, 1, as the uninterrupted one
@@ -374,8 +395,10 @@ def test_a_local_model_yaml_is_keyed_by_content_not_by_path(workspace: Path):
     recipe = workspace / "recipe.yaml"
 
     def train_key(model: str) -> str:
-        recipe.write_text(f"version: 1\nname: keyed\nmodel: {model}\ndata: builtin:shapes?train=8&val=4&imgsz=64\n"
-                          "stages:\n  train: {type: train, epochs: 1, imgsz: 64}\n")
+        recipe.write_text(
+            f"version: 1\nname: keyed\nmodel: {model}\ndata: builtin:shapes?train=8&val=4&imgsz=64\n"
+            "stages:\n  train: {type: train, epochs: 1, imgsz: 64}\n"
+        )
         return prepare(recipe, RunOptions()).graph.nodes["train"].cache_key
 
     before = train_key("mynet.yaml")

@@ -4,6 +4,7 @@ Ultralytics' parse_model evals `activation` and looks layer names up in its modu
 rebuilds only architectures on its allow-list (recipe_runner/models/yolo/architecture.py). Real Ultralytics
 throughout; the crafted descriptions carry a payload that would create a marker file.
 """
+
 from __future__ import annotations
 
 import copy
@@ -11,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli, local_uri, stage_runs
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import persistence as T
 from recipe_runner.persistence import CheckpointError, save_checkpoint, sha256_of
-
-from conftest import cli, local_uri, stage_runs
 
 SHIPPED = Path(__import__("ultralytics").__file__).parent / "cfg" / "models"
 
@@ -63,9 +63,8 @@ def test_every_shipped_detection_yaml_is_on_the_allow_list(family):
 
 @pytest.mark.parametrize("source", ["yolov8n.yaml", "yolo11n.yaml"])
 def test_built_models_round_trip_through_the_check(family, source: str):
-    from recipe_runner.models.yolo.architecture import check_description
-
     from recipe_runner.data import DataSource
+    from recipe_runner.models.yolo.architecture import check_description
 
     data = DataSource("x", "detect", Path("."), "f", ["a", "b"])
     model = family.build(source, data, seed=0)
@@ -106,8 +105,16 @@ def _crafted(description: dict, marker: Path) -> dict[str, dict]:
     extra_key["yaml"]["kpt_shape"] = [17, 3]
     huge = copy.deepcopy(description)
     huge["nc"] = 10**9
-    return {"activation": activation, "loader": loader, "local_name": local_name, "code_arg": code_arg,
-            "yaml_file": yaml_file, "yaml_file_quotes": yaml_quotes, "extra_key": extra_key, "huge_nc": huge}
+    return {
+        "activation": activation,
+        "loader": loader,
+        "local_name": local_name,
+        "code_arg": code_arg,
+        "yaml_file": yaml_file,
+        "yaml_file_quotes": yaml_quotes,
+        "extra_key": extra_key,
+        "huge_nc": huge,
+    }
 
 
 CASES = ["activation", "loader", "local_name", "code_arg", "yaml_file", "yaml_file_quotes", "extra_key", "huge_nc"]

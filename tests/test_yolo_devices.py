@@ -10,6 +10,7 @@ No GPU here (nor in CI), so:
   without DDP, so torch.distributed.run and NCCL are the untested part). The worker trains the pruned model, rank 0
   spools each epoch, and the launching process relays them and rebuilds the result.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -19,10 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
 from conftest import TINY_DATA, RecordingContext, cli, write_recipe
-
+from torch import nn
 
 
 def _pruned(family, data) -> nn.Module:
@@ -30,8 +29,9 @@ def _pruned(family, data) -> nn.Module:
 
     method = METHODS.get("depgraph")
     model = family.build("yolov8n.yaml", data, seed=0)
-    return method.prune_step(model, family, data, method.config(method="depgraph", imgsz=64, ratio=0.5),
-                             plan_steps(0.5, 1)[0])
+    return method.prune_step(
+        model, family, data, method.config(method="depgraph", imgsz=64, ratio=0.5), plan_steps(0.5, 1)[0]
+    )
 
 
 def _tensors(value) -> list[torch.Tensor]:
@@ -124,6 +124,7 @@ def test_a_stage_returning_a_model_off_contract_fails_and_says_why(workspace: Pa
 
 # -- the offline AMP check -----------------------------------------------------------------------------------------
 
+
 def test_offline_amp_check_compares_the_model_itself_under_autocast(family):
     from recipe_runner.models.yolo.amp import amp_is_safe, outputs_agree
 
@@ -141,7 +142,8 @@ def test_offline_amp_check_compares_the_model_itself_under_autocast(family):
 def test_training_asks_the_offline_amp_check_not_ultralytics_download(family, tiny_data, tmp_path: Path, monkeypatch):
     import ultralytics.engine.trainer as trainer_module
 
-    from recipe_runner.models.yolo import amp as _yolo_amp, training as _yolo_train
+    from recipe_runner.models.yolo import amp as _yolo_amp
+    from recipe_runner.models.yolo import training as _yolo_train
 
     original = trainer_module.check_amp
     asked: list[nn.Module] = []
@@ -162,6 +164,7 @@ def test_training_asks_the_offline_amp_check_not_ultralytics_download(family, ti
 
 
 # -- multi-GPU (DDP) ----------------------------------------------------------------------------------------------
+
 
 def _knobs(**overrides):
     from recipe_runner.stages.train import TrainConfig
@@ -199,10 +202,10 @@ def test_ddp_state_file_holds_the_pruned_model_and_rebuilds_it_exactly(family, t
     loads it: the runner's trainer class with its hooks, the pruned module with identical outputs, rank-0 spooling."""
     from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
 
+    from recipe_runner.models.hooks import training_hooks
     from recipe_runner.models.yolo.environment import resolved_data_yaml
     from recipe_runner.models.yolo.training import EpochCallbacks, make_trainer_class, train_args
     from recipe_runner.models.yolo.workers import SpoolSink
-    from recipe_runner.models.hooks import training_hooks
     from recipe_runner.pruning.regularizers import BatchNormL1
 
     model = _pruned(family, tiny_data).eval()
@@ -210,15 +213,17 @@ def test_ddp_state_file_holds_the_pruned_model_and_rebuilds_it_exactly(family, t
     with torch.no_grad():
         expected = model(example)[0]
     chain = training_hooks([BatchNormL1(family, 1e-3, "none", 64)])
-    trainer = make_trainer_class(chain, None)(overrides=train_args(
-        _knobs(), 2, resolved_data_yaml(tiny_data), tmp_path / "save", 0, "yolov8n.yaml"))
+    trainer = make_trainer_class(chain, None)(
+        overrides=train_args(_knobs(), 2, resolved_data_yaml(tiny_data), tmp_path / "save", 0, "yolov8n.yaml")
+    )
     trainer.model = model
     sink = SpoolSink(tmp_path / "spool", family.describe)
     trainer.add_callback("on_fit_epoch_end", EpochCallbacks(sink, family.describe, "best", None, 0).fit_epoch_end)
     script = generate_ddp_file(trainer)
     torch.save({"example": example, "expected": expected}, tmp_path / "io.pt")
     check = tmp_path / "check.py"
-    check.write_text(textwrap.dedent(f"""
+    check.write_text(
+        textwrap.dedent(f"""
         import torch
         from ultralytics.utils import DEFAULT_CFG_DICT
         from ultralytics.utils.patches import torch_load
@@ -236,7 +241,8 @@ def test_ddp_state_file_holds_the_pruned_model_and_rebuilds_it_exactly(family, t
         spools = [cb.__self__.sink for cb in trainer.callbacks["on_fit_epoch_end"] if hasattr(cb, "__self__")]
         assert [type(s).__name__ for s in spools] == ["SpoolSink"], spools
         print("worker state ok", type(trainer).__name__, trainer.args.device)
-    """))
+    """)
+    )
     try:
         done = subprocess.run([sys.executable, str(check)], capture_output=True, text=True, timeout=300)
     finally:
@@ -256,8 +262,9 @@ def test_training_in_a_worker_process_relays_epochs_and_resumes(family, tiny_dat
     assert len(workers_on_cpu) == 1 and not workers_on_cpu[0].exists()  # launched once, cleaned up
     assert (result.epochs_trained, result.last_epoch) == (2, 2)
     assert family.cost(result.model, 64) == pruned  # the worker trained the pruned module, not the yaml
-    assert {(t.device.type, t.dtype) for t in result.model.state_dict().values() if t.is_floating_point()} == \
-        {("cpu", torch.float32)}
+    assert {(t.device.type, t.dtype) for t in result.model.state_dict().values() if t.is_floating_point()} == {
+        ("cpu", torch.float32)
+    }
     # the worker's epochs reached the stage: metrics (the hook's too) at steps 1 and 2, and both epoch states
     assert [step for step, _ in first.logged] == [1, 2]
     assert "mAP50-95" in first.logged[0][1] and "penalty_strength" in first.logged[0][1]
@@ -266,8 +273,14 @@ def test_training_in_a_worker_process_relays_epochs_and_resumes(family, tiny_dat
     assert any(not torch.equal(a, b) for a, b in zip(result.model.state_dict().values(), model.state_dict().values()))
 
     resumed_ctx = RecordingContext(tmp_path, resume_state=first.states[0])
-    resumed = family.train(family.build("yolov8n.yaml", tiny_data, seed=0), tiny_data, _knobs(), 2, resumed_ctx,
-                           hooks=[BatchNormL1(family, 1e-3, "none", 64)])
+    resumed = family.train(
+        family.build("yolov8n.yaml", tiny_data, seed=0),
+        tiny_data,
+        _knobs(),
+        2,
+        resumed_ctx,
+        hooks=[BatchNormL1(family, 1e-3, "none", 64)],
+    )
     # the resume state travelled with the trainer class: the worker started at epoch 2
     assert (resumed.epochs_trained, resumed.last_epoch) == (1, 2)
     assert [step for step, _ in resumed_ctx.logged] == [2]
@@ -301,9 +314,9 @@ def test_only_rank_zero_spools_and_builds_states_only_when_asked(tmp_path: Path,
 def test_the_relay_asks_for_states_on_the_stage_cadence(tmp_path: Path, family):
     """checkpoint_every: 2 (the first epoch is always written, then every second): the want-state flag is up for
     epochs 1 and 3 only, and a state that arrives for an epoch the cadence does not want is not saved."""
-    from recipe_runner.persistence import EpochCadence, save_checkpoint
     from recipe_runner.models.yolo.training import ContextSink
     from recipe_runner.models.yolo.workers import WANT_STATE, SpoolRelay
+    from recipe_runner.persistence import EpochCadence, save_checkpoint
 
     class EverySecond(RecordingContext):
         cadence = EpochCadence(2)
@@ -321,15 +334,18 @@ def test_the_relay_asks_for_states_on_the_stage_cadence(tmp_path: Path, family):
     flags = []
     for epoch in (1, 2, 3):
         flags.append((spool / WANT_STATE).exists())
-        save_checkpoint({"epoch": epoch, "metrics": {"loss": 1.0 / epoch}, "state": {"w": torch.ones(1)}},
-                        spool / f"epoch-{epoch:06d}.pt")
+        save_checkpoint(
+            {"epoch": epoch, "metrics": {"loss": 1.0 / epoch}, "state": {"w": torch.ones(1)}},
+            spool / f"epoch-{epoch:06d}.pt",
+        )
         assert relay.pump() == 1
     assert flags == [True, False, True] and not (spool / WANT_STATE).exists()  # not for epoch 4 either
     assert [s["epoch"] for s in ctx.states] == [1, 3] and [step for step, _ in ctx.logged] == [1, 2, 3]
 
 
-def test_a_failing_worker_fails_the_stage_and_keeps_its_finished_epochs(family, tiny_data, tmp_path: Path,
-                                                                        workers_on_cpu, monkeypatch):
+def test_a_failing_worker_fails_the_stage_and_keeps_its_finished_epochs(
+    family, tiny_data, tmp_path: Path, workers_on_cpu, monkeypatch
+):
     from recipe_runner.models.yolo import workers as _yolo_workers
 
     real_command = _yolo_workers.worker_command
@@ -338,7 +354,8 @@ def test_a_failing_worker_fails_the_stage_and_keeps_its_finished_epochs(family, 
         command, script = real_command(trainer)
         # the worker runs Ultralytics' script with the runner's spool hook: exit hard once epoch 1 is spooled
         wrapper = Path(script).with_name(Path(script).stem + "_crash.py")
-        wrapper.write_text(textwrap.dedent(f"""
+        wrapper.write_text(
+            textwrap.dedent(f"""
             import os, runpy
             from recipe_runner.models.yolo import workers as w
             real = w.SpoolSink.epoch_end
@@ -347,7 +364,8 @@ def test_a_failing_worker_fails_the_stage_and_keeps_its_finished_epochs(family, 
                 os._exit(3)
             w.SpoolSink.epoch_end = epoch_end
             runpy.run_path({script!r}, run_name="__main__")
-        """))
+        """)
+        )
         return [sys.executable, str(wrapper)], script
 
     monkeypatch.setattr(_yolo_workers, "worker_command", crash_after_first_epoch)

@@ -7,6 +7,7 @@ at width 1/16 with nc=1, every C2f swapped for SplitC2f, the EMA in fp16, plus a
 it gave then. The fixture is trusted test data, so it is unpickled here (the runner itself never unpickles a
 downloaded file).
 """
+
 from __future__ import annotations
 
 import zipfile

@@ -1,14 +1,14 @@
 """A YOLO train stage that crashes after an epoch checkpoint resumes there through the engine."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import cli, local_uri, stage_runs
 from mlflow.tracking import MlflowClient
 
 from recipe_runner import persistence as T
 from recipe_runner.engine import RunningStage
-
-from conftest import cli, local_uri, stage_runs
 
 RECIPE = """\
 version: 1

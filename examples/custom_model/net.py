@@ -1,5 +1,6 @@
 """A network of your own, as in PyTorch's pruning tutorial: LeNet with 3x3 convolutions, ReLU and the max pooling it
 needs after each convolution, so a 32 x 32 image reaches fc1 as 16 x 6 x 6 (use `imgsz: 32`)."""
+
 from __future__ import annotations
 
 import torch

@@ -15,6 +15,7 @@ mtime_ns, ctime_ns), so only new or changed files are read again and a re-run ov
 its files. ctime is in the key because no tool can set it: an edit that restores size and mtime (rsync -t,
 `touch -r`) still changes it.
 """
+
 from __future__ import annotations
 
 import hashlib

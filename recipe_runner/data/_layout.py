@@ -5,16 +5,19 @@ One place for it, because both the pre-flight checks (`_user.py`) and the data f
 trainer reads but the fingerprint skips is a stale cache; a file the fingerprint hashes but nobody
 reads (an mlflow.db beside the data.yaml) is a cache that never hits.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 # ultralytics.data.utils.IMG_FORMATS (8.4) and torchvision.datasets.folder.IMG_EXTENSIONS, copied so that
 # validation and planning need neither library; tests/test_data_fingerprint.py checks them against both.
-DETECT_IMAGE_SUFFIXES = frozenset({".avif", ".bmp", ".dng", ".heic", ".heif", ".jp2", ".jpeg", ".jpg", ".mpo", ".png",
-                                   ".tif", ".tiff", ".webp"})
+DETECT_IMAGE_SUFFIXES = frozenset(
+    {".avif", ".bmp", ".dng", ".heic", ".heif", ".jp2", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp"}
+)
 CLASSIFY_IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})
 DETECT_SPLITS = ("train", "val", "test")
 

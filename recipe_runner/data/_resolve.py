@@ -1,13 +1,14 @@
 """Turn a recipe's `data:` string into a dataset on disk plus a fingerprint for cache keys."""
+
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 from urllib.parse import parse_qsl
 
 from ..registry import Registry, did_you_mean
@@ -48,14 +49,20 @@ def cache_root() -> Path:
 
 
 def _parse_builtin(spec: str) -> tuple[str, Builtin, dict[str, int]]:
-    name, _, query = spec[len("builtin:"):].partition("?")
+    name, _, query = spec[len("builtin:") :].partition("?")
     if name not in BUILTINS:
-        raise DataError(f"unknown builtin dataset '{name}'{did_you_mean(name, BUILTINS.names())} (known: {', '.join(BUILTINS.names())})")
+        raise DataError(
+            f"unknown builtin dataset '{name}'{did_you_mean(name, BUILTINS.names())} "
+            f"(known: {', '.join(BUILTINS.names())})"
+        )
     builtin = BUILTINS.get(name)
     options = dict(builtin.defaults)
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key not in builtin.defaults:
-            raise DataError(f"builtin:{name} has no option '{key}'{did_you_mean(key, builtin.defaults)} (options: {', '.join(builtin.defaults)})")
+            raise DataError(
+                f"builtin:{name} has no option '{key}'{did_you_mean(key, builtin.defaults)} "
+                f"(options: {', '.join(builtin.defaults)})"
+            )
         try:
             options[key] = int(value)
         except ValueError:

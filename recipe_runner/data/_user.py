@@ -1,4 +1,5 @@
 """Check a user's dataset folder before any training starts, and read its class names."""
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,11 @@ def _image_folder(root: Path) -> list[str]:
             if next(_layout.class_images(folder / c), None) is None:
                 raise DataError(f"{folder / c}: no images")
         if names is not None and classes != names:  # say which: class indices are assigned by sorted name
-            only = [f"only in {sp}/: {', '.join(sorted(c))}" for sp, c in
-                    (("train", set(names) - set(classes)), ("val", set(classes) - set(names))) if c]
+            only = [
+                f"only in {sp}/: {', '.join(sorted(c))}"
+                for sp, c in (("train", set(names) - set(classes)), ("val", set(classes) - set(names)))
+                if c
+            ]
             raise DataError(f"{root}: train/ and val/ have different classes ({'; '.join(only)})")
         names = classes
     return names
@@ -52,8 +56,10 @@ def _yolo_yaml(path: Path) -> list[str]:
         raise DataError(f"{path}: an Ultralytics data.yaml must be a mapping with 'train', 'val' and 'names'")
     missing = [k for k in ("train", "val", "names") if k not in data]
     if missing:
-        raise DataError(f"{path}: missing {', '.join(repr(k) for k in missing)} (an Ultralytics data.yaml needs "
-                        "'train', 'val' and 'names')")
+        raise DataError(
+            f"{path}: missing {', '.join(repr(k) for k in missing)} (an Ultralytics data.yaml needs "
+            "'train', 'val' and 'names')"
+        )
     names = _class_names(path, data["names"])
     if "nc" in data and data["nc"] != len(names):
         raise DataError(f"{path}: nc is {data['nc']} but 'names' lists {len(names)} classes")
@@ -108,5 +114,7 @@ def _check_labels(images: list[Path], num_classes: int) -> None:
                 raise DataError(f"{label}:{number}: '{fields[0]}' is not a class id") from None
             # nan and inf parse as floats: not class ids either (int() of them raises)
             if not math.isfinite(cls) or cls != int(cls) or not 0 <= cls < num_classes:
-                raise DataError(f"{label}:{number}: class id {fields[0]} is outside 0..{num_classes - 1} "
-                                f"(the data.yaml names {num_classes} classes)")
+                raise DataError(
+                    f"{label}:{number}: class id {fields[0]} is outside 0..{num_classes - 1} "
+                    f"(the data.yaml names {num_classes} classes)"
+                )

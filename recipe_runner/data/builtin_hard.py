@@ -7,6 +7,7 @@ smaller drawn on top); polygons are rotated a little; and every background is te
 gradient, plus noise) and cluttered with lines and unlabelled shapes. Deterministic from `seed`, like the
 other builtins.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,11 +19,21 @@ from ._resolve import BUILTINS, Builtin, DataError
 from .builtin_shapes import iou, write_detection_layout
 
 SHAPES = ["circle", "square", "triangle", "cross", "ring", "star"]
-COLOURS = {"red": (215, 45, 40), "blue": (45, 95, 230), "green": (40, 185, 70), "yellow": (230, 205, 45),
-           "orange": (245, 120, 25), "white": (225, 225, 225)}
+COLOURS = {
+    "red": (215, 45, 40),
+    "blue": (45, 95, 230),
+    "green": (40, 185, 70),
+    "yellow": (230, 205, 45),
+    "orange": (245, 120, 25),
+    "white": (225, 225, 225),
+}
 # classes in order: `classes: n` takes the first n; every shape of the first eight comes in two colours
 CLASSES = [(shape, colour) for shape in ("circle", "square", "triangle", "cross") for colour in ("red", "blue")] + [
-    ("ring", "green"), ("star", "yellow"), ("ring", "orange"), ("star", "white")]
+    ("ring", "green"),
+    ("star", "yellow"),
+    ("ring", "orange"),
+    ("star", "white"),
+]
 # object radius as a fraction of the image side, drawn log-uniformly
 RADIUS = (0.03, 0.22)
 MAX_IOU = 0.35
@@ -65,12 +76,26 @@ def _outline(kind: str, cx: float, cy: float, r: float, turn: float) -> list[tup
     elif kind == "triangle":
         points = [(r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2 + 2 * math.pi * k / 3 for k in range(3))]
     elif kind == "star":
-        points = [((r if k % 2 == 0 else 0.45 * r) * math.cos(a), (r if k % 2 == 0 else 0.45 * r) * math.sin(a))
-                  for k, a in ((k, -math.pi / 2 + math.pi * k / 5) for k in range(10))]
+        points = [
+            ((r if k % 2 == 0 else 0.45 * r) * math.cos(a), (r if k % 2 == 0 else 0.45 * r) * math.sin(a))
+            for k, a in ((k, -math.pi / 2 + math.pi * k / 5) for k in range(10))
+        ]
     else:  # cross: a plus sign with arms a third of r wide
         w = r / 3
-        points = [(w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w),
-                  (-w, -w), (-w, -r)]
+        points = [
+            (w, -r),
+            (w, -w),
+            (r, -w),
+            (r, w),
+            (w, w),
+            (w, r),
+            (-w, r),
+            (-w, w),
+            (-r, w),
+            (-r, -w),
+            (-w, -w),
+            (-w, -r),
+        ]
     c, s = math.cos(turn), math.sin(turn)
     return [(cx + px * c - py * s, cy + px * s + py * c) for px, py in points]
 
@@ -141,13 +166,20 @@ def generate(folder: Path, options: dict) -> list[str]:
                 _paint(draw, shape, geometry, _jitter(rng, COLOURS[colour]))
                 if label >= 0:
                     x0, y0, x1, y1 = box
-                    lines.append(f"{label} {(x0 + x1) / 2 / size:.6f} {(y0 + y1) / 2 / size:.6f} "
-                                 f"{(x1 - x0) / size:.6f} {(y1 - y0) / size:.6f}")
+                    lines.append(
+                        f"{label} {(x0 + x1) / 2 / size:.6f} {(y0 + y1) / 2 / size:.6f} "
+                        f"{(x1 - x0) / size:.6f} {(y1 - y0) / size:.6f}"
+                    )
             image.save(folder / "images" / split / f"{i:05d}.png")
             (folder / "labels" / split / f"{i:05d}.txt").write_text("\n".join(lines) + "\n" if lines else "")
     return names
 
 
-BUILTINS.register("shapes-hard")(Builtin(
-    "detect", {"train": 400, "val": 100, "imgsz": 160, "classes": 8, "objects": 8, "distractors": 3, "seed": 0}, 1,
-    generate))
+BUILTINS.register("shapes-hard")(
+    Builtin(
+        "detect",
+        {"train": 400, "val": 100, "imgsz": 160, "classes": 8, "objects": 8, "distractors": 3, "seed": 0},
+        1,
+        generate,
+    )
+)

@@ -3,6 +3,7 @@
 builtin:shapes-cls  one shape per image, ImageFolder layout (train/<class>/, val/<class>/)
 builtin:shapes      several shapes per image, Ultralytics YOLO layout with data.yaml
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -119,8 +120,17 @@ def iou(a: tuple, b: tuple) -> float:
 
 
 BOUNDS = {"train": (0, 100_000), "val": (0, 100_000), "imgsz": (16, 2048), "objects": (1, 64)}
-BUILTINS.register("shapes-cls")(Builtin(
-    "classify", {"train": 128, "val": 32, "imgsz": 32, "classes": 4, "seed": 0}, 1, generate_classification, BOUNDS))
-BUILTINS.register("shapes")(Builtin(
-    "detect", {"train": 64, "val": 16, "imgsz": 160, "classes": 3, "objects": 3, "seed": 0}, 1, generate_detection,
-    BOUNDS))
+BUILTINS.register("shapes-cls")(
+    Builtin(
+        "classify", {"train": 128, "val": 32, "imgsz": 32, "classes": 4, "seed": 0}, 1, generate_classification, BOUNDS
+    )
+)
+BUILTINS.register("shapes")(
+    Builtin(
+        "detect",
+        {"train": 64, "val": 16, "imgsz": 160, "classes": 3, "objects": 3, "seed": 0},
+        1,
+        generate_detection,
+        BOUNDS,
+    )
+)

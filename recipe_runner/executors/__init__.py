@@ -6,18 +6,20 @@ executor only runs what it is given, through a StageRunner (never the Engine its
 
 Registered here and nowhere else: `make(name, address)` is what the CLI calls.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from ..outcomes import StageFailed, StageReport
 
 if TYPE_CHECKING:
-    from ..planner import Plan, PlannedStage
     from ..persistence import StageRun
+    from ..planner import Plan, PlannedStage
 
 #: a done node's output as another process reaches it: the finished run holding it (None if it is only in this
 #: process's memory) and the metrics its run logged
@@ -29,19 +31,19 @@ class StageRunner(Protocol):
     An executor gets this, never the Engine."""
 
     @property
-    def plan(self) -> "Plan":
+    def plan(self) -> Plan:
         """The plan being run (its stage order, its graph, its tracker)."""
 
     def announce(self, line: str) -> None:
         """Tell the user one line."""
 
-    def run_stage(self, planned: "PlannedStage", parent_run_id: str, workdir: Path) -> StageReport:
+    def run_stage(self, planned: PlannedStage, parent_run_id: str, workdir: Path) -> StageReport:
         """Reuse, resume or run one stage in this process; StageFailed if it failed."""
 
     def known_output(self, node_id: str) -> KnownOutput:
         """Where a done node's output is, for a stage run in another process."""
 
-    def elsewhere(self) -> "RunnerFactory":
+    def elsewhere(self) -> RunnerFactory:
         """A picklable function that builds the same kind of runner in another process, from the plan (with its
         own tracker) and the done outputs the stage reads."""
 
@@ -58,32 +60,33 @@ class ExecutorUnavailable(RuntimeError):
 class Done:
     """One stage the executor finished: its report, or the failure (never both)."""
 
-    planned: "PlannedStage"
-    report: Optional[StageReport] = None
-    error: Optional[StageFailed] = None
+    planned: PlannedStage
+    report: StageReport | None = None
+    error: StageFailed | None = None
     # the finished run that holds the stage's output, when the stage ran in another process: its children
     # fetch the checkpoint (or file) from the tracking store through it, never from driver memory
-    source: Optional["StageRun"] = None
+    source: StageRun | None = None
 
 
 class Executor(ABC):
-    """Runs ready stages. Used as a context manager around Engine.run (whoever builds an Engine gives it one): entering may start things (a cluster,
-    a tracking server) and may give the plan a tracker that takes concurrent writers; leaving stops them."""
+    """Runs ready stages. Used as a context manager around Engine.run (whoever builds an Engine gives it one):
+    entering may start things (a cluster, a tracking server) and may give the plan a tracker that takes concurrent
+    writers; leaving stops them."""
 
     name = ""
 
-    def __enter__(self) -> "Executor":
+    def __enter__(self) -> Executor:
         return self
 
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def prepare(self, plan: "Plan") -> "Plan":
+    def prepare(self, plan: Plan) -> Plan:
         """The plan the engine should run (default: as it is)."""
         return plan
 
     @abstractmethod
-    def submit(self, runner: StageRunner, planned: "PlannedStage", parent_run_id: str, workdir: Path) -> None:
+    def submit(self, runner: StageRunner, planned: PlannedStage, parent_run_id: str, workdir: Path) -> None:
         """Start (or queue) one stage whose parent is done; `runner` runs it (here, or rebuilt elsewhere)."""
 
     @abstractmethod
@@ -96,7 +99,7 @@ class Executor(ABC):
         KILLED, so a re-run resumes them."""
 
 
-def _sequential(address: Optional[str]) -> Executor:
+def _sequential(address: str | None) -> Executor:
     from .sequential import SequentialExecutor
 
     if address:
@@ -104,16 +107,16 @@ def _sequential(address: Optional[str]) -> Executor:
     return SequentialExecutor()
 
 
-def _ray(address: Optional[str]) -> Executor:
+def _ray(address: str | None) -> Executor:
     from .ray_executor import RayExecutor
 
     return RayExecutor(address)
 
 
-EXECUTORS: dict[str, Callable[[Optional[str]], Executor]] = {"sequential": _sequential, "ray": _ray}
+EXECUTORS: dict[str, Callable[[str | None], Executor]] = {"sequential": _sequential, "ray": _ray}
 
 
-def make(name: str, address: Optional[str] = None) -> Executor:
+def make(name: str, address: str | None = None) -> Executor:
     """The executor registered under `name`; ExecutorUnavailable (one line for the user) if it cannot be used."""
     if name not in EXECUTORS:
         raise ExecutorUnavailable(f"unknown executor '{name}' (choose from: {', '.join(EXECUTORS)})")

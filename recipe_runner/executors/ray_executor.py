@@ -3,10 +3,12 @@
 
 The driver validates, plans, owns the parent run and schedules (Engine); a task gets the plan (without its MLflow
 client), its stage, its parent's finished run and the runner's factory (StageRunner.elsewhere), builds its own
-Tracker and stage runner and runs the stage exactly as the sequential executor would: leases, resume, verified checkpoints. Models travel through the tracking store
-(the parent's checkpoint artifact and its sha256), never through driver memory; two tasks that reach one cache
-key are two processes on one store, which the leases already make safe (persistence/leases.py).
+Tracker and stage runner and runs the stage exactly as the sequential executor would: leases, resume, verified
+checkpoints. Models travel through the tracking store (the parent's checkpoint artifact and its sha256), never
+through driver memory; two tasks that reach one cache key are two processes on one store, which the leases already
+make safe (persistence/leases.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from ..outcomes import StageFailed
 from . import Done, Executor, ExecutorUnavailable, KnownOutput, RunnerFactory, StageRunner
@@ -23,7 +25,7 @@ from . import Done, Executor, ExecutorUnavailable, KnownOutput, RunnerFactory, S
 if TYPE_CHECKING:
     from ..planner import Plan, PlannedStage
 
-INSTALL_HINT = "--executor ray needs Ray: pip install \"recipe-runner[ray]\""
+INSTALL_HINT = '--executor ray needs Ray: pip install "recipe-runner[ray]"'
 #: seconds a cancelled task gets to mark its stage run KILLED before its worker is killed
 CANCEL_GRACE_S = 30.0
 #: environment a task on a cluster needs from the driver (a local Ray inherits it anyway)
@@ -44,7 +46,7 @@ class RemoteError(RuntimeError):
 class RayExecutor(Executor):
     name = "ray"
 
-    def __init__(self, address: Optional[str] = None):
+    def __init__(self, address: str | None = None):
         # read by Ray when it is imported
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # every stage's own [run]/[reuse] line, not "repeated 2x"
@@ -60,13 +62,13 @@ class RayExecutor(Executor):
         self._plan_ref: Any = None
         self._plan_nodes = 0  # graph nodes in the plan put into Ray: a search adds trial nodes as it asks them
         self._warming: list[Any] = []  # warm-up tasks (kept referenced until the run ends)
-        self._tasks: dict[Any, tuple["PlannedStage", str]] = {}  # ObjectRef -> (stage, parent run id)
+        self._tasks: dict[Any, tuple[PlannedStage, str]] = {}  # ObjectRef -> (stage, parent run id)
         self._tracker: Any = None
         self._announce: Any = print
         self._remote: Any = None  # _run_stage_task as a Ray remote function, made once per run
 
     # -- lifecycle ----------------------------------------------------------
-    def __enter__(self) -> "RayExecutor":
+    def __enter__(self) -> RayExecutor:
         import ray
 
         if not ray.is_initialized():  # a caller (or a test) that started Ray keeps its own
@@ -91,21 +93,25 @@ class RayExecutor(Executor):
             if self._server is not None:
                 self._server.stop()
 
-    def prepare(self, plan: "Plan") -> "Plan":
+    def prepare(self, plan: Plan) -> Plan:
         """Parallel stages need a store that takes concurrent writers: a local sqlite file gets a local
         `mlflow server` in front of it for this run; a file store is refused."""
         from ..persistence import Tracker, TrackingError, local_server
 
         uri = plan.tracker.uri
         if local_server.is_file_store(uri):
-            raise ExecutorUnavailable(f"--executor ray cannot share the file store {uri} between processes: use a "
-                                      "sqlite:/// URI (a local mlflow server is then started for the run) or an "
-                                      "`mlflow server` (--tracking-uri http://host:port)")
+            raise ExecutorUnavailable(
+                f"--executor ray cannot share the file store {uri} between processes: use a "
+                "sqlite:/// URI (a local mlflow server is then started for the run) or an "
+                "`mlflow server` (--tracking-uri http://host:port)"
+            )
         if local_server.needs_server(uri):
             if not _all_tasks_here(self.address):
-                raise ExecutorUnavailable(f"tasks on the Ray cluster {self.address} cannot reach the local store "
-                                          f"{uri}: run an `mlflow server` they can reach and pass --tracking-uri "
-                                          "http://host:port")
+                raise ExecutorUnavailable(
+                    f"tasks on the Ray cluster {self.address} cannot reach the local store "
+                    f"{uri}: run an `mlflow server` they can reach and pass --tracking-uri "
+                    "http://host:port"
+                )
             self._server = local_server.LocalServer(uri)
             try:
                 served = self._server.start()
@@ -117,7 +123,7 @@ class RayExecutor(Executor):
         return plan
 
     # -- the Executor interface --------------------------------------------
-    def submit(self, runner: StageRunner, planned: "PlannedStage", parent_run_id: str, workdir: Path) -> None:
+    def submit(self, runner: StageRunner, planned: PlannedStage, parent_run_id: str, workdir: Path) -> None:
         import ray
 
         plan = runner.plan
@@ -134,11 +140,18 @@ class RayExecutor(Executor):
         task = self._remote.options(name=f"stage:{node.id}", max_retries=0, **resources(node.config))
         # the parent and the stage's other inputs (a distillation teacher), fetched from the store by the task
         known = {n: runner.known_output(n) for n in [*([node.parent] if node.parent else []), *node.inputs.values()]}
-        ref = task.remote(self._plan_ref, planned, parent_run_id, plan.tracker.uri, plan.tracker.experiment_name,
-                          runner.elsewhere(), known)
+        ref = task.remote(
+            self._plan_ref,
+            planned,
+            parent_run_id,
+            plan.tracker.uri,
+            plan.tracker.experiment_name,
+            runner.elsewhere(),
+            known,
+        )
         self._tasks[ref] = (planned, parent_run_id)
 
-    def _warm(self, plan: "Plan") -> None:
+    def _warm(self, plan: Plan) -> None:
         """A fresh local Ray's workers import torch and the stage code only when their first task arrives (seconds):
         a search's parallel trials then start one after another. Warm the idle workers while the first stages run."""
         import ray
@@ -154,8 +167,11 @@ class RayExecutor(Executor):
         import ray
 
         ready, _ = ray.wait(list(self._tasks), num_returns=1)
-        more, _ = ray.wait([r for r in self._tasks if r not in ready], num_returns=len(self._tasks) - 1, timeout=0) \
-            if len(self._tasks) > 1 else ([], [])
+        more, _ = (
+            ray.wait([r for r in self._tasks if r not in ready], num_returns=len(self._tasks) - 1, timeout=0)
+            if len(self._tasks) > 1
+            else ([], [])
+        )
         out = []
         for ref in [*ready, *more]:
             planned, _ = self._tasks.pop(ref)
@@ -213,10 +229,14 @@ def resources(config: Any) -> dict[str, float]:
 def _gpu_count(device: Any) -> int:
     if isinstance(device, list):
         return len(device)
-    return 1 if isinstance(device, int) or isinstance(device, str) and (device.isdigit() or device.startswith("cuda")) else 0
+    return (
+        1
+        if isinstance(device, int) or isinstance(device, str) and (device.isdigit() or device.startswith("cuda"))
+        else 0
+    )
 
 
-def _all_tasks_here(address: Optional[str]) -> bool:
+def _all_tasks_here(address: str | None) -> bool:
     """Whether every task runs on this machine (so a server on 127.0.0.1 and ./mlruns reach them): a local Ray, or a
     one-node cluster that is not behind Ray Client on another host."""
     import ray
@@ -234,8 +254,15 @@ def _import_modules(modules: list[str]) -> None:
         importlib.import_module(name)
 
 
-def _run_stage_task(plan: "Plan", planned: "PlannedStage", parent_run_id: str, tracking_uri: str, experiment: str,
-                    build: RunnerFactory, known: dict[str, KnownOutput]) -> tuple:
+def _run_stage_task(
+    plan: Plan,
+    planned: PlannedStage,
+    parent_run_id: str,
+    tracking_uri: str,
+    experiment: str,
+    build: RunnerFactory,
+    known: dict[str, KnownOutput],
+) -> tuple:
     """In a Ray worker: run one stage with a fresh Tracker and a runner built by `build` from the plan and the
     outputs the stage reads; ('done', report, finished run) or ('failed', run id, error type, message). A
     KeyboardInterrupt (ray.cancel) marks the stage run KILLED."""
@@ -260,7 +287,7 @@ def _run_stage_task(plan: "Plan", planned: "PlannedStage", parent_run_id: str, t
     return "done", report, source
 
 
-def _on_assigned_gpu(planned: "PlannedStage") -> "PlannedStage":
+def _on_assigned_gpu(planned: PlannedStage) -> PlannedStage:
     """Ray shows a task only the GPUs it assigned (CUDA_VISIBLE_DEVICES, renumbered from 0): a GPU stage runs on
     the first of them, a stage with a device list on as many."""
     import ray

@@ -1,4 +1,5 @@
 """The default executor: every stage in this process, one at a time, in plan order — as the engine always ran."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,9 +16,9 @@ class SequentialExecutor(Executor):
     name = "sequential"
 
     def __init__(self) -> None:
-        self._queue: list[tuple[StageRunner, "PlannedStage", str, Path]] = []
+        self._queue: list[tuple[StageRunner, PlannedStage, str, Path]] = []
 
-    def submit(self, runner: StageRunner, planned: "PlannedStage", parent_run_id: str, workdir: Path) -> None:
+    def submit(self, runner: StageRunner, planned: PlannedStage, parent_run_id: str, workdir: Path) -> None:
         self._queue.append((runner, planned, parent_run_id, workdir))
 
     def wait(self) -> list[Done]:

@@ -7,18 +7,29 @@ Layout: a package per family (`yolo/`, `torchvision/`; `custom.py` builds on tor
 families share: the interface and the description envelope (`base.py`), training hooks (`hooks.py`), the
 pruned-shape snapshot (`_shapes.py`), distillation losses (`distill.py`) and the low-rank layers.
 """
+
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..registry import Registry
 from .base import CUSTOM_SOURCE, WEIGHTS_NAME, DescriptionError, ModelDescription, ModelRef, handoff_problems
 from .distill import Distillation
 
-__all__ = ["CUSTOM_SOURCE", "FAMILIES", "WEIGHTS_NAME", "DescriptionError", "Distillation", "FamilyEntry",
-           "ModelDescription", "ModelRef", "family_for", "handoff_problems"]
+__all__ = [
+    "CUSTOM_SOURCE",
+    "FAMILIES",
+    "WEIGHTS_NAME",
+    "DescriptionError",
+    "Distillation",
+    "FamilyEntry",
+    "ModelDescription",
+    "ModelRef",
+    "family_for",
+    "handoff_problems",
+]
 
 
 @dataclass(frozen=True)
@@ -45,8 +56,13 @@ def _is_custom_source(source: str) -> bool:
 
 
 FAMILIES.register("yolo")(FamilyEntry(_is_ultralytics_source, ".yolo:YoloFamily", "detect"))
-FAMILIES.register("torchvision")(FamilyEntry(lambda s: not _is_ultralytics_source(s) and not _is_custom_source(s),
-                                             ".torchvision:TorchvisionFamily", "classify"))
+FAMILIES.register("torchvision")(
+    FamilyEntry(
+        lambda s: not _is_ultralytics_source(s) and not _is_custom_source(s),
+        ".torchvision:TorchvisionFamily",
+        "classify",
+    )
+)
 FAMILIES.register("custom")(FamilyEntry(_is_custom_source, ".custom:CustomFamily", "classify"))
 
 

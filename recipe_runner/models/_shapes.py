@@ -5,6 +5,7 @@ Pruning changes tensor shapes and a few integer attributes (in_channels,
 num_features, ...). We record both, then rebuild the unpruned architecture and
 resize it to match.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -28,8 +29,11 @@ def module_attributes(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Public plain-data attributes of every module (the ones pruning rewrites are among them)."""
     attrs: dict[str, dict[str, Any]] = {}
     for name, module in model.named_modules():
-        found = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(module).items()
-                 if not k.startswith("_") and k != "training" and _plain(v)}
+        found = {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in vars(module).items()
+            if not k.startswith("_") and k != "training" and _plain(v)
+        }
         if found:
             attrs[name] = found
     return attrs
@@ -62,7 +66,9 @@ def apply_shapes(model: nn.Module, state_dict: dict[str, torch.Tensor], attrs: d
             # a method, a submodule or a dict such as YOLO's `yaml` (which is allow-listed on rebuild)
             current = getattr(module, key, None)
             if key.startswith("_") or not _plain(current) or not _plain(value):
-                raise ValueError(f"checkpoint sets attribute '{name}.{key}', which is not a plain attribute of the model")
+                raise ValueError(
+                    f"checkpoint sets attribute '{name}.{key}', which is not a plain attribute of the model"
+                )
             setattr(module, key, tuple(value) if isinstance(current, tuple) else value)
     model.load_state_dict(state_dict, strict=True)
     return model
@@ -101,11 +107,16 @@ def restore_decomposed(model: nn.Module, records: Any) -> nn.Module:
     if not isinstance(records, list) or len(records) > _MAX_RECORDS:
         raise DecompositionError("checkpoint: 'decomposed' must be a list of low-rank layer records")
     for record in records:
-        if not (isinstance(record, dict) and set(record) == {"name", "kind", "ranks", "wrapped"}
-                and isinstance(record["name"], str) and record["kind"] in ("conv", "linear")
-                and isinstance(record["wrapped"], bool) and isinstance(record["ranks"], list)
-                and 1 <= len(record["ranks"]) <= 2
-                and all(type(r) is int and 1 <= r <= _MAX_RANK for r in record["ranks"])):
+        if not (
+            isinstance(record, dict)
+            and set(record) == {"name", "kind", "ranks", "wrapped"}
+            and isinstance(record["name"], str)
+            and record["kind"] in ("conv", "linear")
+            and isinstance(record["wrapped"], bool)
+            and isinstance(record["ranks"], list)
+            and 1 <= len(record["ranks"]) <= 2
+            and all(type(r) is int and 1 <= r <= _MAX_RANK for r in record["ranks"])
+        ):
             raise DecompositionError(f"checkpoint: malformed low-rank layer record {str(record)[:120]}")
         modules = dict(model.named_modules())
         name, ranks = record["name"], record["ranks"]
@@ -116,8 +127,9 @@ def restore_decomposed(model: nn.Module, records: Any) -> nn.Module:
         if record["kind"] == "linear" and type(current) is nn.Linear and len(ranks) == 1:
             new: nn.Module = LowRankLinear.empty(current, ranks[0])
         elif record["kind"] == "conv":
-            conv = current.conv if record["wrapped"] and isinstance(current._modules.get("conv"), nn.Conv2d) \
-                else current
+            conv = (
+                current.conv if record["wrapped"] and isinstance(current._modules.get("conv"), nn.Conv2d) else current
+            )
             if type(conv) is not nn.Conv2d or len(ranks) != (1 if tuple(conv.kernel_size) == (1, 1) else 2):
                 raise DecompositionError(f"checkpoint decomposes '{name}' as a convolution, which it is not")
             new = LowRankConv2d.empty(conv, ranks[0], ranks[-1], wrapper=current if record["wrapped"] else None)

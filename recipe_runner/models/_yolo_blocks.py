@@ -6,6 +6,7 @@ and a pickle names each class by its module path. A pruned YOLO trained before t
 Ultralytics' loader would try to pip-install a package of that name). tests/test_yolo_pickles.py loads one.
 New code imports SplitC2f from `recipe_runner.models.yolo`.
 """
+
 from __future__ import annotations
 
 from .yolo.blocks import SplitC2f, replace_c2f, split_c2f

@@ -1,11 +1,13 @@
 """The interface every model family implements; stages and pruning methods use only this."""
+
 from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from ..timing import timed
 
@@ -50,9 +52,9 @@ class TrainContext(Protocol):
 
     seed: int
     workdir: Path
-    resume_state: Optional[dict]  # the last epoch checkpoint of an unfinished earlier attempt
+    resume_state: dict | None  # the last epoch checkpoint of an unfinished earlier attempt
 
-    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def epoch_state_due(self, epoch: int) -> bool: ...
     def save_epoch_state(self, state: dict, epoch: int) -> None: ...
     def progress(self, description: str, total: int) -> Callable[[int], None]: ...
@@ -64,7 +66,7 @@ class ModelRef:
 
     family: str
     source: str  # as written (custom: `file.py:Name` with the file made absolute)
-    weights: Optional[str] = None  # an absolute state-dict file, or a torchvision weights name (IMAGENET1K_V1)
+    weights: str | None = None  # an absolute state-dict file, or a torchvision weights name (IMAGENET1K_V1)
     args: dict[str, Any] = field(default_factory=dict)  # custom: the factory's keyword arguments
 
 
@@ -104,8 +106,14 @@ class ModelDescription:
     _ENVELOPE: ClassVar[tuple[str, ...]] = ("family", "format", "state_dict", "attributes")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"family": self.family, "format": self.format, **self.fields, **self.transforms,
-                "state_dict": self.state_dict, "attributes": self.attributes}
+        return {
+            "family": self.family,
+            "format": self.format,
+            **self.fields,
+            **self.transforms,
+            "state_dict": self.state_dict,
+            "attributes": self.attributes,
+        }
 
     @classmethod
     def from_dict(cls, description: Any, family: str) -> ModelDescription:
@@ -115,20 +123,29 @@ class ModelDescription:
             raise DescriptionError(f"checkpoint: the model description is a {kind}, not a mapping")
         found = description.get("family")
         if found != family:
-            raise DescriptionError(f"checkpoint: the model description is of family {str(found)[:40]!r}, not "
-                                   f"{family!r}: it cannot be rebuilt as a {family} model")
+            raise DescriptionError(
+                f"checkpoint: the model description is of family {str(found)[:40]!r}, not "
+                f"{family!r}: it cannot be rebuilt as a {family} model"
+            )
         # torchvision descriptions written before the envelope had no "format": they are format 1
         version = description.get("format", 1)
         if type(version) is not int or version != DESCRIPTION_FORMAT:
-            raise DescriptionError(f"checkpoint: model description format {str(version)[:20]!r} is not one this "
-                                   f"recipe-runner rebuilds (format {DESCRIPTION_FORMAT}); written by another version?")
+            raise DescriptionError(
+                f"checkpoint: model description format {str(version)[:20]!r} is not one this "
+                f"recipe-runner rebuilds (format {DESCRIPTION_FORMAT}); written by another version?"
+            )
         state_dict, attributes = description.get("state_dict"), description.get("attributes")
         if not isinstance(state_dict, dict) or not isinstance(attributes, dict):
             raise DescriptionError("checkpoint: the model description lacks its 'state_dict' or 'attributes' mapping")
         rest = {k: v for k, v in description.items() if k not in cls._ENVELOPE}
-        return cls(family=family, state_dict=state_dict, attributes=attributes, format=version,
-                   fields={k: v for k, v in rest.items() if k not in cls.TRANSFORMS},
-                   transforms={k: v for k, v in rest.items() if k in cls.TRANSFORMS})
+        return cls(
+            family=family,
+            state_dict=state_dict,
+            attributes=attributes,
+            format=version,
+            fields={k: v for k, v in rest.items() if k not in cls.TRANSFORMS},
+            transforms={k: v for k, v in rest.items() if k in cls.TRANSFORMS},
+        )
 
 
 # which epoch's weights a family's train() returns (see ModelFamily.train)
@@ -143,7 +160,7 @@ class TrainResult:
     last_epoch: int = 0  # the epoch the model is at, counting resumed ones; final metrics are logged at this step
     # evaluate(model, data, knobs) of exactly the returned weights with the same knobs, where the trainer already
     # ran it (its last epoch): the engine need not evaluate the same model again. None: not measured
-    evaluation: Optional[dict[str, float]] = None
+    evaluation: dict[str, float] | None = None
 
 
 class ModelFamily(ABC):
@@ -151,7 +168,7 @@ class ModelFamily(ABC):
     primary_metric: str  # the accuracy metric guarded by prune's max_map_drop
     accuracy_metrics: tuple[str, ...]  # what evaluate() returns that measures accuracy (primary included)
 
-    model: Optional[ModelRef] = None  # the recipe's model, weights and arguments (bind)
+    model: ModelRef | None = None  # the recipe's model, weights and arguments (bind)
 
     def bind(self, model: ModelRef) -> None:
         """Take the recipe's whole `model:` (weights, args), once at plan time before any other call; plain data
@@ -172,7 +189,7 @@ class ModelFamily(ABC):
         """Raise ValueError with a clear message if `source` cannot be built (before anything trains); a
         config_base.ConfigProblem names the `model:` key to point at (source, weights, args)."""
 
-    def source_identity(self, source: str) -> Optional[str]:
+    def source_identity(self, source: str) -> str | None:
         """What the cache key records of a local model file, where what the family builds depends on more than
         the file's bytes; None: the file's sha256."""
         return None
@@ -182,9 +199,17 @@ class ModelFamily(ABC):
         """The root model: the architecture named by `source`, sized for the data's classes."""
 
     @abstractmethod
-    def train(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, epochs: int, ctx: TrainContext,
-              hooks: Sequence[TrainHook] = (), keep: Keep = "best",
-              distill: Optional[Distillation] = None) -> TrainResult:
+    def train(
+        self,
+        model: nn.Module,
+        data: DataSource,
+        knobs: TrainKnobs,
+        epochs: int,
+        ctx: TrainContext,
+        hooks: Sequence[TrainHook] = (),
+        keep: Keep = "best",
+        distill: Distillation | None = None,
+    ) -> TrainResult:
         """Train for `epochs` (resuming from ctx.resume_state if set), saving state through ctx each epoch.
 
         `distill`: learn from a frozen teacher too (the family's own way); log the distillation and the task loss
@@ -235,8 +260,9 @@ class ModelFamily(ABC):
         """Write FP32 ONNX with a dynamic batch axis (quantize and benchmark start from this file), no checks."""
 
     @abstractmethod
-    def calibration_batches(self, data: DataSource, imgsz: int, count: int, seed: int = 0,
-                            split: str = "train") -> np.ndarray:
+    def calibration_batches(
+        self, data: DataSource, imgsz: int, count: int, seed: int = 0, split: str = "train"
+    ) -> np.ndarray:
         """A seeded sample of `count` images of `split` (train: calibration never sees validation images),
         preprocessed as the ONNX file expects them: float32, N x 3 x S x S with S = file_imgsz(imgsz)."""
 
@@ -261,7 +287,9 @@ class ModelFamily(ABC):
     def check_args(self, args: dict[str, Any]) -> None:
         """Raise ValueError for `args:` this family would not use (checked before anything runs)."""
         if args:
-            raise ValueError(f"the {self.name} family takes no extra trainer arguments (got {', '.join(map(str, args))})")
+            raise ValueError(
+                f"the {self.name} family takes no extra trainer arguments (got {', '.join(map(str, args))})"
+            )
 
     def check_device(self, device: Any) -> None:
         """Raise ValueError if this machine or family cannot honour `device:` (checked before anything runs)."""
@@ -294,8 +322,14 @@ class ModelFamily(ABC):
         """Swap modules dependency-graph pruning cannot handle for equivalent ones (default: none)."""
         return model
 
-    def accumulate_gradients(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, batches: int,
-                             after_backward: Optional[Callable[[], None]] = None) -> None:
+    def accumulate_gradients(
+        self,
+        model: nn.Module,
+        data: DataSource,
+        knobs: TrainKnobs,
+        batches: int,
+        after_backward: Callable[[], None] | None = None,
+    ) -> None:
         """Add the training loss's gradients over `batches` batches into `.grad` (for gradient-based importance);
         `after_backward`, if given, runs after each batch's backward pass."""
         raise NotImplementedError(f"{self.name} does not support gradient-based importance")
@@ -350,8 +384,8 @@ def median_latency_ms(model: nn.Module, example: torch.Tensor, runs: int = 10) -
 
 def handoff_problems(model: nn.Module) -> list[str]:
     """How `model` breaks the contract between stages: every parameter and buffer on the CPU and contiguous, every
-    floating one in fp32. Stages hand models over on the CPU because cost, latency, pruning and export build CPU inputs, and each
-    trainer or evaluator moves a copy where its `device:` says. Empty: the model is fine."""
+    floating one in fp32. Stages hand models over on the CPU because cost, latency, pruning and export build CPU
+    inputs, and each trainer or evaluator moves a copy where its `device:` says. Empty: the model is fine."""
     import torch
 
     problems: dict[str, list[str]] = {}

@@ -6,19 +6,21 @@ Importing it runs the recipe author's own code, which is why only a module bound
 a stage checkpoint rebuilds by calling that local factory and applying its stored architecture snapshot (shapes
 and plain attributes, models/_shapes.py), never by a name or code read from the tracking store.
 """
+
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
-from ..persistence.checkpoints import sha256_of
 from ..config_base import ConfigProblem
+from ..persistence.checkpoints import sha256_of
 from ..registry import did_you_mean
 from .base import ModelDescription
 from .torchvision import TorchvisionFamily
@@ -33,12 +35,19 @@ def import_factory(source: str) -> Callable[..., Any]:
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:  # the user's module may raise anything while it is imported
-            raise ConfigProblem("source", f"cannot import module '{module_name}': {type(exc).__name__}: {exc}") from None
+            raise ConfigProblem(
+                "source", f"cannot import module '{module_name}': {type(exc).__name__}: {exc}"
+            ) from None
     names = vars(module)
     if name not in names:
         # the classes and functions the module itself defines (not what it imported)
-        own = [n for n, v in names.items() if not n.startswith("_") and (inspect.isclass(v) or inspect.isfunction(v))
-               and v.__module__ == module.__name__]
+        own = [
+            n
+            for n, v in names.items()
+            if not n.startswith("_")
+            and (inspect.isclass(v) or inspect.isfunction(v))
+            and v.__module__ == module.__name__
+        ]
         listed = f" (it defines: {', '.join(own)})" if own else ""
         raise ConfigProblem("source", f"{module_name} has no '{name}'{did_you_mean(name, own)}{listed}")
     factory = names[name]
@@ -123,4 +132,3 @@ class CustomFamily(TorchvisionFamily):
 
 def _classes(head: nn.Module) -> int:
     return int(head.out_features if isinstance(head, nn.Linear) else head.out_channels)
-

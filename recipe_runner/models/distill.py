@@ -5,6 +5,7 @@ distill=Distillation(...))`; each family applies it its own way (torchvision: Hi
 yolo: Ultralytics' DistillationModel, feature distillation with projectors). The teacher never becomes
 part of the student: the engine checkpoints only the module train() returns.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,8 +29,12 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     from torch.nn import functional as F
 
     t = float(temperature)
-    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-                    reduction="batchmean", log_target=True) * (t * t)
+    return F.kl_div(
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (t * t)
 
 
 def mixed_loss(task: torch.Tensor, distill: torch.Tensor, weight: float) -> torch.Tensor:

@@ -16,9 +16,11 @@ loop. Each family's trainer calls a TrainHook at these points, in this order:
 `state_dict()` / `load_state_dict()` carry a hook's own state (plain data) through the
 epoch checkpoints, so a resumed stage continues exactly where the killed one stopped.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn

@@ -11,11 +11,12 @@ stride and padding, `expand` its bias (a plain matrix SVD). Where the original s
 (Ultralytics' `Conv`), `expand` is that wrapper around the 1x1 convolution, so Ultralytics' BatchNorm fusion still
 finds a Conv2d followed by its BatchNorm.
 """
+
 from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,11 +35,13 @@ class LowRankLinear(nn.Sequential):
         super().__init__(OrderedDict(reduce=reduce, expand=expand))
 
     @classmethod
-    def empty(cls, like: nn.Linear, rank: int) -> "LowRankLinear":
+    def empty(cls, like: nn.Linear, rank: int) -> LowRankLinear:
         """Factors shaped for `like` at `rank`, weights uninitialised (filled by decomposition or a checkpoint)."""
         kw: dict[str, Any] = {"device": like.weight.device, "dtype": like.weight.dtype}
-        return cls(nn.Linear(like.in_features, rank, bias=False, **kw),
-                   nn.Linear(rank, like.out_features, bias=like.bias is not None, **kw))
+        return cls(
+            nn.Linear(like.in_features, rank, bias=False, **kw),
+            nn.Linear(rank, like.out_features, bias=like.bias is not None, **kw),
+        )
 
     @property
     def ranks(self) -> list[int]:
@@ -47,8 +50,13 @@ class LowRankLinear(nn.Sequential):
     def dense(self) -> nn.Linear:
         """The equivalent single Linear (the product of the factors)."""
         reduce, expand = self.reduce, self.expand
-        dense = nn.Linear(reduce.in_features, expand.out_features, bias=expand.bias is not None,
-                          device=reduce.weight.device, dtype=reduce.weight.dtype)
+        dense = nn.Linear(
+            reduce.in_features,
+            expand.out_features,
+            bias=expand.bias is not None,
+            device=reduce.weight.device,
+            dtype=reduce.weight.dtype,
+        )
         with torch.no_grad():
             dense.weight.copy_(expand.weight @ reduce.weight)
             if expand.bias is not None:
@@ -63,7 +71,7 @@ class LowRankConv2d(nn.Sequential):
     core: nn.Conv2d  # absent (not in _modules) for a 1x1 original
     expand: nn.Module
 
-    def __init__(self, reduce: nn.Conv2d, core: Optional[nn.Conv2d], expand: nn.Module):
+    def __init__(self, reduce: nn.Conv2d, core: nn.Conv2d | None, expand: nn.Module):
         parts: OrderedDict[str, nn.Module] = OrderedDict(reduce=reduce)
         if core is not None:
             parts["core"] = core
@@ -71,20 +79,38 @@ class LowRankConv2d(nn.Sequential):
         super().__init__(parts)
 
     @classmethod
-    def empty(cls, like: nn.Conv2d, r_in: int, r_out: int, wrapper: Optional[nn.Module] = None) -> "LowRankConv2d":
+    def empty(cls, like: nn.Conv2d, r_in: int, r_out: int, wrapper: nn.Module | None = None) -> LowRankConv2d:
         """Factors shaped for the convolution `like` at ranks (r_in, r_out); weights uninitialised. A 1x1 `like`
         has one rank (r_in is used, r_out ignored). `wrapper`: a module whose `.conv` is `like` (conv+bn+act); a copy
         of it, around the new 1x1 expand convolution, becomes `expand`."""
         kw: dict[str, Any] = {"device": like.weight.device, "dtype": like.weight.dtype}
         pointwise = tuple(like.kernel_size) == (1, 1)
         if pointwise:
-            reduce = nn.Conv2d(like.in_channels, r_in, 1, stride=like.stride, padding=like.padding,
-                               dilation=like.dilation, bias=False, padding_mode=like.padding_mode, **kw)
+            reduce = nn.Conv2d(
+                like.in_channels,
+                r_in,
+                1,
+                stride=like.stride,
+                padding=like.padding,
+                dilation=like.dilation,
+                bias=False,
+                padding_mode=like.padding_mode,
+                **kw,
+            )
             core, inner = None, r_in
         else:
             reduce = nn.Conv2d(like.in_channels, r_in, 1, bias=False, **kw)
-            core = nn.Conv2d(r_in, r_out, like.kernel_size, stride=like.stride, padding=like.padding,
-                             dilation=like.dilation, bias=False, padding_mode=like.padding_mode, **kw)
+            core = nn.Conv2d(
+                r_in,
+                r_out,
+                like.kernel_size,
+                stride=like.stride,
+                padding=like.padding,
+                dilation=like.dilation,
+                bias=False,
+                padding_mode=like.padding_mode,
+                **kw,
+            )
             inner = r_out
         conv = nn.Conv2d(inner, like.out_channels, 1, bias=like.bias is not None, **kw)
         if wrapper is None:
@@ -113,9 +139,18 @@ class LowRankConv2d(nn.Sequential):
         reduce, expand = self.reduce, self.expand_conv
         core = self._modules.get("core")
         geometry = core if core is not None else reduce
-        dense = nn.Conv2d(reduce.in_channels, expand.out_channels, geometry.kernel_size, stride=geometry.stride,
-                          padding=geometry.padding, dilation=geometry.dilation, bias=expand.bias is not None,
-                          padding_mode=geometry.padding_mode, device=reduce.weight.device, dtype=reduce.weight.dtype)
+        dense = nn.Conv2d(
+            reduce.in_channels,
+            expand.out_channels,
+            geometry.kernel_size,
+            stride=geometry.stride,
+            padding=geometry.padding,
+            dilation=geometry.dilation,
+            bias=expand.bias is not None,
+            padding_mode=geometry.padding_mode,
+            device=reduce.weight.device,
+            dtype=reduce.weight.dtype,
+        )
         u_in = reduce.weight[:, :, 0, 0]  # r_in x C_in
         u_out = expand.weight[:, :, 0, 0]  # C_out x r_out (or r_in without a core)
         with torch.no_grad():

@@ -1,4 +1,5 @@
 """A run's files: where the runner puts them, and fetching one without letting its path leave the folder."""
+
 from __future__ import annotations
 
 import re
@@ -24,8 +25,9 @@ def safe_artifact_path(path: Any) -> str:
     joins an artifact path to the destination folder unchecked on stores it reads directly (S3, file stores)."""
     parts = path.split("/") if isinstance(path, str) else []
     if not parts or len(parts) > 16 or not all(_ARTIFACT_PART.fullmatch(p) and p not in (".", "..") for p in parts):
-        raise UnsafeArtifactPath(f"artifact path {str(path)[:120]!r} is not a plain relative path; refusing to "
-                                 "download it")
+        raise UnsafeArtifactPath(
+            f"artifact path {str(path)[:120]!r} is not a plain relative path; refusing to download it"
+        )
     return path
 
 

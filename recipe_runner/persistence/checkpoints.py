@@ -1,12 +1,14 @@
 """Stage checkpoints: written atomically, identified by sha256, loaded only as plain data + tensors."""
+
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 FORMAT = 1
 
@@ -54,7 +56,9 @@ def load_checkpoint(path: Path, expected_sha256: str | None) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} has no recorded sha256; refusing to trust it")
     actual = sha256_of(path)
     if actual != expected_sha256:
-        raise CheckpointError(f"checkpoint {path} is corrupt: sha256 {actual[:12]}... != recorded {expected_sha256[:12]}...")
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: sha256 {actual[:12]}... != recorded {expected_sha256[:12]}..."
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # an unpicklable class means someone put code in it
@@ -76,7 +80,7 @@ class EpochCadence:
 
     def __init__(self, every: int | str = "auto", share: float = 0.03, clock: Callable[[], float] = time.monotonic):
         self.every, self.share, self.clock = every, share, clock
-        self.last_epoch: Optional[int] = None
+        self.last_epoch: int | None = None
         self.last_end = 0.0
         self.last_cost = 0.0
 

@@ -22,9 +22,11 @@ What remains: a heartbeat is the owner's wall clock read by another host, so clo
 MISSED_BEATS intervals (90 s by default) make a live lease look stale; an owner that cannot reach the server for
 that long (network partition, a suspended laptop) is presumed dead and its stage is taken over, while it keeps
 training too (it does not check its lease again): then the key is trained twice. A run started by a runner
-without leases has no heartbeat and counts as stale. A holder that hangs but keeps beating is waited for. `--force` does not wait for anyone (it writes a lease, so others
-wait for it). A local sqlite file takes one writer at a time: parallel runs belong on `mlflow server`.
+without leases has no heartbeat and counts as stale. A holder that hangs but keeps beating is waited for.
+`--force` does not wait for anyone (it writes a lease, so others wait for it). A local sqlite file takes one writer
+at a time: parallel runs belong on `mlflow server`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,12 +36,20 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 from .lookup import StageRun
-from .tags import (CHECKPOINT_SHA, EPOCH_SHA, LEASE_HEARTBEAT, LEASE_HOST, LEASE_INTERVAL, LEASE_OWNER, LEASE_PID,
-                   LEASE_PID_SPACE)
+from .tags import (
+    CHECKPOINT_SHA,
+    EPOCH_SHA,
+    LEASE_HEARTBEAT,
+    LEASE_HOST,
+    LEASE_INTERVAL,
+    LEASE_OWNER,
+    LEASE_PID,
+    LEASE_PID_SPACE,
+)
 from .tracker import Tracker
 
 #: seconds between heartbeats; tests set RECIPE_RUNNER_HEARTBEAT_S to 1 so a dead owner goes stale quickly
@@ -65,7 +75,7 @@ class Owner:
         return f"{self.host}:{self.pid}"
 
 
-_ME: Optional[Owner] = None
+_ME: Owner | None = None
 
 
 def me() -> Owner:
@@ -85,9 +95,14 @@ def local_pid_space() -> str:
 
 
 def lease_tags(owner: Owner, now: float, interval: float = HEARTBEAT_S) -> dict[str, str]:
-    return {LEASE_OWNER: f"{owner}:{owner.token}", LEASE_HOST: owner.host, LEASE_PID: str(owner.pid),
-            LEASE_PID_SPACE: owner.pid_space or owner.host, LEASE_HEARTBEAT: f"{now:.3f}",
-            LEASE_INTERVAL: f"{interval:g}"}
+    return {
+        LEASE_OWNER: f"{owner}:{owner.token}",
+        LEASE_HOST: owner.host,
+        LEASE_PID: str(owner.pid),
+        LEASE_PID_SPACE: owner.pid_space or owner.host,
+        LEASE_HEARTBEAT: f"{now:.3f}",
+        LEASE_INTERVAL: f"{interval:g}",
+    }
 
 
 def pid_alive(pid: int) -> bool:
@@ -100,8 +115,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def is_live(run: StageRun, now: float, pid_space: Optional[str] = None,
-            alive: Callable[[int], bool] = pid_alive) -> bool:
+def is_live(run: StageRun, now: float, pid_space: str | None = None, alive: Callable[[int], bool] = pid_alive) -> bool:
     """Whether someone is training this run right now (see the module docstring for the rule)."""
     if run.status != "RUNNING":
         return False
@@ -122,15 +136,21 @@ def is_live(run: StageRun, now: float, pid_space: Optional[str] = None,
 @dataclass(frozen=True)
 class Decision:
     action: str  # reuse | wait | claim | withdraw
-    run: Optional[StageRun] = None  # reuse: the finished run; wait/withdraw: the live lease; claim: what to resume
+    run: StageRun | None = None  # reuse: the finished run; wait/withdraw: the live lease; claim: what to resume
     # claim: other RUNNING runs of the key whose owner is gone (killed before, or without, an epoch checkpoint);
     # the claimer marks them KILLED once its stage is done, else they show as running forever
     dead: tuple[StageRun, ...] = ()
 
 
-def decide(runs: list[StageRun], now: float, mine: Optional[str] = None, forced: bool = False,
-           pid_space: Optional[str] = None, alive: Callable[[int], bool] = pid_alive,
-           done: str = CHECKPOINT_SHA) -> Decision:
+def decide(
+    runs: list[StageRun],
+    now: float,
+    mine: str | None = None,
+    forced: bool = False,
+    pid_space: str | None = None,
+    alive: Callable[[int], bool] = pid_alive,
+    done: str = CHECKPOINT_SHA,
+) -> Decision:
     """What to do with a cache key, given all its runs (newest first). `mine` is my claim run once written: then
     another live lease means withdraw, and nothing else means the claim holds. `done` is the tag a finished run
     of this stage type carries (tags.done_tag). Pure, for tests."""
@@ -141,10 +161,16 @@ def decide(runs: list[StageRun], now: float, mine: Optional[str] = None, forced:
         live = [r for r in runs if r.run_id != mine and is_live(r, now, pid_space, alive)]
         if live:
             return Decision("withdraw" if mine else "wait", live[-1])  # the oldest: the one most likely to win
-    resumable = None if forced else next(
-        (r for r in runs if r.run_id != mine and r.status != "FINISHED" and EPOCH_SHA in r.tags), None)
-    dead = tuple(r for r in runs if r.run_id != mine and r.status == "RUNNING" and r is not resumable
-                 and not is_live(r, now, pid_space, alive))
+    resumable = (
+        None
+        if forced
+        else next((r for r in runs if r.run_id != mine and r.status != "FINISHED" and EPOCH_SHA in r.tags), None)
+    )
+    dead = tuple(
+        r
+        for r in runs
+        if r.run_id != mine and r.status == "RUNNING" and r is not resumable and not is_live(r, now, pid_space, alive)
+    )
     return Decision("claim", resumable, dead)
 
 
@@ -158,7 +184,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"lease-{run_id[:8]}", daemon=True)
 
-    def start(self) -> "Heartbeat":
+    def start(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -180,10 +206,10 @@ class Claim:
     """The outcome of `acquire`: either a finished run to reuse, or my new RUNNING run (with a live heartbeat)
     and, if any, the unfinished run whose epoch checkpoint it should resume."""
 
-    reuse: Optional[StageRun] = None
-    run_id: Optional[str] = None
-    resume: Optional[StageRun] = None
-    heartbeat: Optional[Heartbeat] = None
+    reuse: StageRun | None = None
+    run_id: str | None = None
+    resume: StageRun | None = None
+    heartbeat: Heartbeat | None = None
     dead: tuple[StageRun, ...] = ()  # cut-off attempts with nothing to resume (see Decision.dead)
 
     def release(self) -> None:
@@ -191,12 +217,20 @@ class Claim:
             self.heartbeat.stop()
 
 
-def acquire(tracker: Tracker, name: str, cache_key: str, tags: dict[str, str], parent_id: Optional[str],
-            forced: bool = False, announce: Callable[[str], None] = print,
-            sleep: Callable[[float], None] = time.sleep, done: str = CHECKPOINT_SHA) -> Claim:
+def acquire(
+    tracker: Tracker,
+    name: str,
+    cache_key: str,
+    tags: dict[str, str],
+    parent_id: str | None,
+    forced: bool = False,
+    announce: Callable[[str], None] = print,
+    sleep: Callable[[float], None] = time.sleep,
+    done: str = CHECKPOINT_SHA,
+) -> Claim:
     """Reuse, wait, or claim `cache_key` at the moment its stage starts; returns once there is something to reuse
     or the key is mine. The claim protocol and its limits are in the module docstring."""
-    waited_for: Optional[str] = None
+    waited_for: str | None = None
     while True:
         decision = decide(tracker.runs_for(cache_key), time.time(), forced=forced, done=done)
         if decision.action == "reuse":
@@ -213,8 +247,9 @@ def acquire(tracker: Tracker, name: str, cache_key: str, tags: dict[str, str], p
         try:
             decision = decide(tracker.runs_for(cache_key), time.time(), mine=run_id, forced=forced, done=done)
             if decision.action == "claim":
-                return Claim(run_id=run_id, resume=decision.run, heartbeat=Heartbeat(tracker, run_id).start(),
-                             dead=decision.dead)
+                return Claim(
+                    run_id=run_id, resume=decision.run, heartbeat=Heartbeat(tracker, run_id).start(), dead=decision.dead
+                )
         except BaseException:
             tracker.delete(run_id)
             raise

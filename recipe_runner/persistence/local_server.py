@@ -5,6 +5,7 @@ The server uses the same sqlite file and keeps artifacts where the local store p
 no proxy), so the store reads the same afterwards with or without a server: a later sequential run reuses what
 the parallel one made.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 START_TIMEOUT_S = 120
 
@@ -36,20 +36,36 @@ def is_file_store(uri: str) -> bool:
 class LocalServer:
     """`mlflow server` on a free 127.0.0.1 port, backed by `backend_uri`; `stop()` ends it."""
 
-    def __init__(self, backend_uri: str, artifact_root: Optional[Path] = None):
+    def __init__(self, backend_uri: str, artifact_root: Path | None = None):
         self.backend_uri = backend_uri
         self.artifact_root = artifact_root or Path.cwd() / "mlruns"  # where MLflow's local sqlite store puts them
         self.uri = ""
-        self._proc: Optional[subprocess.Popen] = None
+        self._proc: subprocess.Popen | None = None
         self._log = Path(tempfile.mkdtemp(prefix="recipe-runner-server-")) / "server.log"
 
     def start(self) -> str:
         port = _free_port()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", self.backend_uri, "--default-artifact-root", self.artifact_root.as_uri(),
-             "--no-serve-artifacts", "--workers", "1"],
-            stdout=open(self._log, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend-store-uri",
+                self.backend_uri,
+                "--default-artifact-root",
+                self.artifact_root.as_uri(),
+                "--no-serve-artifacts",
+                "--workers",
+                "1",
+            ],
+            stdout=open(self._log, "w"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             # the job runner (GenAI jobs, its own worker processes) is not needed to log runs
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             start_new_session=True,  # Ctrl-C reaches the driver, which stops the server after its stages
@@ -68,8 +84,9 @@ class LocalServer:
                 pass
             time.sleep(0.3)
         self.stop()
-        raise LocalServerError(f"mlflow server for {self.backend_uri} did not answer in {START_TIMEOUT_S} s:\n"
-                               f"{self._tail()}")
+        raise LocalServerError(
+            f"mlflow server for {self.backend_uri} did not answer in {START_TIMEOUT_S} s:\n{self._tail()}"
+        )
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

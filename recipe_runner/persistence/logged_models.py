@@ -1,11 +1,12 @@
 """An exported ONNX file as an MLflow logged model of its stage run, so MLflow's model views show it."""
+
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ..timing import timed
 from .store import Store
@@ -24,14 +25,22 @@ def log_onnx_model(store: Store, run_id: str, path: Path, name: str, step: int =
 
     client = store.client
     logged = client.create_logged_model(store.experiment_id, name=name, source_run_id=run_id, model_type="onnx")
-    with (tempfile.TemporaryDirectory(prefix="recipe-runner-model-") as tmp,
-          _env(MLFLOW_LOCK_MODEL_DEPENDENCIES="false")):
+    with (
+        tempfile.TemporaryDirectory(prefix="recipe-runner-model-") as tmp,
+        _env(MLFLOW_LOCK_MODEL_DEPENDENCIES="false"),
+    ):
         local = Path(tmp) / "model"
-        meta = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
-                     model_id=logged.model_id)
+        meta = Model(
+            artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id, model_id=logged.model_id
+        )
         # one self-contained file (under ONNX's 2 GB limit), as the export stage wrote it
-        mlflow.onnx.save_model(onnx.load(str(path)), str(local), mlflow_model=meta, save_as_external_data=False,
-                               pip_requirements=mlflow.onnx.get_default_pip_requirements())
+        mlflow.onnx.save_model(
+            onnx.load(str(path)),
+            str(local),
+            mlflow_model=meta,
+            save_as_external_data=False,
+            pip_requirements=mlflow.onnx.get_default_pip_requirements(),
+        )
         client.log_model_artifacts(logged.model_id, str(local))
     client.log_outputs(run_id, models=[LoggedModelOutput(logged.model_id, step=step)])
     client.finalize_logged_model(logged.model_id, "READY")

@@ -1,8 +1,9 @@
 """Finding runs: the stage runs of a cache key (to reuse, resume or wait for), one run, a recipe run's children."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from ..timing import timed
 from .store import Store
@@ -24,7 +25,7 @@ class Lookup:
 
     def __init__(self, store: Store):
         self.store = store
-        self._all_experiments: Optional[list[str]] = None  # for planning: listed once per Lookup
+        self._all_experiments: list[str] | None = None  # for planning: listed once per Lookup
 
     @timed("mlflow", per_function=True)
     def stage_runs(self, cache_key: str) -> list[StageRun]:
@@ -51,11 +52,14 @@ class Lookup:
 
     def _search(self, experiments: list[str], cache_key: str) -> list[Any]:
         return self.store.client.search_runs(
-            experiments, filter_string=f"tags.`{CACHE_KEY}` = '{cache_key}' and tags.`{ROLE}` = 'stage'",
-            order_by=["attributes.start_time DESC"], max_results=50,
+            experiments,
+            filter_string=f"tags.`{CACHE_KEY}` = '{cache_key}' and tags.`{ROLE}` = 'stage'",
+            order_by=["attributes.start_time DESC"],
+            max_results=50,
         )
 
 
 def _stage_run(run: Any) -> StageRun:
-    return StageRun(run.info.run_id, run.info.status, dict(run.data.tags), dict(run.data.metrics),
-                    dict(run.data.params))
+    return StageRun(
+        run.info.run_id, run.info.status, dict(run.data.tags), dict(run.data.metrics), dict(run.data.params)
+    )

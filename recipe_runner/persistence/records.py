@@ -4,13 +4,15 @@ Pure functions from the runner's objects to MLflow's: runs.py does the writes, t
 engine decides when. Node ids and tags keep their exact form (they are how the runner
 finds runs); only what a person reads is shortened here.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 # per-stage metrics copied to the parent run, one step per stage in run order: the parent row gets its own
 # chart, and two recipe runs overlay in MLflow's chart view (the primary metric is added by name)
@@ -29,7 +31,7 @@ def run_name(stage_id: str, sweep: dict[str, Any]) -> str:
     return f"{stage_id}[{','.join(parts)}]"
 
 
-def parent_run_name(recipe_name: str, started: Optional[datetime] = None) -> str:
+def parent_run_name(recipe_name: str, started: datetime | None = None) -> str:
     """The recipe's name and its local start time to the second: two runs of one recipe differ at a glance."""
     return f"{recipe_name} @ {(started or datetime.now()):%m-%d %H:%M:%S}"
 
@@ -52,13 +54,22 @@ class StageRow:
 
 def stage_table(rows: Iterable[StageRow], primary: str) -> str:
     """A markdown table of the stages, for the parent run's description (MLflow renders it)."""
-    lines = [f"| stage | type | action | {primary} | MACs | params | size |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"| stage | type | action | {primary} | MACs | params | size |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for row in rows:
         m = row.metrics
         size = f"{m['size_mb']:.3g} MB" if "size_mb" in m else "-"
-        cells = [row.name, row.type, row.action, _number(m.get(primary), 4), _si(m.get("macs")),
-                 _si(m.get("params")), size]
+        cells = [
+            row.name,
+            row.type,
+            row.action,
+            _number(m.get(primary), 4),
+            _si(m.get("macs")),
+            _si(m.get("params")),
+            size,
+        ]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines)
 
@@ -78,7 +89,7 @@ def dataset_input(data: Any, context: str) -> Any:
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     if data.spec.startswith("builtin:"):
-        name = data.spec[len("builtin:"):].partition("?")[0]
+        name = data.spec[len("builtin:") :].partition("?")[0]
         source_type, source = "code", data.spec
     else:
         path = Path(data.path)
@@ -86,16 +97,17 @@ def dataset_input(data: Any, context: str) -> Any:
         name = path.parent.name if path.is_file() else path.name
         source_type, source = "local", str(path)
     profile = json.dumps({"task": data.task, "classes": len(data.names)})
-    dataset = Dataset(name=name, digest=data.fingerprint, source_type=source_type,
-                      source=json.dumps({"uri": source}), profile=profile)
+    dataset = Dataset(
+        name=name, digest=data.fingerprint, source_type=source_type, source=json.dumps({"uri": source}), profile=profile
+    )
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
 
 
-def _number(value: Optional[float], digits: int) -> str:
+def _number(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
 
 
-def _si(value: Optional[float]) -> str:
+def _si(value: float | None) -> str:
     """1234567 -> 1.23 M: MACs and params are read by their order of magnitude."""
     if value is None:
         return "-"

@@ -1,10 +1,11 @@
 """Writing runs: start and end them, and log what a stage produced (params, metrics, tags, files, dataset)."""
+
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..timing import timed
 from .store import Store
@@ -18,7 +19,7 @@ class RunLog:
         self.store = store
 
     @timed("mlflow", per_function=True)
-    def start_run(self, name: str, tags: dict[str, str], parent_id: Optional[str] = None) -> str:
+    def start_run(self, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
         """A run named `name`, unless `tags` carry a RUN_NAME (the name for people, records.run_name)."""
         tags = {RUN_NAME: name, **tags}
         if parent_id:
@@ -40,19 +41,23 @@ class RunLog:
         items = [Param(str(k)[:250], json.dumps(v) if not isinstance(v, str) else v) for k, v in params.items()]
         items = [Param(p.key, p.value[:6000]) for p in items]
         for i in range(0, len(items), 100):
-            self.store.client.log_batch(run_id, params=items[i:i + 100])
+            self.store.client.log_batch(run_id, params=items[i : i + 100])
 
     @timed("mlflow", per_function=True)
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: Optional[int] = None,
-                    model_id: Optional[str] = None) -> None:
+    def log_metrics(
+        self, run_id: str, metrics: dict[str, float], step: int | None = None, model_id: str | None = None
+    ) -> None:
         """`model_id`: the MLflow model these metrics measure (its model views show them)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(_metric_key(k), float(v), now, step or 0, model_id=model_id) for k, v in metrics.items()
-                 if isinstance(v, (int, float))]
+        items = [
+            Metric(_metric_key(k), float(v), now, step or 0, model_id=model_id)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float))
+        ]
         for i in range(0, len(items), 500):
-            self.store.client.log_batch(run_id, metrics=items[i:i + 500])
+            self.store.client.log_batch(run_id, metrics=items[i : i + 500])
 
     @timed("mlflow", per_function=True)
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
@@ -63,7 +68,7 @@ class RunLog:
         self.store.client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
     @timed("mlflow", per_function=True)
-    def log_artifact(self, run_id: str, path: Path, folder: Optional[str] = None) -> None:
+    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         self.store.client.log_artifact(run_id, str(path), folder)
 
     @timed("mlflow", per_function=True)

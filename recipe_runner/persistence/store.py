@@ -3,11 +3,12 @@
 Uses MlflowClient with explicit run ids (no global "active run"), so nesting is just the parent-run tag and
 nothing leaks into other code's runs.
 """
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..timing import timed
 
@@ -16,7 +17,7 @@ class TrackingError(RuntimeError):
     """MLflow cannot be used (unreachable server, bad URI)."""
 
 
-def resolve_uri(cli_uri: Optional[str], recipe_uri: Optional[str]) -> str:
+def resolve_uri(cli_uri: str | None, recipe_uri: str | None) -> str:
     """--tracking-uri, then the recipe's tracking.uri, then $MLFLOW_TRACKING_URI, then sqlite in the working
     directory."""
     uri = cli_uri or recipe_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -39,7 +40,7 @@ class Store:
         self.uri = uri
         self.experiment_name = experiment
         self._client: Any = None
-        self._experiment_id: Optional[str] = None
+        self._experiment_id: str | None = None
 
     @property
     def client(self) -> Any:
@@ -58,8 +59,9 @@ class Store:
             try:
                 requests.get(self.uri.rstrip("/") + "/health", timeout=5).raise_for_status()
             except requests.RequestException as exc:
-                raise TrackingError(f"cannot reach the MLflow tracking server at {self.uri}: "
-                                    f"{type(exc).__name__}") from None
+                raise TrackingError(
+                    f"cannot reach the MLflow tracking server at {self.uri}: {type(exc).__name__}"
+                ) from None
         try:
             self.experiment_id  # noqa: B018  (looked up, or created, for its failure)
         except Exception as exc:

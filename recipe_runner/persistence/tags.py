@@ -4,6 +4,7 @@ A tag's name is how the runner finds its runs again (a cache key, an epoch check
 earlier versions wrote: a name here never changes. Everything else names a tag through these constants
 (tests/test_tags.py checks that no other module of the package spells one out).
 """
+
 from __future__ import annotations
 
 PREFIX = "recipe_runner."

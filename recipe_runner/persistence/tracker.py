@@ -3,10 +3,11 @@
 It is the connection (store.Store) and hands each call to the piece whose job it is: writing runs (runs.RunLog),
 finding them (lookup.Lookup), fetching their files (artifacts) and logging ONNX models (logged_models).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from . import artifacts, logged_models
 from .lookup import Lookup, StageRun
@@ -21,7 +22,7 @@ class Tracker(Store):
         self.lookup = Lookup(self)
 
     # -- writing runs (runs.py) --------------------------------------------
-    def start_run(self, name: str, tags: dict[str, str], parent_id: Optional[str] = None) -> str:
+    def start_run(self, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
         return self.runs.start_run(name, tags, parent_id)
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
@@ -33,14 +34,15 @@ class Tracker(Store):
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         self.runs.log_params(run_id, params)
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: Optional[int] = None,
-                    model_id: Optional[str] = None) -> None:
+    def log_metrics(
+        self, run_id: str, metrics: dict[str, float], step: int | None = None, model_id: str | None = None
+    ) -> None:
         self.runs.log_metrics(run_id, metrics, step, model_id)
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self.runs.set_tags(run_id, tags)
 
-    def log_artifact(self, run_id: str, path: Path, folder: Optional[str] = None) -> None:
+    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         self.runs.log_artifact(run_id, path, folder)
 
     def log_text(self, run_id: str, text: str, name: str) -> None:

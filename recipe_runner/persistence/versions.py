@@ -4,25 +4,32 @@ Recorded as tags on every stage run (the parent run's lock holds them too), beca
 is only as reproducible as the code that made it: `recipe plan` and `recipe run` say when a stage
 they reuse was made by other versions than the installed ones.
 """
+
 from __future__ import annotations
 
 import functools
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Optional
 
 from .tags import VERSION_PREFIX
 
 # name -> the distributions that provide it (Ultralytics also ships as ultralytics-opencv-headless)
-TRACKED = {"recipe-runner": ("recipe-runner",), "torch": ("torch",), "torch-pruning": ("torch-pruning",),
-           "ultralytics": ("ultralytics", "ultralytics-opencv-headless"), "onnxruntime": ("onnxruntime",),
-           "onnx": ("onnx",), "openvino": ("openvino",), "nncf": ("nncf",)}
+TRACKED = {
+    "recipe-runner": ("recipe-runner",),
+    "torch": ("torch",),
+    "torch-pruning": ("torch-pruning",),
+    "ultralytics": ("ultralytics", "ultralytics-opencv-headless"),
+    "onnxruntime": ("onnxruntime",),
+    "onnx": ("onnx",),
+    "openvino": ("openvino",),
+    "nncf": ("nncf",),
+}
 COMMIT = "git_commit"  # the runner's own commit, when it runs from a git checkout
 
 
 @functools.lru_cache(maxsize=1)
-def runner_commit() -> Optional[str]:
+def runner_commit() -> str | None:
     """HEAD of the checkout the runner is imported from; None for an installed wheel (no pyproject.toml beside it)."""
     source = Path(__file__).resolve().parents[2]  # recipe_runner/persistence/versions.py -> the checkout
     if not (source / "pyproject.toml").is_file():
@@ -68,7 +75,7 @@ def differences(tags: dict[str, str]) -> list[str]:
     released version (`recipe-runner`) is compared."""
     notes, here = [], installed()
     for key, value in sorted(recorded(tags).items()):
-        name = key[len(VERSION_PREFIX):]
+        name = key[len(VERSION_PREFIX) :]
         if name != COMMIT and here.get(name) != value:
             notes.append(f"{name} {value} (installed {here.get(name, 'none')})")
     return notes

@@ -1,13 +1,15 @@
 """The contract for a pruning method: a config and a function that prunes one step."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from ..registry import Registry
 from ..config_base import TrainingStageConfig
+from ..registry import Registry
 
 
 class PruneConfigBase(TrainingStageConfig):
@@ -18,43 +20,61 @@ class PruneConfigBase(TrainingStageConfig):
 
     type: Literal["prune"] = "prune"
     method: str
-    ratio: float = Field(0.5, gt=0, lt=1, description="fraction removed in total: channels (structured) or weights "
-                                                      "(unstructured); not with target_macs or target_params")
-    target_macs: Optional[float] = Field(
-        None, gt=0, lt=1, description="instead of ratio: keep at most this fraction of the parent's MACs (the "
-                                      "runner finds the channel ratio that reaches it; channel-removing methods)")
-    target_params: Optional[float] = Field(
-        None, gt=0, lt=1, description="instead of ratio: keep at most this fraction of the parent's parameters")
+    ratio: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="fraction removed in total: channels (structured) or weights "
+        "(unstructured); not with target_macs or target_params",
+    )
+    target_macs: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="instead of ratio: keep at most this fraction of the parent's MACs (the "
+        "runner finds the channel ratio that reaches it; channel-removing methods)",
+    )
+    target_params: float | None = Field(
+        None, gt=0, lt=1, description="instead of ratio: keep at most this fraction of the parent's parameters"
+    )
     steps: int = Field(1, ge=1, le=100, description="reach `ratio` in this many prune steps")
     finetune_epochs: int = Field(0, ge=0, le=10_000, description="fine-tuning epochs after each step")
     lr: float = Field(0.001, gt=0, le=10, description="learning rate of the fine-tuning between steps")
-    max_map_drop: Optional[float] = Field(
-        None, ge=0, le=1,
+    max_map_drop: float | None = Field(
+        None,
+        ge=0,
+        le=1,
         description="stop when the primary metric (mAP50-95 for detection, top-1 for classification) "
         "falls more than this (absolute) below its value before pruning; the last model within the bound is kept",
     )
-    ignored: list[str] = Field(default_factory=list, description="module names never pruned, besides the family's output head")
+    ignored: list[str] = Field(
+        default_factory=list, description="module names never pruned, besides the family's output head"
+    )
     prune_head: bool = Field(
-        False, description="also prune the output head's inner layers (YOLO: the Detect branches' 3x3 convolutions, "
-                           "about a third of YOLOv8n's MACs); only the layers that give the outputs keep their width")
+        False,
+        description="also prune the output head's inner layers (YOLO: the Detect branches' 3x3 convolutions, "
+        "about a third of YOLOv8n's MACs); only the layers that give the outputs keep their width",
+    )
 
     # the fine-tuning between prune steps never stops early (a class constant, so not a recipe key)
     patience: ClassVar[int] = 0
 
     @model_validator(mode="after")
-    def _one_target(self) -> "PruneConfigBase":
+    def _one_target(self) -> PruneConfigBase:
         values = {"ratio": self.ratio, "target_macs": self.target_macs, "target_params": self.target_params}
         given = [k for k, v in values.items() if k in self.model_fields_set and v is not None]
         if len(given) > 1:
             raise ValueError(f"give one of ratio, target_macs and target_params (got {' and '.join(given)})")
         if given and given[0] != "ratio" and self.method in METHODS and not _takes_targets(METHODS.get(self.method)):
             shrinking = ", ".join(name for name, entry in METHODS.items() if _takes_targets(entry))
-            raise ValueError(f"{given[0]} needs a method that removes channels ({shrinking}): method {self.method} "
-                             "only zeroes weights, which leaves MACs and parameters as they are; use ratio")
+            raise ValueError(
+                f"{given[0]} needs a method that removes channels ({shrinking}): method {self.method} "
+                "only zeroes weights, which leaves MACs and parameters as they are; use ratio"
+            )
         return self
 
     @model_validator(mode="after")
-    def _distill_needs_finetuning(self) -> "PruneConfigBase":
+    def _distill_needs_finetuning(self) -> PruneConfigBase:
         # distillation acts in the fine-tuning between steps: without it the teacher would teach nothing
         if self.distill is not None and not self.finetune_epochs:
             raise ValueError("distill: acts in the fine-tuning between prune steps; set finetune_epochs >= 1")
@@ -92,9 +112,9 @@ class PruningMethod:
     prune_step: Callable[[Any, Any, Any, Any, StepPlan], Any]  # (model, family, data, config, plan) -> model
     structured: bool
     description: str = ""
-    check: Optional[ModelCheck] = None  # run by the planner: refuse a model the method cannot prune
+    check: ModelCheck | None = None  # run by the planner: refuse a model the method cannot prune
     # model -> rows: a per-layer table the prune stage logs after each step (e.g. low-rank's ranks); None: none
-    layer_table: Optional[Callable[[Any], list[dict[str, Any]]]] = None
+    layer_table: Callable[[Any], list[dict[str, Any]]] | None = None
     # whether target_macs/target_params apply (pruning/targets.py varies plan.step_ratio as a channel ratio)
     cost_targets: bool = True
 

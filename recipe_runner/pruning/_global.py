@@ -5,9 +5,11 @@ threshold is refused whole by its over-pruning check and keeps every channel, an
 compares a layer with its width when the pruner was made (the prune stage makes a fresh one per step). So
 the ranking is done here and torch-pruning only removes the chosen channels (and everything coupled to them).
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def select_channels(scores: Sequence, ratio: float, max_layer_ratio: float) -> list[list[int]]:
@@ -42,8 +44,11 @@ def _grouped_conv(group) -> bool:
     which a per-channel selection does not respect, so they are left alone."""
     import torch.nn as nn
 
-    return any(isinstance(dep.target.module, nn.modules.conv._ConvNd) and dep.target.module.groups not in
-               (1, dep.target.module.in_channels) for dep, _ in group)
+    return any(
+        isinstance(dep.target.module, nn.modules.conv._ConvNd)
+        and dep.target.module.groups not in (1, dep.target.module.in_channels)
+        for dep, _ in group
+    )
 
 
 def prune_globally(graph: Any, ignored: list, importance: Any, ratio: float, max_layer_ratio: float) -> int:

@@ -1,9 +1,11 @@
 """What every dependency-graph method shares: the model made traceable, the layers never pruned, the pruner built
 (with a message that says what to do when tracing fails), and gradients gathered without changing the model."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 from ..registry import did_you_mean
 
@@ -41,8 +43,9 @@ def build_pruner(model, family, config, importance, pruning_ratio: float, **opti
     example = family.example_inputs(model, config.imgsz)
     ignored = ignored_layers(model, family, config)
     with _explained_tracing():
-        return Pruner(model, example, importance=importance, pruning_ratio=pruning_ratio, ignored_layers=ignored,
-                      **options)
+        return Pruner(
+            model, example, importance=importance, pruning_ratio=pruning_ratio, ignored_layers=ignored, **options
+        )
 
 
 def rounded_prune_count(n_pruned: int, current_channels: int, round_to: int) -> int:
@@ -86,8 +89,9 @@ def has_batchnorm(model) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def gather_gradients(model, family, data, config, batches: int,
-                     after_backward: Optional[Callable[[], None]] = None) -> None:
+def gather_gradients(
+    model, family, data, config, batches: int, after_backward: Callable[[], None] | None = None
+) -> None:
     """Backward passes over `batches` training batches, leaving the model's weights and BatchNorm statistics as
     they were: the loss needs train mode, which moves BatchNorm running stats, and scoring must not change what
     it scores. `after_backward` runs after each batch's backward (e.g. to square per-batch gradients)."""

@@ -1,12 +1,14 @@
 """Structured channel pruning with torch-pruning's dependency graph (DepGraph)."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Literal, Optional
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from . import _graph
 from ..config_base import ConfigProblem
+from . import _graph
 from ._base import METHODS, PruneConfigBase, PruningMethod, StepPlan
 from ._global import prune_globally
 
@@ -22,10 +24,12 @@ class DepgraphConfig(PruneConfigBase):
     method: Literal["depgraph"] = "depgraph"
     importance: Importance = Field("group-l2", description="how channels are scored")
     global_pruning: bool = Field(False, description="rank channels across layers instead of the same ratio per layer")
-    round_to: Optional[int] = Field(None, ge=1, le=256, description="keep channel counts multiples of this")
+    round_to: int | None = Field(None, ge=1, le=256, description="keep channel counts multiples of this")
     taylor_batches: int = Field(4, ge=1, le=1000, description="batches of gradients for importance: taylor or hessian")
-    max_layer_ratio: Optional[float] = Field(
-        None, gt=0, lt=1,
+    max_layer_ratio: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
         description="no layer loses more than this fraction of its channels in one step; default: no cap "
         "(torch-pruning's, which refuses only a step that would empty a layer)",
     )
@@ -39,10 +43,12 @@ class DepgraphConfig(PruneConfigBase):
         return dump
 
     @model_validator(mode="after")
-    def _capped_global_has_no_round_to(self) -> "DepgraphConfig":
+    def _capped_global_has_no_round_to(self) -> DepgraphConfig:
         if self.global_pruning and self.max_layer_ratio is not None and self.round_to is not None:
-            raise ValueError("round_to cannot be combined with global_pruning and max_layer_ratio (the capped "
-                             "global ranking removes single channels); drop one of them")
+            raise ValueError(
+                "round_to cannot be combined with global_pruning and max_layer_ratio (the capped "
+                "global ranking removes single channels); drop one of them"
+            )
         return self
 
 
@@ -70,8 +76,16 @@ def prune_step(model, family, data, config: DepgraphConfig, plan: StepPlan):
         graph, ignored = _graph.dependency_graph(model, family, config)
     else:  # torch-pruning's own ranking; max_pruning_ratio caps each layer of a per-layer (local) ranking
         options = {} if config.max_layer_ratio is None else {"max_pruning_ratio": config.max_layer_ratio}
-        pruner = _graph.build_pruner(model, family, config, importance, plan.step_ratio, round_to=config.round_to,
-                                     global_pruning=config.global_pruning, **options)
+        pruner = _graph.build_pruner(
+            model,
+            family,
+            config,
+            importance,
+            plan.step_ratio,
+            round_to=config.round_to,
+            global_pruning=config.global_pruning,
+            **options,
+        )
     if config.importance == "taylor":
         _graph.gather_gradients(model, family, data, config, config.taylor_batches)
     elif config.importance == "hessian":
@@ -88,9 +102,14 @@ def prune_step(model, family, data, config: DepgraphConfig, plan: StepPlan):
 def check_model(config: DepgraphConfig, skeleton: Callable[[], object]) -> None:
     """bn-scale scores channels by their BatchNorm scale: without BatchNorm every score is missing."""
     if config.importance == "bn-scale" and not _graph.has_batchnorm(skeleton()):
-        raise ConfigProblem("importance", "importance: bn-scale needs BatchNorm layers and this model has none; "
-                            "use importance: group-l2")
+        raise ConfigProblem(
+            "importance",
+            "importance: bn-scale needs BatchNorm layers and this model has none; use importance: group-l2",
+        )
 
 
-METHODS.register("depgraph")(PruningMethod(DepgraphConfig, prune_step, structured=True, check=check_model,
-                                           description="DepGraph channel pruning"))
+METHODS.register("depgraph")(
+    PruningMethod(
+        DepgraphConfig, prune_step, structured=True, check=check_model, description="DepGraph channel pruning"
+    )
+)

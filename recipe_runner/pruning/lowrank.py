@@ -12,11 +12,12 @@ layer, so N steps compound to rank_ratio as channel pruning's steps compound to 
 layer is multiplied back out and decomposed again at the smaller rank. With `energy` each step keeps the smallest
 ranks that hold `energy^(1/N)` of the current (fine-tuned) layer's squared singular values.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -31,25 +32,35 @@ class LowRankConfig(PruneConfigBase):
     (or 1 - energy), the fraction of rank (or energy) removed, which the prune loop logs as step/ratio."""
 
     method: Literal["low-rank"] = "low-rank"
-    ratio: float = Field(0.5, gt=0, lt=1, description="not a key of low-rank (an error if it differs): set to "
-                                                       "1 - rank_ratio, or 1 - energy, the fraction removed")
-    rank_ratio: Optional[float] = Field(
-        None, gt=0, lt=1,
+    ratio: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="not a key of low-rank (an error if it differs): set to "
+        "1 - rank_ratio, or 1 - energy, the fraction removed",
+    )
+    rank_ratio: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
         description=f"keep this fraction of each layer's rank (default {DEFAULT_RANK_RATIO} unless energy is given)",
     )
-    energy: Optional[float] = Field(
-        None, gt=0, lt=1,
+    energy: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
         description="instead of rank_ratio: keep the smallest rank whose singular values hold this fraction of "
-                    "each layer's squared singular-value energy",
+        "each layer's squared singular-value energy",
     )
     min_rank: int = Field(1, ge=1, le=65_536, description="no factor narrower than this")
 
     @model_validator(mode="after")
-    def _one_rank_target(self) -> "LowRankConfig":
+    def _one_rank_target(self) -> LowRankConfig:
         # the target search varies a channel ratio; low-rank's knob is a rank fraction (not mapped yet)
         if self.target_macs is not None or self.target_params is not None:
-            raise ValueError("target_macs and target_params are not supported by method: low-rank yet; "
-                             "use rank_ratio or energy")
+            raise ValueError(
+                "target_macs and target_params are not supported by method: low-rank yet; use rank_ratio or energy"
+            )
         if self.rank_ratio is not None and self.energy is not None:
             raise ValueError("give rank_ratio or energy, not both")
         if self.rank_ratio is None and self.energy is None:
@@ -58,8 +69,9 @@ class LowRankConfig(PruneConfigBase):
         assert kept is not None
         # a round trip of a validated config carries the derived ratio: only a different value is a mistake
         if "ratio" in self.model_fields_set and abs(self.ratio - (1.0 - kept)) > 1e-9:
-            raise ValueError("ratio is not a key of method: low-rank; use rank_ratio (fraction of each layer's rank "
-                             "kept) or energy")
+            raise ValueError(
+                "ratio is not a key of method: low-rank; use rank_ratio (fraction of each layer's rank kept) or energy"
+            )
         self.ratio = 1.0 - kept
         return self
 
@@ -116,7 +128,7 @@ def _rank(singular, full: int, config: LowRankConfig, keep: float) -> int:
     return max(1, min(full, max(config.min_rank, rank)))
 
 
-def _conv_macs(c_in: int, c_out: int, kernel: int, stride: int, ranks: Optional[list[int]]) -> int:
+def _conv_macs(c_in: int, c_out: int, kernel: int, stride: int, ranks: list[int] | None) -> int:
     """MACs per output position: dense, or Tucker-2 (`reduce` runs at the input resolution: stride^2 positions per
     output position) / 1x1 SVD (its `reduce` takes the stride itself)."""
     if ranks is None:
@@ -191,8 +203,7 @@ def _conv_ranks(conv, config: LowRankConfig, keep: float):
         return [full], [_rank(torch.linalg.svdvals(weight[:, :, 0, 0]), full, config, keep)], None
     full_in, full_out = min(c_in, c_out * kh * kw), min(c_out, c_in * kh * kw)
     bases = _bases(weight)
-    return [full_in, full_out], [_rank(bases[1], full_in, config, keep), _rank(bases[3], full_out, config, keep)], \
-        bases
+    return [full_in, full_out], [_rank(bases[1], full_in, config, keep), _rank(bases[3], full_out, config, keep)], bases
 
 
 def _targets(model, family, config: LowRankConfig) -> list[tuple[str, Any, str]]:
@@ -258,11 +269,22 @@ def decompose_layer(name: str, module, kind: str, config: LowRankConfig, keep: f
         linear = module.dense() if isinstance(module, LowRankLinear) else module
         full = min(linear.in_features, linear.out_features)
         rank = _rank(torch.linalg.svdvals(linear.weight.detach().double()), full, config, keep)
-        before = module.ranks[0] * (linear.in_features + linear.out_features) if module is not linear \
+        before = (
+            module.ranks[0] * (linear.in_features + linear.out_features)
+            if module is not linear
             else linear.in_features * linear.out_features
+        )
         after = rank * (linear.in_features + linear.out_features)
-        row = LayerRanks(name, "linear-svd", f"{linear.out_features}x{linear.in_features}", [full], [rank],
-                         before, after, after < before)
+        row = LayerRanks(
+            name,
+            "linear-svd",
+            f"{linear.out_features}x{linear.in_features}",
+            [full],
+            [rank],
+            before,
+            after,
+            after < before,
+        )
         return (decompose_linear(linear, rank) if row.decomposed else None), row
     conv, wrapper = _plain_conv(module, kind)
     c_out, c_in, kh, kw = conv.weight.shape
@@ -273,8 +295,9 @@ def decompose_layer(name: str, module, kind: str, config: LowRankConfig, keep: f
     stride = conv.stride[0] * conv.stride[1]
     before = _current_macs(module, c_in, c_out, kh * kw, stride)
     after = _conv_macs(c_in, c_out, kh * kw, stride, ranks)
-    row = LayerRanks(name, "conv-svd" if len(ranks) == 1 else "conv-tucker2", shape, full, ranks, before, after,
-                     after < before)
+    row = LayerRanks(
+        name, "conv-svd" if len(ranks) == 1 else "conv-tucker2", shape, full, ranks, before, after, after < before
+    )
     return (decompose_conv(conv, ranks, wrapper, bases) if row.decomposed else None), row
 
 
@@ -303,8 +326,10 @@ def prune_step(model, family, data, config: LowRankConfig, plan: StepPlan):
     decompose_model(model, family, config, plan)
     # a later step may find nothing cheaper (ranks at min_rank); only a model with no low-rank layer at all fails
     if not any(isinstance(m, (LowRankConv2d, LowRankLinear)) for m in model.modules()):
-        raise ValueError("method: low-rank found no layer whose factors would cost fewer MACs at this rank "
-                         "(rank_ratio or energy too high, or every layer is grouped, ignored or the output head)")
+        raise ValueError(
+            "method: low-rank found no layer whose factors would cost fewer MACs at this rank "
+            "(rank_ratio or energy too high, or every layer is grouped, ignored or the output head)"
+        )
     for p in model.parameters():
         p.requires_grad_(True)
     return model
@@ -330,12 +355,26 @@ def layer_table(model) -> list[dict[str, Any]]:
             ratio = _conv_macs(c_in, c_out, k, stride, module.ranks) / _conv_macs(c_in, c_out, k, stride, None)
         else:
             continue
-        rows.append({"layer": name, "kind": kind, "shape": shape, "full_rank": full, "rank": module.ranks,
-                     "macs_ratio": round(ratio, 4)})
+        rows.append(
+            {
+                "layer": name,
+                "kind": kind,
+                "shape": shape,
+                "full_rank": full,
+                "rank": module.ranks,
+                "macs_ratio": round(ratio, 4),
+            }
+        )
     return rows
 
 
-METHODS.register("low-rank")(PruningMethod(LowRankConfig, prune_step, structured=True, layer_table=layer_table,
-                                           cost_targets=False,
-                                           description="low-rank decomposition: SVD (Linear, 1x1) and Tucker-2 "
-                                                       "(k x k convolutions)"))
+METHODS.register("low-rank")(
+    PruningMethod(
+        LowRankConfig,
+        prune_step,
+        structured=True,
+        layer_table=layer_table,
+        cost_targets=False,
+        description="low-rank decomposition: SVD (Linear, 1x1) and Tucker-2 (k x k convolutions)",
+    )
+)

@@ -6,6 +6,7 @@ DepGraph by group norms), and they plug into any family's trainer through the ho
 AMP loss scaling and of gradient accumulation. Layers of the family's `output_layers` (a classifier, YOLO's
 Detect head) keep their size when pruned, so they are never penalised and never counted.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -85,8 +86,11 @@ class SparsityPenalty(TrainHook, ABC):
         """Add this step's penalty, at `strength`, to the (unscaled) gradients."""
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> dict[str, float]:
-        return {**gamma_stats(gamma_magnitudes(self.batchnorms)), "penalty_strength": self.current,
-                "penalty_steps": float(self.steps)}
+        return {
+            **gamma_stats(gamma_magnitudes(self.batchnorms)),
+            "penalty_strength": self.current,
+            "penalty_steps": float(self.steps),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "strength": self.strength, "decay": self.decay}
@@ -105,8 +109,10 @@ class BatchNormL1(SparsityPenalty):
     def on_start(self, model: nn.Module, start_epoch: int, epochs: int) -> None:
         super().on_start(model, start_epoch, epochs)
         if not self.batchnorms:
-            raise ValueError("penalty bn-l1 needs BatchNorm layers outside the output head, and this model has none; "
-                             "use penalty: group-l2")
+            raise ValueError(
+                "penalty bn-l1 needs BatchNorm layers outside the output head, and this model has none; "
+                "use penalty: group-l2"
+            )
 
     @torch.no_grad()
     def penalise(self, model: nn.Module, strength: float) -> None:
@@ -137,8 +143,12 @@ class GroupL2(SparsityPenalty):
         model.eval()
         try:
             self.pruner = tp.pruner.GroupNormPruner(
-                model, example, importance=tp.importance.GroupMagnitudeImportance(p=2), reg=self.strength,
-                ignored_layers=self.family.output_layers(model))
+                model,
+                example,
+                importance=tp.importance.GroupMagnitudeImportance(p=2),
+                reg=self.strength,
+                ignored_layers=self.family.output_layers(model),
+            )
         finally:
             model.train(was_training)
 

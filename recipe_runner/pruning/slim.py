@@ -2,14 +2,16 @@
 layers at once (the paper's single global threshold), removed through torch-pruning's dependency graph so coupled
 layers shrink together. Best after a sparse-train stage with penalty: bn-l1; on a normally trained model it works
 too but is weaker (gammas are not pushed to zero, so the ranking separates less)."""
+
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from pydantic import Field
 
-from . import _graph
 from ..config_base import ConfigProblem
+from . import _graph
 from ._base import METHODS, PruneConfigBase, PruningMethod, StepPlan
 from ._global import prune_globally
 
@@ -20,7 +22,9 @@ class SlimConfig(PruneConfigBase):
 
     method: Literal["slim"] = "slim"
     max_layer_ratio: float = Field(
-        0.9, gt=0, lt=1,
+        0.9,
+        gt=0,
+        lt=1,
         description="no layer loses more than this fraction of its channels in one step (so none is emptied)",
     )
 
@@ -41,9 +45,19 @@ def prune_step(model, family, data, config: SlimConfig, plan: StepPlan):
 def check_model(config: SlimConfig, skeleton: Callable[[], object]) -> None:
     """Slimming ranks BatchNorm scales: a model without BatchNorm has nothing to rank."""
     if not _graph.has_batchnorm(skeleton()):
-        raise ConfigProblem("method", "method: slim needs BatchNorm layers (it ranks channels by their BatchNorm "
-                            "scale) and this model has none; use method: depgraph")
+        raise ConfigProblem(
+            "method",
+            "method: slim needs BatchNorm layers (it ranks channels by their BatchNorm "
+            "scale) and this model has none; use method: depgraph",
+        )
 
 
-METHODS.register("slim")(PruningMethod(SlimConfig, prune_step, structured=True, check=check_model,
-                                       description="network slimming: global BatchNorm-scale channel pruning"))
+METHODS.register("slim")(
+    PruningMethod(
+        SlimConfig,
+        prune_step,
+        structured=True,
+        check=check_model,
+        description="network slimming: global BatchNorm-scale channel pruning",
+    )
+)

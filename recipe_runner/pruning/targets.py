@@ -8,11 +8,13 @@ fine-tuning between steps cannot move a goal (each is measured afresh on the cur
 lands on the target. Any structured method plugs in through its prune_step: the bisection only needs a larger
 step_ratio never to leave more MACs or parameters.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 from ._base import PruneConfigBase, PruningMethod, StepPlan
 
@@ -46,7 +48,7 @@ class CostTarget:
         return base_cost * self.fraction ** (plan.step / plan.steps)
 
 
-def cost_target(config: PruneConfigBase) -> Optional[CostTarget]:
+def cost_target(config: PruneConfigBase) -> CostTarget | None:
     """The config's target, or None when it prunes to `ratio`."""
     if config.target_macs is not None:
         return CostTarget("macs", config.target_macs)
@@ -86,8 +88,10 @@ def bisect_ratio(model: Any, goal: float, measure: Callable[[Any], float], prune
             break
         low = ratio
     if best is None:
-        raise TargetUnreachable(f"{least / current:.3f} of the current cost is the least any step ratio up to "
-                                f"{GRID[-1]} leaves, and this step needs {goal / current:.3f}")
+        raise TargetUnreachable(
+            f"{least / current:.3f} of the current cost is the least any step ratio up to "
+            f"{GRID[-1]} leaves, and this step needs {goal / current:.3f}"
+        )
     high = best.step_ratio
     while probes < MAX_PROBES and high - low > RESOLUTION and best.cost < goal * (1 - CLOSE_ENOUGH):
         middle = (low + high) / 2
@@ -101,8 +105,17 @@ def bisect_ratio(model: Any, goal: float, measure: Callable[[Any], float], prune
     return best
 
 
-def reach_target(model: Any, family: Any, data: Any, config: PruneConfigBase, method: PruningMethod,
-                 plan: StepPlan, target: CostTarget, base_cost: float, done: float) -> tuple[Any, StepPlan]:
+def reach_target(
+    model: Any,
+    family: Any,
+    data: Any,
+    config: PruneConfigBase,
+    method: PruningMethod,
+    plan: StepPlan,
+    target: CostTarget,
+    base_cost: float,
+    done: float,
+) -> tuple[Any, StepPlan]:
     """One prune step toward `target` -> (model, the plan it applied). `base_cost` is the unpruned
     model's cost in the target's metric; `done` the channel ratio removed by the earlier steps."""
 
@@ -115,7 +128,9 @@ def reach_target(model: Any, family: Any, data: Any, config: PruneConfigBase, me
     try:
         reached = bisect_ratio(model, target.goal(base_cost, plan), measure, prune)
     except TargetUnreachable as exc:
-        raise TargetUnreachable(f"{target.key} {target.fraction:g}: step {plan.step} of {plan.steps} cannot reach "
-                                f"its goal: {exc}; raise {target.key}, or loosen max_layer_ratio / ignored") from None
+        raise TargetUnreachable(
+            f"{target.key} {target.fraction:g}: step {plan.step} of {plan.steps} cannot reach "
+            f"its goal: {exc}; raise {target.key}, or loosen max_layer_ratio / ignored"
+        ) from None
     cumulative = 1.0 - (1.0 - done) * (1.0 - reached.step_ratio)
     return reached.model, replace(plan, step_ratio=reached.step_ratio, cumulative=cumulative)

@@ -1,4 +1,5 @@
 """Unstructured L1 pruning with torch.nn.utils.prune, made permanent (zeros stay in the weights)."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -12,7 +13,9 @@ class L1UnstructuredConfig(PruneConfigBase):
     """Zero the smallest-magnitude weights of every conv and linear layer (not counting `ignored`)."""
 
     method: Literal["l1-unstructured"] = "l1-unstructured"
-    scope: Literal["global", "layer"] = Field("global", description="rank weights across all layers, or prune each layer by the same ratio")
+    scope: Literal["global", "layer"] = Field(
+        "global", description="rank weights across all layers, or prune each layer by the same ratio"
+    )
 
 
 def prunable_weights(model, ignored: list[str]):

@@ -1,4 +1,5 @@
 """Read back what a quantized ONNX graph holds: which weighted layers run on INT8 weights."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,8 +55,12 @@ def _onnx_precision(path: Path) -> dict[str, int]:
             continue
         weight = node.input[1] if len(node.input) > 1 else ""
         source = produced_by.get(weight)
-        if source is not None and source.op_type == "DequantizeLinear" and source.input[0] in inits \
-                and inits[source.input[0]].data_type in INT8:
+        if (
+            source is not None
+            and source.op_type == "DequantizeLinear"
+            and source.input[0] in inits
+            and inits[source.input[0]].data_type in INT8
+        ):
             int8 += 1
         else:
             floating += 1

@@ -3,6 +3,7 @@
 Static INT8 runs quant_pre_process (shape inference, graph optimisation) first, as ONNX Runtime
 recommends, then quantize_static in QDQ format, the format ONNX Runtime's CPU kernels fuse.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,7 +28,7 @@ class _Rows:
         if self.index >= len(self.images):
             return None
         self.index += 1
-        return {self.name: self.images[self.index - 1:self.index]}
+        return {self.name: self.images[self.index - 1 : self.index]}
 
     def rewind(self) -> None:  # percentile/entropy calibrators may read the data twice
         self.index = 0
@@ -62,9 +63,8 @@ def _preprocessed(source: Path, work: Path) -> Path:
 
 
 def _static(request: QuantizeRequest, model: Path) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
     import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if request.calibration is None or not len(request.calibration):
         raise ValueError("int8-static needs calibration images")
@@ -73,14 +73,19 @@ def _static(request: QuantizeRequest, model: Path) -> None:
     keep = [n for n in request.keep_float if n in names]  # the pre-processor may have fused some away
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))  # its INFO lines flood the console
     quantize_static(
-        str(model), str(request.target), _Rows(graph.input[0].name, request.calibration),
-        quant_format=QuantFormat.QDQ, op_types_to_quantize=list(request.op_types) if request.op_types else None,
-        per_channel=request.per_channel, nodes_to_exclude=keep or None,
+        str(model),
+        str(request.target),
+        _Rows(graph.input[0].name, request.calibration),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(request.op_types) if request.op_types else None,
+        per_channel=request.per_channel,
+        nodes_to_exclude=keep or None,
         calibrate_method=getattr(CalibrationMethod, _METHODS[request.calibrate_method]),
         calibration_cache_path=request.ranges_cache,
         # U8S8 (uint8 activations, int8 weights) is ONNX Runtime's x86 fast path: on this machine's AVX-512 VNNI
         # CPU, YOLOv8n at 640 px ran 37 ms with U8S8 and 205 ms with the S8S8 default (FP32: 64 ms)
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
     )
 
 
@@ -89,8 +94,13 @@ def _dynamic(request: QuantizeRequest, model: Path) -> None:
     fast CPU kernel for. So a CNN gets only its fully connected layers quantized (often none)."""
     from onnxruntime.quantization import quantize_dynamic
 
-    quantize_dynamic(str(model), str(request.target), op_types_to_quantize=["MatMul", "Gemm"],
-                     per_channel=request.per_channel, nodes_to_exclude=request.keep_float or None)
+    quantize_dynamic(
+        str(model),
+        str(request.target),
+        op_types_to_quantize=["MatMul", "Gemm"],
+        per_channel=request.per_channel,
+        nodes_to_exclude=request.keep_float or None,
+    )
 
 
 def _fp16(request: QuantizeRequest) -> None:

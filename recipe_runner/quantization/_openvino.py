@@ -5,6 +5,7 @@ activations) and saved as an IR packed in one `.openvino` file (runtimes/openvin
 Why not a QDQ ONNX file: OpenVINO 2026.4's CPU plugin refused to compile quantized Conv layers read from
 ONNX QDQ (NNCF's or ONNX Runtime's) on this machine ("No suitable implementations"); its own IR runs.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -27,10 +28,15 @@ def quantize(request: QuantizeRequest) -> None:
         raise ValueError("int8-static needs calibration images")
     logging.getLogger("nncf").setLevel(logging.WARNING)  # one INFO line per node it leaves alone floods the console
     model = ov.convert_model(str(request.source))
-    rows = [request.calibration[i:i + 1] for i in range(len(request.calibration))]
+    rows = [request.calibration[i : i + 1] for i in range(len(request.calibration))]
     ignored = nncf.IgnoredScope(names=list(request.keep_float), validate=False) if request.keep_float else None
-    quantized = nncf.quantize(model, nncf.Dataset(rows), preset=nncf.QuantizationPreset.MIXED, subset_size=len(rows),
-                              **({"ignored_scope": ignored} if ignored else {}))
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(rows),
+        preset=nncf.QuantizationPreset.MIXED,
+        subset_size=len(rows),
+        **({"ignored_scope": ignored} if ignored else {}),
+    )
     with tempfile.TemporaryDirectory(prefix="ov-quant-", dir=request.target.parent) as work:
         folder = Path(work)
         ov.save_model(quantized, str(folder / "model.xml"), compress_to_fp16=False)

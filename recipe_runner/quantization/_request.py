@@ -1,9 +1,9 @@
 """What a backend is asked to do (plain data, so backends stay independent of stage configs)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -13,9 +13,9 @@ class QuantizeRequest:
     source: Path  # the FP32 ONNX file
     target: Path  # where the quantized file goes
     mode: str  # int8-static | int8-dynamic | fp16
-    calibration: Optional[np.ndarray] = None  # N x 3 x H x W float32 (int8-static)
+    calibration: np.ndarray | None = None  # N x 3 x H x W float32 (int8-static)
     calibrate_method: str = "minmax"  # minmax | entropy | percentile
     per_channel: bool = True
-    op_types: Optional[tuple[str, ...]] = None  # None: every op type the backend quantizes
+    op_types: tuple[str, ...] | None = None  # None: every op type the backend quantizes
     keep_float: list[str] = field(default_factory=list)  # node names left in float (the YOLO head's decode)
-    ranges_cache: Optional[Path] = None  # calibration ranges: read if the file exists, else written there
+    ranges_cache: Path | None = None  # calibration ranges: read if the file exists, else written there

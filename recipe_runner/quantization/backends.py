@@ -1,10 +1,11 @@
 """Quantization backends by name; each is imported only when used (OpenVINO is an optional extra)."""
+
 from __future__ import annotations
 
 import importlib
 import importlib.util
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from ..registry import Registry
 
@@ -26,14 +27,16 @@ class Backend:
 
 BACKENDS: Registry[Backend] = Registry("quantization backend")
 # int8-qat: fine-tuned with fake quantization (quantization/qat.py), then quantized as int8-static
-BACKENDS.register("onnxruntime")(Backend("._onnxruntime:quantize", ("onnxruntime",),
-                                         modes=("int8-static", "int8-dynamic", "fp16", "int8-qat")))
+BACKENDS.register("onnxruntime")(
+    Backend("._onnxruntime:quantize", ("onnxruntime",), modes=("int8-static", "int8-dynamic", "fp16", "int8-qat"))
+)
 # NNCF post-training quantization, the CPU INT8 path Ultralytics itself uses for OpenVINO
-BACKENDS.register("openvino")(Backend("._openvino:quantize", ("openvino", "nncf"), extra="openvino",
-                                      modes=("int8-static",)))
+BACKENDS.register("openvino")(
+    Backend("._openvino:quantize", ("openvino", "nncf"), extra="openvino", modes=("int8-static",))
+)
 
 
-def missing_backend(name: str) -> Optional[str]:
+def missing_backend(name: str) -> str | None:
     """A message saying how to install the backend's packages, or None when they are importable."""
     backend = BACKENDS.get(name)
     missing = [p for p in backend.packages if importlib.util.find_spec(p) is None]

@@ -13,6 +13,7 @@ Why BatchNorm may stay unfolded while training: per-channel symmetric quantizati
 output channel, and folding BatchNorm scales each output channel of its convolution; so weights snapped to the
 grid before folding land on the same int8 values after it (`snap_weights`).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -91,8 +92,11 @@ _PLAIN: dict[type, type] = {v: k for k, v in _SWAP.items()}
 
 def quantizable(model: nn.Module, keep_float: tuple[str, ...] = ()) -> dict[str, nn.Module]:
     """The layers QAT fake-quantizes: every plain Conv2d and Linear not named by a `keep_float` part."""
-    return {name: m for name, m in model.named_modules()
-            if type(m) in _SWAP and not any(part in name.split(".") for part in keep_float)}
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if type(m) in _SWAP and not any(part in name.split(".") for part in keep_float)
+    }
 
 
 class FakeQuant(TrainHook):
@@ -123,8 +127,11 @@ class FakeQuant(TrainHook):
     def _current(self) -> dict[str, list[float]]:
         if self.model is None:
             return dict(self.ranges)
-        return {name: [float(m._rr_low), float(m._rr_high)] for name, m in self.model.named_modules()
-                if isinstance(m, _FakeQuantMixin) and bool(m._rr_seen)}
+        return {
+            name: [float(m._rr_low), float(m._rr_high)]
+            for name, m in self.model.named_modules()
+            if isinstance(m, _FakeQuantMixin) and bool(m._rr_seen)
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"ranges": self._current()}

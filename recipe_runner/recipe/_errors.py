@@ -1,4 +1,5 @@
 """Located recipe errors: every problem carries the file, line and column it came from."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,13 +1,15 @@
 """load_recipe: text -> validated Recipe, or RecipeError with one located line per problem."""
+
 from __future__ import annotations
 
 import copy
 import hashlib
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional, get_args, get_origin
+from typing import Annotated, Any, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -27,10 +29,10 @@ class StageDecl:
 
     id: str
     type: str
-    parent: Optional[str]
+    parent: str | None
     variants: list[tuple[dict[str, Any], Any]]  # (sweep assignment, validated config)
     location: Location
-    from_location: Optional[Location] = None
+    from_location: Location | None = None
     search: dict[str, SearchSpace] = field(default_factory=dict)  # key -> the space each search trial samples
     body: dict[str, Any] = field(default_factory=dict)  # as written, defaults merged: a trial's values go in here
 
@@ -52,13 +54,15 @@ class Recipe:
     tracking: TrackingConfig
     stages: dict[str, StageDecl]
     overrides: list[str] = field(default_factory=list)
-    search: Optional[SearchConfig] = None
+    search: SearchConfig | None = None
     locations: dict = field(default_factory=dict, repr=False)  # key path -> Location, for later errors
 
     def located(self, path: tuple, message: str) -> RecipeError:
         """A RecipeError pointing at `path` in the recipe (e.g. ('model',))."""
-        where = next((self.locations[path[:n]] for n in range(len(path), 0, -1) if path[:n] in self.locations),
-                     Location(str(self.path), 1, 1))
+        where = next(
+            (self.locations[path[:n]] for n in range(len(path), 0, -1) if path[:n] in self.locations),
+            Location(str(self.path), 1, 1),
+        )
         return RecipeError([Problem(where, f"{'.'.join(map(str, path))}: {message}")])
 
 
@@ -75,8 +79,14 @@ def parse_recipe(text: str, source: str, overrides: list[str] = ()) -> Recipe:
     data, locations = parse_yaml(text, source)
     if not isinstance(data, dict):
         # where the top-level node starts (after any leading comments), not line 1
-        raise RecipeError([Problem(locations.get((), Location(source, 1, 1)),
-                                   "a recipe must be a mapping with version, name, model, data and stages")])
+        raise RecipeError(
+            [
+                Problem(
+                    locations.get((), Location(source, 1, 1)),
+                    "a recipe must be a mapping with version, name, model, data and stages",
+                )
+            ]
+        )
     for item in overrides:
         _apply_override(data, locations, item)
     v = _Validator(source, locations)
@@ -89,13 +99,23 @@ def parse_recipe(text: str, source: str, overrides: list[str] = ()) -> Recipe:
     if v.problems:
         raise RecipeError(v.problems)
     return Recipe(
-        path=Path(source), text=text, sha256=hashlib.sha256(text.encode()).hexdigest(), name=header.name,
-        description=header.description, seed=header.seed, model=model, data=header.data,
-        tracking=header.tracking, stages=stages, overrides=list(overrides), locations=locations, search=header.search,
+        path=Path(source),
+        text=text,
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        name=header.name,
+        description=header.description,
+        seed=header.seed,
+        model=model,
+        data=header.data,
+        tracking=header.tracking,
+        stages=stages,
+        overrides=list(overrides),
+        locations=locations,
+        search=header.search,
     )
 
 
-def _check_stages_anyway(v: "_Validator", data: dict) -> None:
+def _check_stages_anyway(v: _Validator, data: dict) -> None:
     """Report stage problems too when the header is wrong, so one `validate` shows every mistake."""
     stages, defaults = data.get("stages"), data.get("defaults", {})
     if isinstance(stages, dict) and stages and all(isinstance(k, str) for k in stages) and isinstance(defaults, dict):
@@ -103,7 +123,7 @@ def _check_stages_anyway(v: "_Validator", data: dict) -> None:
         v.stages(header)
 
 
-def _short_model(source: str, v: "_Validator") -> ModelSpec:
+def _short_model(source: str, v: _Validator) -> ModelSpec:
     fallback = ModelSpec.model_construct(family=FAMILIES.names()[0], source=source)
     if not source.strip():
         v.problem(("model",), "names no model (e.g. resnet18 or yolov8n.yaml)")
@@ -133,10 +153,16 @@ def _apply_override(data: dict, locations: dict, item: str) -> None:
             child = node[part] = {}
         elif child is None:
             at = ".".join(parts[:depth]) or "the recipe"
-            raise RecipeError([Problem(where, f"'{'.'.join(parts[:depth + 1])}' does not exist in {at}"
-                                              f"{did_you_mean(part, list(node))}")])
+            raise RecipeError(
+                [
+                    Problem(
+                        where,
+                        f"'{'.'.join(parts[: depth + 1])}' does not exist in {at}{did_you_mean(part, list(node))}",
+                    )
+                ]
+            )
         if not isinstance(child, dict):
-            raise RecipeError([Problem(where, f"'{'.'.join(parts[:depth + 1])}' is not a mapping")])
+            raise RecipeError([Problem(where, f"'{'.'.join(parts[: depth + 1])}' is not a mapping")])
         node = child
     node[parts[-1]] = value
     for n in range(1, len(parts) + 1):
@@ -174,8 +200,15 @@ class _Validator:
         if problem not in self.problems:  # a shared key (defaults) is met once per stage: say it once
             self.problems.append(problem)
 
-    def validate(self, adapter: TypeAdapter, data: Any, prefix: KeyPath,
-                 known: Callable[[tuple], list[str]] = lambda loc: [], tags: list[str] = (), note: str = ""):
+    def validate(
+        self,
+        adapter: TypeAdapter,
+        data: Any,
+        prefix: KeyPath,
+        known: Callable[[tuple], list[str]] = lambda loc: [],
+        tags: list[str] = (),
+        note: str = "",
+    ):
         """The validated value, or None after recording one problem per offending key (each ending in `note`)."""
         try:
             return adapter.validate_python(data)
@@ -196,13 +229,19 @@ class _Validator:
             if key not in accepted:
                 self.problem(("defaults", key), f"no stage type accepts this key{did_you_mean(key, accepted)}")
             elif is_search(value):
-                self.problem(("defaults", key), "a {search: ...} value in defaults would search every stage's key on "
-                             "its own; search the key on one stage: its descendants follow each trial")
+                self.problem(
+                    ("defaults", key),
+                    "a {search: ...} value in defaults would search every stage's key on "
+                    "its own; search the key on one stage: its descendants follow each trial",
+                )
         decls: dict[str, StageDecl] = {}
-        previous: Optional[str] = None
+        previous: str | None = None
         for sid in header.stages:
             if not STAGE_ID.fullmatch(sid):
-                self.problem(("stages", sid), f"stage id '{sid}' must start with a letter or digit and use only letters, digits, '_' and '-'")
+                self.problem(
+                    ("stages", sid),
+                    f"stage id '{sid}' must start with a letter or digit and use only letters, digits, '_' and '-'",
+                )
         for sid, body in header.stages.items():
             parent = body.get("from", previous) if isinstance(body, dict) else previous
             if isinstance(parent, str) and parent not in header.stages:
@@ -218,42 +257,55 @@ class _Validator:
             self._check_search(header.search, decls)
         return decls
 
-    def _check_search(self, search: Optional[SearchConfig], decls: dict[str, StageDecl]) -> None:
+    def _check_search(self, search: SearchConfig | None, decls: dict[str, StageDecl]) -> None:
         """The search section against the stages: something is searched, objectives lie below a searched stage,
         constraints name existing stages, no sweep, grid sampling only over finite spaces."""
         searched = {sid: decl for sid, decl in decls.items() if decl.search}
         if search is None:
             for sid, decl in searched.items():
-                self.problem(("stages", sid, next(iter(decl.search))), "a {search: ...} value needs a recipe-level "
-                             "search: section (trials, maximize: or minimize:)")
+                self.problem(
+                    ("stages", sid, next(iter(decl.search))),
+                    "a {search: ...} value needs a recipe-level search: section (trials, maximize: or minimize:)",
+                )
             return
         if not searched:
             self.problem(("search",), "no stage key holds a {search: ...} value: nothing to search")
             return
         for sid, decl in decls.items():
-            for key in (decl.variants[0][0] if len(decl.variants) > 1 else {}):
-                self.problem(("stages", sid, key), "a recipe with search: cannot also sweep (a trial would be several "
-                             "branches); make it a choice instead: {search: [...]}")
+            for key in decl.variants[0][0] if len(decl.variants) > 1 else {}:
+                self.problem(
+                    ("stages", sid, key),
+                    "a recipe with search: cannot also sweep (a trial would be several "
+                    "branches); make it a choice instead: {search: [...]}",
+                )
         subtree = search_subtree({sid: d.parent for sid, d in decls.items()}, set(searched))
         for field_name in ("maximize", "minimize"):
             for i, objective in enumerate(getattr(search, field_name)):
                 stage = objective.split(".", 1)[0]
-                where = ("search", field_name, i) if ("search", field_name, i) in self.locations else ("search", field_name)
+                where = (
+                    ("search", field_name, i) if ("search", field_name, i) in self.locations else ("search", field_name)
+                )
                 if stage not in decls:
                     self.problem(where, f"no stage '{stage}' in the recipe{did_you_mean(stage, list(decls))}")
                 elif stage not in subtree:
-                    self.problem(where, f"'{stage}' is neither searched nor below a searched stage ({', '.join(searched)}): "
-                                 "its value is the same in every trial")
+                    self.problem(
+                        where,
+                        f"'{stage}' is neither searched nor below a searched stage ({', '.join(searched)}): "
+                        "its value is the same in every trial",
+                    )
         for i, constraint in enumerate(search.parsed_constraints()):
             named = [constraint.stage] + ([constraint.reference[0]] if constraint.reference else [])
             for stage in (s for s in named if s not in decls):
-                self.problem(("search", "constraints", i),
-                             f"no stage '{stage}' in the recipe{did_you_mean(stage, list(decls))}")
+                self.problem(
+                    ("search", "constraints", i), f"no stage '{stage}' in the recipe{did_you_mean(stage, list(decls))}"
+                )
         if search.sampler == "grid":
             for sid, decl in searched.items():
                 for key, space in decl.search.items():
                     if isinstance(space, SearchRange) and space.grid() is None:
-                        self.problem(("stages", sid, key), "sampler: grid needs a step on a float range (or a choice list)")
+                        self.problem(
+                            ("stages", sid, key), "sampler: grid needs a step on a float range (or a choice list)"
+                        )
 
     def _check_inputs(self, decl: StageDecl, decls: dict[str, StageDecl], names: list[str]) -> None:
         """An input (a distillation teacher) names another stage that gives a PyTorch model and does not depend on
@@ -263,16 +315,21 @@ class _Validator:
             if stage not in names:
                 self.problem(where, f"no stage named '{stage}'{did_you_mean(stage, names)}")
             elif stage == decl.id:
-                self.problem(where, f"'{stage}' is this stage itself; name a stage before it (e.g. the one it was "
-                                    f"pruned from)")
+                self.problem(
+                    where, f"'{stage}' is this stage itself; name a stage before it (e.g. the one it was pruned from)"
+                )
             elif stage not in decls:
                 continue  # that stage has its own problem, reported there
             elif decl.id in _upstream(stage, decls):
-                self.problem(where, f"'{stage}' descends from '{decl.id}': its model does not exist before this "
-                                    f"stage runs")
+                self.problem(
+                    where, f"'{stage}' descends from '{decl.id}': its model does not exist before this stage runs"
+                )
             elif output_kind([d.type for d in reversed(_chain(decls[stage], decls))]) != "model":
-                self.problem(where, f"'{stage}' ({decls[stage].type}) gives a model file (ONNX/INT8), not a PyTorch "
-                                    f"model a teacher needs")
+                self.problem(
+                    where,
+                    f"'{stage}' ({decls[stage].type}) gives a model file (ONNX/INT8), not a PyTorch "
+                    f"model a teacher needs",
+                )
 
     def _check_edge(self, decl: StageDecl, decls: dict[str, StageDecl]) -> None:
         """A stage must take what its parent gives: no training or pruning `from:` an exported/quantized file."""
@@ -287,7 +344,7 @@ class _Validator:
             got = "a PyTorch model" if gives == "model" else "a model file (ONNX/INT8), not a PyTorch model"
             self.problem(where, f"a '{decl.type}' stage takes {wanted}, but '{parent.id}' ({parent.type}) gives {got}")
 
-    def _stage(self, sid: str, body: dict, defaults: dict, previous: Optional[str]) -> Optional[StageDecl]:
+    def _stage(self, sid: str, body: dict, defaults: dict, previous: str | None) -> StageDecl | None:
         path = ("stages", sid)
         if not isinstance(body, dict):
             self.problem(path, f"a stage must be a mapping with at least 'type' (got {body!r})")
@@ -295,16 +352,21 @@ class _Validator:
         stype = body.get("type")
         if stype not in STAGES:
             msg = "missing required key 'type'" if stype is None else f"unknown stage type '{stype}'"
-            self.problem(path + (("type",) if stype is not None else ()), msg + did_you_mean(stype or "", STAGES.names())
-                         + f" (known: {', '.join(STAGES.names())})")
+            self.problem(
+                path + (("type",) if stype is not None else ()),
+                msg + did_you_mean(stype or "", STAGES.names()) + f" (known: {', '.join(STAGES.names())})",
+            )
             return None
         fields = _fields_of(stype, body)
         merged = dict(body)
         for key, value in defaults.items():
             if key in fields and key not in merged and not is_search(value):
                 if _is_sweep(value):
-                    self.problem(("defaults", key), "a sweep in defaults would sweep every stage on its own (a product of "
-                                 "copies); sweep the key on one stage: its descendants follow each branch")
+                    self.problem(
+                        ("defaults", key),
+                        "a sweep in defaults would sweep every stage on its own (a product of "
+                        "copies); sweep the key on one stage: its descendants follow each branch",
+                    )
                     return None
                 merged[key] = value
                 self.locations.setdefault(path + (key,), self.where(("defaults", key)))
@@ -325,8 +387,13 @@ class _Validator:
         body_only = {k: v for k, v in merged.items() if k not in spaces}
         for key, space in spaces.items():
             # every end of a range and every choice must be a value this stage accepts
-            for candidate in (space.choices if not isinstance(space, SearchRange) else (space.low, space.high)):
-                if self.validate(adapter, {**copy.deepcopy(body_only), key: candidate}, path, lambda loc: sorted(fields), tags) is None:
+            for candidate in space.choices if not isinstance(space, SearchRange) else (space.low, space.high):
+                if (
+                    self.validate(
+                        adapter, {**copy.deepcopy(body_only), key: candidate}, path, lambda loc: sorted(fields), tags
+                    )
+                    is None
+                ):
                     return None
         # the placeholder each trial replaces: the first value of every space
         merged = {**body_only, **{k: s.low if isinstance(s, SearchRange) else s.choices[0] for k, s in spaces.items()}}
@@ -336,8 +403,14 @@ class _Validator:
             # a swept discriminator (method: {sweep: [...]}) changes the keys a copy accepts: name the copy
             known = sorted(_fields_of(stype, {**merged, **assignment}))
             copy_of = ", ".join(f"{k}={v}" for k, v in assignment.items())
-            config = self.validate(adapter, {**copy.deepcopy(merged), **assignment}, path, lambda loc, known=known: known, tags,
-                                   f" (in the sweep copy {copy_of})" if copy_of else "")
+            config = self.validate(
+                adapter,
+                {**copy.deepcopy(merged), **assignment},
+                path,
+                lambda loc, known=known: known,
+                tags,
+                f" (in the sweep copy {copy_of})" if copy_of else "",
+            )
             if config is None:
                 return None
             variants.append((assignment, config))
@@ -348,9 +421,12 @@ class _Validator:
         outside = [k for k in sweeps if k in type(variants[0][1]).NOT_IDENTITY]
         for key in outside:
             # copies that differ only there share one cache key: every copy after the first would be "reused"
-            self.problem(path + (key,), f"'{key}' is not part of a stage's cache key: its sweep copies would share "
-                                        "one key (the first copy's run reused by the others); to rerun a stage with "
-                                        "another value, use --set and --force")
+            self.problem(
+                path + (key,),
+                f"'{key}' is not part of a stage's cache key: its sweep copies would share "
+                "one key (the first copy's run reused by the others); to rerun a stage with "
+                "another value, use --set and --force",
+            )
         if outside:
             return None
         stage = STAGES.get(stype)
@@ -358,10 +434,18 @@ class _Validator:
         if parent is None and (stage.needs_parent or "model" not in stage.takes):
             self.problem(path, f"a '{stype}' stage needs a parent: add 'from:' or put a stage before it")
             return None
-        return StageDecl(sid, stype, parent, variants, self.where(path),
-                         self.locations.get(path + ("from",)) if "from" in body else None, spaces, body_only)
+        return StageDecl(
+            sid,
+            stype,
+            parent,
+            variants,
+            self.where(path),
+            self.locations.get(path + ("from",)) if "from" in body else None,
+            spaces,
+            body_only,
+        )
 
-    def _spaces(self, path: KeyPath, merged: dict) -> Optional[dict[str, SearchSpace]]:
+    def _spaces(self, path: KeyPath, merged: dict) -> dict[str, SearchSpace] | None:
         """The stage's `{search: ...}` values as spaces, or None after recording a problem."""
         spaces: dict[str, SearchSpace] = {}
         for key, value in merged.items():
@@ -375,8 +459,12 @@ class _Validator:
                 self.problem(path + (key,), message)
                 return None
             if space is None:
-                space = self.validate(TypeAdapter(SearchRange), value["search"], path + (key, "search"),
-                                      lambda loc: _model_keys(SearchRange, loc))
+                space = self.validate(
+                    TypeAdapter(SearchRange),
+                    value["search"],
+                    path + (key, "search"),
+                    lambda loc: _model_keys(SearchRange, loc),
+                )
                 if space is None:
                     return None
             spaces[key] = space
@@ -407,7 +495,7 @@ def _upstream(stage: str, decls: dict[str, StageDecl]) -> set[str]:
     return seen
 
 
-def _union_members(config: Any) -> tuple[Optional[str], dict[str, type[BaseModel]]]:
+def _union_members(config: Any) -> tuple[str | None, dict[str, type[BaseModel]]]:
     """A stage config written as a discriminated union (prune: on `method`) -> (discriminator, tag -> model)."""
     if get_origin(config) is not Annotated:
         return None, {}
@@ -469,15 +557,17 @@ def _lost_union_member(path: KeyPath, error: dict, located: list[tuple[KeyPath, 
     is a ModelSpec with a bad family, not a bad string."""
     if not error["type"].endswith(("_type", "literal_error")):
         return False
-    return any(len(other) > len(path) and other[:len(path)] == path for other, _ in located)
+    return any(len(other) > len(path) and other[: len(path)] == path for other, _ in located)
 
 
 def _misspelled_nearby(path: KeyPath, error: dict, located: list[tuple[KeyPath, dict]]) -> bool:
     """True for "missing key 'model'" when a sibling unknown key ('modle') already says "did you mean 'model'"."""
     if error["type"] != "missing" or not path:
         return False
-    return any(e["type"] == "extra_forbidden" and other[:-1] == path[:-1] and did_you_mean(other[-1], [path[-1]])
-               for other, e in located)
+    return any(
+        e["type"] == "extra_forbidden" and other[:-1] == path[:-1] and did_you_mean(other[-1], [path[-1]])
+        for other, e in located
+    )
 
 
 def _discriminator(error: dict) -> str:
@@ -490,14 +580,16 @@ def _model_keys(model: type[BaseModel], loc: tuple) -> list[str]:
         info = model.model_fields.get(part) if isinstance(part, str) else None
         if info is None:
             continue  # a union label or a list index
-        nested = [m for m in (info.annotation, *get_args(info.annotation)) if isinstance(m, type) and issubclass(m, BaseModel)]
+        nested = [
+            m for m in (info.annotation, *get_args(info.annotation)) if isinstance(m, type) and issubclass(m, BaseModel)
+        ]
         if not nested:
             return []
         model = nested[0]
     return [info.alias or name for name, info in model.model_fields.items()]
 
 
-def _message(error: dict, known: Optional[list[str]], tags: list[str] = ()) -> str:
+def _message(error: dict, known: list[str] | None, tags: list[str] = ()) -> str:
     kind, loc = error["type"], error["loc"]
     key = str(loc[-1]) if loc else ""
     if kind == "extra_forbidden":
@@ -512,14 +604,17 @@ def _message(error: dict, known: Optional[list[str]], tags: list[str] = ()) -> s
         ctx = error.get("ctx", {})
         tag = ctx.get("tag", "")
         expected = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
-        return f"unknown {ctx.get('discriminator', 'value').strip(chr(39))} '{tag}'{did_you_mean(tag, expected)} (known: {', '.join(expected)})"
+        what = ctx.get("discriminator", "value").strip(chr(39))
+        return f"unknown {what} '{tag}'{did_you_mean(tag, expected)} (known: {', '.join(expected)})"
     msg = error["msg"]
     if msg.startswith("Value error, "):
-        return msg[len("Value error, "):]  # our own validators already name the value
+        return msg[len("Value error, ") :]  # our own validators already name the value
     got = error.get("input")
     if isinstance(got, (str, int, float, bool)):
         msg += f" (got {got!r})"
     if kind == "literal_error" and isinstance(got, str):
-        expected = [t.strip(" '") for t in str(error.get("ctx", {}).get("expected", "")).replace(" or ", ", ").split(",")]
+        expected = [
+            t.strip(" '") for t in str(error.get("ctx", {}).get("expected", "")).replace(" or ", ", ").split(",")
+        ]
         msg += did_you_mean(got, expected)
     return msg

@@ -1,4 +1,5 @@
 """JSON Schema for editors, generated from the same pydantic models that validate recipes."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any, Union
@@ -8,23 +9,34 @@ from pydantic import Field, TypeAdapter, create_model
 from ..stages import STAGES
 from ._models import RecipeHeader
 
-
 # a searched key: a choice list, or a range (the stage's own bounds are checked at load, not by the editor)
-SEARCH_VALUE = {"anyOf": [
-    {"type": "array", "minItems": 1, "items": {"type": ["string", "number", "boolean", "null"]}},
-    {"type": "object", "required": ["low", "high"], "additionalProperties": False,
-     "properties": {"low": {"type": "number"}, "high": {"type": "number"}, "step": {"type": "number", "exclusiveMinimum": 0},
-                    "log": {"type": "boolean"}}},
-]}
+SEARCH_VALUE = {
+    "anyOf": [
+        {"type": "array", "minItems": 1, "items": {"type": ["string", "number", "boolean", "null"]}},
+        {
+            "type": "object",
+            "required": ["low", "high"],
+            "additionalProperties": False,
+            "properties": {
+                "low": {"type": "number"},
+                "high": {"type": "number"},
+                "step": {"type": "number", "exclusiveMinimum": 0},
+                "log": {"type": "boolean"},
+            },
+        },
+    ]
+}
 
 
 def recipe_json_schema() -> dict[str, Any]:
     members = []
     for _name, entry in STAGES.items():
         members.append(entry.config)
-    AnyStage = Annotated[Union[tuple(members)], Field(discriminator="type")]  # type: ignore[misc]
+    # Union[...] of a runtime tuple: the `X | Y` spelling cannot be built from a list of registered types
+    AnyStage = Annotated[Union[tuple(members)], Field(discriminator="type")]  # type: ignore[misc]  # noqa: UP007
     Recipe = create_model(
-        "Recipe", __base__=RecipeHeader,
+        "Recipe",
+        __base__=RecipeHeader,
         stages=(dict[str, AnyStage], Field(min_length=1, description="stage id -> stage; order is file order")),
     )
     schema = TypeAdapter(Recipe).json_schema(by_alias=True)
@@ -44,8 +56,21 @@ def _allow_sweeps(schema: dict) -> None:
         for key, prop in props.items():
             if key in ("type", "from", "method"):
                 continue
-            props[key] = {"anyOf": [dict(prop), {"type": "object", "properties": {"sweep": {"type": "array", "items": dict(prop), "minItems": 1}},
-                                                 "required": ["sweep"], "additionalProperties": False},
-                                    {"type": "object", "properties": {"search": {"$ref": "#/$defs/SearchValue"}},
-                                     "required": ["search"], "additionalProperties": False}],
-                          **({"description": prop["description"]} if "description" in prop else {})}
+            props[key] = {
+                "anyOf": [
+                    dict(prop),
+                    {
+                        "type": "object",
+                        "properties": {"sweep": {"type": "array", "items": dict(prop), "minItems": 1}},
+                        "required": ["sweep"],
+                        "additionalProperties": False,
+                    },
+                    {
+                        "type": "object",
+                        "properties": {"search": {"$ref": "#/$defs/SearchValue"}},
+                        "required": ["search"],
+                        "additionalProperties": False,
+                    },
+                ],
+                **({"description": prop["description"]} if "description" in prop else {}),
+            }

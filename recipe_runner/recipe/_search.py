@@ -3,12 +3,14 @@
 A searched key is a float or int range (`{search: {low, high, step, log}}`) or a choice list (`{search: [a, b]}`).
 Objectives and constraints name `<stage>.<metric>`; which stages exist is checked by the loader (_load.py).
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Optional, Union
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -20,7 +22,7 @@ CONSTRAINT = re.compile(r"^\s*(\S+?)\s*([<>=!]+)\s*(.+?)\s*$")
 # the right side of a relative bound: `[<factor> *] <stage>.<metric>`, e.g. 0.95 * train.mAP50-95
 RELATIVE = re.compile(r"^(?:(\S+)\s*\*\s*)?([A-Za-z0-9][A-Za-z0-9_\-]*\.\S+)$")
 OPERATORS = ("<=", ">=")
-Scalar = Union[bool, int, float, str, None]
+Scalar = bool | int | float | str | None
 
 
 def is_search(value: Any) -> bool:
@@ -30,13 +32,13 @@ def is_search(value: Any) -> bool:
 class SearchRange(StrictModel):
     """A float range, or an int range when low, high (and step) are integers."""
 
-    low: Union[int, float]
-    high: Union[int, float]
-    step: Optional[Union[int, float]] = Field(None, gt=0, description="sample only low + n*step")
+    low: int | float
+    high: int | float
+    step: int | float | None = Field(None, gt=0, description="sample only low + n*step")
     log: bool = Field(False, description="sample on a log scale (low > 0; not with step)")
 
     @model_validator(mode="after")
-    def _ordered(self) -> "SearchRange":
+    def _ordered(self) -> SearchRange:
         if self.low > self.high:
             raise ValueError(f"low {self.low} is above high {self.high}")
         if self.log and self.low <= 0:
@@ -49,7 +51,7 @@ class SearchRange(StrictModel):
     def is_int(self) -> bool:
         return all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high, self.step or 1))
 
-    def grid(self) -> Optional[list[Union[int, float]]]:
+    def grid(self) -> list[int | float] | None:
         """Every value a grid sampler may take, or None when the range is continuous."""
         if self.is_int:
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
@@ -73,10 +75,10 @@ class SearchChoice(StrictModel):
         return "one of " + ", ".join(map(str, self.choices))
 
 
-SearchSpace = Union[SearchRange, SearchChoice]
+SearchSpace = SearchRange | SearchChoice
 
 
-def parse_space(value: Any) -> tuple[Optional[SearchSpace], Optional[str]]:
+def parse_space(value: Any) -> tuple[SearchSpace | None, str | None]:
     """(space, None) for a valid `{search: ...}` value, else (None, a message). Pydantic errors are left to the
     caller for ranges (they carry locations); the shape is judged here."""
     if set(value) != {"search"}:
@@ -104,17 +106,21 @@ class SearchConfig(StrictModel):
 
     trials: int = Field(ge=1, le=100000, description="trials to run in all (a re-run reuses finished ones)")
     sampler: Literal["tpe", "random", "grid", "nsga2"] = Field(
-        "tpe", description="tpe (default), random, grid (choice lists and stepped ranges), nsga2 (several objectives)")
-    seed: Optional[int] = Field(None, ge=0, le=2**32 - 1, description="sampler seed; default: the recipe's seed")
+        "tpe", description="tpe (default), random, grid (choice lists and stepped ranges), nsga2 (several objectives)"
+    )
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="sampler seed; default: the recipe's seed")
     parallel: int = Field(1, ge=1, le=256, description="trials asked at once (they run together with --executor ray)")
-    maximize: Union[str, list[str]] = Field(default_factory=list, description="<stage>.<metric>, or a list of them")
-    minimize: Union[str, list[str]] = Field(default_factory=list, description="<stage>.<metric>, or a list of them")
-    constraints: list[str] = Field(default_factory=list, description='"<stage>.<metric> <= | >= <number>", or a bound relative to '
-                                   'what another stage measured: "<stage>.<metric> >= 0.95 * <stage>.<metric>"')
+    maximize: str | list[str] = Field(default_factory=list, description="<stage>.<metric>, or a list of them")
+    minimize: str | list[str] = Field(default_factory=list, description="<stage>.<metric>, or a list of them")
+    constraints: list[str] = Field(
+        default_factory=list,
+        description='"<stage>.<metric> <= | >= <number>", or a bound relative to '
+        'what another stage measured: "<stage>.<metric> >= 0.95 * <stage>.<metric>"',
+    )
 
     @field_validator("maximize", "minimize")
     @classmethod
-    def _stage_metrics(cls, value: Union[str, list[str]]) -> list[str]:
+    def _stage_metrics(cls, value: str | list[str]) -> list[str]:
         names = [value] if isinstance(value, str) else value
         for name in names:
             if not STAGE_METRIC.fullmatch(name):
@@ -129,7 +135,7 @@ class SearchConfig(StrictModel):
         return values
 
     @model_validator(mode="after")
-    def _has_objective(self) -> "SearchConfig":
+    def _has_objective(self) -> SearchConfig:
         if not self.maximize and not self.minimize:
             raise ValueError("search: needs an objective: maximize: or minimize: <stage>.<metric>")
         both = set(self.maximize) & set(self.minimize)
@@ -137,11 +143,12 @@ class SearchConfig(StrictModel):
             raise ValueError(f"search: {sorted(both)[0]} is both maximized and minimized")
         return self
 
-    def objectives(self) -> list["Objective"]:
-        return [Objective(*_split(name), "maximize") for name in self.maximize] + \
-               [Objective(*_split(name), "minimize") for name in self.minimize]
+    def objectives(self) -> list[Objective]:
+        return [Objective(*_split(name), "maximize") for name in self.maximize] + [
+            Objective(*_split(name), "minimize") for name in self.minimize
+        ]
 
-    def parsed_constraints(self) -> list["Constraint"]:
+    def parsed_constraints(self) -> list[Constraint]:
         return [parse_constraint(text) for text in self.constraints]
 
 
@@ -164,20 +171,20 @@ class Constraint:
     bound: float  # the number, or the factor of `reference` for a relative bound
     text: str
     # a relative bound: (stage, metric) whose measured value times `bound` is the limit (each trial's own value)
-    reference: Optional[tuple[str, str]] = None
+    reference: tuple[str, str] | None = None
 
     @property
     def name(self) -> str:
         return f"{self.stage}.{self.metric}"
 
-    def limit(self, reference_value: Optional[float] = None) -> float:
+    def limit(self, reference_value: float | None = None) -> float:
         """The bound in the metric's units: the number, or factor x the reference's measured value."""
         if self.reference is None:
             return self.bound
         assert reference_value is not None, f"'{self.text}' needs the value of {'.'.join(self.reference)}"
         return self.bound * reference_value
 
-    def violation(self, value: float, reference_value: Optional[float] = None) -> float:
+    def violation(self, value: float, reference_value: float | None = None) -> float:
         """Optuna's convention: <= 0 is feasible, and the size of a positive value says by how much it is not."""
         bound = self.limit(reference_value)
         return value - bound if self.op == "<=" else bound - value
@@ -192,7 +199,7 @@ def parse_constraint(text: str) -> Constraint:
         raise ValueError(f"'{text}': unknown operator '{op}' (use <= or >=)")
     if not STAGE_METRIC.fullmatch(name):
         raise ValueError(f"'{text}': '{name}' is not <stage>.<metric>")
-    reference: Optional[tuple[str, str]] = None
+    reference: tuple[str, str] | None = None
     relative = RELATIVE.fullmatch(number)
     if relative and not _is_number(number):
         factor, number = relative.group(1) or "1", relative.group(2)
@@ -220,7 +227,7 @@ def _split(name: str) -> tuple[str, str]:
     return stage, metric
 
 
-def search_subtree(parents: Mapping[str, Optional[str]], searched: set[str]) -> list[str]:
+def search_subtree(parents: Mapping[str, str | None], searched: set[str]) -> list[str]:
     """The searched stages and every stage below one, in the order of `parents` (stage id -> parent id):
     what each trial copies."""
     inside: list[str] = []

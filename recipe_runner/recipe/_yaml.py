@@ -8,6 +8,7 @@ alias expands to are counted, so a small file of nested aliases (billion laughs)
 is an error, not a hang; a scalar its tag cannot read (`!!int abc`, `2024-02-30`)
 is a located error too.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,8 +19,7 @@ from ._errors import Location, Problem, RecipeError
 
 Path = tuple[Any, ...]
 STANDARD_TAGS = {
-    "tag:yaml.org,2002:" + name
-    for name in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")
+    "tag:yaml.org,2002:" + name for name in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")
 }
 # a recipe has tens of values; aliases may repeat a block, but not expand a small file into millions
 MAX_VALUES = 10_000
@@ -42,18 +42,25 @@ class _Walker:
         self.locations.setdefault(path, self.at(node))
         self._count += 1
         if self._count > MAX_VALUES:
-            raise _TooBig(Problem(self.at(node), f"the recipe expands to more than {MAX_VALUES} values (through "
-                                                 "aliases?); a recipe is a few dozen"))
+            raise _TooBig(
+                Problem(
+                    self.at(node),
+                    f"the recipe expands to more than {MAX_VALUES} values (through aliases?); a recipe is a few dozen",
+                )
+            )
         if len(path) > MAX_DEPTH:
             raise _TooBig(Problem(self.at(node), f"values are nested more than {MAX_DEPTH} levels deep"))
         if node.tag not in STANDARD_TAGS:
-            self.problems.append(Problem(self.at(node), f"YAML tag '{node.tag}' is not allowed in a recipe (only plain data)"))
+            self.problems.append(
+                Problem(self.at(node), f"YAML tag '{node.tag}' is not allowed in a recipe (only plain data)")
+            )
             return None
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node, path)
         if id(node) in self._open:
-            self.problems.append(Problem(self.at(node),
-                                         "an alias refers to a block that contains it (a recursive alias)"))
+            self.problems.append(
+                Problem(self.at(node), "an alias refers to a block that contains it (a recursive alias)")
+            )
             return None
         self._open.add(id(node))
         try:
@@ -71,8 +78,9 @@ class _Walker:
         except Exception:
             kind, label = node.tag.rsplit(":", 1)[-1], ".".join(str(p) for p in path)
             hint = " (a date must exist, e.g. 2024-02-29; quote it to keep it text)" if kind == "timestamp" else ""
-            self.problems.append(Problem(self.at(node),
-                                         f"{label + ': ' if label else ''}'{node.value}' is not a valid {kind}{hint}"))
+            self.problems.append(
+                Problem(self.at(node), f"{label + ': ' if label else ''}'{node.value}' is not a valid {kind}{hint}")
+            )
             return None
 
     def _mapping(self, node: yaml.MappingNode, path: Path) -> dict:
@@ -80,11 +88,15 @@ class _Walker:
         first_seen: dict[Any, Location] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                self.problems.append(Problem(self.at(key_node), "keys must be plain scalars (no merge keys or complex keys)"))
+                self.problems.append(
+                    Problem(self.at(key_node), "keys must be plain scalars (no merge keys or complex keys)")
+                )
                 continue
             key = self.walk(key_node, path + ("<key>",))
             if key in first_seen:
-                self.problems.append(Problem(self.at(key_node), f"duplicate key '{key}' (first defined at line {first_seen[key].line})"))
+                self.problems.append(
+                    Problem(self.at(key_node), f"duplicate key '{key}' (first defined at line {first_seen[key].line})")
+                )
                 continue
             first_seen[key] = self.at(key_node)
             self.locations[path + (key,)] = self.at(key_node)
@@ -106,8 +118,10 @@ def _syntax_problem(exc: yaml.MarkedYAMLError, source: str) -> Problem:
     if exc.context_mark and exc.problem_mark and str(exc.context).startswith("while parsing a flow"):
         # an unclosed [ or {: point where it opened, and say where parsing gave up
         mark = exc.context_mark
-        message = f"YAML syntax error: this {'[' if 'sequence' in str(exc.context) else '{'} is not closed" \
-                  f" ({exc.problem} at line {exc.problem_mark.line + 1})"
+        message = (
+            f"YAML syntax error: this {'[' if 'sequence' in str(exc.context) else '{'} is not closed"
+            f" ({exc.problem} at line {exc.problem_mark.line + 1})"
+        )
     elif "<block end>" in str(exc.problem) or "mapping values are not allowed" in str(exc.problem):
         message += " (check this line's indentation, and quote values that contain ': ')"
     where = Location(source, mark.line + 1, mark.column + 1) if mark else Location(source)

@@ -4,6 +4,7 @@ a file, ONNX Runtime for .onnx (`onnx_runtime`), OpenVINO for the packed IR, .op
 Both modules offer the same calls (session, run, input_shape, measure), so evaluation and the
 benchmark treat every file alike.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -6,12 +6,13 @@ way, so the numbers in MLflow are comparable across stages and families:
 - the largest |ONNX - PyTorch| difference and the output scale it is judged against;
 - latency as median and p90 over many batch-1 runs after a warm-up (a mean hides outliers).
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -106,8 +107,9 @@ def input_shape(path: Path) -> list:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
 
 
-def measure(path: Path, imgsz: int, threads: list[int], runs: int = 50, warmup: int = 10, batch: int = 0,
-            prefix: str = "") -> dict[str, float]:
+def measure(
+    path: Path, imgsz: int, threads: list[int], runs: int = 50, warmup: int = 10, batch: int = 0, prefix: str = ""
+) -> dict[str, float]:
     """Batch-1 latency (median, p90) per thread count, and throughput at `batch` (0: none), as metric names
     `{prefix}latency_ms_t{threads}`, `{prefix}latency_p90_ms_t{threads}`, `{prefix}throughput_t{threads}_b{batch}`."""
     rng = np.random.default_rng(0)

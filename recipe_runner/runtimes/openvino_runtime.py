@@ -5,6 +5,7 @@ Mirrors onnx_runtime: a compiled model with a fixed thread count, run, and laten
 (batch 1, warm-up, median and p90). The archive also holds Ultralytics' metadata.yaml when the source
 ONNX file had metadata, so Ultralytics' validator runs the unpacked folder itself.
 """
+
 from __future__ import annotations
 
 import tarfile
@@ -61,8 +62,12 @@ def session(path: Path, threads: int = 1):
 
     # f32: on a CPU with AVX-512 BF16/AMX OpenVINO silently runs float layers in bfloat16 (YOLOv8n at 640 px,
     # 1 thread, here: 39 ms "FP32" that way, 103 ms in f32); FP32 must mean FP32, as in ONNX Runtime
-    config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_PRECISION_HINT": "f32"}
+    config = {
+        "INFERENCE_NUM_THREADS": threads,
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",
+    }
     return ov.Core().compile_model(read(path), "CPU", config)
 
 
@@ -76,8 +81,9 @@ def input_shape(path: Path) -> list:
     return [d.get_length() if d.is_static else "?" for d in shape]
 
 
-def measure(path: Path, imgsz: int, threads: list[int], runs: int = 50, warmup: int = 10, batch: int = 0,
-            prefix: str = "") -> dict[str, float]:
+def measure(
+    path: Path, imgsz: int, threads: list[int], runs: int = 50, warmup: int = 10, batch: int = 0, prefix: str = ""
+) -> dict[str, float]:
     """Same measurement and metric names as onnx_runtime.measure, with OpenVINO running the file."""
     import time
 

@@ -4,11 +4,12 @@ Each trial is a copy of the searched stages and their descendants (StageGraph.ad
 engine like any stage: reused, resumed or run by cache key, each its own MLflow run. A trial whose stage fails
 is told as failed and the search goes on.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from ..outcomes import SearchFailed, StageReport
 from ..planner import Plan, PlannedStage, plan_stage
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from ..engine import Engine
 
 
-def run_search(engine: "Engine", parent_id: str, scratch: Path, reports: list[StageReport]) -> None:
+def run_search(engine: Engine, parent_id: str, scratch: Path, reports: list[StageReport]) -> None:
     plan = engine.plan
     engine.schedule(parent_id, scratch, reports)  # the stages above the search, shared by every trial
     if any(r.action == "failed" for r in reports):
@@ -51,15 +52,19 @@ def run_search(engine: "Engine", parent_id: str, scratch: Path, reports: list[St
             reports.extend(r for r in mine if r.action not in ("failed", "skipped"))
             for r in mine:
                 engine.outputs.pop(r.node_id, None)  # a finished trial's models are not needed again
-            engine.announce(report.progress_line(record, len(records), total, best(records, study.objectives),
-                                                 study.objectives))
+            engine.announce(
+                report.progress_line(record, len(records), total, best(records, study.objectives), study.objectives)
+            )
     report.record(engine.tracker, parent_id, study, records)
     if not best(records, study.objectives):
         failed = sum(r.state != "COMPLETE" for r in records)
-        raise SearchFailed(f"no feasible trial: none of {len(records)} trial(s) met every constraint "
-                           f"({', '.join(study.config.constraints) or 'none'}); {failed} failed. Every trial is kept "
-                           "in MLflow: loosen a constraint or raise search.trials and run again (finished trials are "
-                           "reused)", reports)
+        raise SearchFailed(
+            f"no feasible trial: none of {len(records)} trial(s) met every constraint "
+            f"({', '.join(study.config.constraints) or 'none'}); {failed} failed. Every trial is kept "
+            "in MLflow: loosen a constraint or raise search.trials and run again (finished trials are "
+            "reused)",
+            reports,
+        )
 
 
 def _plan_trials(plan: Plan, batch: list[TrialRecord]) -> list[PlannedStage]:
@@ -84,8 +89,14 @@ def _trial_nodes(plan: Plan, number: int) -> dict[str, str]:
     return {n.stage_id: n.id for n in plan.graph.nodes.values() if n.sweep.get("trial") == number}
 
 
-def _judge(engine: "Engine", study: Study, record: TrialRecord, mine: list[StageReport], node_of: dict[str, str],
-           run_ids: dict[str, str]) -> None:
+def _judge(
+    engine: Engine,
+    study: Study,
+    record: TrialRecord,
+    mine: list[StageReport],
+    node_of: dict[str, str],
+    run_ids: dict[str, str],
+) -> None:
     """The trial's values, read back from the stage runs in MLflow (a re-run reads the very numbers it told)."""
     record.actions = {r.node_id: r.action for r in mine}
     record.runs = {r.node_id: r.run_id for r in mine if r.run_id}
@@ -94,8 +105,11 @@ def _judge(engine: "Engine", study: Study, record: TrialRecord, mine: list[Stage
         record.state, record.error = "FAIL", "; ".join(r.error for r in broken) or "a stage of the trial did not run"
         return
     ids = {**run_ids, **record.runs}
-    metrics = {node: dict(engine.tracker.client.get_run(ids[node]).data.metrics) for node in set(node_of.values())
-               if node in ids}
+    metrics = {
+        node: dict(engine.tracker.client.get_run(ids[node]).data.metrics)
+        for node in set(node_of.values())
+        if node in ids
+    }
     study.judge(record, metrics, node_of)
 
 
@@ -107,7 +121,7 @@ class Preview:
     found: list[TrialRecord]
     asked: list[TrialRecord]
     stages: list[PlannedStage]
-    note: Optional[str] = None
+    note: str | None = None
 
 
 def preview(plan: Plan) -> Preview:

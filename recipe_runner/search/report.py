@@ -1,5 +1,6 @@
 """What a search leaves on the parent run: the best trial (or the Pareto front) as tags, a trials table,
 search.png, and one console line per trial."""
+
 from __future__ import annotations
 
 import json
@@ -14,15 +15,21 @@ TABLE = "search/trials.json"
 PLOT = "search/search.png"
 
 
-def progress_line(record: TrialRecord, done: int, total: int, leaders: list[TrialRecord],
-                  objectives: list[Objective]) -> str:
+def progress_line(
+    record: TrialRecord, done: int, total: int, leaders: list[TrialRecord], objectives: list[Objective]
+) -> str:
     values = ", ".join(f"{k}={_num(v)}" for k, v in record.params.items())
     if record.state != "COMPLETE":
         outcome = f"FAILED: {record.error}"
     else:
         outcome = ", ".join(f"{k}={_num(v)}" for k, v in record.values.items())
-        outcome += "" if record.feasible else "  (infeasible: " + ", ".join(
-            _unmet(k, record.constraints[k], v) for k, v in record.violations.items() if v > 0) + ")"
+        outcome += (
+            ""
+            if record.feasible
+            else "  (infeasible: "
+            + ", ".join(_unmet(k, record.constraints[k], v) for k, v in record.violations.items() if v > 0)
+            + ")"
+        )
     if not leaders:
         lead = "no feasible trial yet"
     elif len(objectives) == 1:
@@ -46,8 +53,14 @@ def record(tracker: T.Tracker, parent_id: str, study: Study, records: list[Trial
     tags: dict[str, Any] = {T.PARETO_TRIALS: ",".join(str(r.number) for r in leaders)}
     if leaders and len(study.objectives) == 1:
         top = leaders[0]
-        tags.update({T.BEST_TRIAL: top.number, T.BEST_TRIAL_RUNS: json.dumps(top.runs),
-                     T.BEST_TRIAL_VALUES: json.dumps(top.values), T.BEST_TRIAL_PARAMS: json.dumps(top.params)})
+        tags.update(
+            {
+                T.BEST_TRIAL: top.number,
+                T.BEST_TRIAL_RUNS: json.dumps(top.runs),
+                T.BEST_TRIAL_VALUES: json.dumps(top.values),
+                T.BEST_TRIAL_PARAMS: json.dumps(top.params),
+            }
+        )
         tracker.log_metrics(parent_id, {f"search.best.{k}": v for k, v in top.values.items()})
     tracker.set_tags(parent_id, tags)
     tracker.client.log_table(parent_id, table(records, leaders), TABLE)
@@ -104,13 +117,17 @@ def figure(records: list[TrialRecord], leaders: list[TrialRecord], objectives: l
     feasible, infeasible = [r for r in done if r.feasible], [r for r in done if not r.feasible]
     names = [o.name for o in objectives]
     if len(objectives) == 1:
+
         def xy(rs: list[TrialRecord]) -> tuple[list, list]:
             return [r.number for r in rs], [r.values[names[0]] for r in rs]
+
         ax.set_xlabel("trial")
         ax.set_ylabel(f"{names[0]} ({objectives[0].direction})")
     else:
+
         def xy(rs: list[TrialRecord]) -> tuple[list, list]:
             return [r.values[names[0]] for r in rs], [r.values[names[1]] for r in rs]
+
         ax.set_xlabel(f"{names[0]} ({objectives[0].direction})")
         ax.set_ylabel(f"{names[1]} ({objectives[1].direction})")
     ax.scatter(*xy(feasible), color="C0", label="feasible", zorder=2)
@@ -123,16 +140,25 @@ def figure(records: list[TrialRecord], leaders: list[TrialRecord], objectives: l
             value = r.values[names[0]]
             running = value if running is None or sign * value > sign * running else running
             steps.append((r.number, running))
-        ax.step([s[0] for s in steps], [s[1] for s in steps], where="post", color="C0", alpha=0.5, lw=1,
-                label="best so far")
+        ax.step(
+            [s[0] for s in steps], [s[1] for s in steps], where="post", color="C0", alpha=0.5, lw=1, label="best so far"
+        )
     front = sorted(leaders, key=lambda r: xy([r])[0][0])
     if front:
         style = "k--" if len(objectives) > 1 else "k"
         ax.plot(*xy(front), style, lw=1, zorder=1, label="Pareto front" if len(objectives) > 1 else None)
-        ax.scatter(*xy(front), s=160, facecolors="none", edgecolors="k", zorder=3,
-                   label="best" if len(objectives) == 1 else None)
+        ax.scatter(
+            *xy(front),
+            s=160,
+            facecolors="none",
+            edgecolors="k",
+            zorder=3,
+            label="best" if len(objectives) == 1 else None,
+        )
     for r in done:
-        ax.annotate(str(r.number), (xy([r])[0][0], xy([r])[1][0]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.annotate(
+            str(r.number), (xy([r])[0][0], xy([r])[1][0]), textcoords="offset points", xytext=(4, 4), fontsize=7
+        )
     failed = len(records) - len(done)
     ax.set_title(f"search: {len(records)} trials, {len(feasible)} feasible" + (f", {failed} failed" if failed else ""))
     ax.grid(alpha=0.3)

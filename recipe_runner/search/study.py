@@ -4,6 +4,7 @@ The study is in memory and rebuilt on every run: the same seed asks the same fir
 them finished in MLflow by their cache keys, and telling their recorded values replays the sampler's state
 (tests/test_search.py checks this replay, TPE past its random start-up trials included).
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,7 +33,7 @@ optuna.logging.set_verbosity(logging.WARNING)  # one line per trial is the runne
 
 
 def spaces(recipe: Recipe) -> dict[str, SearchSpace]:
-    """"<stage>.<key>" -> its space, in file order."""
+    """ "<stage>.<key>" -> its space, in file order."""
     return {f"{sid}.{key}": space for sid, decl in recipe.stages.items() for key, space in decl.search.items()}
 
 
@@ -41,8 +42,9 @@ def distribution(space: SearchSpace) -> BaseDistribution:
         return CategoricalDistribution(space.choices)
     if space.is_int:
         return IntDistribution(int(space.low), int(space.high), log=space.log, step=int(space.step or 1))
-    return FloatDistribution(float(space.low), float(space.high), log=space.log,
-                             step=None if space.step is None else float(space.step))
+    return FloatDistribution(
+        float(space.low), float(space.high), log=space.log, step=None if space.step is None else float(space.step)
+    )
 
 
 def grid_size(found: dict[str, SearchSpace]) -> int:
@@ -56,7 +58,9 @@ def make_sampler(config: SearchConfig, seed: int, found: dict[str, SearchSpace])
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "grid":
-        grid = {name: space.choices if isinstance(space, SearchChoice) else space.grid() for name, space in found.items()}
+        grid = {
+            name: space.choices if isinstance(space, SearchChoice) else space.grid() for name, space in found.items()
+        }
         return _Grid(grid, seed=seed)  # type: ignore[arg-type]
     if config.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
@@ -68,8 +72,7 @@ class _Grid(optuna.samplers.GridSampler):
     """GridSampler stops the study from after_trial once every point was asked, which only study.optimize allows
     (ask/tell raises); the driver asks no more trials than the grid has points (Study.total)."""
 
-    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState,
-                    values: Any) -> None:
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState, values: Any) -> None:
         return None
 
 
@@ -102,8 +105,9 @@ class Study:
         self.objectives = self.config.objectives()
         self.constraints = self.config.parsed_constraints()
         seed = recipe.seed if self.config.seed is None else self.config.seed
-        self.study = optuna.create_study(directions=[o.direction for o in self.objectives],
-                                         sampler=make_sampler(self.config, seed, self.spaces))
+        self.study = optuna.create_study(
+            directions=[o.direction for o in self.objectives], sampler=make_sampler(self.config, seed, self.spaces)
+        )
         self.distributions = {name: distribution(space) for name, space in self.spaces.items()}
         self.trials: dict[int, optuna.Trial] = {}
 
@@ -131,22 +135,27 @@ class Study:
     def judge(self, record: TrialRecord, metrics: dict[str, dict[str, float]], node_of: dict[str, str]) -> None:
         """Fill the record's values from the metrics of its stages' runs (`node_of`: stage id -> node id of this
         trial or the shared one); a metric a stage never logged fails the trial, naming what it did log."""
-        wanted = [(o.name, o.stage, o.metric) for o in self.objectives] + \
-                 [(c.text, c.stage, c.metric) for c in self.constraints] + \
-                 [(_reference_label(c), *c.reference) for c in self.constraints if c.reference is not None]
+        wanted = (
+            [(o.name, o.stage, o.metric) for o in self.objectives]
+            + [(c.text, c.stage, c.metric) for c in self.constraints]
+            + [(_reference_label(c), *c.reference) for c in self.constraints if c.reference is not None]
+        )
         measured: dict[str, float] = {}
         for label, stage, metric in wanted:
             logged = metrics.get(node_of.get(stage, ""), {})
             if metric not in logged:
                 record.state = "FAIL"
-                record.error = (f"{node_of.get(stage, stage)} logged no metric '{metric}' (it logged: "
-                                f"{', '.join(sorted(logged)) or 'nothing'})")
+                record.error = (
+                    f"{node_of.get(stage, stage)} logged no metric '{metric}' (it logged: "
+                    f"{', '.join(sorted(logged)) or 'nothing'})"
+                )
                 return
             measured[label] = float(logged[metric])
         record.values = {o.name: measured[o.name] for o in self.objectives}
         record.constraints = {c.text: measured[c.text] for c in self.constraints}
-        record.violations = {c.text: c.violation(measured[c.text], measured.get(_reference_label(c)))
-                             for c in self.constraints}
+        record.violations = {
+            c.text: c.violation(measured[c.text], measured.get(_reference_label(c))) for c in self.constraints
+        }
         record.state = "COMPLETE"
 
 

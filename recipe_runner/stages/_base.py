@@ -11,11 +11,13 @@ fit (e.g. a prune stage `from:` a quantize stage) with the location of `from:`. 
 only measures (evaluate, benchmark) gives "parent": it hands on what it was given, so it may
 sit anywhere in a chain (quantize -> benchmark -> evaluate).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..registry import Registry
 
@@ -33,18 +35,18 @@ class StageContext(Protocol):
     model_source: str  # the recipe's model: source, for root stages
     workdir: Path
     parent_model: Any  # torch.nn.Module (for a root stage: the model as given by `model:`), or None for a file
-    parent_file: Optional[Path]  # the parent's output file (verified by sha256), when it gives a file
+    parent_file: Path | None  # the parent's output file (verified by sha256), when it gives a file
     parent_metrics: dict[str, float]  # what the parent's run logged (for "before vs after" metrics)
     parent_cache_key: str  # the parent stage's cache key ("" for a root stage): names what its output is
-    resume_state: Optional[dict]  # the last epoch checkpoint of an unfinished earlier attempt
+    resume_state: dict | None  # the last epoch checkpoint of an unfinished earlier attempt
 
     def input_model(self, role: str) -> Any: ...  # a frozen copy of an input stage's model (role "teacher")
-    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def save_epoch_state(self, state: dict, epoch: int) -> None: ...
-    def log_artifact(self, path: Path, folder: Optional[str] = None) -> None: ...
+    def log_artifact(self, path: Path, folder: str | None = None) -> None: ...
     def progress(self, description: str, total: int) -> Callable[[int], None]: ...
     def log_plot(self, figure: Any, name: str) -> None: ...
-    def nested(self, prefix: str) -> "StageContext": ...
+    def nested(self, prefix: str) -> StageContext: ...
     def warn(self, message: str) -> None: ...  # shown on the console and kept as a tag on the stage's run
 
 
@@ -57,8 +59,8 @@ class StageOutput:
     evaluate_output: bool = True  # the engine adds the family's standard evaluation (modules only)
     # family.evaluate(model, data, this stage's config) of exactly the output model, where the stage already has
     # it: the engine then adds only cost, latency and sparsity (no second pass over the validation set)
-    evaluation: Optional[dict[str, float]] = None
-    file: Optional[Path] = None  # the output file, for stage types that give "file"
+    evaluation: dict[str, float] | None = None
+    file: Path | None = None  # the output file, for stage types that give "file"
 
 
 Kind = Literal["model", "file", "parent"]  # "parent": whatever the stage's parent gives (passed through)
@@ -76,13 +78,13 @@ class StageType:
     takes: frozenset[str] = frozenset({"model"})  # what it accepts from its parent
     # run by the planner before anything runs: (config, skeleton) -> None, raising config_base.ConfigProblem for a
     # config this model cannot honour; `skeleton()` builds the recipe's architecture (cheaply, at most once)
-    check: Optional[Callable[[Any, Callable[[], Any]], None]] = None
+    check: Callable[[Any, Callable[[], Any]], None] | None = None
     # gives="file": config -> the suffix of the file it writes (.onnx, .openvino). A file fetched from the store is
     # run under a name the runner gives it from this suffix, never under the name a (writable) tag records
-    output_suffix: Optional[Callable[[Any], str]] = None
+    output_suffix: Callable[[Any], str] | None = None
 
 
-def distillation(ctx: StageContext, config: Any) -> Optional["Distillation"]:
+def distillation(ctx: StageContext, config: Any) -> Distillation | None:
     """What family.train needs for the config's `distill:` (the teacher loaded and frozen), or None without it."""
     from ..models import Distillation
 
@@ -106,7 +108,7 @@ def file_metrics(ctx: StageContext, measured: dict[str, float], prefix: str) -> 
     the file's accuracy (measured as prefix + name), the parent's as parent_ + name, and the parent's MACs and
     params (a file of the same architecture has the same)."""
     names = ctx.family.accuracy_metrics
-    out = {k[len(prefix):]: v for k, v in measured.items() if k.startswith(prefix) and k[len(prefix):] in names}
+    out = {k[len(prefix) :]: v for k, v in measured.items() if k.startswith(prefix) and k[len(prefix) :] in names}
     out.update({f"parent_{k}": v for k, v in ctx.parent_metrics.items() if k in names})
     out.update({k: v for k, v in ctx.parent_metrics.items() if k in ("macs", "params", "gflops")})
     return out

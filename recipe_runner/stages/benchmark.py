@@ -5,29 +5,34 @@ Measured the same way everywhere (runtimes/onnx_runtime.py): batch 1, a fixed an
 throughput at `batch`. ONNX Runtime runs .onnx files, OpenVINO the .openvino IR files of the openvino
 quantization backend. The stage passes its parent's output through unchanged, so it can sit anywhere.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import Field
 
-from ._base import STAGES, StageContext, StageOutput, StageType
 from ..config_base import ConfigProblem, StageConfig
+from ._base import STAGES, StageContext, StageOutput, StageType
 
 
 class BenchmarkConfig(StageConfig):
     type: Literal["benchmark"] = "benchmark"
     imgsz: int = Field(64, ge=16, le=4096, description="the recipe's input size")
-    bench_imgsz: Optional[int] = Field(
-        None, ge=16, le=4096, description="second input size timed; default: the family's (YOLO 640, classifiers 224)")
+    bench_imgsz: int | None = Field(
+        None, ge=16, le=4096, description="second input size timed; default: the family's (YOLO 640, classifiers 224)"
+    )
     batch: int = Field(8, ge=1, le=1024, description="batch of the throughput measurement")
     runs: int = Field(50, ge=50, le=100_000, description="timed batch-1 calls per setting (median and p90 of these)")
     warmup: int = Field(10, ge=1, le=10_000, description="untimed calls first")
     opset: int = Field(17, ge=11, le=23, description="ONNX opset of the FP32 export (for a model parent)")
     runtime: Literal["auto", "openvino"] = Field(
-        "auto", description="auto: ONNX Runtime for .onnx, OpenVINO for .openvino files; openvino: OpenVINO for both "
-                            "(to time an FP32 .onnx where OpenVINO will run it)")
+        "auto",
+        description="auto: ONNX Runtime for .onnx, OpenVINO for .openvino files; openvino: OpenVINO for both "
+        "(to time an FP32 .onnx where OpenVINO will run it)",
+    )
 
 
 def check_runtime(config: BenchmarkConfig, skeleton: Callable[[], Any]) -> None:
@@ -67,7 +72,7 @@ def run_benchmark(ctx: StageContext, config: BenchmarkConfig) -> StageOutput:
     return StageOutput(model=ctx.parent_model, metrics=metrics, evaluate_output=False)
 
 
-def _file_at(ctx: StageContext, config: BenchmarkConfig, imgsz: int) -> Optional[Path]:
+def _file_at(ctx: StageContext, config: BenchmarkConfig, imgsz: int) -> Path | None:
     """The parent's file if it takes imgsz, else None (with a warning); for a model parent, an FP32 export."""
     from ..runtimes import accepts_size, runtime_for
 
@@ -76,11 +81,20 @@ def _file_at(ctx: StageContext, config: BenchmarkConfig, imgsz: int) -> Optional
     if accepts_size(ctx.parent_file, imgsz):
         return ctx.parent_file
     shape = runtime_for(ctx.parent_file).input_shape(ctx.parent_file)
-    ctx.warn(f"{ctx.parent_file.name} takes input {shape}, not {imgsz} px: "
-             f"not timed at {imgsz} (benchmark the model stage before it to time any size)")
+    ctx.warn(
+        f"{ctx.parent_file.name} takes input {shape}, not {imgsz} px: "
+        f"not timed at {imgsz} (benchmark the model stage before it to time any size)"
+    )
     return None
 
 
-STAGES.register("benchmark")(StageType(BenchmarkConfig, run_benchmark, gives="parent", check=check_runtime,
-                                       takes=frozenset({"model", "file"}),
-                                       description="time the parent's ONNX file (or an FP32 export of its model)"))
+STAGES.register("benchmark")(
+    StageType(
+        BenchmarkConfig,
+        run_benchmark,
+        gives="parent",
+        check=check_runtime,
+        takes=frozenset({"model", "file"}),
+        description="time the parent's ONNX file (or an FP32 export of its model)",
+    )
+)

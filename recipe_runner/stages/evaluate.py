@@ -3,14 +3,15 @@
 A model is measured by the engine's standard evaluation (accuracy, params, MACs, size, latency); a file
 (an export or quantize stage's .onnx) by the family's metric of the file itself, run by ONNX Runtime.
 """
+
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import Field
 
-from ._base import STAGES, StageContext, StageOutput, StageType, file_metrics
 from ..config_base import StageConfig
+from ._base import STAGES, StageContext, StageOutput, StageType, file_metrics
 
 
 class EvaluateConfig(StageConfig):
@@ -27,5 +28,12 @@ def run_evaluate(ctx: StageContext, config: EvaluateConfig) -> StageOutput:
     return StageOutput(file=ctx.parent_file, metrics=file_metrics(ctx, measured, "file_"))
 
 
-STAGES.register("evaluate")(StageType(EvaluateConfig, run_evaluate, gives="parent", takes=frozenset({"model", "file"}),
-                                      description="evaluate the parent model or model file"))
+STAGES.register("evaluate")(
+    StageType(
+        EvaluateConfig,
+        run_evaluate,
+        gives="parent",
+        takes=frozenset({"model", "file"}),
+        description="evaluate the parent model or model file",
+    )
+)

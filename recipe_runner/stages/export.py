@@ -5,14 +5,15 @@ Its run logs the file's own accuracy under the family's metric names (top1, mAP5
 next to the parent's (`parent_` + name) and the parent's MACs and params, so export
 runs line up with the others in MLflow's compare view.
 """
+
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import Field
 
-from ._base import STAGES, StageContext, StageOutput, StageType, file_metrics
 from ..config_base import StageConfig
+from ._base import STAGES, StageContext, StageOutput, StageType, file_metrics
 
 
 class ExportConfig(StageConfig):
@@ -25,7 +26,9 @@ class ExportConfig(StageConfig):
     batch: int = Field(16, ge=1, description="batch size of the ONNX accuracy evaluation")
     workers: int = Field(0, ge=0, le=64)
     atol: float = Field(1e-3, gt=0, description="allowed |ONNX Runtime - PyTorch| is atol + rtol * max|PyTorch output|")
-    rtol: float = Field(1e-4, ge=0, description="relative part of the tolerance (detection outputs are pixel coordinates)")
+    rtol: float = Field(
+        1e-4, ge=0, description="relative part of the tolerance (detection outputs are pixel coordinates)"
+    )
 
 
 def run_export(ctx: StageContext, config: ExportConfig) -> StageOutput:
@@ -33,10 +36,19 @@ def run_export(ctx: StageContext, config: ExportConfig) -> StageOutput:
     metrics = ctx.family.export_onnx(ctx.parent_model, ctx.data, config, path)
     tolerance = config.atol + config.rtol * metrics.get("onnx_output_scale", 0.0)
     if metrics["onnx_max_abs_diff"] > tolerance:
-        raise RuntimeError(f"ONNX Runtime output differs from PyTorch by {metrics['onnx_max_abs_diff']:.3g} "
-                           f"(> atol + rtol * output scale = {tolerance:.3g})")
+        raise RuntimeError(
+            f"ONNX Runtime output differs from PyTorch by {metrics['onnx_max_abs_diff']:.3g} "
+            f"(> atol + rtol * output scale = {tolerance:.3g})"
+        )
     return StageOutput(file=path, metrics={**metrics, **file_metrics(ctx, metrics, "onnx_")})
 
 
-STAGES.register("export")(StageType(ExportConfig, run_export, gives="file", output_suffix=lambda config: ".onnx",
-                                    description="export to ONNX and verify it"))
+STAGES.register("export")(
+    StageType(
+        ExportConfig,
+        run_export,
+        gives="file",
+        output_suffix=lambda config: ".onnx",
+        description="export to ONNX and verify it",
+    )
+)

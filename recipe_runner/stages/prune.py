@@ -5,10 +5,12 @@ The loop is method-independent (the reference workflow's loop); what one step do
 comes from the pruning-method registry, and the step ratio that meets a MACs/params
 target from pruning/targets.py. Progress is checkpointed after every step.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Annotated, Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Annotated, Any, Union
 
 from pydantic import Field
 
@@ -16,8 +18,9 @@ from ..pruning import METHODS, CostTarget, cost_target, plan_steps, reach_target
 from ..pruning.targets import REPORT_BELOW
 from ._base import STAGES, StageContext, StageOutput, StageType, distillation
 
+# Union[...] of a runtime tuple: the `X | Y` spelling cannot be built from a list of registered types
 PruneConfig = Annotated[
-    Union[tuple(entry.config for _, entry in METHODS.items())],  # type: ignore[misc]
+    Union[tuple(entry.config for _, entry in METHODS.items())],  # type: ignore[misc]  # noqa: UP007
     Field(discriminator="method"),
 ]
 
@@ -32,7 +35,7 @@ def run_prune(ctx: StageContext, config) -> StageOutput:
     baseline = None
     # family.evaluate of the model held in `model` with this config, when this process measured it: the engine
     # then does not evaluate the output again
-    evaluation: Optional[dict[str, float]] = None
+    evaluation: dict[str, float] | None = None
     if ctx.resume_state is not None:
         model = family.rebuild(ctx.resume_state["model"])
         start_step = int(ctx.resume_state["epoch"])
@@ -41,8 +44,17 @@ def run_prune(ctx: StageContext, config) -> StageOutput:
     if baseline is None:
         base_eval = evaluation = family.evaluate(model, ctx.data, config)
         baseline = base_eval[primary]
-        history.append({"step": 0, **_shape_metrics(family, model, config), "metric_before_ft": baseline, "metric_after_ft": baseline})
-        ctx.log_metrics({f"step/{primary}": baseline, "step/macs": history[0]["macs"], "step/params": history[0]["params"]}, step=0)
+        history.append(
+            {
+                "step": 0,
+                **_shape_metrics(family, model, config),
+                "metric_before_ft": baseline,
+                "metric_after_ft": baseline,
+            }
+        )
+        ctx.log_metrics(
+            {f"step/{primary}": baseline, "step/macs": history[0]["macs"], "step/params": history[0]["params"]}, step=0
+        )
     epochs_trained = 0
     stopped_early = False
     # loaded only when a step fine-tunes (a prune without fine-tuning has nothing to distil)
@@ -55,24 +67,44 @@ def run_prune(ctx: StageContext, config) -> StageOutput:
         if target is None:
             model = method.prune_step(model, family, ctx.data, config, plan)
         else:
-            model, plan = reach_target(model, family, ctx.data, config, method, plan, target,
-                                       base_cost=history[0][target.metric], done=history[-1].get("ratio", 0.0))
+            model, plan = reach_target(
+                model,
+                family,
+                ctx.data,
+                config,
+                method,
+                plan,
+                target,
+                base_cost=history[0][target.metric],
+                done=history[-1].get("ratio", 0.0),
+            )
         if method.layer_table is not None:
             _log_table(ctx, method.layer_table(model), f"layers_step{plan.step}.json")
         evaluation = family.evaluate(model, ctx.data, config)
         before = after = evaluation[primary]
         if config.finetune_epochs:
-            result = family.train(model, ctx.data, config, config.finetune_epochs, ctx.nested(f"step{plan.step}"),
-                                  distill=teach)
+            result = family.train(
+                model, ctx.data, config, config.finetune_epochs, ctx.nested(f"step{plan.step}"), distill=teach
+            )
             model, epochs_trained = result.model, epochs_trained + result.epochs_trained
             # the trainer's own last evaluation of these weights where it has one (torchvision), else one pass
             evaluation = result.evaluation or family.evaluate(model, ctx.data, config)
             after = evaluation[primary]
-        row = {"step": plan.step, **_shape_metrics(family, model, config), "ratio": plan.cumulative,
-               "metric_before_ft": before, "metric_after_ft": after}
+        row = {
+            "step": plan.step,
+            **_shape_metrics(family, model, config),
+            "ratio": plan.cumulative,
+            "metric_before_ft": before,
+            "metric_after_ft": after,
+        }
         ctx.log_metrics(
-            {f"step/{primary}_before_ft": before, f"step/{primary}": after, "step/macs": row["macs"], "step/params": row["params"],
-             "step/ratio": plan.cumulative},
+            {
+                f"step/{primary}_before_ft": before,
+                f"step/{primary}": after,
+                "step/macs": row["macs"],
+                "step/params": row["params"],
+                "step/ratio": plan.cumulative,
+            },
             step=plan.step,
         )
         if config.max_map_drop is not None and baseline - after > config.max_map_drop:
@@ -89,12 +121,18 @@ def run_prune(ctx: StageContext, config) -> StageOutput:
     kept = [r for r in history if not r.get("rejected")]
     if stopped_early:
         drop = baseline - history[-1]["metric_after_ft"]
-        ctx.warn(f"stopped at step {history[-1]['step']} of {config.steps}: {primary} fell by {drop:.4f} > max_map_drop "
-                 f"{config.max_map_drop}; keeping step {kept[-1]['step']}"
-                 + (" (the unpruned model)" if kept[-1]["step"] == 0 else ""))
+        ctx.warn(
+            f"stopped at step {history[-1]['step']} of {config.steps}: {primary} fell by {drop:.4f} > max_map_drop "
+            f"{config.max_map_drop}; keeping step {kept[-1]['step']}"
+            + (" (the unpruned model)" if kept[-1]["step"] == 0 else "")
+        )
     elif method.structured and kept[-1]["macs"] >= history[0]["macs"] and kept[-1]["params"] >= history[0]["params"]:
         ctx.warn("pruning removed nothing (ratio too small for these widths, or round_to too large?)")
-    metrics = {"steps_done": float(kept[-1]["step"]), "stopped_early": float(stopped_early), f"baseline_{primary}": baseline}
+    metrics = {
+        "steps_done": float(kept[-1]["step"]),
+        "stopped_early": float(stopped_early),
+        f"baseline_{primary}": baseline,
+    }
     if target is not None:
         metrics.update(_target_metrics(ctx, target, kept[-1], history[0], stopped_early))
     return StageOutput(model=model, metrics=metrics, epochs_trained=epochs_trained, evaluation=evaluation)
@@ -109,14 +147,15 @@ def _log_table(ctx: StageContext, rows: list[dict], name: str) -> None:
     ctx.log_artifact(path, "layers")
 
 
-def _target_metrics(ctx: StageContext, target: CostTarget, last: dict, start: dict,
-                    stopped: bool) -> dict[str, float]:
+def _target_metrics(ctx: StageContext, target: CostTarget, last: dict, start: dict, stopped: bool) -> dict[str, float]:
     """The channel ratio chosen for a MACs/params target and the fraction of the parent's cost kept; warns when
     the layer widths (or round_to) allowed nothing near the target."""
     reached = last[target.metric] / start[target.metric]
     if not stopped and reached < target.fraction * (1 - REPORT_BELOW):
-        ctx.warn(f"{target.key} {target.fraction:g}: reached {reached:.4f}, the nearest below it that these layer "
-                 "widths allow (is round_to large?)")
+        ctx.warn(
+            f"{target.key} {target.fraction:g}: reached {reached:.4f}, the nearest below it that these layer "
+            "widths allow (is round_to large?)"
+        )
     return {"chosen_ratio": last.get("ratio", 0.0), "target_reached": reached}
 
 
@@ -158,5 +197,11 @@ def check_prune(config, skeleton: Callable[[], Any]) -> None:
         check(config, skeleton)
 
 
-STAGES.register("prune")(StageType(PruneConfig, run_prune, check=check_prune,  # type: ignore[arg-type]
-                                   description="prune the parent model"))
+STAGES.register("prune")(
+    StageType(
+        PruneConfig,
+        run_prune,
+        check=check_prune,  # type: ignore[arg-type]
+        description="prune the parent model",
+    )
+)

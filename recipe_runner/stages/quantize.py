@@ -7,20 +7,22 @@ Calibration images come from the TRAIN split; the calibration ranges are cached 
 depend on (the parent's cache key, imgsz, images, method), so re-running with another threshold or
 after a failure skips calibration, and are logged with the run as calibration/ranges.json.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from ._base import STAGES, StageContext, StageOutput, StageType, distillation, file_metrics
 from ..config_base import ConfigProblem, StageConfig, TrainingKnobs
+from ._base import STAGES, StageContext, StageOutput, StageType, distillation, file_metrics
 
 # ops: weighted quantizes these only (Ultralytics' own rule for its ONNX INT8 export)
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
@@ -33,25 +35,33 @@ QAT_KEYS = ("epochs", "lr", "optimizer", "momentum", "weight_decay", "args", "di
 class QuantizeConfig(StageConfig, TrainingKnobs):
     type: Literal["quantize"] = "quantize"
     backend: Literal["onnxruntime", "openvino"] = Field(
-        "onnxruntime", description="onnxruntime (built in) or openvino (NNCF; pip install 'recipe-runner[openvino]')")
+        "onnxruntime", description="onnxruntime (built in) or openvino (NNCF; pip install 'recipe-runner[openvino]')"
+    )
     mode: Literal["int8-static", "int8-dynamic", "fp16", "int8-qat"] = Field(
-        "int8-static", description="int8-static: calibrated QDQ; int8-dynamic: MatMul/Gemm weights only; "
-                                   "fp16: half-precision weights (a GPU target; on CPU for size only); int8-qat: "
-                                   "fine-tune `epochs` with INT8 fake quantization, then calibrated QDQ like "
-                                   "int8-static (the training keys lr, optimizer, batch, distill... apply)")
-    epochs: Optional[int] = Field(None, ge=1, le=100_000, description="int8-qat: fine-tuning epochs (required)")
+        "int8-static",
+        description="int8-static: calibrated QDQ; int8-dynamic: MatMul/Gemm weights only; "
+        "fp16: half-precision weights (a GPU target; on CPU for size only); int8-qat: "
+        "fine-tune `epochs` with INT8 fake quantization, then calibrated QDQ like "
+        "int8-static (the training keys lr, optimizer, batch, distill... apply)",
+    )
+    epochs: int | None = Field(None, ge=1, le=100_000, description="int8-qat: fine-tuning epochs (required)")
     lr: float = Field(0.001, gt=0, le=10, description="int8-qat: learning rate of the fine-tuning")
     calibration_images: int = Field(128, ge=1, le=100_000, description="images calibration runs on (int8-static)")
     calibration_split: Literal["train", "val"] = Field(
-        "train", description="split the calibration images come from; train keeps validation images unseen")
+        "train", description="split the calibration images come from; train keeps validation images unseen"
+    )
     calibrate_method: Literal["minmax", "entropy", "percentile"] = Field(
-        "minmax", description="how activation ranges are chosen from the calibration images (onnxruntime)")
+        "minmax", description="how activation ranges are chosen from the calibration images (onnxruntime)"
+    )
     per_channel: bool = Field(True, description="one weight scale per output channel (better accuracy, same speed)")
     max_metric_drop: float = Field(
-        0.05, ge=0, le=1, description="fail if the primary metric falls more than this (absolute) below FP32's")
+        0.05, ge=0, le=1, description="fail if the primary metric falls more than this (absolute) below FP32's"
+    )
     ops: Literal["all", "weighted"] = Field(
-        "all", description="all: every op the backend can quantize, except what the family keeps float (the YOLO "
-                           "head's decode); weighted: convolutions and matmuls only (onnxruntime)")
+        "all",
+        description="all: every op the backend can quantize, except what the family keeps float (the YOLO "
+        "head's decode); weighted: convolutions and matmuls only (onnxruntime)",
+    )
     imgsz: int = Field(64, ge=16, le=4096, description="input size of the exported, calibrated and evaluated model")
     batch: int = Field(16, ge=1, description="batch of the accuracy evaluation")
     opset: int = Field(17, ge=13, le=21, description="ONNX opset of the FP32 export (QDQ per channel needs 13+)")
@@ -76,7 +86,7 @@ class QuantizeConfig(StageConfig, TrainingKnobs):
         return TrainingKnobs.inputs(self) if self.mode == "int8-qat" else {}
 
     @model_validator(mode="after")
-    def _qat_needs_epochs(self) -> "QuantizeConfig":
+    def _qat_needs_epochs(self) -> QuantizeConfig:
         if self.mode == "int8-qat" and self.epochs is None:
             raise ValueError("mode int8-qat fine-tunes the model: set epochs (>= 1)")
         return self
@@ -103,8 +113,9 @@ class QuantizeConfig(StageConfig, TrainingKnobs):
     @classmethod
     def _method_of_backend(cls, method: str, info: ValidationInfo) -> str:
         if info.data.get("backend") == "openvino" and method != "minmax":
-            raise ValueError("backend openvino chooses its own ranges: calibrate_method must be minmax "
-                             f"(got '{method}')")
+            raise ValueError(
+                f"backend openvino chooses its own ranges: calibrate_method must be minmax (got '{method}')"
+            )
         return method
 
 
@@ -133,8 +144,10 @@ def run_quantize(ctx: StageContext, config: QuantizeConfig) -> StageOutput:
         _keep_ranges(ctx, request.ranges_cache)
     metrics.update(layer_precision(target))
     if config.mode == "int8-dynamic" and metrics["int8_layers"] == 0:
-        ctx.warn("int8-dynamic quantized nothing: it quantizes MatMul/Gemm weights only (ONNX Runtime has no fast CPU "
-                 "kernel for dynamically quantized convolutions) and this model has none; use int8-static")
+        ctx.warn(
+            "int8-dynamic quantized nothing: it quantizes MatMul/Gemm weights only (ONNX Runtime has no fast CPU "
+            "kernel for dynamically quantized convolutions) and this model has none; use int8-static"
+        )
 
     # the reference is the FP32 file at the same imgsz in the same runtime, not the parent run's number
     reference = family.evaluate_file(fp32, ctx.data, config)
@@ -148,12 +161,15 @@ def run_quantize(ctx: StageContext, config: QuantizeConfig) -> StageOutput:
     metrics.update(file_metrics(ctx, metrics, "q_"))
     if drop > config.max_metric_drop:
         ctx.log_metrics({**metrics, "size_mb": target.stat().st_size / 1e6})  # the numbers stay in MLflow
-        raise RuntimeError(f"{config.mode} {primary} {quantized[primary]:.4f} is {drop:.4f} below the FP32 model's "
-                           f"{reference[primary]:.4f} (max_metric_drop {config.max_metric_drop})")
+        raise RuntimeError(
+            f"{config.mode} {primary} {quantized[primary]:.4f} is {drop:.4f} below the FP32 model's "
+            f"{reference[primary]:.4f} (max_metric_drop {config.max_metric_drop})"
+        )
     if trained is None:
         return StageOutput(file=target, metrics=metrics)
-    return StageOutput(file=target, metrics=metrics, epochs_trained=trained.epochs_trained,
-                       final_step=trained.last_epoch)
+    return StageOutput(
+        file=target, metrics=metrics, epochs_trained=trained.epochs_trained, final_step=trained.last_epoch
+    )
 
 
 def _quantization_aware_training(ctx: StageContext, config: QuantizeConfig):
@@ -165,8 +181,16 @@ def _quantization_aware_training(ctx: StageContext, config: QuantizeConfig):
 
     keep = ctx.family.qat_float_layers
     hook = qat.FakeQuant(keep)
-    result = ctx.family.train(copy.deepcopy(ctx.parent_model), ctx.data, config, int(config.epochs or 0), ctx,
-                              hooks=[hook], keep="last", distill=distillation(ctx, config))
+    result = ctx.family.train(
+        copy.deepcopy(ctx.parent_model),
+        ctx.data,
+        config,
+        int(config.epochs or 0),
+        ctx,
+        hooks=[hook],
+        keep="last",
+        distill=distillation(ctx, config),
+    )
     result.model = qat.finish(result.model, keep)
     return result
 
@@ -175,7 +199,7 @@ def _request(ctx: StageContext, config: QuantizeConfig, fp32: Path):
     """What the backend is asked to do (what stays float, calibration images, ranges cache) and the first metrics."""
     from ..quantization import QuantizeRequest
 
-    name = config.mode.replace('-static', '').replace('-dynamic', '_dynamic').replace('-qat', '_qat')
+    name = config.mode.replace("-static", "").replace("-dynamic", "_dynamic").replace("-qat", "_qat")
     target = ctx.workdir / f"model_{name}{output_suffix(config)}"
     # int8-qat: its fine-tuned model is quantized as int8-static is (calibrated QDQ, U8S8, per channel)
     mode = "int8-static" if config.mode == "int8-qat" else config.mode
@@ -198,26 +222,40 @@ def _request(ctx: StageContext, config: QuantizeConfig, fp32: Path):
         if config.backend == "onnxruntime" and config.mode != "int8-qat":
             request.ranges_cache, metrics["calibration_reused"] = _ranges_cache(ctx, config, request)
     elif config.mode == "fp16":
-        ctx.warn("fp16 is a GPU target: ONNX Runtime runs FP16 no faster on a CPU (it casts around unsupported "
-                 "kernels); the file is half the size, its CPU latency is logged as measured")
+        ctx.warn(
+            "fp16 is a GPU target: ONNX Runtime runs FP16 no faster on a CPU (it casts around unsupported "
+            "kernels); the file is half the size, its CPU latency is logged as measured"
+        )
     return request, metrics
 
 
 def _calibration(ctx: StageContext, config: QuantizeConfig):
     if config.calibration_split == "val":
-        ctx.warn("calibrating on the validation split: the quantized model's metric is then measured on images "
-                 "calibration has seen")
-    return ctx.family.calibration_batches(ctx.data, config.imgsz, config.calibration_images, seed=ctx.seed,
-                                          split=config.calibration_split)
+        ctx.warn(
+            "calibrating on the validation split: the quantized model's metric is then measured on images "
+            "calibration has seen"
+        )
+    return ctx.family.calibration_batches(
+        ctx.data, config.imgsz, config.calibration_images, seed=ctx.seed, split=config.calibration_split
+    )
 
 
 def _ranges_cache(ctx: StageContext, config: QuantizeConfig, request) -> tuple[Path, float]:
     """Where ONNX Runtime reads (if there) or writes the calibration ranges, and 1.0 if they were cached: keyed by
     what they depend on, so a re-run with another threshold or after a failure skips calibration."""
-    identity = {"parent": ctx.parent_cache_key, "imgsz": config.imgsz, "opset": config.opset,
-                "images": config.calibration_images, "split": config.calibration_split, "seed": ctx.seed,
-                "method": config.calibrate_method, "ops": request.op_types, "float": sorted(request.keep_float),
-                "head": config.test_only_quantize_head, "format": 1}
+    identity = {
+        "parent": ctx.parent_cache_key,
+        "imgsz": config.imgsz,
+        "opset": config.opset,
+        "images": config.calibration_images,
+        "split": config.calibration_split,
+        "seed": ctx.seed,
+        "method": config.calibrate_method,
+        "ops": request.op_types,
+        "float": sorted(request.keep_float),
+        "head": config.test_only_quantize_head,
+        "format": 1,
+    }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
     local = ctx.workdir / "calibration" / "ranges.json"
     local.parent.mkdir(parents=True, exist_ok=True)
@@ -273,6 +311,13 @@ def output_suffix(config: QuantizeConfig) -> str:
     return ".openvino" if config.backend == "openvino" else ".onnx"  # OpenVINO's IR, packed in one file
 
 
-STAGES.register("quantize")(StageType(QuantizeConfig, run_quantize, gives="file", check=check_backend,
-                                      output_suffix=output_suffix,
-                                      description="quantize the parent model (INT8 / FP16 ONNX), measured"))
+STAGES.register("quantize")(
+    StageType(
+        QuantizeConfig,
+        run_quantize,
+        gives="file",
+        check=check_backend,
+        output_suffix=output_suffix,
+        description="quantize the parent model (INT8 / FP16 ONNX), measured",
+    )
+)

@@ -1,14 +1,16 @@
 """sparse-train: train with a sparsity penalty (network slimming's BN-L1 or DepGraph's group-L2), so that a following
 prune stage removes channels that already carry almost nothing. Resumable per epoch, like train."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Optional
+from collections.abc import Callable
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from ..config_base import ConfigProblem
 from ._base import STAGES, StageContext, StageOutput, StageType, distillation
 from .train import TrainConfig
-from ..config_base import ConfigProblem
 
 # torch-pruning's benchmark settings (benchmarks/main.py): --reg 1e-5 for slim, 5e-4 for group_norm; 1e-5 is also
 # network slimming's lambda for ResNet/DenseNet on CIFAR
@@ -25,19 +27,22 @@ class SparseTrainConfig(TrainConfig):
         "gradient (pair with prune method: slim); group-l2: torch-pruning's GroupNormPruner regularizer on whole "
         "coupled channel groups (pair with method: depgraph, importance: group-l2)",
     )
-    strength: Optional[float] = Field(
-        None, ge=0, le=1,
+    strength: float | None = Field(
+        None,
+        ge=0,
+        le=1,
         description="penalty coefficient; default by penalty, from torch-pruning's benchmarks: 1e-5 for bn-l1 "
         "(also network slimming's value for ResNets), 5e-4 for group-l2. It is added to the gradient the trainer "
         "sees: Ultralytics sums the YOLO loss over the nominal batch (nbs, 64 images), so YOLO needs about 100x "
         "more (YOLO slimming repos use 1e-4 to 1e-2). 0 trains without a penalty but logs the same gamma metrics",
     )
     strength_decay: Literal["none", "linear"] = Field(
-        "none", description="linear: strength * (1 - epoch / epochs), so the last epochs recover accuracy",
+        "none",
+        description="linear: strength * (1 - epoch / epochs), so the last epochs recover accuracy",
     )
 
     @model_validator(mode="after")
-    def _strength_by_penalty(self) -> "SparseTrainConfig":
+    def _strength_by_penalty(self) -> SparseTrainConfig:
         # resolved here, so the cache key and the lock file hold the number used (an explicit 1e-5 == the default)
         if self.strength is None:
             self.strength = DEFAULT_STRENGTH[self.penalty]
@@ -55,17 +60,25 @@ def run_sparse_train(ctx: StageContext, config: SparseTrainConfig) -> StageOutpu
         model = family.prepare_for_pruning(model)
     before = gamma_magnitudes(prunable_batchnorms(model, family))
     if config.penalty == "bn-l1" and before.numel() == 0:  # said before training starts, not after
-        raise ValueError("penalty bn-l1 needs BatchNorm layers outside the output head, and this model has none; "
-                         "use penalty: group-l2")
+        raise ValueError(
+            "penalty bn-l1 needs BatchNorm layers outside the output head, and this model has none; "
+            "use penalty: group-l2"
+        )
     hook = make_penalty(config.penalty, family, float(config.strength), config.strength_decay, config.imgsz)
     # the last epoch's weights: the best-fitness epoch is usually an early, less sparse one
-    result = family.train(model, ctx.data, config, config.epochs, ctx, hooks=[hook], keep="last",
-                          distill=distillation(ctx, config))
+    result = family.train(
+        model, ctx.data, config, config.epochs, ctx, hooks=[hook], keep="last", distill=distillation(ctx, config)
+    )
     after = gamma_magnitudes(prunable_batchnorms(result.model, family))
     if before.numel():
         ctx.log_plot(_histogram(before, after), "bn_gamma_hist.png")
-    return StageOutput(model=result.model, metrics=gamma_stats(after), epochs_trained=result.epochs_trained,
-                       final_step=result.last_epoch, evaluation=result.evaluation)
+    return StageOutput(
+        model=result.model,
+        metrics=gamma_stats(after),
+        epochs_trained=result.epochs_trained,
+        final_step=result.last_epoch,
+        evaluation=result.evaluation,
+    )
 
 
 def _histogram(before, after):
@@ -101,10 +114,17 @@ def check_model(config: SparseTrainConfig, skeleton: Callable[[], Any]) -> None:
     from ..pruning import has_batchnorm
 
     if config.penalty == "bn-l1" and not has_batchnorm(skeleton()):
-        raise ConfigProblem("penalty", "penalty bn-l1 needs BatchNorm layers and this model has none; "
-                            "use penalty: group-l2")
+        raise ConfigProblem(
+            "penalty", "penalty bn-l1 needs BatchNorm layers and this model has none; use penalty: group-l2"
+        )
 
 
-STAGES.register("sparse-train")(StageType(SparseTrainConfig, run_sparse_train, needs_parent=False,
-                                          check=check_model,
-                                          description="train with a sparsity penalty before pruning"))
+STAGES.register("sparse-train")(
+    StageType(
+        SparseTrainConfig,
+        run_sparse_train,
+        needs_parent=False,
+        check=check_model,
+        description="train with a sparsity penalty before pruning",
+    )
+)

@@ -1,12 +1,13 @@
 """train and finetune: (re)train the parent model with the family's trainer; resumable per epoch."""
+
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import Field
 
-from ._base import STAGES, StageContext, StageOutput, StageType, distillation
 from ..config_base import TrainingStageConfig
+from ._base import STAGES, StageContext, StageOutput, StageType, distillation
 
 
 class TrainConfig(TrainingStageConfig):
@@ -29,8 +30,12 @@ def run_training(ctx: StageContext, config: TrainConfig) -> StageOutput:
     model = ctx.parent_model if ctx.parent_model is not None else ctx.family.build(ctx.model_source, ctx.data, ctx.seed)
     result = ctx.family.train(model, ctx.data, config, config.epochs, ctx, distill=distillation(ctx, config))
     # per-epoch metrics are already logged; the engine adds the final evaluation at the last epoch's step
-    return StageOutput(model=result.model, epochs_trained=result.epochs_trained, final_step=result.last_epoch,
-                       evaluation=result.evaluation)
+    return StageOutput(
+        model=result.model,
+        epochs_trained=result.epochs_trained,
+        final_step=result.last_epoch,
+        evaluation=result.evaluation,
+    )
 
 
 STAGES.register("train")(StageType(TrainConfig, run_training, needs_parent=False, description="train a model"))

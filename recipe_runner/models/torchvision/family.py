@@ -1,11 +1,13 @@
 """The `torchvision` family: any torchvision classification architecture by name, or a built-in small CNN."""
+
 from __future__ import annotations
 
 import math
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,10 +16,10 @@ from torch import nn
 from ...config_base import ConfigProblem
 from ...timing import timed
 from .._shapes import apply_shapes, decomposed_layers, module_attributes, restore_decomposed
-from .weights import Preprocess, hub_weights, load_state_file, weights_preprocess
 from ..base import EvalKnobs, Keep, ModelDescription, ModelFamily, TrainContext, TrainKnobs, TrainResult, torch_device
 from ..hooks import training_hooks
 from .small_cnn import SMALL_MODELS
+from .weights import Preprocess, hub_weights, load_state_file, weights_preprocess
 
 if TYPE_CHECKING:
     from ...data import DataSource
@@ -82,14 +84,14 @@ class TorchvisionFamily(ModelFamily):
         return loaded[key]
 
     # -- trained weights --------------------------------------------------
-    def _named_weights(self) -> Optional[str]:
+    def _named_weights(self) -> str | None:
         """A torchvision weights name (IMAGENET1K_V1), or None for none or a file."""
         from ..base import WEIGHTS_NAME
 
         weights = self.model.weights if self.model is not None else None
         return weights if weights is not None and WEIGHTS_NAME.fullmatch(weights) else None
 
-    def _weights_state(self) -> Optional[dict[str, torch.Tensor]]:
+    def _weights_state(self) -> dict[str, torch.Tensor] | None:
         """The recipe's weights as a state dict (loaded with weights_only=True), or None for none."""
         if self.model is None or self.model.weights is None:
             return None
@@ -116,8 +118,9 @@ class TorchvisionFamily(ModelFamily):
         """How many classes the weights' head gives (the first dimension of its weight)."""
         head = self._head_name(self.skeleton(source))
         if f"{head}.weight" not in state:
-            raise ConfigProblem("weights", f"the weights have no '{head}.weight' (the head of {source}): are they "
-                                           f"weights of {source}?")
+            raise ConfigProblem(
+                "weights", f"the weights have no '{head}.weight' (the head of {source}): are they weights of {source}?"
+            )
         return int(state[f"{head}.weight"].shape[0])
 
     def _check_fit(self, source: str, state: dict[str, torch.Tensor], classes: int) -> None:
@@ -126,8 +129,11 @@ class TorchvisionFamily(ModelFamily):
         given = {k: tuple(v.shape) for k, v in state.items() if not _auxiliary(k)}
         problems = [f"missing {k}" for k in expected if k not in given][:3]
         problems += [f"unexpected {k}" for k in given if k not in expected][:3]
-        problems += [f"{k}: {given[k]} in the file, {shape} in {source}" for k, shape in expected.items()
-                     if k in given and given[k] != shape][:3]
+        problems += [
+            f"{k}: {given[k]} in the file, {shape} in {source}"
+            for k, shape in expected.items()
+            if k in given and given[k] != shape
+        ][:3]
         if problems:
             raise ConfigProblem("weights", f"the weights do not fit {source}: {'; '.join(problems)}")
 
@@ -140,9 +146,11 @@ class TorchvisionFamily(ModelFamily):
         self._check_fit(source, state, classes)
         if classes == data.num_classes:
             return []
-        return [f"model: the weights' head gives {classes} classes and the data has {data.num_classes}: the head "
-                f"({self._head_name(self.skeleton(source))}) is replaced and initialised afresh, seeded by the "
-                "recipe's seed; every other layer keeps its weights"]
+        return [
+            f"model: the weights' head gives {classes} classes and the data has {data.num_classes}: the head "
+            f"({self._head_name(self.skeleton(source))}) is replaced and initialised afresh, seeded by the "
+            "recipe's seed; every other layer keeps its weights"
+        ]
 
     def _replace_head(self, model: nn.Module, num_classes: int) -> None:
         """A fresh output layer for `num_classes` (the caller seeds the RNG), of the old one's kind and inputs."""
@@ -151,8 +159,9 @@ class TorchvisionFamily(ModelFamily):
         if isinstance(old, nn.Linear):
             new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
         else:
-            new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding,
-                            bias=old.bias is not None)
+            new = nn.Conv2d(
+                old.in_channels, num_classes, old.kernel_size, old.stride, old.padding, bias=old.bias is not None
+            )
         model.set_submodule(name, new)
 
     def _construct(self, source: str, num_classes: int) -> nn.Module:
@@ -201,8 +210,14 @@ class TorchvisionFamily(ModelFamily):
         generator = torch.Generator().manual_seed(seed)
         # a last training batch of one image breaks BatchNorm ("expected more than 1 value per channel"): drop it
         lone_last = shuffle and len(dataset) > 1 and len(dataset) % knobs.batch == 1
-        return torch.utils.data.DataLoader(dataset, batch_size=knobs.batch, shuffle=shuffle, num_workers=knobs.workers,
-                                           generator=generator, drop_last=lone_last)
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=knobs.batch,
+            shuffle=shuffle,
+            num_workers=knobs.workers,
+            generator=generator,
+            drop_last=lone_last,
+        )
 
     # -- training ---------------------------------------------------------
     def _optimizer(self, model: nn.Module, knobs) -> torch.optim.Optimizer:
@@ -210,11 +225,21 @@ class TorchvisionFamily(ModelFamily):
         if knobs.optimizer in ("adam", "adamw"):
             cls = torch.optim.Adam if knobs.optimizer == "adam" else torch.optim.AdamW
             return cls(params, lr=knobs.lr, weight_decay=knobs.weight_decay)
-        return torch.optim.SGD(params, lr=knobs.lr, momentum=knobs.momentum, weight_decay=knobs.weight_decay, nesterov=True)
+        return torch.optim.SGD(
+            params, lr=knobs.lr, momentum=knobs.momentum, weight_decay=knobs.weight_decay, nesterov=True
+        )
 
-    def train(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, epochs: int, ctx: TrainContext,
-              hooks: Sequence[TrainHook] = (), keep: Keep = "best",
-              distill: Optional[Distillation] = None) -> TrainResult:
+    def train(
+        self,
+        model: nn.Module,
+        data: DataSource,
+        knobs: TrainKnobs,
+        epochs: int,
+        ctx: TrainContext,
+        hooks: Sequence[TrainHook] = (),
+        keep: Keep = "best",
+        distill: Distillation | None = None,
+    ) -> TrainResult:
         """Cosine-schedule training; it keeps no best epoch, so `keep` returns the last epoch's weights either way.
         With `distill`, the loss is Hinton KD on the logits mixed with cross-entropy by the distillation weight."""
         from ..distill import kd_loss, mixed_loss
@@ -239,7 +264,7 @@ class TorchvisionFamily(ModelFamily):
         advance = ctx.progress("epochs", epochs)
         advance(start)
         metrics: dict[str, float] = {}
-        evaluation: Optional[dict[str, float]] = None
+        evaluation: dict[str, float] | None = None
         trained = 0
         for epoch in range(start, epochs):
             for group in optimizer.param_groups:  # cosine schedule, computed so a resumed run matches
@@ -267,11 +292,16 @@ class TorchvisionFamily(ModelFamily):
                 total, count = total + loss.item() * len(labels), count + len(labels)
                 task_total += task.item() * len(labels)
             evaluation = self.evaluate(model, data, knobs)
-            metrics = {"train_loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"],
-                       **chain.on_epoch_end(model, epoch), **evaluation}
+            metrics = {
+                "train_loss": total / max(count, 1),
+                "lr": optimizer.param_groups[0]["lr"],
+                **chain.on_epoch_end(model, epoch),
+                **evaluation,
+            }
             if teacher is not None:  # the two parts of train_loss, each unweighted
-                metrics.update({"train_task_loss": task_total / max(count, 1),
-                                "train_distill_loss": distill_total / max(count, 1)})
+                metrics.update(
+                    {"train_task_loss": task_total / max(count, 1), "train_distill_loss": distill_total / max(count, 1)}
+                )
             ctx.log_metrics(metrics, step=epoch + 1)
             trained += 1
             if metrics["top1"] > best:
@@ -279,9 +309,17 @@ class TorchvisionFamily(ModelFamily):
             else:
                 since_best += 1
             if ctx.epoch_state_due(epoch + 1):
-                ctx.save_epoch_state({"model": self.describe(model), "optimizer": optimizer.state_dict(),
-                                      "epoch": epoch + 1, "best": best, "since_best": since_best,
-                                      "hooks": chain.state_dict()}, epoch + 1)
+                ctx.save_epoch_state(
+                    {
+                        "model": self.describe(model),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch + 1,
+                        "best": best,
+                        "since_best": since_best,
+                        "hooks": chain.state_dict(),
+                    },
+                    epoch + 1,
+                )
             advance(1)
             if knobs.patience and since_best >= knobs.patience:
                 break
@@ -307,8 +345,9 @@ class TorchvisionFamily(ModelFamily):
         model.to(home)
         return {"top1": correct / max(total, 1), "val_loss": loss / max(total, 1)}
 
-    def accumulate_gradients(self, model: nn.Module, data, knobs, batches: int,
-                             after_backward: Optional[Callable[[], None]] = None) -> None:
+    def accumulate_gradients(
+        self, model: nn.Module, data, knobs, batches: int, after_backward: Callable[[], None] | None = None
+    ) -> None:
         device = torch_device(knobs.device)
         model.to(device).train()
         for i, (images, labels) in enumerate(self._loader(data, "train", knobs, shuffle=True)):
@@ -331,7 +370,8 @@ class TorchvisionFamily(ModelFamily):
     def describe(self, model: nn.Module) -> dict[str, Any]:
         decomposed = decomposed_layers(model)
         return ModelDescription(
-            family=self.name, fields={"source": model._rr_source, "num_classes": model._rr_num_classes},
+            family=self.name,
+            fields={"source": model._rr_source, "num_classes": model._rr_num_classes},
             # only when decomposed: every other description stays as it was
             transforms={"decomposed": decomposed} if decomposed else {},
             state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
@@ -357,9 +397,16 @@ class TorchvisionFamily(ModelFamily):
         example = self.example_inputs(model, imgsz)
         with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
-                              opset_version=opset, dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                              dynamo=False)
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                input_names=["images"],
+                output_names=["logits"],
+                opset_version=opset,
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                dynamo=False,
+            )
         return path
 
     def calibration_batches(self, data, imgsz: int, count: int, seed: int = 0, split: str = "train") -> np.ndarray:
@@ -377,8 +424,8 @@ class TorchvisionFamily(ModelFamily):
     def evaluate_file(self, path: Path, data, knobs: EvalKnobs) -> dict[str, float]:
         """Top-1 and loss of the file (ONNX, or OpenVINO IR) on the validation split (batch 1 if its batch axis
         is fixed)."""
-        from ...runtimes.onnx_runtime import all_cores
         from ...runtimes import dynamic_batch, runtime_for
+        from ...runtimes.onnx_runtime import all_cores
 
         runtime = runtime_for(path)
         batch = knobs.batch if dynamic_batch(path) else 1
@@ -399,8 +446,16 @@ class TorchvisionFamily(ModelFamily):
         dynamic = {"images": {0: "batch"}, "logits": {0: "batch"}} if config.dynamic else None
         with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
-                              opset_version=config.opset, dynamic_axes=dynamic, dynamo=False)
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                input_names=["images"],
+                output_names=["logits"],
+                opset_version=config.opset,
+                dynamic_axes=dynamic,
+                dynamo=False,
+            )
         if config.simplify:
             import onnxslim
 
@@ -410,11 +465,18 @@ class TorchvisionFamily(ModelFamily):
         loader = self._loader(data, "val", config.model_copy(update={"batch": batch}), shuffle=False)
         batches = [(images.numpy(), labels.numpy()) for images, labels in loader]
         with torch.no_grad():
-            agreement = onnx_runtime.compare(sess, lambda x: model(torch.from_numpy(x)).numpy(), (b for b, _ in batches))
+            agreement = onnx_runtime.compare(
+                sess, lambda x: model(torch.from_numpy(x)).numpy(), (b for b, _ in batches)
+            )
         correct = sum(int((onnx_runtime.run(sess, b).argmax(1) == y).sum()) for b, y in batches)
         single = np.random.default_rng(0).standard_normal((1, 3, config.imgsz, config.imgsz)).astype(np.float32)
         latency = onnx_runtime.latency(sess, single)
-        return {"onnx_max_abs_diff": agreement.max_abs_diff, "onnx_output_scale": agreement.output_scale,
-                "onnx_top1": correct / agreement.compared, "onnx_images": float(agreement.compared),
-                "onnx_size_mb": path.stat().st_size / 1e6, "onnx_latency_ms": latency.median_ms,
-                "onnx_latency_p90_ms": latency.p90_ms}
+        return {
+            "onnx_max_abs_diff": agreement.max_abs_diff,
+            "onnx_output_scale": agreement.output_scale,
+            "onnx_top1": correct / agreement.compared,
+            "onnx_images": float(agreement.compared),
+            "onnx_size_mb": path.stat().st_size / 1e6,
+            "onnx_latency_ms": latency.median_ms,
+            "onnx_latency_p90_ms": latency.p90_ms,
+        }

@@ -11,6 +11,7 @@ and `family` (YoloFamily) over them.
 Importing this package imports neither torch nor Ultralytics (planning a cached recipe stays light): SplitC2f,
 whose module imports torch, is resolved on first use.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

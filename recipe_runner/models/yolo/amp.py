@@ -7,12 +7,13 @@ autocast, must give outputs within Ultralytics' own tolerance (0.5 absolute, on 
 AMP is switched off for the run with a warning. The runner's trainer installs it for the length of
 `_setup_train` (see `offline_amp_check`), in its own process and in every DDP worker.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -51,8 +52,11 @@ def outputs_agree(model: nn.Module, example: torch.Tensor, dtype: torch.dtype) -
         reference = _first_tensor(probe(example)).float()
         with torch.autocast(example.device.type, dtype=dtype):
             low = _first_tensor(probe(example)).float()
-    return bool(torch.isfinite(low).all()) and low.shape == reference.shape and \
-        bool(torch.allclose(low, reference, atol=ATOL, rtol=0))
+    return (
+        bool(torch.isfinite(low).all())
+        and low.shape == reference.shape
+        and bool(torch.allclose(low, reference, atol=ATOL, rtol=0))
+    )
 
 
 def _first_tensor(output: object) -> torch.Tensor:

@@ -9,6 +9,7 @@ of this dict. So only what Ultralytics' own detection yamls use is let through: 
 keys, layer modules that are `nn.Module` classes, activations from a fixed grammar, and plain
 literal arguments within sane bounds. Everything else is refused before any model code runs.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,17 +20,43 @@ from ...persistence.checkpoints import CheckpointError
 
 # Every layer module the detection yamls shipped with Ultralytics 8.4 use (v3, v5, v6, v8, v9, v10, 11, 12, 26 and
 # their p2/p6/ghost variants); tests/test_yolo_arch.py checks that every shipped detection yaml passes.
-ULTRALYTICS_MODULES = frozenset({
-    "A2C2f", "AConv", "ADown", "Bottleneck", "C2", "C2PSA", "C2f", "C2fCIB", "C3", "C3Ghost", "C3k2", "CBFuse",
-    "CBLinear", "Concat", "Conv", "Detect", "ELAN1", "GhostConv", "PSA", "RepNCSPELAN4", "SCDown", "SPP", "SPPELAN",
-    "SPPF", "v10Detect",
-})
+ULTRALYTICS_MODULES = frozenset(
+    {
+        "A2C2f",
+        "AConv",
+        "ADown",
+        "Bottleneck",
+        "C2",
+        "C2PSA",
+        "C2f",
+        "C2fCIB",
+        "C3",
+        "C3Ghost",
+        "C3k2",
+        "CBFuse",
+        "CBLinear",
+        "Concat",
+        "Conv",
+        "Detect",
+        "ELAN1",
+        "GhostConv",
+        "PSA",
+        "RepNCSPELAN4",
+        "SCDown",
+        "SPP",
+        "SPPELAN",
+        "SPPF",
+        "v10Detect",
+    }
+)
 TORCH_MODULES = frozenset({"nn.ConvTranspose2d", "nn.Identity", "nn.MaxPool2d", "nn.Upsample", "nn.ZeroPad2d"})
 # String arguments Ultralytics resolves itself: 'nc' from its locals, 'None' by literal_eval, the rest stay strings.
 ARG_STRINGS = frozenset({"nc", "None", "nearest", "anchors"})
 # `activation` is eval'd: only a torch.nn activation class with no argument, one number or inplace=True.
-ACTIVATION = re.compile(r"(torch\.)?nn\.(SiLU|ReLU|ReLU6|LeakyReLU|Hardswish|Hardsigmoid|GELU|Mish|Sigmoid|Tanh|ELU"
-                        r"|Identity)\((\d{1,3}(\.\d{1,6})?|inplace=True)?\)")
+ACTIVATION = re.compile(
+    r"(torch\.)?nn\.(SiLU|ReLU|ReLU6|LeakyReLU|Hardswish|Hardsigmoid|GELU|Mish|Sigmoid|Tanh|ELU"
+    r"|Identity)\((\d{1,3}(\.\d{1,6})?|inplace=True)?\)"
+)
 # Bounds well above the shipped yamls (at most 43 layers, n 18, args 2048, multiples 1.5) and far below
 # what would exhaust memory when the model is built.
 MAX_LAYERS, MAX_REPEATS, MAX_NUMBER, MAX_MULTIPLE, MAX_CLASSES = 256, 64, 8192, 4.0, 100_000
@@ -43,16 +70,31 @@ class ArchitectureError(CheckpointError, ValueError):
 
 def check_architecture(cfg: Any, where: str = "checkpoint") -> None:
     """Raise ArchitectureError unless `cfg` is a detection architecture dict made only of allow-listed parts."""
+
     def refuse(detail: str) -> ArchitectureError:
-        return ArchitectureError(f"{where}: YOLO architecture refused (not on recipe-runner's allow-list of "
-                                 f"Ultralytics detection layers): {detail}")
+        return ArchitectureError(
+            f"{where}: YOLO architecture refused (not on recipe-runner's allow-list of "
+            f"Ultralytics detection layers): {detail}"
+        )
 
     if not isinstance(cfg, dict):
         raise refuse(f"expected a mapping, got {type(cfg).__name__}")
-    checks = {"nc": _check_nc, "scales": _check_scales, "scale": _check_scale, "depth_multiple": _check_multiple,
-              "width_multiple": _check_multiple, "activation": _check_activation, "end2end": _check_optional_bool,
-              "inplace": _check_optional_bool, "reg_max": _check_reg_max, "yaml_file": _check_yaml_file,
-              "channels": _check_channels, "ch": _check_channels, "backbone": _check_layers, "head": _check_layers}
+    checks = {
+        "nc": _check_nc,
+        "scales": _check_scales,
+        "scale": _check_scale,
+        "depth_multiple": _check_multiple,
+        "width_multiple": _check_multiple,
+        "activation": _check_activation,
+        "end2end": _check_optional_bool,
+        "inplace": _check_optional_bool,
+        "reg_max": _check_reg_max,
+        "yaml_file": _check_yaml_file,
+        "channels": _check_channels,
+        "ch": _check_channels,
+        "backbone": _check_layers,
+        "head": _check_layers,
+    }
     for key, value in cfg.items():
         if key not in checks:
             raise refuse(f"unknown key {str(key)[:40]!r}")
@@ -75,8 +117,12 @@ def check_description(description: Any) -> None:
         raise ArchitectureError("checkpoint: the model description is not a mapping")
     check_architecture(description.get("yaml"))
     names = description.get("names") or []
-    if _check_nc(description.get("nc")) or not isinstance(names, list) or len(names) > description["nc"] \
-            or not all(isinstance(n, str) and len(n) <= 200 for n in names):
+    if (
+        _check_nc(description.get("nc"))
+        or not isinstance(names, list)
+        or len(names) > description["nc"]
+        or not all(isinstance(n, str) and len(n) <= 200 for n in names)
+    ):
         raise ArchitectureError("checkpoint: 'nc' or 'names' of the model description is not a sane class list")
     if not isinstance(description.get("split_c2f", False), bool):
         raise ArchitectureError("checkpoint: 'split_c2f' must be true or false")
@@ -98,12 +144,16 @@ def _check_scales(value: Any) -> str | None:
     if not isinstance(value, dict) or len(value) > 16:
         return "must map scale names to [depth, width, max_channels]"
     for name, triple in value.items():
-        if not (isinstance(name, str) and _SCALE_NAME.fullmatch(name)) or not isinstance(triple, list) \
-                or len(triple) != 3:
+        if (
+            not (isinstance(name, str) and _SCALE_NAME.fullmatch(name))
+            or not isinstance(triple, list)
+            or len(triple) != 3
+        ):
             return f"bad entry {str(name)[:20]!r}"
         depth, width, channels = triple
-        if not (_number(depth, 0, MAX_MULTIPLE) and _number(width, 0, MAX_MULTIPLE)
-                and _number(channels, 1, MAX_NUMBER)):
+        if not (
+            _number(depth, 0, MAX_MULTIPLE) and _number(width, 0, MAX_MULTIPLE) and _number(channels, 1, MAX_NUMBER)
+        ):
             return f"numbers out of range in {str(name)[:20]!r}"
     return None
 
@@ -134,8 +184,11 @@ def _check_yaml_file(value: Any) -> str | None:
     # it reaches Ultralytics' trainer as `model`, where a *.pt name or a URL would be loaded, and its DDP launcher
     # writes it into a Python script: a plain path only (no quotes, spaces, colons or escapes)
     ok = isinstance(value, str) and YAML_FILE.fullmatch(value) is not None
-    return None if ok else (f"{str(value)[:60]!r} is not a local .yaml file name (letters, digits, '_', '-', '.', "
-                            "'+', '/')")
+    return (
+        None
+        if ok
+        else (f"{str(value)[:60]!r} is not a local .yaml file name (letters, digits, '_', '-', '.', '+', '/')")
+    )
 
 
 def _check_channels(value: Any) -> str | None:
@@ -166,8 +219,12 @@ def _check_row(row: Any) -> str | None:
         if isinstance(arg, list) and (len(arg) > 16 or any(isinstance(a, list) for a in arg)):
             return "list arguments must be short lists of numbers"
         for item in items:
-            if not (item is None or isinstance(item, bool) or _number(item, -MAX_NUMBER, MAX_NUMBER)
-                    or (isinstance(item, str) and item in ARG_STRINGS)):
+            if not (
+                item is None
+                or isinstance(item, bool)
+                or _number(item, -MAX_NUMBER, MAX_NUMBER)
+                or (isinstance(item, str) and item in ARG_STRINGS)
+            ):
                 return f"argument {str(item)[:60]!r} is not a plain number, bool, None or one of {sorted(ARG_STRINGS)}"
     return None
 

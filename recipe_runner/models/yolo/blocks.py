@@ -12,6 +12,7 @@ pruning. Ultralytics pickles the module tree into its own last.pt/best.pt, so
 this class must keep this import path (and its path before models/yolo/ was a
 package, recipe_runner.models._yolo_blocks, stays importable as a shim).
 """
+
 from __future__ import annotations
 
 import copy

@@ -6,18 +6,19 @@ Everything that touches Ultralytics goes through `ultralytics_ready()` first, so
 - the Arial.ttf the dataset check wants is already there (offline.configure_offline);
 - torch keeps using every core, although Ultralytics sets OMP_NUM_THREADS=1 at import.
 """
+
 from __future__ import annotations
 
 import os
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 _INTEGRATIONS = ("clearml", "comet", "dvc", "hub", "mlflow", "neptune", "raytune", "tensorboard", "wandb", "sync")
 
 
-@lru_cache(maxsize=None)
+@cache
 def ultralytics_ready() -> None:
     """Configure the environment, import Ultralytics once, switch its integrations off."""
     from ...data import cache_root
@@ -43,8 +44,9 @@ def strip_integration_callbacks(instance: Any) -> None:
 
 def _is_integration(func: Any) -> bool:
     module = getattr(func, "__module__", "") or ""
-    return (module.startswith("ultralytics.utils.callbacks.") and not module.endswith(".base")) or \
-        module.startswith("ultralytics.utils.events")
+    return (module.startswith("ultralytics.utils.callbacks.") and not module.endswith(".base")) or module.startswith(
+        "ultralytics.utils.events"
+    )
 
 
 def device_string(device: Any) -> str:

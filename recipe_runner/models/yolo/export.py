@@ -4,6 +4,7 @@
    copy, so BatchNorm folding is checked too) on real validation images.
 2. Accuracy: Ultralytics' validator runs the .onnx file itself (mAP of what ships).
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,7 +21,9 @@ from .environment import resolved_data_yaml, strip_integration_callbacks, ultral
 from .stride import round_to_stride
 
 
-def export_onnx_file(model: nn.Module, path: Path, imgsz: int, opset: int, dynamic: bool, simplify: bool, batch: int) -> Path:
+def export_onnx_file(
+    model: nn.Module, path: Path, imgsz: int, opset: int, dynamic: bool, simplify: bool, batch: int
+) -> Path:
     """Write `model` as ONNX to `path` with Ultralytics' exporter (its metadata lets the validator run the file)."""
     ultralytics_ready()
     from ultralytics.engine.exporter import Exporter
@@ -31,9 +34,21 @@ def export_onnx_file(model: nn.Module, path: Path, imgsz: int, opset: int, dynam
         target.pt_path = str(work / "model.pt")  # the exporter names its output after this; nothing is read from it
         target.args = {"data": ""}  # the exporter reads args["data"] for calibration only (not used for fp32 ONNX)
         target.task = "detect"  # set by Ultralytics' Model wrapper, which we do not use
-        exporter = Exporter(overrides={"format": "onnx", "imgsz": imgsz, "opset": opset, "dynamic": dynamic,
-                                       "simplify": simplify, "batch": batch, "device": "cpu", "half": False,
-                                       "int8": False, "nms": False, "verbose": False})
+        exporter = Exporter(
+            overrides={
+                "format": "onnx",
+                "imgsz": imgsz,
+                "opset": opset,
+                "dynamic": dynamic,
+                "simplify": simplify,
+                "batch": batch,
+                "device": "cpu",
+                "half": False,
+                "int8": False,
+                "nms": False,
+                "verbose": False,
+            }
+        )
         strip_integration_callbacks(exporter)
         written = Path(exporter(model=target))
         shutil.move(str(written), str(path))
@@ -98,16 +113,20 @@ def export_and_check(family: Any, model: nn.Module, data: Any, config: Any, path
     sess = onnx_runtime.session(path, threads=1)
     reference = copy.deepcopy(model).float().eval()
     checks = validation_images(data, imgsz, 4)
-    rows = [checks[i:i + 1] for i in range(len(checks))]
+    rows = [checks[i : i + 1] for i in range(len(checks))]
     if config.dynamic and len(checks) > 1:
         rows.append(checks)  # one batched run too, to exercise the dynamic batch axis
     agreement = onnx_runtime.compare(sess, lambda images: _torch_output(reference, images), rows)
     latency = onnx_runtime.latency(sess, checks[:1])
     accuracy = family._validate(str(path), data, config.model_copy(update={"imgsz": imgsz}), batch=batch)
-    return {"onnx_max_abs_diff": agreement.max_abs_diff, "onnx_output_scale": agreement.output_scale,
-            **{f"onnx_{name}": value for name, value in accuracy.items()},
-            "onnx_size_mb": path.stat().st_size / 1e6, "onnx_latency_ms": latency.median_ms,
-            "onnx_latency_p90_ms": latency.p90_ms}
+    return {
+        "onnx_max_abs_diff": agreement.max_abs_diff,
+        "onnx_output_scale": agreement.output_scale,
+        **{f"onnx_{name}": value for name, value in accuracy.items()},
+        "onnx_size_mb": path.stat().st_size / 1e6,
+        "onnx_latency_ms": latency.median_ms,
+        "onnx_latency_p90_ms": latency.p90_ms,
+    }
 
 
 def _torch_output(model: nn.Module, images: np.ndarray) -> np.ndarray:

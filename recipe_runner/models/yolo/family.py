@@ -1,4 +1,5 @@
-"""The `yolo` family: Ultralytics detection models (any detection yaml, or a local .pt), trained by Ultralytics' trainer."""
+"""The `yolo` family: Ultralytics detection models (any detection yaml, or a local .pt), trained by Ultralytics."""
+
 from __future__ import annotations
 
 import copy
@@ -6,15 +7,16 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ...timing import timed
 from .._shapes import apply_shapes, decomposed_layers, module_attributes, restore_decomposed
+from ..base import EvalKnobs, Keep, ModelDescription, ModelFamily, TrainContext, TrainKnobs, TrainResult
 from .architecture import check_architecture, check_description
 from .environment import first_device_string, resolved_data_yaml, strip_integration_callbacks, ultralytics_ready
 from .stride import round_to_stride
-from ..base import EvalKnobs, Keep, ModelDescription, ModelFamily, TrainContext, TrainKnobs, TrainResult
 
 if TYPE_CHECKING:
     import torch
@@ -49,12 +51,16 @@ class YoloFamily(ModelFamily):
         if source.lower().endswith(".pt"):
             # never hand Ultralytics a missing *.pt: it would try to download it from GitHub
             if not Path(source).expanduser().is_file():
-                raise ValueError(f"model checkpoint '{source}' does not exist (the yolo family loads local .pt files only; "
-                                 "use an Ultralytics yaml such as yolov8n.yaml to train from scratch)")
+                raise ValueError(
+                    f"model checkpoint '{source}' does not exist (the yolo family loads local .pt files only; "
+                    "use an Ultralytics yaml such as yolov8n.yaml to train from scratch)"
+                )
             return
         if not source.lower().endswith((".yaml", ".yml")):
-            raise ValueError(f"'{source}' is neither an Ultralytics model yaml nor a .pt checkpoint "
-                             "(the yolo family takes names like yolov8n.yaml or yolo11n.yaml, or a path to a .yaml/.pt)")
+            raise ValueError(
+                f"'{source}' is neither an Ultralytics model yaml nor a .pt checkpoint "
+                "(the yolo family takes names like yolov8n.yaml or yolo11n.yaml, or a path to a .yaml/.pt)"
+            )
         self._yaml_dict(source)
 
     def check_args(self, args: dict[str, Any]) -> None:
@@ -71,17 +77,21 @@ class YoloFamily(ModelFamily):
         try:
             cfg = yaml_model_load(str(path) if path.is_file() else source)
         except (FileNotFoundError, OSError) as exc:
-            raise ValueError(f"unknown Ultralytics model yaml '{source}' ({exc}); use a shipped name like yolov8n.yaml "
-                             "or yolo11n.yaml, or a path to a yaml file") from None
+            raise ValueError(
+                f"unknown Ultralytics model yaml '{source}' ({exc}); use a shipped name like yolov8n.yaml "
+                "or yolo11n.yaml, or a path to a yaml file"
+            ) from None
         head = cfg.get("head") or []
         last = head[-1][2] if head and len(head[-1]) > 2 else ""
         if "Detect" not in str(last) or any(word in str(last) for word in _NOT_DETECTION):
-            raise ValueError(f"'{source}' is not a detection model (its head is '{last}'); the yolo family trains detectors")
+            raise ValueError(
+                f"'{source}' is not a detection model (its head is '{last}'); the yolo family trains detectors"
+            )
         # refused here, not at the first reuse: its stage checkpoints must pass the same check to be rebuilt
         check_architecture(cfg, f"model '{source}'")
         return cfg
 
-    def source_identity(self, source: str) -> Optional[str]:
+    def source_identity(self, source: str) -> str | None:
         """A local yaml by what Ultralytics resolves from it: the file it really reads and the scale it takes from
         the name (byte-identical yolov8n-custom.yaml and yolov8s-custom.yaml build different models)."""
         if source.lower().endswith(".pt"):
@@ -95,9 +105,8 @@ class YoloFamily(ModelFamily):
 
     def build(self, source: str, data, seed: int) -> nn.Module:
         ultralytics_ready()
-        from ultralytics.nn.tasks import DetectionModel
-
         import torch
+        from ultralytics.nn.tasks import DetectionModel
 
         torch.manual_seed(seed)
         nc = data.num_classes
@@ -106,7 +115,9 @@ class YoloFamily(ModelFamily):
 
             weights, _ = load_checkpoint(str(Path(source).expanduser()))  # the user's own local file
             if any(type(m).__name__ == "SplitC2f" for m in weights.modules()):
-                raise ValueError(f"'{source}' holds a pruned runner model; start from the recipe stage that made it instead")
+                raise ValueError(
+                    f"'{source}' holds a pruned runner model; start from the recipe stage that made it instead"
+                )
             check_architecture(weights.yaml, f"model '{source}'")
             model = DetectionModel(copy.deepcopy(weights.yaml), nc=nc, verbose=False)
             model.load(weights, verbose=False)
@@ -124,8 +135,10 @@ class YoloFamily(ModelFamily):
         nc = int(self.skeleton(source).yaml.get("nc", 0))
         if nc == data.num_classes:
             return []
-        return [f"model: {Path(source).name} detects {nc} classes and the data has {data.num_classes}: the Detect "
-                "head's class branches are initialised afresh (seeded by the recipe's seed); the rest keeps its weights"]
+        return [
+            f"model: {Path(source).name} detects {nc} classes and the data has {data.num_classes}: the Detect "
+            "head's class branches are initialised afresh (seeded by the recipe's seed); the rest keeps its weights"
+        ]
 
     def skeleton(self, source: str) -> nn.Module:
         # built on the CPU (Ultralytics runs a forward pass to find the strides): a fraction of a second for yolov8n
@@ -139,15 +152,34 @@ class YoloFamily(ModelFamily):
         return DetectionModel(self._yaml_dict(source), nc=1, verbose=False)
 
     # -- training ---------------------------------------------------------
-    def train(self, model: nn.Module, data: DataSource, knobs: TrainKnobs, epochs: int, ctx: TrainContext,
-              hooks: Sequence[TrainHook] = (), keep: Keep = "best",
-              distill: Optional[Distillation] = None) -> TrainResult:
-        """Ultralytics' trainer; `distill` wraps the student in Ultralytics' DistillationModel (see yolo/training.py)."""
+    def train(
+        self,
+        model: nn.Module,
+        data: DataSource,
+        knobs: TrainKnobs,
+        epochs: int,
+        ctx: TrainContext,
+        hooks: Sequence[TrainHook] = (),
+        keep: Keep = "best",
+        distill: Distillation | None = None,
+    ) -> TrainResult:
+        """Ultralytics' trainer; `distill` wraps the student in Ultralytics' DistillationModel (yolo/training.py)."""
         from .training import release_gpu_memory, run_training
 
         source = str(getattr(model, "yaml", {}).get("yaml_file", "yolov8n.yaml"))
-        model, metrics, trained, reached = run_training(model, self.rebuild, self.describe, resolved_data_yaml(data),
-                                                        knobs, epochs, ctx, source, hooks, keep, distill)
+        model, metrics, trained, reached = run_training(
+            model,
+            self.rebuild,
+            self.describe,
+            resolved_data_yaml(data),
+            knobs,
+            epochs,
+            ctx,
+            source,
+            hooks,
+            keep,
+            distill,
+        )
         release_gpu_memory()
         return TrainResult(model, metrics, trained, reached)
 
@@ -162,10 +194,21 @@ class YoloFamily(ModelFamily):
 
         save_dir = Path(tempfile.mkdtemp(prefix="yolo-val-"))
         try:
-            args = {"data": resolved_data_yaml(data), "imgsz": knobs.imgsz, "batch": batch or knobs.batch, "plots": False,
-                    "save_json": False, "verbose": False, "device": first_device_string(knobs.device),
-                    "workers": knobs.workers, "half": False, "save_dir": str(save_dir), "task": "detect",
-                    "mode": "val", "split": "val"}
+            args = {
+                "data": resolved_data_yaml(data),
+                "imgsz": knobs.imgsz,
+                "batch": batch or knobs.batch,
+                "plots": False,
+                "save_json": False,
+                "verbose": False,
+                "device": first_device_string(knobs.device),
+                "workers": knobs.workers,
+                "half": False,
+                "save_dir": str(save_dir),
+                "task": "detect",
+                "mode": "val",
+                "split": "val",
+            }
             validator = DetectionValidator(args=args, save_dir=save_dir)
             strip_integration_callbacks(validator)
             results = validator(model=model)
@@ -178,8 +221,9 @@ class YoloFamily(ModelFamily):
             "recall": float(results.get("metrics/recall(B)", 0.0)),
         }
 
-    def accumulate_gradients(self, model: nn.Module, data, knobs, batches: int,
-                             after_backward: Optional[Callable[[], None]] = None) -> None:
+    def accumulate_gradients(
+        self, model: nn.Module, data, knobs, batches: int, after_backward: Callable[[], None] | None = None
+    ) -> None:
         """Gradients of the detection loss over a few training batches (for Taylor and Hessian importance)."""
         ultralytics_ready()
         from ultralytics.cfg import get_cfg
@@ -217,7 +261,7 @@ class YoloFamily(ModelFamily):
         Attention splits channels by heads, which DepGraph cannot follow: with them prunable
         torch-pruning did not finish on yolo11n in minutes. Kept whole, the rest of YOLO11 prunes.
         """
-        from ultralytics.nn.modules.block import C2PSA, PSABlock, Attention
+        from ultralytics.nn.modules.block import C2PSA, Attention, PSABlock
         from ultralytics.nn.modules.head import Detect
 
         return [m for m in model.modules() if isinstance(m, (Detect, C2PSA, PSABlock, Attention))]
@@ -250,7 +294,8 @@ class YoloFamily(ModelFamily):
         nc = int(model.nc if hasattr(model, "nc") else model.yaml["nc"])
         names = [str(v) for _, v in sorted(dict(getattr(model, "names", {}) or {}).items())]
         return ModelDescription(
-            family=self.name, fields={"yaml": copy.deepcopy(model.yaml), "nc": nc, "names": names},
+            family=self.name,
+            fields={"yaml": copy.deepcopy(model.yaml), "nc": nc, "names": names},
             transforms=transforms,
             state_dict={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
             attributes=module_attributes(model),
@@ -305,8 +350,10 @@ class YoloFamily(ModelFamily):
 
         path = Path(path)
         if path.suffix not in (".onnx", ".openvino"):
-            raise ValueError(f"{path.name}: only .onnx and .openvino model files are evaluated (a file named otherwise "
-                             "could make Ultralytics unpickle it)")
+            raise ValueError(
+                f"{path.name}: only .onnx and .openvino model files are evaluated (a file named otherwise "
+                "could make Ultralytics unpickle it)"
+            )
         knobs = knobs.model_copy(update={"imgsz": round_to_stride(knobs.imgsz)})
         with tempfile.TemporaryDirectory(prefix="yolo-file-") as work:
             if not is_openvino(path):

@@ -1,4 +1,5 @@
 """The input sizes a YOLO takes: a multiple of its stride (shared by the family and its exporter)."""
+
 from __future__ import annotations
 
 import math

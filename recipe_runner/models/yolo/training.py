@@ -9,36 +9,62 @@ Device contract: whatever device trains, what leaves training (the returned mode
 epoch states, the best weights) is on the CPU in fp32, so the next stage's cost, latency,
 pruning and export (which build CPU inputs) get what they expect.
 """
+
 from __future__ import annotations
 
 import copy
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
+from ..hooks import HookChain, training_hooks
 from .amp import offline_amp_check
 from .environment import device_string, strip_integration_callbacks, ultralytics_ready
-from ..hooks import HookChain, training_hooks
 
 _OPTIMIZERS = {"auto": "auto", "sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 # The trainer's own arguments: users' `args:` may not override these.
 # distill_model: a path there would be unpickled by Ultralytics (weights_only=False); the recipe's `distill:` hands
 # the verified teacher module over instead
-_OWNED = ("model", "data", "epochs", "project", "name", "exist_ok", "resume", "save", "save_period", "plots", "task",
-          "mode", "pretrained", "distill_model")
+_OWNED = (
+    "model",
+    "data",
+    "epochs",
+    "project",
+    "name",
+    "exist_ok",
+    "resume",
+    "save",
+    "save_period",
+    "plots",
+    "task",
+    "mode",
+    "pretrained",
+    "distill_model",
+)
 # Ultralytics' feature-distillation gain per unit of the recipe's distill.weight: weight 0.5 gives its default dis 6.0
 DIS_PER_WEIGHT = 12.0
 
 
 # Ultralytics keys the recipe sets through its own stage keys.
-_KNOBS = {"imgsz": "imgsz", "batch": "batch", "lr0": "lr", "optimizer": "optimizer", "momentum": "momentum",
-          "weight_decay": "weight_decay", "workers": "workers", "device": "device", "seed": "seed (top level)",
-          "patience": "patience", "dis": "distill.weight"}
+_KNOBS = {
+    "imgsz": "imgsz",
+    "batch": "batch",
+    "lr0": "lr",
+    "optimizer": "optimizer",
+    "momentum": "momentum",
+    "weight_decay": "weight_decay",
+    "workers": "workers",
+    "device": "device",
+    "seed": "seed (top level)",
+    "patience": "patience",
+    "dis": "distill.weight",
+}
 
 
 def check_args(args: dict[str, Any]) -> None:
@@ -63,22 +89,51 @@ if TYPE_CHECKING:
     from ..hooks import TrainHook
 
 
-def train_args(knobs: TrainKnobs, epochs: int, data_yaml: str, save_dir: Path, seed: int, source: str,
-               distill: Optional[Distillation] = None) -> dict[str, Any]:
+def train_args(
+    knobs: TrainKnobs,
+    epochs: int,
+    data_yaml: str,
+    save_dir: Path,
+    seed: int,
+    source: str,
+    distill: Distillation | None = None,
+) -> dict[str, Any]:
     """Ultralytics train overrides from the stage's knobs; `args:` passes extra Ultralytics keys through."""
     device = device_string(knobs.device)
     args: dict[str, Any] = {
-        "imgsz": knobs.imgsz, "batch": knobs.batch, "lr0": knobs.lr, "optimizer": _OPTIMIZERS[knobs.optimizer],
-        "momentum": knobs.momentum, "weight_decay": knobs.weight_decay, "workers": knobs.workers,
-        "patience": int(knobs.patience), "device": device, "seed": int(seed), "deterministic": True,
-        "amp": device != "cpu", "verbose": False, "val": True,
+        "imgsz": knobs.imgsz,
+        "batch": knobs.batch,
+        "lr0": knobs.lr,
+        "optimizer": _OPTIMIZERS[knobs.optimizer],
+        "momentum": knobs.momentum,
+        "weight_decay": knobs.weight_decay,
+        "workers": knobs.workers,
+        "patience": int(knobs.patience),
+        "device": device,
+        "seed": int(seed),
+        "deterministic": True,
+        "amp": device != "cpu",
+        "verbose": False,
+        "val": True,
     }
     args.update(knobs.args)
-    args.update({
-        "model": source, "data": data_yaml, "epochs": int(epochs), "project": str(save_dir.parent), "name": save_dir.name,
-        "exist_ok": True, "resume": False, "save": False, "save_period": -1, "plots": False, "task": "detect", "mode": "train",
-        "pretrained": False,
-    })
+    args.update(
+        {
+            "model": source,
+            "data": data_yaml,
+            "epochs": int(epochs),
+            "project": str(save_dir.parent),
+            "name": save_dir.name,
+            "exist_ok": True,
+            "resume": False,
+            "save": False,
+            "save_period": -1,
+            "plots": False,
+            "task": "detect",
+            "mode": "train",
+            "pretrained": False,
+        }
+    )
     if device == "cpu":
         args["amp"] = False  # CPU has no use for it (on a GPU the trainer's offline_amp_check judges it)
     if distill is not None:
@@ -89,7 +144,7 @@ def train_args(knobs: TrainKnobs, epochs: int, data_yaml: str, save_dir: Path, s
 def _metric_name(key: str) -> str:
     """Ultralytics' 'metrics/mAP50-95(B)' -> 'mAP50-95', 'train/box_loss' stays (MLflow rejects parentheses)."""
     if key.startswith("metrics/"):
-        key = key[len("metrics/"):]
+        key = key[len("metrics/") :]
     return key.replace("(B)", "").replace("(", "").replace(")", "")
 
 
@@ -99,8 +154,11 @@ def epoch_metrics(trainer: Any) -> dict[str, float]:
         metrics.update(trainer.label_loss_items(trainer.tloss, prefix="train"))
     if "train/dis_loss" in metrics:  # distilling: the two parts of the loss, as the classifier family names them
         metrics["train/distill_loss"] = metrics["train/dis_loss"]
-        metrics["train/task_loss"] = sum(v for k, v in metrics.items() if k.startswith("train/") and
-                                         k not in ("train/dis_loss", "train/distill_loss"))
+        metrics["train/task_loss"] = sum(
+            v
+            for k, v in metrics.items()
+            if k.startswith("train/") and k not in ("train/dis_loss", "train/distill_loss")
+        )
     for key, value in (trainer.metrics or {}).items():
         metrics[_metric_name(key)] = float(value)
     for key, value in (getattr(trainer, "lr", None) or {}).items():
@@ -117,7 +175,7 @@ def student_of(model: nn.Module) -> nn.Module:
     return model.student_model if isinstance(model, DistillationModel) else model
 
 
-def make_trainer_class(hooks: HookChain, resume: Optional[dict], teacher: Optional[nn.Module] = None) -> type:
+def make_trainer_class(hooks: HookChain, resume: dict | None, teacher: nn.Module | None = None) -> type:
     """A DetectionTrainer subclass for one training run, made here so importing this module does not import
     Ultralytics.
 
@@ -139,8 +197,8 @@ def make_trainer_class(hooks: HookChain, resume: Optional[dict], teacher: Option
         """DetectionTrainer that trains the module it is given and resumes from the runner's plain-data state."""
 
         rr_hooks: HookChain = hooks
-        rr_resume: Optional[dict] = resume
-        rr_teacher: Optional[nn.Module] = teacher
+        rr_resume: dict | None = resume
+        rr_teacher: nn.Module | None = teacher
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -206,7 +264,7 @@ class EpochSink(Protocol):
     """Where the epoch callbacks send what training produced: the stage run in this process (ContextSink), or in
     a DDP worker the files its launching process relays there (workers.SpoolSink)."""
 
-    def epoch_end(self, epoch: int, metrics: dict[str, float], state: Callable[[], Optional[dict]]) -> None:
+    def epoch_end(self, epoch: int, metrics: dict[str, float], state: Callable[[], dict | None]) -> None:
         """Epoch `epoch` (counting from 1) finished; `state()` builds its resumable state if wanted."""
 
     def finish(self, model: nn.Module, metrics: dict[str, float], epoch: int) -> None:
@@ -225,9 +283,9 @@ class ContextSink:
 
     def __init__(self, ctx: TrainContext, advance: Callable[[int], None]):
         self.ctx, self.advance = ctx, advance
-        self.result: Optional[Trained] = None
+        self.result: Trained | None = None
 
-    def epoch_end(self, epoch: int, metrics: dict[str, float], state: Callable[[], Optional[dict]]) -> None:
+    def epoch_end(self, epoch: int, metrics: dict[str, float], state: Callable[[], dict | None]) -> None:
         self.ctx.log_metrics(metrics, step=epoch)
         if self.ctx.epoch_state_due(epoch):
             built = state()
@@ -258,8 +316,14 @@ class EpochCallbacks:
     """Ultralytics callbacks: run the training hooks' start/epoch calls, keep the best EMA weights, send each epoch
     and the result to the sink. Picklable when its sink is (it travels to DDP workers with the trainer)."""
 
-    def __init__(self, sink: EpochSink, describe: Callable[[nn.Module], dict], keep: Keep,
-                 best_state: Optional[dict], best_epoch: int):
+    def __init__(
+        self,
+        sink: EpochSink,
+        describe: Callable[[nn.Module], dict],
+        keep: Keep,
+        best_state: dict | None,
+        best_epoch: int,
+    ):
         self.sink, self.describe, self.keep = sink, describe, keep
         self.best_state, self.best_epoch = best_state, best_epoch
         self.last_metrics: dict[str, float] = {}
@@ -290,8 +354,14 @@ class EpochCallbacks:
 
         ema = trainer.ema.ema
         wrapper = unwrap_model(trainer.model)
-        distill = {"projector": cpu_copy(wrapper.projector.state_dict()),
-                   "ema_projector": cpu_copy(ema.projector.state_dict())} if wrapper is not trainer.unwrapped() else {}
+        distill = (
+            {
+                "projector": cpu_copy(wrapper.projector.state_dict()),
+                "ema_projector": cpu_copy(ema.projector.state_dict()),
+            }
+            if wrapper is not trainer.unwrapped()
+            else {}
+        )
         return {
             "model": self.describe(trainer.unwrapped()),
             "ema": cpu_copy(student_of(ema).state_dict()),
@@ -300,7 +370,9 @@ class EpochCallbacks:
             "optimizer": cpu_copy(trainer.optimizer.state_dict()),
             "epoch": epoch,
             "best_fitness": None if trainer.best_fitness is None else float(trainer.best_fitness),
-            "stopper_best_fitness": None if trainer.stopper.best_fitness is None else float(trainer.stopper.best_fitness),
+            "stopper_best_fitness": None
+            if trainer.stopper.best_fitness is None
+            else float(trainer.stopper.best_fitness),
             "stopper_best_epoch": int(trainer.stopper.best_epoch),
             "best_state": self.best_state,
             "best_epoch": self.best_epoch,
@@ -308,7 +380,7 @@ class EpochCallbacks:
         }
 
 
-def finished_model(ema: nn.Module, best_state: Optional[dict], keep: Keep) -> nn.Module:
+def finished_model(ema: nn.Module, best_state: dict | None, keep: Keep) -> nn.Module:
     """The trained EMA as a trainable fp32 module on the CPU (how stages hand models over): the best epoch's
     (Ultralytics' best.pt) for keep="best", the last epoch's (last.pt) for keep="last"."""
     # Ultralytics trains channels_last on CUDA: back to the layout a rebuilt or CPU-trained model has, so CPU
@@ -332,10 +404,19 @@ def _drop_feature_hooks(model: nn.Module) -> None:
         DistillationModel._clear_feature_hooks(module)
 
 
-def run_training(model: nn.Module, rebuild: Callable[[dict], nn.Module], describe: Callable[[nn.Module], dict],
-                 data_yaml: str, knobs: TrainKnobs, epochs: int, ctx: TrainContext, source: str,
-                 hooks: Sequence[TrainHook] = (), keep: Keep = "best",
-                 distill: Optional[Distillation] = None) -> tuple[nn.Module, dict[str, float], int, int]:
+def run_training(
+    model: nn.Module,
+    rebuild: Callable[[dict], nn.Module],
+    describe: Callable[[nn.Module], dict],
+    data_yaml: str,
+    knobs: TrainKnobs,
+    epochs: int,
+    ctx: TrainContext,
+    source: str,
+    hooks: Sequence[TrainHook] = (),
+    keep: Keep = "best",
+    distill: Distillation | None = None,
+) -> tuple[nn.Module, dict[str, float], int, int]:
     """Train `model` for `epochs`, here or in DDP worker processes (`device: [0, 1]`); returns (model on the CPU,
     last epoch metrics, epochs run here, epoch reached)."""
     from .workers import SpoolRelay, SpoolSink, launches_workers, train_in_workers

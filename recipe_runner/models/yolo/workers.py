@@ -14,6 +14,7 @@ the relay keeps a `want-state` file in the spool exactly while the next epoch's 
 due; rank 0 builds and writes a resumable state only when it finds that file, so the other
 ranks, waiting at the epoch's closing broadcast, wait for no checkpoint nobody asked for.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,9 +22,10 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -54,10 +56,12 @@ class SpoolSink:
     folder: Path
     describe: Callable[[nn.Module], dict]
 
-    def epoch_end(self, epoch: int, metrics: dict[str, float], state: Callable[[], Optional[dict]]) -> None:
+    def epoch_end(self, epoch: int, metrics: dict[str, float], state: Callable[[], dict | None]) -> None:
         if _rank() in (-1, 0):
             wanted = state() if (self.folder / WANT_STATE).exists() else None
-            save_checkpoint({"epoch": epoch, "metrics": metrics, "state": wanted}, self.folder / f"epoch-{epoch:06d}.pt")
+            save_checkpoint(
+                {"epoch": epoch, "metrics": metrics, "state": wanted}, self.folder / f"epoch-{epoch:06d}.pt"
+            )
 
     def finish(self, model: nn.Module, metrics: dict[str, float], epoch: int) -> None:
         if _rank() in (-1, 0):

@@ -7,17 +7,36 @@ is told as failed and the search goes on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Literal, Protocol
 
 from ..outcomes import SearchFailed, StageReport
+from ..persistence import Tracker
 from ..planner import Plan, PlannedStage, plan_stage
 from . import report
 from .study import Study, TrialRecord, best
 
-if TYPE_CHECKING:
-    from ..engine import Engine
+
+class Engine(Protocol):
+    """What a search needs of the engine that drives it (engine.py's Engine): the search sits below the engine
+    and never imports it."""
+
+    plan: Plan
+    tracker: Tracker
+    outputs: dict[str, Any]
+    announce: Callable[[str], None]
+
+    def schedule(
+        self,
+        parent_id: str,
+        scratch: Path,
+        reports: list[StageReport],
+        stages: list[PlannedStage] | None = None,
+        on_error: Literal["stop", "keep-going"] | None = None,
+        label: str = "stages",
+    ) -> None: ...
 
 
 def run_search(engine: Engine, parent_id: str, scratch: Path, reports: list[StageReport]) -> None:

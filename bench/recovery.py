@@ -133,7 +133,9 @@ def shape_check(work: Path) -> dict:
     from recipe_runner.stages.quantize import QuantizeConfig
 
     class Quiet:
-        seed, resume_state, workdir = 0, None, work
+        seed = 0
+        resume_state = None
+        workdir = work
 
         def log_metrics(self, metrics, step=None): ...
         def epoch_state_due(self, epoch):

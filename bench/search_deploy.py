@@ -49,7 +49,12 @@ def options() -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="smoke test: 16/8 images at 64 px, 1 epoch, 2 trials")
     args = p.parse_args()
     if args.tiny:
-        args.train, args.val, args.epochs, args.finetune, args.trials, args.calibration = 16, 8, 1, 1, 2, 8
+        args.train = 16
+        args.val = 8
+        args.epochs = 1
+        args.finetune = 1
+        args.trials = 2
+        args.calibration = 8
         args.repeat = 1
     return args
 

@@ -84,10 +84,18 @@ class RunningStage:
         resume_state: dict | None,
         prefix: str = "",
     ):
-        self.engine, self.node, self.run_id, self.workdir = engine, node, run_id, workdir
-        self.stage_id, self.family, self.data, self.seed = node.id, engine.family, engine.data, engine.plan.recipe.seed
+        self.engine = engine
+        self.node = node
+        self.run_id = run_id
+        self.workdir = workdir
+        self.stage_id = node.id
+        self.family = engine.family
+        self.data = engine.data
+        self.seed = engine.plan.recipe.seed
         self.model_source = engine.plan.recipe.model.source
-        self.parent_model, self.parent_file, self.parent_metrics = parent.model, parent.file, parent.metrics
+        self.parent_model = parent.model
+        self.parent_file = parent.file
+        self.parent_metrics = parent.metrics
         self.parent_cache_key = engine.plan.graph.nodes[node.parent].cache_key if node.parent else ""
         self.resume_state, self.prefix = resume_state, prefix
         every = node.config.checkpoint_every if isinstance(node.config, TrainingKnobs) else 1
@@ -202,7 +210,10 @@ class Engine:
         on_error: OnError = "stop",
         executor: Executor | None = None,
     ):
-        self.plan, self.tracker, self.progress, self.announce = plan, plan.tracker, progress, announce
+        self.plan = plan
+        self.tracker = plan.tracker
+        self.progress = progress
+        self.announce = announce
         self.on_error, self.executor = on_error, executor or SequentialExecutor()
         self.outputs: dict[str, Any] = {}  # node id -> model or file, for stages that ran in this process
         self.sources: dict[str, T.StageRun] = {}  # node id -> the finished run holding its checkpoint or file
@@ -342,7 +353,9 @@ class Engine:
             claim.release()
         self._close_cut_off(cut_off, parent_id)
         node = planned.node
-        self.outputs[node.id], self.metrics[node.id], self.run_ids[node.id] = result, metrics, claim.run_id
+        self.outputs[node.id] = result
+        self.metrics[node.id] = metrics
+        self.run_ids[node.id] = claim.run_id
         return StageReport(node.id, action, claim.run_id, metrics, time.time() - started)
 
     def _stage_tags(self, planned: PlannedStage) -> dict[str, Any]:

@@ -18,7 +18,9 @@ class StageReport:
 
 class StageFailed(RuntimeError):
     def __init__(self, node_id: str, error: BaseException, run_id: str = ""):
-        self.node_id, self.error, self.run_id = node_id, error, run_id
+        self.node_id = node_id
+        self.error = error
+        self.run_id = run_id
         # an error raised in another process travels by name (executors.RemoteError): its class may not exist here
         kind = getattr(error, "kind", None) or type(error).__name__
         super().__init__(f"stage '{node_id}' failed: {kind}: {error}")

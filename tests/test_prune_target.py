@@ -153,3 +153,21 @@ def test_prune_head_prunes_detect_branches_and_the_model_still_rebuilds_and_expo
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(example)[0], pruned[True].eval()(example)[0])
     assert family.write_onnx(rebuilt, tmp_path / "m.onnx", 64, 17).stat().st_size > 0
+
+
+def test_prune_head_with_an_unstructured_method_is_a_located_error(workspace: Path):
+    stages = """\
+  train:
+    type: train
+    epochs: 1
+  prune:
+    type: prune
+    method: l1-unstructured
+    prune_head: true
+"""
+    path = write_recipe(workspace, stages)
+    result = cli("validate", path)
+    assert result.exit_code == 2
+    line = path.read_text().splitlines().index("  prune:") + 1
+    assert f"recipe.yaml:{line}:" in result.output, result.output
+    assert "prune_head: method l1-unstructured" in result.output

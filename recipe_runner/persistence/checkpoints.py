@@ -79,7 +79,9 @@ class EpochCadence:
     """
 
     def __init__(self, every: int | str = "auto", share: float = 0.03, clock: Callable[[], float] = time.monotonic):
-        self.every, self.share, self.clock = every, share, clock
+        self.every = every
+        self.share = share
+        self.clock = clock
         self.last_epoch: int | None = None
         self.last_end = 0.0
         self.last_cost = 0.0

@@ -74,6 +74,16 @@ class PruneConfigBase(TrainingStageConfig):
         return self
 
     @model_validator(mode="after")
+    def _head_needs_structure(self) -> PruneConfigBase:
+        # an unstructured method zeroes weights in every layer, the head's included: the key would change nothing
+        if self.prune_head and self.method in METHODS and not METHODS.get(self.method).structured:
+            raise ValueError(
+                f"prune_head: method {self.method} already zeroes the head's weights with the rest; "
+                "prune_head is for methods that remove channels or decompose layers"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _distill_needs_finetuning(self) -> PruneConfigBase:
         # distillation acts in the fine-tuning between steps: without it the teacher would teach nothing
         if self.distill is not None and not self.finetune_epochs:

@@ -344,7 +344,9 @@ def layer_table(model) -> list[dict[str, Any]]:
     for name, module in model.named_modules():
         if isinstance(module, LowRankLinear):
             c_out, c_in = module.expand.out_features, module.reduce.in_features
-            full, kind, shape = [min(c_in, c_out)], "linear-svd", f"{c_out}x{c_in}"
+            full = [min(c_in, c_out)]
+            kind = "linear-svd"
+            shape = f"{c_out}x{c_in}"
             ratio = module.ranks[0] * (c_in + c_out) / (c_in * c_out)
         elif isinstance(module, LowRankConv2d):
             dense = module.dense()

@@ -58,7 +58,10 @@ class SparsityPenalty(TrainHook, ABC):
     """
 
     def __init__(self, family: ModelFamily, strength: float, decay: Decay, imgsz: int):
-        self.family, self.strength, self.decay, self.imgsz = family, float(strength), decay, imgsz
+        self.family = family
+        self.strength = float(strength)
+        self.decay = decay
+        self.imgsz = imgsz
         self.current = self.strength
         self.epochs = 1
         self.steps = 0

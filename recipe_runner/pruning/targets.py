@@ -79,7 +79,10 @@ def bisect_ratio(model: Any, goal: float, measure: Callable[[Any], float], prune
         pruned = prune(copy.deepcopy(model), ratio)
         return Reached(pruned, ratio, measure(pruned))
 
-    low, best, probes, least = 0.0, None, 0, current
+    low = 0.0
+    best = None
+    probes = 0
+    least = current
     for ratio in GRID:
         tried, probes = attempt(ratio), probes + 1
         least = min(least, tried.cost)

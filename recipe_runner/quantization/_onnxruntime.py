@@ -22,7 +22,9 @@ class _Rows:
     """ONNX Runtime's CalibrationDataReader protocol over N x 3 x H x W images, one image per call."""
 
     def __init__(self, name: str, images: np.ndarray):
-        self.name, self.images, self.index = name, images, 0
+        self.name = name
+        self.images = images
+        self.index = 0
 
     def get_next(self):
         if self.index >= len(self.images):

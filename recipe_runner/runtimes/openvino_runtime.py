@@ -28,7 +28,11 @@ def pack(folder: Path, target: Path) -> Path:
         for name in MEMBERS:
             if (folder / name).is_file():
                 info = tar.gettarinfo(str(folder / name), arcname=name)
-                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                info.mtime = 0
+                info.uid = 0
+                info.gid = 0
+                info.uname = ""
+                info.gname = ""
                 with (folder / name).open("rb") as f:
                     tar.addfile(info, f)
     return target

@@ -108,7 +108,9 @@ def run_prune(ctx: StageContext, config) -> StageOutput:
             step=plan.step,
         )
         if config.max_map_drop is not None and baseline - after > config.max_map_drop:
-            model, evaluation, stopped_early = previous, previous_evaluation, True
+            model = previous
+            evaluation = previous_evaluation
+            stopped_early = True
             row["rejected"] = True
             history.append(row)
             break

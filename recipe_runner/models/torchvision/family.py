@@ -254,10 +254,14 @@ class TorchvisionFamily(ModelFamily):
             p.requires_grad_(True)
         optimizer = self._optimizer(model, knobs)
         chain = training_hooks(hooks)
-        start, best, since_best = 0, -1.0, 0
+        start = 0
+        best = -1.0
+        since_best = 0
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
-            start, best, since_best = int(state["epoch"]), float(state["best"]), int(state["since_best"])
+            start = int(state["epoch"])
+            best = float(state["best"])
+            since_best = int(state["since_best"])
             chain.load_state_dict(state.get("hooks", {}))
         chain.on_start(model, start, epochs)
         loss_fn = nn.CrossEntropyLoss()
@@ -271,7 +275,10 @@ class TorchvisionFamily(ModelFamily):
                 group["lr"] = knobs.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * epoch / epochs)))
             model.train()
             chain.on_epoch_start(model, epoch)
-            total, count, task_total, distill_total = 0.0, 0, 0.0, 0.0
+            total = 0.0
+            count = 0
+            task_total = 0.0
+            distill_total = 0.0
             # augmentation draws from the global RNG: seed per epoch so a resumed run is exact
             torch.manual_seed(ctx.seed * 1000 + epoch)
             for images, labels in self._loader(data, "train", knobs, shuffle=True, seed=ctx.seed * 1000 + epoch):
@@ -334,7 +341,9 @@ class TorchvisionFamily(ModelFamily):
         home = next(model.parameters()).device
         device = torch_device(knobs.device)
         model.to(device)
-        correct, total, loss = 0, 0, 0.0
+        correct = 0
+        total = 0
+        loss = 0.0
         with torch.no_grad():
             for images, labels in self._loader(data, "val", knobs, shuffle=False):
                 images, labels = images.to(device), labels.to(device)
@@ -430,7 +439,9 @@ class TorchvisionFamily(ModelFamily):
         runtime = runtime_for(path)
         batch = knobs.batch if dynamic_batch(path) else 1
         sess = runtime.session(path, threads=all_cores())
-        correct, total, loss = 0, 0, 0.0
+        correct = 0
+        total = 0
+        loss = 0.0
         for images, labels in self._loader(data, "val", knobs.model_copy(update={"batch": batch}), shuffle=False):
             logits = torch.from_numpy(runtime.run(sess, images.numpy()).astype(np.float32))
             loss += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))

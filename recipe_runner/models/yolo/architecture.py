@@ -59,7 +59,11 @@ ACTIVATION = re.compile(
 )
 # Bounds well above the shipped yamls (at most 43 layers, n 18, args 2048, multiples 1.5) and far below
 # what would exhaust memory when the model is built.
-MAX_LAYERS, MAX_REPEATS, MAX_NUMBER, MAX_MULTIPLE, MAX_CLASSES = 256, 64, 8192, 4.0, 100_000
+MAX_LAYERS = 256
+MAX_REPEATS = 64
+MAX_NUMBER = 8192
+MAX_MULTIPLE = 4.0
+MAX_CLASSES = 100_000
 _SCALE_NAME = re.compile(r"[a-z0-9]{0,4}")
 YAML_FILE = re.compile(r"[A-Za-z0-9_./+\-]{1,995}\.ya?ml", re.IGNORECASE)
 

@@ -26,7 +26,10 @@ class SplitC2f(nn.Module):
 
     def __init__(self, cv0: nn.Module, cv1: nn.Module, cv2: nn.Module, m: nn.ModuleList):
         super().__init__()
-        self.cv0, self.cv1, self.cv2, self.m = cv0, cv1, cv2, m
+        self.cv0 = cv0
+        self.cv1 = cv1
+        self.cv2 = cv2
+        self.m = m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = [self.cv0(x), self.cv1(x)]

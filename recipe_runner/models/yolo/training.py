@@ -324,7 +324,9 @@ class EpochCallbacks:
         best_state: dict | None,
         best_epoch: int,
     ):
-        self.sink, self.describe, self.keep = sink, describe, keep
+        self.sink = sink
+        self.describe = describe
+        self.keep = keep
         self.best_state, self.best_epoch = best_state, best_epoch
         self.last_metrics: dict[str, float] = {}
 
@@ -423,10 +425,14 @@ def run_training(
 
     ultralytics_ready()
     state = ctx.resume_state
-    best_state, best_epoch, start = None, 0, 0
+    best_state = None
+    best_epoch = 0
+    start = 0
     if state is not None:
         model = rebuild(state["model"])
-        best_state, best_epoch, start = state.get("best_state"), int(state.get("best_epoch", 0)), int(state["epoch"])
+        best_state = state.get("best_state")
+        best_epoch = int(state.get("best_epoch", 0))
+        start = int(state["epoch"])
         if start >= epochs:  # the last epoch was saved but the stage did not finish: nothing left to train
             ema = rebuild(state["model"])
             ema.load_state_dict(state["ema"])

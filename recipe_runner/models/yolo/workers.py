@@ -72,7 +72,9 @@ class SpoolRelay:
     """In the launching process: hand the workers' spooled epochs and final model to the stage's ContextSink."""
 
     def __init__(self, folder: Path, sink: ContextSink, rebuild: Callable[[dict], nn.Module], start_epoch: int):
-        self.folder, self.sink, self.rebuild = folder, sink, rebuild
+        self.folder = folder
+        self.sink = sink
+        self.rebuild = rebuild
         self.next_epoch = start_epoch + 1
         folder.mkdir(parents=True, exist_ok=True)
         self.ask_for_state()

@@ -117,3 +117,15 @@ def test_run_names_and_stage_table_alone():
     assert table.splitlines()[2] == "| a\\|b | train | run | 0.5 | 4.68 M | 861 | 0.35 MB |"
     assert table.splitlines()[3] == "| c | export | reuse | - | - | - | - |"
     assert "KILLED" in R.description("", table, "KILLED") and R.description("x", table).startswith("x\n\n### Stages")
+
+
+def test_a_description_too_long_for_mlflow_keeps_whole_rows_and_says_how_many_it_left_out():
+    """A 20-trial search has 80+ stage rows: MLflow would cut the note mid-row (and only warn on the console)."""
+    rows = [R.StageRow(f"prune[trial={k},ratio=0.{k:03d}]", "prune", "run", {"top1": 0.5}) for k in range(400)]
+    table = R.stage_table(rows, "top1")
+    text = R.description("my recipe", table, limit=3000)
+    assert len(text) <= 3000 and text.startswith("my recipe\n\n### Stages")
+    listed = [line for line in text.splitlines() if line.startswith("| prune[")]
+    assert 0 < len(listed) < 400 and all(line.endswith(" |") for line in listed)
+    assert f"{400 - len(listed)} more stage(s) not listed here" in text
+    assert R.description("my recipe", R.stage_table(rows[:2], "top1"), limit=3000).count("| prune[") == 2

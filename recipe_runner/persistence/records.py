@@ -74,8 +74,27 @@ def stage_table(rows: Iterable[StageRow], primary: str) -> str:
     return "\n".join(lines)
 
 
-def description(recipe_description: str, table: str, status: str = "FINISHED") -> str:
-    """The recipe's own `description:` first, then the stage table; a run that did not finish says so."""
+# MLflow cuts a longer tag value (the description is the tag mlflow.note.content) wherever it falls, mid-row
+NOTE_LIMIT = 8000
+
+
+def description(recipe_description: str, table: str, status: str = "FINISHED", limit: int = NOTE_LIMIT) -> str:
+    """The recipe's own `description:` first, then the stage table; a run that did not finish says so. A table too
+    long for MLflow's limit (a search's trials) keeps the rows that fit and says how many it left out."""
+    lines = table.split("\n")
+    head, rows = lines[:2], lines[2:]
+    for kept in range(len(rows), -1, -1):
+        shown = "\n".join(head + rows[:kept])
+        if kept < len(rows):
+            left = len(rows) - kept
+            shown += f"\n\n{left} more stage(s) not listed here (MLflow keeps {limit} characters): see the child runs."
+        text = _joined(recipe_description, shown, status)
+        if len(text) <= limit:
+            return text
+    return text[:limit]
+
+
+def _joined(recipe_description: str, table: str, status: str) -> str:
     parts = [recipe_description.strip()] if recipe_description.strip() else []
     parts.append("### Stages\n\n" + table)
     if status != "FINISHED":

@@ -17,6 +17,15 @@ import pytest
 import torch
 
 FIXTURE = Path(__file__).parent / "data" / "pre_move_split_c2f.pt"
+# what the fixture was when this project wrote it: it is unpickled below, so it is checked against this first
+FIXTURE_SHA256 = "ddf5911bfce39affad7b536a549ebc26ea17c4cc7005d42f18db9cfb9d62116e"
+
+
+def _verified_fixture() -> Path:
+    from recipe_runner.persistence.checkpoints import sha256_of
+
+    assert sha256_of(FIXTURE) == FIXTURE_SHA256, "tests/data/pre_move_split_c2f.pt is not the file this project wrote"
+    return FIXTURE
 
 
 def test_the_fixture_names_the_old_module_path():
@@ -29,7 +38,7 @@ def test_the_fixture_names_the_old_module_path():
 def test_a_trainer_checkpoint_written_before_the_move_loads_and_computes_the_same():
     from recipe_runner.models.yolo import SplitC2f
 
-    checkpoint = torch.load(FIXTURE, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(_verified_fixture(), map_location="cpu", weights_only=False)
     model = checkpoint["ema"].float().eval()
     blocks = [m for m in model.modules() if type(m).__name__ == "SplitC2f"]
     assert blocks and all(isinstance(m, SplitC2f) for m in blocks)  # the old path resolves to today's class
@@ -47,5 +56,5 @@ def test_ultralytics_own_loader_reads_it(monkeypatch):
     from ultralytics.nn import tasks
 
     monkeypatch.setattr(tasks, "check_requirements", lambda *a, **k: pytest.fail(f"Ultralytics wanted {a}"))
-    model, _ = tasks.load_checkpoint(str(FIXTURE))
+    model, _ = tasks.load_checkpoint(str(_verified_fixture()))
     assert any(type(m).__name__ == "SplitC2f" for m in model.modules())

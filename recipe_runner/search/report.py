@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import persistence as T
-from ..recipe import Objective
+from ..recipe import Objective, parse_constraint
 from .study import Study, TrialRecord, best
 
 TABLE = "search/trials.json"
@@ -42,9 +42,9 @@ def progress_line(
 def _unmet(text: str, measured: float, violation: float) -> str:
     """'int8.mAP50-95 is 0.2344, needs >= 0.4277': the measured value and the limit it missed (a relative bound's
     limit is this trial's own reference value times the factor)."""
-    name, op = text.split()[:2]
-    limit = measured + violation if op == ">=" else measured - violation
-    return f"{name} is {_num(measured)}, needs {op} {_num(limit)}"
+    constraint = parse_constraint(text)
+    limit = measured + violation if constraint.op == ">=" else measured - violation
+    return f"{constraint.name} is {_num(measured)}, needs {constraint.op} {_num(limit)}"
 
 
 def record(tracker: T.Tracker, parent_id: str, study: Study, records: list[TrialRecord]) -> None:

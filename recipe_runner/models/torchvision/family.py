@@ -402,20 +402,7 @@ class TorchvisionFamily(ModelFamily):
     def write_onnx(self, model: nn.Module, path: Path, imgsz: int, opset: int = 17) -> Path:
         """TorchScript export, dynamic batch only: adaptive pooling exports with a kernel fixed by the traced size,
         so height and width stay fixed at imgsz."""
-        model.eval()
-        example = self.example_inputs(model, imgsz)
-        with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=["images"],
-                output_names=["logits"],
-                opset_version=opset,
-                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                dynamo=False,
-            )
+        _torchscript_export(model, self.example_inputs(model, imgsz), path, opset, dynamic=True)
         return path
 
     def calibration_batches(self, data, imgsz: int, count: int, seed: int = 0, split: str = "train") -> np.ndarray:
@@ -452,21 +439,7 @@ class TorchvisionFamily(ModelFamily):
     def export_onnx(self, model: nn.Module, data: DataSource, config, path: Path) -> dict[str, float]:
         from ...runtimes import onnx_runtime
 
-        model.eval()
-        example = self.example_inputs(model, config.imgsz)
-        dynamic = {"images": {0: "batch"}, "logits": {0: "batch"}} if config.dynamic else None
-        with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=["images"],
-                output_names=["logits"],
-                opset_version=config.opset,
-                dynamic_axes=dynamic,
-                dynamo=False,
-            )
+        _torchscript_export(model, self.example_inputs(model, config.imgsz), path, config.opset, config.dynamic)
         if config.simplify:
             import onnxslim
 
@@ -491,3 +464,21 @@ class TorchvisionFamily(ModelFamily):
             "onnx_latency_ms": latency.median_ms,
             "onnx_latency_p90_ms": latency.p90_ms,
         }
+
+
+def _torchscript_export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic: bool) -> None:
+    """torch.onnx's TorchScript exporter, input `images` and output `logits`, the batch axis dynamic if asked."""
+    model.eval()
+    axes = {"images": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            opset_version=opset,
+            dynamic_axes=axes,
+            dynamo=False,
+        )

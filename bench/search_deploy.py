@@ -12,6 +12,7 @@ every trial's sampled values, MACs, INT8 latency, INT8 mAP50-95, feasibility and
 the Pareto front of latency vs mAP50-95; the FP32 baselines and each trial's speedup over them.
 
     python bench/search_deploy.py [WORKDIR] [--train 128 --val 32 --epochs 30 --finetune 6 --trials 8 --repeat 3]
+    python bench/search_deploy.py WORKDIR ... --set 'stages.prune.round_to={search: [16, 32]}'   # a narrower space
     python bench/search_deploy.py WORKDIR --tiny     # a smoke test of the script (tiny data, 1 epoch: mAP ~0)
 
 A WORKDIR keeps its mlflow.db: a second call reuses every finished stage and trial (raise --trials to go on).
@@ -51,6 +52,9 @@ def options() -> argparse.Namespace:
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--calibration", type=int, default=64, help="INT8 calibration images")
     p.add_argument("--out", default="search_deploy.json", help="file name in bench/results")
+    p.add_argument(
+        "--set", action="append", default=[], dest="sets", help="a further recipe override (`recipe run --set`)"
+    )
     p.add_argument("--force", action="append", default=[], help="rerun this stage (and below) in the search run")
     p.add_argument("--repeat", type=int, default=3, help="timing passes at the end (each model's fastest is kept)")
     p.add_argument(
@@ -82,7 +86,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
     ]
     if args.tiny:
         sets += ["defaults.imgsz=64", "defaults.batch=8"]
-    return sets
+    return sets + args.sets
 
 
 def run(sets: list[str], only: list[str], force: tuple[str, ...] = ()) -> tuple[Any, list]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,42 +53,17 @@ def median_ms(call, runs: int = 20, warmup: int = 3) -> float:
 
 
 def file_caller(path: Path, runtime: str = "auto", imgsz: int = 640) -> Callable[[], object]:
-    """One batch-1 call of a model file on 1 thread (OpenVINO: one infer request, reused, as a server would)."""
-    import numpy as np
+    """One batch-1 call of a model file on 1 thread (the runner's own: runtimes/paired.py)."""
+    from recipe_runner.runtimes.paired import caller
 
-    from recipe_runner.runtimes import openvino_runtime, runtime_for
-
-    image = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    module = runtime_for(path, runtime)
-    session = module.session(path, 1)
-    if module is openvino_runtime:
-        request = session.create_infer_request()
-        return lambda: request.infer({0: image})
-    return lambda: module.run(session, image)
+    return caller(path, imgsz, runtime)
 
 
-def paired_speedup(
-    baseline: Callable[[], object], model: Callable[[], object], bursts: int = 20, calls: int = 5
-) -> dict[str, float]:
-    """The model's speedup over the baseline, timed in pairs: `bursts` pairs of `calls`-call bursts, baseline and
-    model alternating (AB, then BA), one ratio of medians per pair; the median ratio and the pairs' quartiles.
+def paired_speedup(baseline: Callable[[], object], model: Callable[[], object], bursts: int = 20) -> dict[str, float]:
+    """The model's speedup over the baseline, timed in alternating pairs of bursts (runtimes/paired.py)."""
+    from recipe_runner.runtimes.paired import paired_speedup as paired
 
-    Why pairs: a neighbour's load on a shared machine moves one file's latency by up to 50% within minutes, so
-    the ratio of two latencies timed minutes apart (or of each one's fastest of several passes) carries that
-    noise; two bursts a fraction of a second apart see the same machine."""
-    median_ms(baseline, runs=3)
-    median_ms(model, runs=3)
-    ratios = []
-    for pair in range(bursts):
-        if pair % 2 == 0:
-            base_ms = median_ms(baseline, runs=calls, warmup=0)
-            model_ms = median_ms(model, runs=calls, warmup=0)
-        else:
-            model_ms = median_ms(model, runs=calls, warmup=0)
-            base_ms = median_ms(baseline, runs=calls, warmup=0)
-        ratios.append(base_ms / model_ms)
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-    return {"speedup": statistics.median(ratios), "q1": quartiles[0], "q3": quartiles[2], "pairs": len(ratios)}
+    return paired(baseline, model, bursts)
 
 
 def compute_seconds(plan: Any, reports: list) -> float:

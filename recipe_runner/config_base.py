@@ -97,6 +97,14 @@ class StageConfig(StrictModel):
         """Extra graph inputs besides the parent: role -> the stage id it reads (a distillation teacher)."""
         return {}
 
+    def input_location(self, role: str) -> tuple[str, ...]:
+        """Where the recipe names input `role`, below the stage (for located errors): distill.teacher."""
+        return ("distill", role)
+
+    def input_takes(self, role: str) -> frozenset[str]:
+        """What input `role` must give: a PyTorch model (a teacher), or also a file (a benchmark's baseline)."""
+        return frozenset({"model"})
+
     @model_validator(mode="after")
     def _gpu_list_is_usable(self) -> StageConfig:
         if isinstance(self.device, list):

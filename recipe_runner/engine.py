@@ -100,7 +100,7 @@ class RunningStage:
         self.resume_state, self.prefix = resume_state, prefix
         every = node.config.checkpoint_every if isinstance(node.config, TrainingKnobs) else 1
         self.cadence = EpochCadence(every)
-        self._inputs: dict[str, Any] = {}  # role -> the loaded input model (shared with nested contexts)
+        self._inputs: dict[str, Any] = {}  # role -> the loaded input model or file (shared with nested contexts)
         # states kept on this machine between uploads: as often as costs about 3% too (every epoch of a small
         # model; a YOLO epoch of a few seconds every few epochs), so a kill here loses little and costs little
         self.local_cadence = EpochCadence("auto")
@@ -109,16 +109,33 @@ class RunningStage:
         self.next_slot = 0
         self.upload_due = True  # whether the next saved state also goes to the store (prune: every step)
 
+    def input_gives(self, role: str) -> str:
+        """What the stage input `role` gives: "model" (a PyTorch module) or "file" (an ONNX/INT8 file)."""
+        return self.engine.plan.graph.gives(self._input_id(role))
+
+    def input_file(self, role: str) -> Path:
+        """The output file of the stage input `role` (a benchmark's baseline), verified by its sha256 as a parent's
+        file is."""
+        if role not in self._inputs:
+            given = self.engine.input_of(self._input_id(role), self.workdir / "inputs" / role)
+            if given.file is None:
+                raise TypeError(f"input '{role}' of stage '{self.node.id}' gives a PyTorch model, not a file")
+            self._inputs[role] = given.file
+        return self._inputs[role]
+
+    def _input_id(self, role: str) -> str:
+        if role not in self.node.inputs:
+            have = ", ".join(self.node.inputs) or "none"
+            raise KeyError(f"stage '{self.node.id}' has no input '{role}' (it has: {have})")
+        return self.node.inputs[role]
+
     def input_model(self, role: str) -> Any:
         """The model of the stage input `role` (the distillation "teacher"): loaded as a parent is (in memory if it
         ran here, else from the store, sha256-verified, weights_only), on the CPU in fp32, frozen (eval mode, no
         gradients). It is this stage's to read, never part of its output: the engine checkpoints only the model
         the stage returns."""
         if role not in self._inputs:
-            if role not in self.node.inputs:
-                have = ", ".join(self.node.inputs) or "none"
-                raise KeyError(f"stage '{self.node.id}' has no input '{role}' (it has: {have})")
-            given = self.engine.input_of(self.node.inputs[role], self.workdir / "inputs" / role)
+            given = self.engine.input_of(self._input_id(role), self.workdir / "inputs" / role)
             if given.model is None:
                 raise TypeError(f"input '{role}' of stage '{self.node.id}' gives a file, not a PyTorch model")
             model = given.model.float().eval()

@@ -308,10 +308,15 @@ class _Validator:
                         )
 
     def _check_inputs(self, decl: StageDecl, decls: dict[str, StageDecl], names: list[str]) -> None:
-        """An input (a distillation teacher) names another stage that gives a PyTorch model and does not depend on
-        this one (its output must exist before this stage starts)."""
-        for role, stage in sorted({(r, s) for _, config in decl.variants for r, s in config.inputs().items()}):
-            where = ("stages", decl.id, "distill", role)
+        """An input (a distillation teacher, a benchmark's baseline) names another stage that gives what the input
+        takes and does not depend on this one (its output must exist before this stage starts)."""
+        rules = {
+            (role, stage): (config.input_location(role), config.input_takes(role))
+            for _, config in decl.variants
+            for role, stage in config.inputs().items()
+        }
+        for (_role, stage), (location, takes) in sorted(rules.items()):
+            where = ("stages", decl.id, *location)
             if stage not in names:
                 self.problem(where, f"no stage named '{stage}'{did_you_mean(stage, names)}")
             elif stage == decl.id:
@@ -324,7 +329,7 @@ class _Validator:
                 self.problem(
                     where, f"'{stage}' descends from '{decl.id}': its model does not exist before this stage runs"
                 )
-            elif output_kind([d.type for d in reversed(_chain(decls[stage], decls))]) != "model":
+            elif output_kind([d.type for d in reversed(_chain(decls[stage], decls))]) not in takes:
                 self.problem(
                     where,
                     f"'{stage}' ({decls[stage].type}) gives a model file (ONNX/INT8), not a PyTorch "

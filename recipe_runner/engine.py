@@ -477,7 +477,8 @@ class Engine:
         resume_state = None
         if planned.action == "resume":
             try:
-                resume_state = self._load_epoch_state(planned.source, workdir)
+                imgsz = node.config.imgsz if isinstance(node.config, TrainingKnobs) else 64
+                resume_state = self._load_epoch_state(planned.source, workdir, imgsz)
             except (CheckpointError, OSError, MlflowException) as exc:  # not verified: not trusted; start over
                 self.announce(
                     f"[warn]   {node.id}: cannot resume run {planned.source.run_id[:8]} ({exc}); starting over"
@@ -624,13 +625,15 @@ class Engine:
         download.replace(path)
         return path
 
-    def _load_epoch_state(self, source: T.StageRun, workdir: Path) -> dict:
+    def _load_epoch_state(self, source: T.StageRun, workdir: Path, imgsz: int) -> dict:
         """The newest verified epoch state: the one the tags name (this machine's copy if its sha256 matches,
         else the store's), or this machine's newest state between uploads when it is further on."""
         key = source.tags.get(T.CACHE_KEY, "")
         latest = _local_latest(key)
+        if latest is not None and self._unusable(latest, imgsz) is not None:
+            latest = None
         try:
-            tagged = self._tagged_epoch_state(source, workdir, key)
+            tagged = self._tagged_epoch_state(source, workdir, key, imgsz)
         except (CheckpointError, OSError, MlflowException):
             if latest is None:
                 raise
@@ -643,7 +646,7 @@ class Engine:
             return latest
         return tagged
 
-    def _tagged_epoch_state(self, source: T.StageRun, workdir: Path, key: str) -> dict:
+    def _tagged_epoch_state(self, source: T.StageRun, workdir: Path, key: str, imgsz: int) -> dict:
         slot, expected = epoch_slot(source.tags), source.tags.get(T.EPOCH_SHA)
         local = local_epoch_state(key, slot)
         if expected and local.is_file() and sha256_of(local) == expected:
@@ -656,7 +659,24 @@ class Engine:
         if not _state_of(state, key):
             found = f"cache key {str(state.get('cache_key'))[:12]}, epoch {str(state.get('epoch'))[:12]}"
             raise CheckpointError(f"the epoch checkpoint of run {source.run_id[:8]} is not one of this stage ({found})")
+        problem = self._unusable(state, imgsz)
+        if problem is not None:
+            raise CheckpointError(f"the epoch checkpoint of run {source.run_id[:8]} holds a model that {problem}")
         return state
+
+    def _unusable(self, state: dict, imgsz: int) -> str | None:
+        """Why the state's model does not rebuild and run one image at imgsz, or None. Its sha256 proves only that
+        it is the file that was recorded; one written by a faulty writer or an incompatible version must start
+        the stage over, not fail it halfway through a resume."""
+        import torch
+
+        try:
+            model = self.family.rebuild(state["model"]).eval()
+            with torch.no_grad():
+                model(self.family.example_inputs(model, imgsz))
+        except Exception as exc:  # whatever rebuilding or running raises, the state is unusable
+            return f"does not rebuild and run ({type(exc).__name__}: {str(exc)[:200]})"
+        return None
 
     def lock(self) -> dict[str, Any]:
         """Everything needed to reproduce this run: resolved configs, keys, versions, data, seed, git commit."""

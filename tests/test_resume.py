@@ -267,6 +267,36 @@ def test_a_garbled_epoch_slot_tag_starts_over(workspace: Path, monkeypatch):
     assert train.data.metrics["epochs_trained"] == 2
 
 
+def test_an_epoch_state_whose_hash_verifies_but_whose_model_does_not_rebuild_starts_over(workspace: Path, monkeypatch):
+    """The sha256 proves the file is the one recorded, not that it is usable: a state written with a broken model
+    (a faulty writer, another version) is refused before the stage starts, and the stage trains from scratch."""
+    from recipe_runner.persistence import load_checkpoint, save_checkpoint
+
+    recipe = workspace / "recipe.yaml"
+    recipe.write_text(FAILING.replace("epochs: 8", "epochs: 2").replace("train=768", "train=64"))
+    with monkeypatch.context() as patch:
+        _crash_at_epoch(patch, 1)
+        assert cli("run", recipe).exit_code == 1
+    uri = local_uri(workspace)
+    crashed = stage_runs(uri)[0]
+    slot = int(crashed.data.tags[T.EPOCH_SLOT])
+    local = local_epoch_state(crashed.data.tags[T.CACHE_KEY], slot)
+    state = load_checkpoint(local, crashed.data.tags[T.EPOCH_SHA])
+    weights = state["model"]["state_dict"]
+    name = next(iter(weights))
+    weights[name] = weights[name].flatten()[:1]  # the right key and epoch, a weight of the wrong shape
+    artifact = Path(crashed.info.artifact_uri.replace("file://", "")) / T.epoch_artifact(slot)
+    sha = save_checkpoint(state, artifact)
+    save_checkpoint(state, local)
+    MlflowClient(uri).set_tag(crashed.info.run_id, T.EPOCH_SHA, sha)  # and its hash verifies
+    result = cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert "cannot resume" in said and "does not rebuild and run (RuntimeError" in said, result.output
+    train = {r.data.tags[T.NODE_ID]: r for r in stage_runs(uri)}["train"]
+    assert train.data.metrics["epochs_trained"] == 2 and T.RESUMED_FROM not in train.data.tags
+
+
 def test_between_uploads_states_are_kept_on_this_machine(workspace: Path, monkeypatch):
     """checkpoint_every: 3 uploads epochs 1, 4, 7; a crash after epoch 3 resumes here from a later epoch than the
     store's 1: epoch 2 is always kept (the first between uploads), epoch 3 when a local write costs under 3% of an

@@ -249,16 +249,21 @@ def test_sigterm_stops_like_ctrl_c_and_marks_the_runs_killed(workspace: Path):
     assert runs and {r.info.status for r in runs} == {"KILLED"}  # the parent and the cut-off stage: nothing RUNNING
 
 
-def test_a_garbled_epoch_slot_tag_starts_over(workspace: Path, monkeypatch):
-    """The slot tag is written by whoever can write to the store: one that is neither 0 nor 1 is an epoch
-    checkpoint that cannot be verified, so the stage trains from scratch instead of failing."""
+def _crash_a_short_training(workspace: Path, monkeypatch) -> tuple[Path, str, object]:
+    """A 2-epoch training that crashed after its first epoch checkpoint: (recipe, store URI, the failed run)."""
     recipe = workspace / "recipe.yaml"
     recipe.write_text(FAILING.replace("epochs: 8", "epochs: 2").replace("train=768", "train=64"))
     with monkeypatch.context() as patch:
         _crash_at_epoch(patch, 1)
         assert cli("run", recipe).exit_code == 1
     uri = local_uri(workspace)
-    crashed = stage_runs(uri)[0]
+    return recipe, uri, stage_runs(uri)[0]
+
+
+def test_a_garbled_epoch_slot_tag_starts_over(workspace: Path, monkeypatch):
+    """The slot tag is written by whoever can write to the store: one that is neither 0 nor 1 is an epoch
+    checkpoint that cannot be verified, so the stage trains from scratch instead of failing."""
+    recipe, uri, crashed = _crash_a_short_training(workspace, monkeypatch)
     MlflowClient(uri).set_tag(crashed.info.run_id, T.EPOCH_SLOT, "../1")
     result = cli("run", recipe)
     assert result.exit_code == 0, result.output
@@ -272,13 +277,7 @@ def test_an_epoch_state_whose_hash_verifies_but_whose_model_does_not_rebuild_sta
     (a faulty writer, another version) is refused before the stage starts, and the stage trains from scratch."""
     from recipe_runner.persistence import load_checkpoint, save_checkpoint
 
-    recipe = workspace / "recipe.yaml"
-    recipe.write_text(FAILING.replace("epochs: 8", "epochs: 2").replace("train=768", "train=64"))
-    with monkeypatch.context() as patch:
-        _crash_at_epoch(patch, 1)
-        assert cli("run", recipe).exit_code == 1
-    uri = local_uri(workspace)
-    crashed = stage_runs(uri)[0]
+    recipe, uri, crashed = _crash_a_short_training(workspace, monkeypatch)
     slot = int(crashed.data.tags[T.EPOCH_SLOT])
     local = local_epoch_state(crashed.data.tags[T.CACHE_KEY], slot)
     state = load_checkpoint(local, crashed.data.tags[T.EPOCH_SHA])

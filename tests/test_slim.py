@@ -216,3 +216,41 @@ def test_depgraph_global_pruning_with_max_layer_ratio_caps_each_layer_within_the
     )
     assert pruned.b1.weight.tolist() == pytest.approx([0.01, 0.01, 1.0, 1.0])
     assert pruned.b2.weight.numel() == 4 and pruned(torch.randn(1, 3, 16, 16)).shape == (1, 2)
+
+
+def test_the_capped_global_ranking_rounds_each_layer_to_a_multiple_of_round_to():
+    """round_to with global_pruning and max_layer_ratio: each layer keeps a multiple of round_to, its own lowest
+    scores go, and a layer whose rounding down would break its cap is rounded up instead."""
+    from recipe_runner.pruning._global import select_channels
+
+    low_first = [float(i) for i in range(32)]
+    scores = [low_first, [100.0 + i for i in range(32)]]
+    # ratio 0.3 of 64 channels: the 20 lowest are all layer 0's; its 12 kept round down to 8, so 24 go
+    chosen = select_channels(scores, 0.3, 0.9, round_to=8)
+    assert chosen == [list(range(24)), []]
+    # a cap of 0.7 (22 of 32): keeping 8 would take 24, so layer 0 keeps 16 instead (16 go)
+    chosen = select_channels(scores, 0.3, 0.7, round_to=8)
+    assert chosen == [list(range(16)), []]
+    # without round_to the ranking itself is unchanged
+    assert select_channels(scores, 0.3, 0.9) == [list(range(20)), []]
+
+
+def test_depgraph_capped_global_pruning_with_round_to_keeps_multiples():
+    method = METHODS.get("depgraph")
+    config = method.config(
+        method="depgraph",
+        importance="bn-scale",
+        global_pruning=True,
+        max_layer_ratio=0.9,
+        round_to=4,
+        ratio=0.4,
+        imgsz=16,
+    )
+    net = _net([0.01 * (i + 1) for i in range(16)], [1.0 + i for i in range(16)])
+    pruned = method.prune_step(net, BareFamily(), None, config, plan_steps(0.4, 1)[0])
+    kept = [pruned.b1.weight.numel(), pruned.b2.weight.numel()]
+    assert all(k % 4 == 0 for k in kept) and sum(kept) < 32, kept
+    # each layer loses its own lowest-scoring channels
+    gammas = [0.01 * (i + 1) for i in range(16)]
+    assert pruned.b1.weight.tolist() == pytest.approx(gammas[16 - kept[0] :])
+    assert pruned(torch.randn(1, 3, 16, 16)).shape == (1, 2)

@@ -48,7 +48,6 @@ CASES: dict[str, tuple[int, str]] = {
     "ratio_zero": (11, "stages.prune.ratio: Input should be greater than 0 (got 0)"),
     "epochs_zero": (8, "stages.train.epochs: Input should be greater than or equal to 1 (got 0)"),
     "max_layer_ratio_too_big": (11, "stages.prune.max_layer_ratio: Input should be less than 1 (got 1.5)"),
-    "round_to_with_capped_global": (8, "round_to cannot be combined with global_pruning and max_layer_ratio"),
     "target_macs_with_ratio": (8, "give one of ratio, target_macs and target_params (got ratio and target_macs)"),
     "target_macs_unstructured": (8, "target_macs needs a method that removes channels (depgraph, slim)"),
     "max_map_drop_too_big": (11, "max_map_drop: Input should be less than or equal to 1 (got 2)"),

@@ -11,10 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ._graph import rounded_prune_count
 
-def select_channels(scores: Sequence, ratio: float, max_layer_ratio: float) -> list[list[int]]:
+
+def select_channels(
+    scores: Sequence, ratio: float, max_layer_ratio: float, round_to: int | None = None
+) -> list[list[int]]:
     """Per layer, the channels to remove: the globally smallest scores until `ratio` of all channels are taken,
-    skipping a layer once it has given up `max_layer_ratio` of its channels (and always keeping one)."""
+    skipping a layer once it has given up `max_layer_ratio` of its channels (and always keeping one). With
+    `round_to`, each layer then keeps a multiple of it (rounded as _graph.rounded_prune_count rounds)."""
     import torch
 
     widths = [len(s) for s in scores]
@@ -36,7 +41,27 @@ def select_channels(scores: Sequence, ratio: float, max_layer_ratio: float) -> l
         if len(chosen[layer]) < caps[layer]:
             chosen[layer].append(flat_index - start[layer])
             taken += 1
+    if round_to is not None and round_to > 1:
+        chosen = [
+            _rounded(score, len(picked), cap, round_to) for score, picked, cap in zip(scores, chosen, caps, strict=True)
+        ]
     return [sorted(c) for c in chosen]
+
+
+def _rounded(score: Any, count: int, cap: int, round_to: int) -> list[int]:
+    """The layer's lowest-scoring channels, `count` of them rounded so a multiple of `round_to` stays: the
+    rule torch-pruning's own ranking follows here (kept count rounded down, at least one multiple), or rounded
+    up where that would take more than the layer's cap. The ranking took the layer's lowest scores in order,
+    so taking more or fewer of them extends or shortens its own choice."""
+    import torch
+
+    width = len(score)
+    removed = rounded_prune_count(count, width, round_to)
+    if removed > cap:
+        kept_up = min(width, -(-(width - count) // round_to) * round_to)
+        removed = width - kept_up
+    order = torch.argsort(torch.as_tensor(score, dtype=torch.float64).flatten(), stable=True).tolist()
+    return order[:removed]
 
 
 def _grouped_conv(group) -> bool:
@@ -51,10 +76,12 @@ def _grouped_conv(group) -> bool:
     )
 
 
-def prune_globally(graph: Any, ignored: list, importance: Any, ratio: float, max_layer_ratio: float) -> int:
+def prune_globally(
+    graph: Any, ignored: list, importance: Any, ratio: float, max_layer_ratio: float, round_to: int | None = None
+) -> int:
     """Score every group of `graph` with `importance`, remove the globally lowest `ratio` of their channels (at
-    most `max_layer_ratio` of any one group), and return how many groups were scored (None scores are skipped:
-    e.g. bn-scale on a group without BatchNorm)."""
+    most `max_layer_ratio` of any one group; each keeping a multiple of `round_to`), and return how many groups
+    were scored (None scores are skipped: e.g. bn-scale on a group without BatchNorm)."""
     import torch
 
     groups, scores = [], []
@@ -66,7 +93,7 @@ def prune_globally(graph: Any, ignored: list, importance: Any, ratio: float, max
             if score is not None:
                 groups.append(group)
                 scores.append(score.detach().cpu())
-    for group, idxs in zip(groups, select_channels(scores, ratio, max_layer_ratio)):
+    for group, idxs in zip(groups, select_channels(scores, ratio, max_layer_ratio, round_to)):
         if not idxs:
             continue
         root = group[0].dep

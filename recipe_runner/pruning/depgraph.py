@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from ..config_base import ConfigProblem
 from . import _graph
@@ -41,15 +41,6 @@ class DepgraphConfig(PruneConfigBase):
         if self.round_to is not None and self.round_to > 1:
             dump["round_to_rule"] = 2
         return dump
-
-    @model_validator(mode="after")
-    def _capped_global_has_no_round_to(self) -> DepgraphConfig:
-        if self.global_pruning and self.max_layer_ratio is not None and self.round_to is not None:
-            raise ValueError(
-                "round_to cannot be combined with global_pruning and max_layer_ratio (the capped "
-                "global ranking removes single channels); drop one of them"
-            )
-        return self
 
 
 def make_importance(name: str):
@@ -92,7 +83,7 @@ def prune_step(model, family, data, config: DepgraphConfig, plan: StepPlan):
         _graph.squared_gradients(model, family, data, config, config.taylor_batches)
     if capped_global:
         # torch-pruning 1.6's global threshold does not cap a layer within a step (see _global.py)
-        prune_globally(graph, ignored, importance, plan.step_ratio, config.max_layer_ratio)
+        prune_globally(graph, ignored, importance, plan.step_ratio, config.max_layer_ratio, config.round_to)
         model.zero_grad(set_to_none=True)
     else:
         _graph.step(pruner, model)

@@ -1,16 +1,22 @@
 """benchmark `against: <stage>`: a speedup over a baseline stage's model or file, timed in alternating pairs of
-bursts (runtimes/paired.py), with the baseline a graph input: ordered before, in the cache key, located errors."""
+bursts (runtimes/paired.py), with the baseline a graph input: ordered before, in the cache key, located errors;
+and `cpu_isa`: the timings in a child process under a oneDNN instruction-set cap (runtimes/timing.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
+import pytest
 from conftest import TINY_CLS, cli, count_runs, local_uri, stage_runs, write_recipe
 
 from recipe_runner import persistence as T
 from recipe_runner.graph import compile_graph
 from recipe_runner.recipe import parse_recipe
 from recipe_runner.runtimes.paired import paired_speedup
+from recipe_runner.runtimes.timing import TimingSpec, time_files_capped
+
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
 
 STAGES = """\
   train: {type: train, epochs: 1}
@@ -84,3 +90,32 @@ def test_a_bad_baseline_is_a_located_error_and_creates_nothing(workspace: Path):
         assert result.exit_code == 2 and message in result.output, result.output
         assert f"recipe.yaml:{line}:" in result.output, result.output
         assert count_runs(workspace / "mlflow.db") == 0
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="the openvino extra is not installed")
+def test_cpu_isa_times_in_a_child_process_under_the_cap(workspace: Path):
+    """cpu_isa: the timings run in a child whose ONEDNN_MAX_CPU_ISA is the cap (the child reports what it ran
+    under, and time_files_capped refuses an answer from any other), and the stage logs the same metrics."""
+    stages = (
+        "  train: {type: train, epochs: 1}\n"
+        "  ov: {type: quantize, backend: openvino, calibration_images: 16}\n"
+        "  bench: {type: benchmark, from: ov, bench_imgsz: 32, cpu_isa: avx2, against: train, pairs: 2}\n"
+        "  native: {type: benchmark, from: ov, bench_imgsz: 32}\n"
+    )
+    result = cli("run", write_recipe(workspace, stages))
+    assert result.exit_code == 0, result.output
+    runs = {r.data.tags[T.NODE_ID]: r for r in stage_runs(local_uri(workspace))}
+    capped, native = runs["bench"].data, runs["native"].data
+    assert capped.params["cpu_isa"] == "avx2" and capped.metrics["openvino_runtime"] == 1.0
+    assert capped.metrics["latency_ms_t1_32px"] > 0 and capped.metrics["speedup_t1_32px"] > 0
+    assert set(native.metrics) <= set(capped.metrics)  # the same names, plus the speedup
+    # a cap is part of the key; native keeps the key benchmarks had before cpu_isa existed
+    graph = _graph(stages)
+    assert graph.nodes["bench"].identity["config"]["cpu_isa"] == "avx2"
+    assert "cpu_isa" not in graph.nodes["native"].identity["config"]
+
+
+def test_an_unknown_cpu_isa_is_refused_before_any_process_starts():
+    spec = TimingSpec(files={32: "model.onnx"}, runtime="auto", threads=[1], runs=50, warmup=1, batch=0)
+    with pytest.raises(ValueError, match="not one of"):
+        time_files_capped(spec, "sse2")

@@ -41,9 +41,14 @@ class BenchmarkConfig(StageConfig):
         "(steady on a shared machine where two latencies timed apart are not)",
     )
     pairs: int = Field(20, ge=2, le=1000, description="pairs of bursts timed for the speedup over `against`")
+    cpu_isa: Literal["native", "avx512_core_amx", "avx512_core_vnni", "avx512_core", "avx2"] = Field(
+        "native",
+        description="time as on a CPU with at most this instruction set: the timings run in a child process with "
+        "oneDNN capped (ONEDNN_MAX_CPU_ISA), which OpenVINO honours and ONNX Runtime ignores",
+    )
 
-    # pairs only matters with a baseline; a key only when set keeps every benchmark key made before it existed
-    KEY_ONLY_WHEN_SET: ClassVar[frozenset[str]] = frozenset({"against", "pairs"})
+    # keys added later: a key only when set keeps every benchmark key made before they existed
+    KEY_ONLY_WHEN_SET: ClassVar[frozenset[str]] = frozenset({"against", "pairs", "cpu_isa"})
 
     def identity(self) -> dict[str, Any]:
         dump = super().identity()
@@ -74,56 +79,54 @@ def check_runtime(config: BenchmarkConfig, skeleton: Callable[[], Any]) -> None:
 
 def run_benchmark(ctx: StageContext, config: BenchmarkConfig) -> StageOutput:
     from ..runtimes import dynamic_batch, onnx_runtime, runtime_for
+    from ..runtimes.timing import TimingSpec, time_files, time_files_capped
 
     family = ctx.family
     threads = sorted({1, onnx_runtime.all_cores()})
     sizes = sorted({family.file_imgsz(config.imgsz), family.file_imgsz(config.bench_imgsz or family.bench_imgsz)})
-    metrics: dict[str, float] = {"threads_all": float(threads[-1])}
-    files = {imgsz: _file_at(ctx, config, imgsz) for imgsz in sizes}
-    for imgsz, path in files.items():
-        if path is None:
-            continue
-        batch = config.batch if dynamic_batch(path) else 0
-        runtime = runtime_for(path, config.runtime)
-        measured = runtime.measure(path, imgsz, threads, runs=config.runs, warmup=config.warmup, batch=batch)
-        # MLflow metric names take no '@': latency_ms_t1_640px
-        metrics.update({f"{k}_{imgsz}px": v for k, v in measured.items()})
-        metrics["openvino_runtime"] = float(runtime.__name__.endswith("openvino_runtime"))
-        metrics[f"file_size_mb_{imgsz}px"] = path.stat().st_size / 1e6
-        if batch == 0:
-            ctx.warn(f"the file's batch axis is fixed: no throughput at batch {config.batch}")
+    files = {imgsz: path for imgsz in sizes if (path := _file_at(ctx, config, imgsz)) is not None}
+    if any(not dynamic_batch(path) for path in files.values()):
+        ctx.warn(f"the file's batch axis is fixed: no throughput at batch {config.batch}")
     bench_size = family.file_imgsz(config.bench_imgsz or family.bench_imgsz)
-    if config.against and files[bench_size] is not None:
-        metrics.update(_speedup(ctx, config, files[bench_size], bench_size))
+    baseline = _baseline_file(ctx, config, bench_size) if config.against and bench_size in files else None
+    spec = TimingSpec(
+        files={imgsz: str(path) for imgsz, path in files.items()},
+        runtime=config.runtime,
+        threads=threads,
+        runs=config.runs,
+        warmup=config.warmup,
+        batch=config.batch,
+        baseline=str(baseline) if baseline is not None else None,
+        speedup_imgsz=bench_size,
+        pairs=config.pairs,
+    )
+    if config.cpu_isa == "native":
+        measured = time_files(spec)
+    else:
+        if files and not runtime_for(next(iter(files.values())), config.runtime).__name__.endswith("openvino_runtime"):
+            ctx.warn(f"cpu_isa {config.cpu_isa}: ONNX Runtime ignores the cap, so this file is timed as on this CPU")
+        measured = time_files_capped(spec, config.cpu_isa)
+    metrics: dict[str, float] = {"threads_all": float(threads[-1]), **measured}
     metrics.update({k: v for k, v in ctx.parent_metrics.items() if k in (*family.accuracy_metrics, "macs", "params")})
     if ctx.parent_file is not None:
         return StageOutput(file=ctx.parent_file, metrics=metrics)
     return StageOutput(model=ctx.parent_model, metrics=metrics, evaluate_output=False)
 
 
-def _speedup(ctx: StageContext, config: BenchmarkConfig, mine: Path, imgsz: int) -> dict[str, float]:
-    """This stage's file against the baseline stage's, in alternating pairs at imgsz on 1 thread (runtimes/paired).
-    A baseline model is exported to FP32 ONNX and run by ONNX Runtime: what "FP32" means everywhere here."""
+def _baseline_file(ctx: StageContext, config: BenchmarkConfig, imgsz: int) -> Path | None:
+    """The `against` stage's file, or an FP32 ONNX export of its model (run by ONNX Runtime: what "FP32" means
+    everywhere here); None, with a warning, for a file that does not take imgsz."""
     from ..runtimes import accepts_size, runtime_for
-    from ..runtimes.paired import caller, paired_speedup
 
-    if ctx.input_gives("baseline") == "file":
-        baseline = ctx.input_file("baseline")
-        if not accepts_size(baseline, imgsz):
-            shape = runtime_for(baseline).input_shape(baseline)
-            ctx.warn(f"against: the baseline's file takes input {shape}, not {imgsz} px: no speedup measured")
-            return {}
-    else:
+    if ctx.input_gives("baseline") == "model":
         model = ctx.input_model("baseline")
-        baseline = ctx.family.write_onnx(model, ctx.workdir / f"baseline_{imgsz}.onnx", imgsz, config.opset)
-    timed = paired_speedup(caller(baseline, imgsz), caller(mine, imgsz, config.runtime), config.pairs)
-    suffix = f"t1_{imgsz}px"
-    return {
-        f"speedup_{suffix}": timed["speedup"],
-        f"speedup_q1_{suffix}": timed["q1"],
-        f"speedup_q3_{suffix}": timed["q3"],
-        f"baseline_latency_ms_{suffix}": timed["baseline_ms"],
-    }
+        return ctx.family.write_onnx(model, ctx.workdir / f"baseline_{imgsz}.onnx", imgsz, config.opset)
+    baseline = ctx.input_file("baseline")
+    if accepts_size(baseline, imgsz):
+        return baseline
+    shape = runtime_for(baseline).input_shape(baseline)
+    ctx.warn(f"against: the baseline's file takes input {shape}, not {imgsz} px: no speedup measured")
+    return None
 
 
 def _file_at(ctx: StageContext, config: BenchmarkConfig, imgsz: int) -> Path | None:

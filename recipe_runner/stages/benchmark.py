@@ -1,5 +1,6 @@
 """benchmark: latency and throughput of the parent's model file (or of an FP32 ONNX export of its model), and
-with `against: <stage>` its speedup over that stage's model, timed in pairs.
+with `against: <stage>` its speedup over that stage's model, timed in pairs; with `cpu_isa`, all of it timed in a
+child process as on a CPU with at most that instruction set (runtimes/timing.py).
 
 Measured the same way everywhere (runtimes/onnx_runtime.py): batch 1, a fixed and recorded thread count
 (1 and all cores), warm-up, median and p90 over `runs` calls, at the stage's imgsz and at bench_imgsz;

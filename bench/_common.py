@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,20 +50,6 @@ def median_ms(call, runs: int = 20, warmup: int = 3) -> float:
         call()
         times.append((time.perf_counter() - start) * 1000)
     return sorted(times)[len(times) // 2]
-
-
-def file_caller(path: Path, runtime: str = "auto", imgsz: int = 640) -> Callable[[], object]:
-    """One batch-1 call of a model file on 1 thread (the runner's own: runtimes/paired.py)."""
-    from recipe_runner.runtimes.paired import caller
-
-    return caller(path, imgsz, runtime)
-
-
-def paired_speedup(baseline: Callable[[], object], model: Callable[[], object], bursts: int = 20) -> dict[str, float]:
-    """The model's speedup over the baseline, timed in alternating pairs of bursts (runtimes/paired.py)."""
-    from recipe_runner.runtimes.paired import paired_speedup as paired
-
-    return paired(baseline, model, bursts)
 
 
 def compute_seconds(plan: Any, reports: list) -> float:

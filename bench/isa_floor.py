@@ -7,7 +7,7 @@ ONEDNN_MAX_CPU_ISA (a oneDNN switch that OpenVINO's CPU plugin honours; a deploy
 the same files cost on a CPU without AMX: AVX512_CORE_VNNI (a server without AMX), AVX2 (a laptop or edge box).
 
 Each cap runs in its own process, because oneDNN reads the variable once, when it starts. There, each file is
-timed against the FP32 model in ONNX Runtime in alternating pairs of bursts (_common.paired_speedup); ONNX
+timed against the FP32 model in ONNX Runtime in alternating pairs of bursts (runtimes/paired.py); ONNX
 Runtime does not read the variable, so the baseline is the same program under every cap. Prints a table and
 writes bench/results/isa_floor.json.
 
@@ -29,8 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from _common import file_caller, paired_speedup  # noqa: E402
+from recipe_runner.runtimes.paired import caller, paired_speedup  # noqa: E402
 
 TRIAL = re.compile(r"^int8\[trial=(\d+)\]$")
 
@@ -58,10 +57,10 @@ def models(folder: Path) -> dict[str, tuple[Path, str]]:
 
 def child(args: argparse.Namespace) -> None:
     """Time every model against ONNX Runtime FP32 under this process's cap; the result as one JSON line."""
-    baseline = file_caller(args.folder / "fp32_640.onnx")
+    baseline = caller(args.folder / "fp32_640.onnx", 640)
     result: dict = {}
     for name, (path, runtime) in models(args.folder).items():
-        timed = paired_speedup(baseline, file_caller(path, runtime), args.bursts)
+        timed = paired_speedup(baseline, caller(path, 640, runtime), args.bursts)
         result[name] = {"ms": timed["model_ms"], **timed}
         # the baseline's latency as the first pairs of this process measured it
         result.setdefault("fp32_ms", timed["baseline_ms"])

@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-# the package from this checkout, and the benchmarks' shared helpers beside this file
+# the package from this checkout
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from _common import file_caller, paired_speedup  # noqa: E402
+from recipe_runner.runtimes.paired import caller, paired_speedup  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "yolov8_search.yaml"
 LATENCY = "latency_ms_t1_640px"
@@ -368,13 +367,15 @@ def retime(files: dict[str, tuple[Path, str]], nodes: list[str], repeat: int) ->
 
 
 def paired_speedups(files: dict[str, tuple[Path, str]], nodes: list[str], bursts: int) -> dict[str, dict[str, float]]:
-    """Each node's speedup over the ONNX Runtime FP32 baseline, timed in alternating pairs (_common.paired_speedup)."""
-    baseline = file_caller(*files["fp32"])
+    """Each node's speedup over the ONNX Runtime FP32 baseline, timed in alternating pairs (runtimes/paired.py)."""
+    path, runtime = files["fp32"]
+    baseline = caller(path, 640, runtime)
     out: dict[str, dict[str, float]] = {}
     for node in nodes:
         if node == "fp32":
             continue
-        out[node] = paired_speedup(baseline, file_caller(*files[node]), bursts)
+        path, runtime = files[node]
+        out[node] = paired_speedup(baseline, caller(path, 640, runtime), bursts)
         speedup = out[node]
         print(f"[bench] paired: {node} {speedup['speedup']:.2f}x ({speedup['q1']:.2f}-{speedup['q3']:.2f})", flush=True)
     return out

@@ -630,20 +630,24 @@ class Engine:
         else the store's), or this machine's newest state between uploads when it is further on."""
         key = source.tags.get(T.CACHE_KEY, "")
         latest = _local_latest(key)
-        if latest is not None and self._unusable(latest, imgsz) is not None:
-            latest = None
         try:
             tagged = self._tagged_epoch_state(source, workdir, key, imgsz)
         except (CheckpointError, OSError, MlflowException):
             if latest is None:
                 raise
             tagged = None
+        # the tagged state was probed when loaded; this machine's newer one is probed only when it would be used
+        problem = None
         if latest is not None and (tagged is None or latest["epoch"] > tagged["epoch"]):
-            self.announce(
-                f"[resume] {source.tags.get(T.NODE_ID, '')}: epoch {latest['epoch']}'s state found on "
-                f"this machine (the store has {tagged['epoch'] if tagged else 'none that verifies'})"
-            )
-            return latest
+            problem = self._unusable(latest, imgsz)
+            if problem is None:
+                self.announce(
+                    f"[resume] {source.tags.get(T.NODE_ID, '')}: epoch {latest['epoch']}'s state found on "
+                    f"this machine (the store has {tagged['epoch'] if tagged else 'none that verifies'})"
+                )
+                return latest
+        if tagged is None:
+            raise CheckpointError(f"this machine's epoch state of run {source.run_id[:8]} holds a model that {problem}")
         return tagged
 
     def _tagged_epoch_state(self, source: T.StageRun, workdir: Path, key: str, imgsz: int) -> dict:

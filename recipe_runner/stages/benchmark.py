@@ -79,7 +79,7 @@ def check_runtime(config: BenchmarkConfig, skeleton: Callable[[], Any]) -> None:
 
 
 def run_benchmark(ctx: StageContext, config: BenchmarkConfig) -> StageOutput:
-    from ..runtimes import dynamic_batch, onnx_runtime, runtime_for
+    from ..runtimes import dynamic_batch, onnx_runtime, openvino_runtime, runtime_for
     from ..runtimes.timing import TimingSpec, time_files, time_files_capped
 
     family = ctx.family
@@ -104,7 +104,7 @@ def run_benchmark(ctx: StageContext, config: BenchmarkConfig) -> StageOutput:
     if config.cpu_isa == "native":
         measured = time_files(spec)
     else:
-        if files and not runtime_for(next(iter(files.values())), config.runtime).__name__.endswith("openvino_runtime"):
+        if files and runtime_for(next(iter(files.values())), config.runtime) is not openvino_runtime:
             ctx.warn(f"cpu_isa {config.cpu_isa}: ONNX Runtime ignores the cap, so this file is timed as on this CPU")
         measured = time_files_capped(spec, config.cpu_isa)
     metrics: dict[str, float] = {"threads_all": float(threads[-1]), **measured}

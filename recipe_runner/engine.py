@@ -242,8 +242,9 @@ class Engine:
 
     def run(self) -> list[StageReport]:
         recipe = self.plan.recipe
+        name = R.parent_run_name(recipe.name)
         parent_id = self.tracker.start_run(
-            R.parent_run_name(recipe.name),
+            R.unique_name(name, self.tracker.recipe_run_names(name)),
             {
                 T.ROLE: "recipe",
                 T.RECIPE_NAME: recipe.name,

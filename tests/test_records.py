@@ -119,6 +119,19 @@ def test_run_names_and_stage_table_alone():
     assert "KILLED" in R.description("", table, "KILLED") and R.description("x", table).startswith("x\n\n### Stages")
 
 
+def test_two_recipe_runs_started_within_one_second_get_distinct_names(workspace: Path):
+    tracker = T.Tracker(local_uri(workspace), "names")
+    name = R.parent_run_name("tiny")
+    assert R.unique_name(name, tracker.recipe_run_names(name)) == name
+    tracker.start_run(name, {T.ROLE: "recipe"})
+    # a stage run whose name starts alike is not a recipe run: it takes no name from the next recipe run
+    tracker.start_run(name + " #2", {T.ROLE: "stage"})
+    second = R.unique_name(name, tracker.recipe_run_names(name))
+    assert second == name + " #2"
+    tracker.start_run(second, {T.ROLE: "recipe"})
+    assert R.unique_name(name, tracker.recipe_run_names(name)) == name + " #3"
+
+
 def test_a_description_too_long_for_mlflow_keeps_whole_rows_and_says_how_many_it_left_out():
     """A 20-trial search has 80+ stage rows: MLflow would cut the note mid-row (and only warn on the console)."""
     rows = [R.StageRow(f"prune[trial={k},ratio=0.{k:03d}]", "prune", "run", {"top1": 0.5}) for k in range(400)]

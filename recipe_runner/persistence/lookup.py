@@ -50,6 +50,14 @@ class Lookup:
         runs = self.store.client.search_runs([self.store.experiment_id], f"tags.`{PARENT_RUN}` = '{parent_id}'")
         return [run.info.run_id for run in runs if run.info.status == "RUNNING"]
 
+    def recipe_run_names(self, prefix: str) -> set[str]:
+        """The names of this experiment's recipe runs that start with `prefix` (a name must not repeat one)."""
+        runs = self.store.client.search_runs(
+            [self.store.experiment_id],
+            filter_string=f"attributes.run_name LIKE '{prefix}%' and tags.`{ROLE}` = 'recipe'",
+        )
+        return {run.info.run_name for run in runs}
+
     def _search(self, experiments: list[str], cache_key: str) -> list[Any]:
         return self.store.client.search_runs(
             experiments,

@@ -36,6 +36,16 @@ def parent_run_name(recipe_name: str, started: datetime | None = None) -> str:
     return f"{recipe_name} @ {(started or datetime.now()):%m-%d %H:%M:%S}"
 
 
+def unique_name(name: str, taken: set[str]) -> str:
+    """`name`, or `name #2`, `#3`, ... when taken: two recipe runs started within one second (a re-run that
+    reuses every stage) must not share a name in MLflow's run list."""
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name} #{n}"
+    return candidate
+
+
 def pipeline_metrics(metrics: dict[str, float], primary: str) -> dict[str, float]:
     """One stage's point on the parent run's pipeline chart (only the metrics the stage logged)."""
     names = (primary, *PIPELINE_METRICS)

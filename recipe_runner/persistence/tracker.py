@@ -72,5 +72,8 @@ class Tracker(Store):
     def stage_run(self, run_id: str) -> StageRun:
         return self.lookup.stage_run(run_id)
 
+    def recipe_run_names(self, prefix: str) -> set[str]:
+        return self.lookup.recipe_run_names(prefix)
+
     def download(self, run_id: str, artifact: str, dest: Path) -> Path:
         return artifacts.download(self, run_id, artifact, dest)

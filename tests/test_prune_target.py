@@ -74,16 +74,21 @@ def test_target_macs_on_resnet18_through_a_recipe(workspace: Path):
     assert "[warn]" not in result.output
 
 
-def test_target_params_on_yolov8n_with_global_pruning(family, tiny_data):
+@pytest.mark.parametrize(
+    "target,keys",
+    [("target_params", {"global_pruning": True}), ("target_macs", {})],
+    ids=["params-global", "macs-per-layer"],
+)
+def test_a_target_on_yolov8n_is_reached_within_2_percent(family, tiny_data, target: str, keys: dict):
     method = METHODS.get("depgraph")
-    config = method.config(method="depgraph", imgsz=64, target_params=0.4, global_pruning=True)
-    target = cost_target(config)
+    config = method.config(method="depgraph", imgsz=64, **{target: 0.4}, **keys)
+    goal = cost_target(config)
     model = family.build("yolov8n.yaml", tiny_data, seed=0)
-    base = family.cost(model, 64)["params"]
+    base = family.cost(model, 64)[goal.metric]
     model, plan = reach_target(
-        model, family, tiny_data, config, method, plan_steps(config.ratio, 1)[0], target, base_cost=base, done=0.0
+        model, family, tiny_data, config, method, plan_steps(config.ratio, 1)[0], goal, base_cost=base, done=0.0
     )
-    reached = family.cost(model, 64)["params"] / base
+    reached = family.cost(model, 64)[goal.metric] / base
     assert 0.4 * 0.98 <= reached <= 0.4
     assert plan.cumulative == plan.step_ratio and 0.2 < plan.step_ratio < 0.7
 

@@ -266,6 +266,22 @@ BAD = [
         "search.constraints.0: no stage 'prnue' in the recipe; did you mean 'prune'?",
     ),
     ("    - prune.macs <= 4e6", "    - prune.macs < 4e6", "unknown operator '<' (use <= or >=)"),
+    # located at the list item, not at the constraints: key
+    (
+        "    - prune.macs <= 4e6",
+        "    - prune.macs <= 4e6\n    - prune.top1 => 0.5",
+        ":15:7: search.constraints.1: 'prune.top1 => 0.5': unknown operator '=>'",
+    ),
+    (
+        "    - prune.macs <= 4e6",
+        "    - train.top1 >= 0.5",
+        "search.constraints.0: 'train' is neither searched nor below a searched stage",
+    ),
+    (
+        "    ratio: {search: {low: 0.2, high: 0.7}}\n",
+        "    ratio: {search: {low: 0.2, high: 0.7}}\n    device: {search: [cpu, auto]}\n",
+        "stages.prune.device: 'device' is not part of a stage's cache key: its search trials would share one key",
+    ),
     (
         "    - prune.macs <= 4e6",
         "    - prune.top1 >= 0.9 * trian.top1",

@@ -299,6 +299,13 @@ class _Validator:
                 self.problem(
                     ("search", "constraints", i), f"no stage '{stage}' in the recipe{did_you_mean(stage, list(decls))}"
                 )
+            # the constrained value must vary by trial; a reference (0.95 * train.x) may be shared by all
+            if constraint.stage in decls and constraint.stage not in subtree:
+                self.problem(
+                    ("search", "constraints", i),
+                    f"'{constraint.stage}' is neither searched nor below a searched stage ({', '.join(searched)}): "
+                    "its value is the same in every trial, so the constraint cannot tell trials apart",
+                )
         if search.sampler == "grid":
             for sid, decl in searched.items():
                 for key, space in decl.search.items():
@@ -423,13 +430,14 @@ class _Validator:
         if "from" in sweeps:
             self.problem(path + ("from",), "'from' cannot be swept")
             return None
-        outside = [k for k in sweeps if k in type(variants[0][1]).NOT_IDENTITY]
+        outside = [k for k in [*sweeps, *spaces] if k in type(variants[0][1]).NOT_IDENTITY]
         for key in outside:
             # copies that differ only there share one cache key: every copy after the first would be "reused"
+            copies = "sweep copies" if key in sweeps else "search trials"
             self.problem(
                 path + (key,),
-                f"'{key}' is not part of a stage's cache key: its sweep copies would share "
-                "one key (the first copy's run reused by the others); to rerun a stage with "
+                f"'{key}' is not part of a stage's cache key: its {copies} would share "
+                "one key (the first one's run reused by the others); to rerun a stage with "
                 "another value, use --set and --force",
             )
         if outside:

@@ -10,9 +10,9 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from ..config_base import StrictModel
 
@@ -101,6 +101,15 @@ def parse_space(value: Any) -> tuple[SearchSpace | None, str | None]:
     return None, None  # a range: validated by the caller with locations
 
 
+def _valid_constraint(text: str) -> str:
+    parse_constraint(text)
+    return text
+
+
+# checked one item at a time, so a bad constraint is reported at its own line of the list
+ConstraintText = Annotated[str, AfterValidator(_valid_constraint)]
+
+
 class SearchConfig(StrictModel):
     """Recipe-level `search:`: how many trials, which sampler, and what to optimize under which constraints."""
 
@@ -112,7 +121,7 @@ class SearchConfig(StrictModel):
     parallel: int = Field(1, ge=1, le=256, description="trials asked at once (they run together with --executor ray)")
     maximize: str | list[str] = Field(default_factory=list, description="<stage>.<metric>, or a list of them")
     minimize: str | list[str] = Field(default_factory=list, description="<stage>.<metric>, or a list of them")
-    constraints: list[str] = Field(
+    constraints: list[ConstraintText] = Field(
         default_factory=list,
         description='"<stage>.<metric> <= | >= <number>", or a bound relative to '
         'what another stage measured: "<stage>.<metric> >= 0.95 * <stage>.<metric>"',
@@ -126,13 +135,6 @@ class SearchConfig(StrictModel):
             if not STAGE_METRIC.fullmatch(name):
                 raise ValueError(f"'{name}' is not <stage>.<metric> (e.g. finetune.top1)")
         return names
-
-    @field_validator("constraints")
-    @classmethod
-    def _constraints(cls, values: list[str]) -> list[str]:
-        for text in values:
-            parse_constraint(text)
-        return values
 
     @model_validator(mode="after")
     def _has_objective(self) -> SearchConfig:

@@ -215,3 +215,30 @@ def test_search_with_parallel_runs_a_batch_of_trials_at_once(local_ray, workspac
         "recipe_runner.best_trial"
         in MlflowClient(local_uri(workspace)).get_run(prunes[0].data.tags["mlflow.parentRunId"]).data.tags
     )
+
+
+def test_a_search_warms_the_idle_workers_of_a_local_ray_the_executor_started(local_ray, workspace: Path):
+    """A fresh local Ray's worker imports torch and the stage code only when its first task arrives: the executor
+    sends the idle workers an import task while the shared stages run. Only on a Ray it started itself (a cluster's
+    or a caller's workers are not its to occupy), and only for a search (whose batches start together)."""
+    from recipe_runner.executors.ray_executor import RayExecutor
+    from recipe_runner.planner import RunOptions, prepare
+
+    (workspace / "sweep").mkdir()
+    sweep_plan = prepare(write_recipe(workspace / "sweep", SWEEP, name="warm-sweep"), RunOptions())
+    path = write_recipe(workspace, SEARCH, name="warm")
+    path.write_text(path.read_text().replace("stages:\n", "search:\n  trials: 2\n  maximize: prune.top1\nstages:\n"))
+    search_plan = prepare(path, RunOptions())
+    executor = RayExecutor()
+    executor._warm(search_plan)
+    assert executor._warming == []  # the module's own Ray: the executor did not start it
+    executor._started_ray = True  # as if it had started this local Ray
+    try:
+        executor._warm(sweep_plan)
+        assert executor._warming == []  # no search: nothing to warm
+        executor._warm(search_plan)
+        # 2 CPUs: one runs the first stage, the other imports; the import task succeeds in a worker process
+        assert len(executor._warming) == 1
+        assert ray.get(executor._warming, timeout=120)[0] != os.getpid()
+    finally:
+        executor._started_ray = False

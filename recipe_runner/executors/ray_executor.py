@@ -246,12 +246,14 @@ def _all_tasks_here(address: str | None) -> bool:
     return sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
 
 
-def _import_modules(modules: list[str]) -> None:
-    """In a Ray worker: import what a stage will, so the worker's first stage starts at once."""
+def _import_modules(modules: list[str]) -> int:
+    """In a Ray worker: import what a stage will, so the worker's first stage starts at once. Returns the worker's
+    process id (which worker was warmed)."""
     import importlib
 
     for name in modules:
         importlib.import_module(name)
+    return os.getpid()
 
 
 def _run_stage_task(

@@ -75,13 +75,18 @@ def test_target_macs_on_resnet18_through_a_recipe(workspace: Path):
 
 
 @pytest.mark.parametrize(
-    "target,keys",
-    [("target_params", {"global_pruning": True}), ("target_macs", {})],
-    ids=["params-global", "macs-per-layer"],
+    "name,target,keys",
+    [
+        ("depgraph", "target_params", {"global_pruning": True}),
+        ("depgraph", "target_macs", {}),
+        ("depgraph", "target_macs", {"global_pruning": True, "max_layer_ratio": 0.8, "round_to": 8}),
+        ("slim", "target_macs", {}),
+    ],
+    ids=["params-global", "macs-per-layer", "macs-global-capped-round8", "macs-slim"],
 )
-def test_a_target_on_yolov8n_is_reached_within_2_percent(family, tiny_data, target: str, keys: dict):
-    method = METHODS.get("depgraph")
-    config = method.config(method="depgraph", imgsz=64, **{target: 0.4}, **keys)
+def test_a_target_on_yolov8n_is_reached_within_2_percent(family, tiny_data, name: str, target: str, keys: dict):
+    method = METHODS.get(name)
+    config = method.config(method=name, imgsz=64, **{target: 0.4}, **keys)
     goal = cost_target(config)
     model = family.build("yolov8n.yaml", tiny_data, seed=0)
     base = family.cost(model, 64)[goal.metric]
@@ -90,7 +95,8 @@ def test_a_target_on_yolov8n_is_reached_within_2_percent(family, tiny_data, targ
     )
     reached = family.cost(model, 64)[goal.metric] / base
     assert 0.4 * 0.98 <= reached <= 0.4
-    assert plan.cumulative == plan.step_ratio and 0.2 < plan.step_ratio < 0.7
+    # one step: the step's ratio is the whole ratio, and some channels stay (a slim or capped ranking cuts more)
+    assert plan.cumulative == pytest.approx(plan.step_ratio) and 0.2 < plan.step_ratio < 0.9
 
 
 def test_round_to_keeps_one_multiple_so_cost_falls_with_the_ratio(family, tiny_data):

@@ -306,6 +306,7 @@ def compare(
     """Every stage of the chosen recipe runs side by side, and a Pareto plot logged to each of them."""
     from . import compare as C
     from .pareto import plot_comparison
+    from .search.report import read_table
 
     if format_ not in ("table", *C.FORMATS):
         typer.echo(f"error: unknown --format '{format_}' (table, csv, json, markdown)", err=True)
@@ -336,6 +337,12 @@ def compare(
                 _print_trials(client, run)
         else:
             sys.stdout.write(C.FORMATS[format_](result))
+            # csv and json stay one row per stage run (sweep.trial and the sampled values are columns there)
+            for run in result.runs if format_ == "markdown" else []:
+                trials = read_table(client, run.run_id)
+                if trials:
+                    title = f"{len(trials)} search trial(s) of {run.name} {run.run_id[:8]}"
+                    sys.stdout.write(C.trials_markdown(title, trials))
         if not no_plot:
             plot_comparison(result.rows, plot)
             for run in result.runs:  # next to the runs it compares, so `mlflow ui` shows it too

@@ -249,6 +249,16 @@ def _cell(value: Any) -> str:
     return f"{value:.4g}"
 
 
+def trials_markdown(title: str, trials: list[dict[str, Any]]) -> str:
+    """A search's trials table (search/report.read_table rows) as a titled pipe table; its per-trial lists of
+    stage actions and run ids are left out, as in the rich table."""
+    columns = [c for c in trials[0] if c not in ("actions", "runs")]
+    lines = [f"\n**{title}**\n", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for row in trials:
+        lines.append("| " + " | ".join(_cell(row[c]).replace("|", "\\|") for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
 FORMATS = {"csv": to_csv, "json": to_json, "markdown": to_markdown}
 
 

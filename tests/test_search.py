@@ -169,6 +169,11 @@ def test_search_runs_trials_as_cached_branches_and_records_the_best(workspace: P
     shown = cli("compare", recipe, "--no-plot")
     assert shown.exit_code == 0, shown.output
     assert "2 search trial(s) of tiny-search" in shown.output and "sweep.prune.ratio" in shown.output
+    markdown = cli("compare", recipe, "--no-plot", "--format", "markdown").output
+    trials_part = markdown.split("search trial(s) of tiny-search")[1]
+    header, _, failed, complete = [line for line in trials_part.splitlines() if line.startswith("| ")]
+    assert header.startswith("| trial | state | feasible | best | prune.ratio | prune.top1 |")
+    assert failed.startswith("| 0 | FAIL |") and complete.startswith("| 1 | COMPLETE |")
 
     # NSGA-II, two objectives: the recorded front is exactly the non-dominated feasible trials
     result = cli("run", recipe, "--set", "search.sampler=nsga2", "--set", "search.minimize=prune.macs")

@@ -293,6 +293,8 @@ BAD = [
         "search.constraints.0: no stage 'trian' in the recipe; did you mean 'train'?",
     ),
     ("    - prune.macs <= 4e6", "    - prune.top1 >= 0.9 x train.top1", "'0.9 x train.top1' is not a number"),
+    ("maximize: prune.top1", "maximize: [prune.top1, top1]", "search.maximize.1: 'top1' is not <stage>.<metric>"),
+    ("maximize: prune.top1", "maximize: [prune.top1, prune.top1]", "prune.top1 is listed twice as an objective"),
     (
         "maximize: prune.top1",
         "maximize: train.top1",

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, model_validator
 
 from ..config_base import StrictModel
 
@@ -106,8 +106,22 @@ def _valid_constraint(text: str) -> str:
     return text
 
 
-# checked one item at a time, so a bad constraint is reported at its own line of the list
+def _valid_stage_metric(name: str) -> str:
+    if not STAGE_METRIC.fullmatch(name):
+        raise ValueError(f"'{name}' is not <stage>.<metric> (e.g. finetune.top1)")
+    return name
+
+
+# checked one item at a time, so a bad constraint or objective is reported at its own line of the list
 ConstraintText = Annotated[str, AfterValidator(_valid_constraint)]
+StageMetricText = Annotated[str, AfterValidator(_valid_stage_metric)]
+# one objective or a list of them; a single one becomes a one-item list before the items are checked (the schema
+# still offers both forms to an editor)
+Objectives = Annotated[
+    list[StageMetricText],
+    BeforeValidator(lambda value: [value] if isinstance(value, str) else value),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"items": {"type": "string"}, "type": "array"}]}),
+]
 
 
 class SearchConfig(StrictModel):
@@ -119,30 +133,25 @@ class SearchConfig(StrictModel):
     )
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="sampler seed; default: the recipe's seed")
     parallel: int = Field(1, ge=1, le=256, description="trials asked at once (they run together with --executor ray)")
-    maximize: str | list[str] = Field(default_factory=list, description="<stage>.<metric>, or a list of them")
-    minimize: str | list[str] = Field(default_factory=list, description="<stage>.<metric>, or a list of them")
+    maximize: Objectives = Field(default_factory=list, description="<stage>.<metric>, or a list of them")
+    minimize: Objectives = Field(default_factory=list, description="<stage>.<metric>, or a list of them")
     constraints: list[ConstraintText] = Field(
         default_factory=list,
         description='"<stage>.<metric> <= | >= <number>", or a bound relative to '
         'what another stage measured: "<stage>.<metric> >= 0.95 * <stage>.<metric>"',
     )
 
-    @field_validator("maximize", "minimize")
-    @classmethod
-    def _stage_metrics(cls, value: str | list[str]) -> list[str]:
-        names = [value] if isinstance(value, str) else value
-        for name in names:
-            if not STAGE_METRIC.fullmatch(name):
-                raise ValueError(f"'{name}' is not <stage>.<metric> (e.g. finetune.top1)")
-        return names
-
     @model_validator(mode="after")
     def _has_objective(self) -> SearchConfig:
         if not self.maximize and not self.minimize:
-            raise ValueError("search: needs an objective: maximize: or minimize: <stage>.<metric>")
+            raise ValueError("needs an objective: maximize: or minimize: <stage>.<metric>")
         both = set(self.maximize) & set(self.minimize)
         if both:
-            raise ValueError(f"search: {sorted(both)[0]} is both maximized and minimized")
+            raise ValueError(f"{sorted(both)[0]} is both maximized and minimized")
+        for names in (self.maximize, self.minimize):
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:
+                raise ValueError(f"{twice[0]} is listed twice as an objective")
         return self
 
     def objectives(self) -> list[Objective]:

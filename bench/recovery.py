@@ -39,9 +39,6 @@ SIZES = {
         "cls_train": 15,
         "cls_ft": 5,
     },
-    # the harder detection set, where accuracy binds (issue 17); its trained model is the one the search bench
-    # trains (same data, size and keys), so a WORKDIR shared with bench/search_deploy.py reuses it. Distillation
-    # also at a lower weight: at 0.5 the feature loss outweighed the detection loss 2-3x on builtin:shapes.
     "small": {
         "yolo_data": "builtin:shapes?train=64&val=16&imgsz=160",
         "yolo_imgsz": 160,

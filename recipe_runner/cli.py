@@ -341,8 +341,7 @@ def compare(
             for run in result.runs if format_ == "markdown" else []:
                 trials = read_table(client, run.run_id)
                 if trials:
-                    title = f"{len(trials)} search trial(s) of {run.name} {run.run_id[:8]}"
-                    sys.stdout.write(C.trials_markdown(title, trials))
+                    sys.stdout.write(C.trials_markdown(run, trials))
         if not no_plot:
             plot_comparison(result.rows, plot)
             for run in result.runs:  # next to the runs it compares, so `mlflow ui` shows it too
@@ -416,13 +415,14 @@ def reproduce(
 
 def _print_trials(client, run) -> None:
     """A search's trials, one row each with its sampled values and objectives (from the run's trials table)."""
+    from . import compare as C
     from .search.report import read_table
 
     trials = read_table(client, run.run_id)
     if not trials:
         return
-    hidden = ("actions", "runs")
-    table = Table(title=f"{len(trials)} search trial(s) of {run.name} {run.run_id[:8]}")
+    hidden = C.HIDDEN_TRIAL_COLUMNS
+    table = Table(title=C.trials_title(run, trials))
     for column in (c for c in trials[0] if c not in hidden):
         table.add_column(column, overflow="fold")
     for row in trials:

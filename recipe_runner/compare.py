@@ -231,9 +231,13 @@ def to_json(comparison: Comparison) -> str:
 
 
 def to_markdown(comparison: Comparison) -> str:
-    lines = ["| " + " | ".join(comparison.columns) + " |", "|" + " --- |" * len(comparison.columns)]
-    for row in comparison.rows:
-        lines.append("| " + " | ".join(_cell(row[c]).replace("|", "\\|") for c in comparison.columns) + " |")
+    return _pipe_table(comparison.columns, comparison.rows)
+
+
+def _pipe_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[c]).replace("|", "\\|") for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -249,14 +253,19 @@ def _cell(value: Any) -> str:
     return f"{value:.4g}"
 
 
-def trials_markdown(title: str, trials: list[dict[str, Any]]) -> str:
-    """A search's trials table (search/report.read_table rows) as a titled pipe table; its per-trial lists of
-    stage actions and run ids are left out, as in the rich table."""
-    columns = [c for c in trials[0] if c not in ("actions", "runs")]
-    lines = [f"\n**{title}**\n", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    for row in trials:
-        lines.append("| " + " | ".join(_cell(row[c]).replace("|", "\\|") for c in columns) + " |")
-    return "\n".join(lines) + "\n"
+# a search's trials table (search/report.read_table rows) holds each trial's stage actions and run ids too: too
+# long for a table a person reads
+HIDDEN_TRIAL_COLUMNS = ("actions", "runs")
+
+
+def trials_title(run: RecipeRun, trials: list[dict[str, Any]]) -> str:
+    return f"{len(trials)} search trial(s) of {run.name} {run.run_id[:8]}"
+
+
+def trials_markdown(run: RecipeRun, trials: list[dict[str, Any]]) -> str:
+    """A search's trials table as a titled pipe table, without the hidden columns (as in the rich table)."""
+    columns = [c for c in trials[0] if c not in HIDDEN_TRIAL_COLUMNS]
+    return f"\n**{trials_title(run, trials)}**\n\n" + _pipe_table(columns, trials)
 
 
 FORMATS = {"csv": to_csv, "json": to_json, "markdown": to_markdown}

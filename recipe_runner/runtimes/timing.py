@@ -38,7 +38,7 @@ class TimingSpec:
 
 def time_files(spec: TimingSpec) -> dict[str, float]:
     """Latency (and throughput) of every file at its size, and the paired speedup over the baseline, as metrics."""
-    from . import dynamic_batch, runtime_for
+    from . import dynamic_batch, openvino_runtime, runtime_for
     from .paired import caller, paired_speedup
 
     metrics: dict[str, float] = {}
@@ -49,7 +49,7 @@ def time_files(spec: TimingSpec) -> dict[str, float]:
         measured = runtime.measure(path, imgsz, spec.threads, runs=spec.runs, warmup=spec.warmup, batch=batch)
         # MLflow metric names take no '@': latency_ms_t1_640px
         metrics.update({f"{k}_{imgsz}px": v for k, v in measured.items()})
-        metrics["openvino_runtime"] = float(runtime.__name__.endswith("openvino_runtime"))
+        metrics["openvino_runtime"] = float(runtime is openvino_runtime)
         metrics[f"file_size_mb_{imgsz}px"] = path.stat().st_size / 1e6
     if spec.baseline is not None:
         imgsz = spec.speedup_imgsz
